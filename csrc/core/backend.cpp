@@ -1,0 +1,165 @@
+#include "backend.h"
+
+#include "error.h"
+#include "log.h"
+
+#include <algorithm>
+#include <cctype>
+#include <mutex>
+#include <thread>
+
+namespace minicpm {
+
+namespace {
+
+void ensure_backends_loaded() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        install_ggml_logger();
+        // With dynamically loadable backends this finds them; with a static registry it is a no-op.
+        if (ggml_backend_dev_count() == 0) {
+            ggml_backend_load_all();
+        }
+    });
+}
+
+const char * type_name(enum ggml_backend_dev_type t) {
+    switch (t) {
+        case GGML_BACKEND_DEVICE_TYPE_CPU: return "cpu";
+        case GGML_BACKEND_DEVICE_TYPE_GPU: return "gpu";
+        case GGML_BACKEND_DEVICE_TYPE_IGPU: return "igpu";
+        case GGML_BACKEND_DEVICE_TYPE_ACCEL: return "accel";
+        default: return "other";
+    }
+}
+
+std::string lower(std::string s) {
+    std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return (char) std::tolower(c); });
+    return s;
+}
+
+std::string device_names() {
+    std::string out;
+    for (const auto & d : list_devices()) {
+        if (!out.empty()) out += ", ";
+        out += d.name + " (" + d.type + ")";
+    }
+    return out.empty() ? "none" : out;
+}
+
+ggml_backend_dev_t pick_device(const std::string & want_raw) {
+    const std::string want = lower(want_raw);
+    const size_t n = ggml_backend_dev_count();
+    auto first_of_type = [&](enum ggml_backend_dev_type t) -> ggml_backend_dev_t {
+        for (size_t i = 0; i < n; ++i) {
+            ggml_backend_dev_t d = ggml_backend_dev_get(i);
+            if (ggml_backend_dev_type(d) == t) return d;
+        }
+        return nullptr;
+    };
+    if (want.empty() || want == "auto") {
+        if (auto d = first_of_type(GGML_BACKEND_DEVICE_TYPE_GPU)) return d;
+        if (auto d = first_of_type(GGML_BACKEND_DEVICE_TYPE_IGPU)) return d;
+        return first_of_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+    }
+    if (want == "cpu") {
+        return first_of_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+    }
+    if (want == "gpu") {
+        if (auto d = first_of_type(GGML_BACKEND_DEVICE_TYPE_GPU)) return d;
+        return first_of_type(GGML_BACKEND_DEVICE_TYPE_IGPU);
+    }
+    // exact registry name ("CUDA0", "Metal")
+    for (size_t i = 0; i < n; ++i) {
+        ggml_backend_dev_t d = ggml_backend_dev_get(i);
+        if (lower(ggml_backend_dev_name(d)) == want) return d;
+    }
+    // family name ("cuda", "metal", "vulkan"): the first device of that backend
+    for (size_t i = 0; i < n; ++i) {
+        ggml_backend_dev_t d = ggml_backend_dev_get(i);
+        ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(d);
+        if (reg && lower(ggml_backend_reg_name(reg)) == want) return d;
+        if (lower(ggml_backend_dev_name(d)).rfind(want, 0) == 0) return d;
+    }
+    return nullptr;
+}
+
+} // namespace
+
+int default_n_threads() {
+    unsigned hc = std::thread::hardware_concurrency();
+    if (hc == 0) return 4;
+    // Hyper-threads rarely help matrix-vector work; keep to a likely physical core count.
+    return (int) std::max(1u, hc > 4 ? hc / 2 : hc);
+}
+
+std::vector<DeviceInfo> list_devices() {
+    ensure_backends_loaded();
+    std::vector<DeviceInfo> out;
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+        ggml_backend_dev_t d = ggml_backend_dev_get(i);
+        DeviceInfo info;
+        info.name        = ggml_backend_dev_name(d);
+        info.description = ggml_backend_dev_description(d);
+        info.type        = type_name(ggml_backend_dev_type(d));
+        ggml_backend_dev_memory(d, &info.memory_free, &info.memory_total);
+        out.push_back(std::move(info));
+    }
+    return out;
+}
+
+Backends::Backends(const std::string & device, int n_threads) {
+    ensure_backends_loaded();
+    ggml_backend_dev_t dev = pick_device(device);
+    if (!dev) {
+        fail(ErrorKind::InvalidArgument, "device '" + device + "' not found; available devices: " + device_names() +
+                                             " (this build of ggml may lack that backend)");
+    }
+    ggml_backend_dev_t cpu_dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+    if (!cpu_dev) {
+        fail(ErrorKind::Backend, "ggml has no CPU backend registered");
+    }
+    cpu_ = ggml_backend_dev_init(cpu_dev, nullptr);
+    if (!cpu_) {
+        fail(ErrorKind::Backend, "failed to initialise the CPU backend");
+    }
+    if (dev == cpu_dev) {
+        main_ = cpu_;
+    } else {
+        main_ = ggml_backend_dev_init(dev, nullptr);
+        if (!main_) {
+            ggml_backend_free(cpu_);
+            fail(ErrorKind::Backend, std::string("failed to initialise device ") + ggml_backend_dev_name(dev));
+        }
+    }
+    main_dev_  = dev;
+    main_name_ = ggml_backend_dev_name(dev);
+    set_n_threads(n_threads);
+    MINICPM_LOG_INFO("using device %s (%s), %d CPU threads", main_name_.c_str(), ggml_backend_dev_description(dev),
+                     n_threads_);
+}
+
+Backends::~Backends() {
+    if (main_ && main_ != cpu_) ggml_backend_free(main_);
+    if (cpu_) ggml_backend_free(cpu_);
+}
+
+std::vector<ggml_backend_t> Backends::all() const {
+    std::vector<ggml_backend_t> out;
+    out.push_back(main_);
+    if (main_ != cpu_) out.push_back(cpu_);
+    return out;
+}
+
+void Backends::set_n_threads(int n_threads) {
+    n_threads_ = n_threads > 0 ? n_threads : default_n_threads();
+    for (ggml_backend_t b : all()) {
+        ggml_backend_dev_t dev = ggml_backend_get_device(b);
+        ggml_backend_reg_t reg = dev ? ggml_backend_dev_backend_reg(dev) : nullptr;
+        if (!reg) continue;
+        auto fn = (ggml_backend_set_n_threads_t) ggml_backend_reg_get_proc_address(reg, "ggml_backend_set_n_threads");
+        if (fn) fn(b, n_threads_);
+    }
+}
+
+} // namespace minicpm

@@ -1,0 +1,2 @@
+#pragma once
+#include "minicpm/error.h"

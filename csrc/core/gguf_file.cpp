@@ -1,0 +1,268 @@
+#include "gguf_file.h"
+
+#include "error.h"
+#include "log.h"
+
+#include <cstdio>
+#include <cstring>
+#include <sys/stat.h>
+
+#if !defined(_WIN32)
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
+namespace minicpm {
+
+std::string shape_str(const int64_t * ne, int n_dims) {
+    std::string s = "[";
+    for (int i = 0; i < n_dims; ++i) {
+        if (i) s += ", ";
+        s += std::to_string(ne[i]);
+    }
+    return s + "]";
+}
+
+MappedFile::MappedFile(const std::string & path) {
+#if !defined(_WIN32)
+    int fd = ::open(path.c_str(), O_RDONLY);
+    if (fd < 0) {
+        fail(ErrorKind::File, "cannot open " + path + ": " + std::strerror(errno));
+    }
+    struct stat st {};
+    if (fstat(fd, &st) != 0) {
+        ::close(fd);
+        fail(ErrorKind::File, "cannot stat " + path);
+    }
+    size_ = (size_t) st.st_size;
+    if (size_ > 0) {
+        void * p = mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
+        if (p == MAP_FAILED) {
+            ::close(fd);
+            fail(ErrorKind::File, "cannot map " + path + " into memory: " + std::strerror(errno));
+        }
+        data_ = (uint8_t *) p;
+    }
+    ::close(fd);
+#else
+    FILE * f = std::fopen(path.c_str(), "rb");
+    if (!f) {
+        fail(ErrorKind::File, "cannot open " + path);
+    }
+    std::fseek(f, 0, SEEK_END);
+    size_ = (size_t) std::ftell(f);
+    std::fseek(f, 0, SEEK_SET);
+    fallback_.resize(size_);
+    if (size_ && std::fread(fallback_.data(), 1, size_, f) != size_) {
+        std::fclose(f);
+        fail(ErrorKind::File, "cannot read " + path);
+    }
+    std::fclose(f);
+    data_ = fallback_.data();
+#endif
+}
+
+MappedFile::~MappedFile() {
+#if !defined(_WIN32)
+    if (data_ && size_) {
+        munmap(data_, size_);
+    }
+#endif
+}
+
+GgufFile::GgufFile(const std::string & path) : path_(path) {
+    install_ggml_logger();
+    struct stat st {};
+    if (stat(path.c_str(), &st) != 0) {
+        fail(ErrorKind::File, "model file not found: " + path);
+    }
+    if (S_ISDIR(st.st_mode)) {
+        fail(ErrorKind::File, path + " is a directory, expected a .gguf file");
+    }
+    // Check the magic ourselves so a non-GGUF file gets a plain message.
+    {
+        FILE * f = std::fopen(path.c_str(), "rb");
+        if (!f) {
+            fail(ErrorKind::File, "cannot open " + path + ": " + std::strerror(errno));
+        }
+        char magic[4] = {0, 0, 0, 0};
+        size_t n = std::fread(magic, 1, 4, f);
+        std::fclose(f);
+        if (n < 4 || std::memcmp(magic, "GGUF", 4) != 0) {
+            fail(ErrorKind::Format, path + " is not a GGUF file (bad magic)");
+        }
+    }
+    take_ggml_errors();
+    gguf_init_params params = {/*no_alloc =*/true, /*ctx =*/nullptr};
+    ctx_ = gguf_init_from_file(path.c_str(), params);
+    if (!ctx_) {
+        std::string detail = take_ggml_errors();
+        fail(ErrorKind::Format, path + " is not a valid GGUF file (truncated or corrupt header)" +
+                                    (detail.empty() ? std::string() : ": " + detail));
+    }
+    map_ = std::make_unique<MappedFile>(path);
+
+    const size_t  data_offset = gguf_get_data_offset(ctx_);
+    const int64_t n_tensors   = gguf_get_n_tensors(ctx_);
+    tensors_.reserve((size_t) n_tensors);
+    for (int64_t i = 0; i < n_tensors; ++i) {
+        TensorInfo ti;
+        ti.name = gguf_get_tensor_name(ctx_, i);
+        ti.type = gguf_get_tensor_type(ctx_, i);
+        const int64_t * ne = gguf_get_tensor_ne(ctx_, i);
+        ti.n_dims = 1;
+        for (int d = 0; d < GGML_MAX_DIMS; ++d) {
+            ti.ne[d] = ne[d];
+            if (ne[d] != 1) ti.n_dims = d + 1;
+        }
+        ti.offset = data_offset + gguf_get_tensor_offset(ctx_, i);
+        ti.nbytes = gguf_get_tensor_size(ctx_, i);
+        if (ti.offset + ti.nbytes > map_->size()) {
+            fail(ErrorKind::Format, path + " is truncated: tensor " + ti.name + " needs bytes up to " +
+                                        std::to_string(ti.offset + ti.nbytes) + ", file has " +
+                                        std::to_string(map_->size()));
+        }
+        tensors_.push_back(std::move(ti));
+    }
+}
+
+GgufFile::~GgufFile() {
+    if (ctx_) {
+        gguf_free(ctx_);
+    }
+}
+
+const TensorInfo * GgufFile::find_tensor(const std::string & name) const {
+    for (const auto & t : tensors_) {
+        if (t.name == name) return &t;
+    }
+    return nullptr;
+}
+
+bool GgufFile::has_key(const std::string & key) const { return gguf_find_key(ctx_, key.c_str()) >= 0; }
+
+namespace {
+
+int64_t need_key(const gguf_context * ctx, const std::string & path, const std::string & key) {
+    int64_t id = gguf_find_key(ctx, key.c_str());
+    if (id < 0) {
+        fail(ErrorKind::Format, "missing metadata key " + key + " in " + path);
+    }
+    return id;
+}
+
+[[noreturn]] void bad_type(const std::string & path, const std::string & key, const char * expected, gguf_type got) {
+    fail(ErrorKind::Format, "metadata key " + key + " in " + path + ": expected " + expected + ", got " +
+                                gguf_type_name(got));
+}
+
+} // namespace
+
+std::string GgufFile::get_str(const std::string & key) const {
+    int64_t id = need_key(ctx_, path_, key);
+    gguf_type t = gguf_get_kv_type(ctx_, id);
+    if (t != GGUF_TYPE_STRING) bad_type(path_, key, "string", t);
+    return gguf_get_val_str(ctx_, id);
+}
+
+uint32_t GgufFile::get_u32(const std::string & key) const {
+    int64_t id = need_key(ctx_, path_, key);
+    gguf_type t = gguf_get_kv_type(ctx_, id);
+    int64_t v = 0;
+    switch (t) {
+        case GGUF_TYPE_UINT8:  v = gguf_get_val_u8(ctx_, id); break;
+        case GGUF_TYPE_INT8:   v = gguf_get_val_i8(ctx_, id); break;
+        case GGUF_TYPE_UINT16: v = gguf_get_val_u16(ctx_, id); break;
+        case GGUF_TYPE_INT16:  v = gguf_get_val_i16(ctx_, id); break;
+        case GGUF_TYPE_UINT32: v = gguf_get_val_u32(ctx_, id); break;
+        case GGUF_TYPE_INT32:  v = gguf_get_val_i32(ctx_, id); break;
+        case GGUF_TYPE_UINT64: {
+            uint64_t u = gguf_get_val_u64(ctx_, id);
+            v = u > 0xffffffffull ? -1 : (int64_t) u;
+            break;
+        }
+        case GGUF_TYPE_INT64: v = gguf_get_val_i64(ctx_, id); break;
+        default: bad_type(path_, key, "an integer", t);
+    }
+    if (v < 0 || v > 0xffffffffll) {
+        fail(ErrorKind::Format, "metadata key " + key + " in " + path_ + ": value " + std::to_string(v) +
+                                    " out of range");
+    }
+    return (uint32_t) v;
+}
+
+float GgufFile::get_f32(const std::string & key) const {
+    int64_t id = need_key(ctx_, path_, key);
+    gguf_type t = gguf_get_kv_type(ctx_, id);
+    if (t == GGUF_TYPE_FLOAT32) return gguf_get_val_f32(ctx_, id);
+    if (t == GGUF_TYPE_FLOAT64) return (float) gguf_get_val_f64(ctx_, id);
+    bad_type(path_, key, "a float", t);
+}
+
+bool GgufFile::get_bool(const std::string & key) const {
+    int64_t id = need_key(ctx_, path_, key);
+    gguf_type t = gguf_get_kv_type(ctx_, id);
+    if (t != GGUF_TYPE_BOOL) bad_type(path_, key, "bool", t);
+    return gguf_get_val_bool(ctx_, id);
+}
+
+std::vector<std::string> GgufFile::get_str_array(const std::string & key) const {
+    int64_t id = need_key(ctx_, path_, key);
+    gguf_type t = gguf_get_kv_type(ctx_, id);
+    if (t != GGUF_TYPE_ARRAY || gguf_get_arr_type(ctx_, id) != GGUF_TYPE_STRING) {
+        fail(ErrorKind::Format, "metadata key " + key + " in " + path_ + ": expected an array of strings");
+    }
+    size_t n = gguf_get_arr_n(ctx_, id);
+    std::vector<std::string> out;
+    out.reserve(n);
+    for (size_t i = 0; i < n; ++i) {
+        out.emplace_back(gguf_get_arr_str(ctx_, id, i));
+    }
+    return out;
+}
+
+std::vector<int32_t> GgufFile::get_i32_array(const std::string & key) const {
+    int64_t id = need_key(ctx_, path_, key);
+    gguf_type t = gguf_get_kv_type(ctx_, id);
+    if (t != GGUF_TYPE_ARRAY) {
+        fail(ErrorKind::Format, "metadata key " + key + " in " + path_ + ": expected an array of integers");
+    }
+    gguf_type at = gguf_get_arr_type(ctx_, id);
+    size_t n = gguf_get_arr_n(ctx_, id);
+    std::vector<int32_t> out(n);
+    const void * data = gguf_get_arr_data(ctx_, id);
+    switch (at) {
+        case GGUF_TYPE_INT32:
+        case GGUF_TYPE_UINT32: std::memcpy(out.data(), data, n * 4); break;
+        case GGUF_TYPE_INT8:
+            for (size_t i = 0; i < n; ++i) out[i] = ((const int8_t *) data)[i];
+            break;
+        case GGUF_TYPE_UINT8:
+            for (size_t i = 0; i < n; ++i) out[i] = ((const uint8_t *) data)[i];
+            break;
+        default:
+            fail(ErrorKind::Format, "metadata key " + key + " in " + path_ + ": expected an array of int32, got " +
+                                        gguf_type_name(at));
+    }
+    return out;
+}
+
+std::optional<std::string> GgufFile::opt_str(const std::string & key) const {
+    if (!has_key(key)) return std::nullopt;
+    return get_str(key);
+}
+std::optional<uint32_t> GgufFile::opt_u32(const std::string & key) const {
+    if (!has_key(key)) return std::nullopt;
+    return get_u32(key);
+}
+std::optional<float> GgufFile::opt_f32(const std::string & key) const {
+    if (!has_key(key)) return std::nullopt;
+    return get_f32(key);
+}
+std::optional<bool> GgufFile::opt_bool(const std::string & key) const {
+    if (!has_key(key)) return std::nullopt;
+    return get_bool(key);
+}
+
+} // namespace minicpm

@@ -1,0 +1,57 @@
+// Weight tensors of one GGUF file placed on the backends. Each tensor is declared with its
+// expected shape (checked against the file before anything is allocated), then load()
+// allocates one buffer per placement and fills it. On the CPU the mapped file is used in
+// place (no copy).
+#pragma once
+
+#include "backend.h"
+#include "gguf_file.h"
+
+#include "ggml-backend.h"
+#include "ggml.h"
+
+#include <string>
+#include <vector>
+
+namespace minicpm {
+
+enum class Placement {
+    Main,   // the compute device
+    Host,   // always CPU memory (e.g. token embeddings read by get_rows)
+};
+
+class WeightStore {
+public:
+    WeightStore(const GgufFile & file, const Backends & backends, size_t max_tensors);
+    ~WeightStore();
+    WeightStore(const WeightStore &) = delete;
+    WeightStore & operator=(const WeightStore &) = delete;
+
+    // Declares a tensor that must exist with exactly this shape (ggml order, ne0 first).
+    ggml_tensor * require(const std::string & name, std::vector<int64_t> shape, Placement p = Placement::Main);
+    // Same, but returns nullptr when the file has no such tensor.
+    ggml_tensor * optional(const std::string & name, std::vector<int64_t> shape, Placement p = Placement::Main);
+
+    // Allocates backend memory and copies (or maps) the data of every declared tensor.
+    void load();
+
+    size_t bytes_on_main() const { return bytes_main_; }
+    size_t bytes_on_host() const { return bytes_host_; }
+
+private:
+    struct Entry {
+        ggml_tensor *      tensor;
+        const TensorInfo * info;
+        Placement          placement;
+    };
+    const GgufFile &      file_;
+    const Backends &      backends_;
+    ggml_context *        ctx_main_ = nullptr;
+    ggml_context *        ctx_host_ = nullptr;
+    std::vector<Entry>    entries_;
+    std::vector<ggml_backend_buffer_t> buffers_;
+    size_t                bytes_main_ = 0;
+    size_t                bytes_host_ = 0;
+};
+
+} // namespace minicpm

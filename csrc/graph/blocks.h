@@ -1,0 +1,24 @@
+// Shared graph blocks. Shapes in ggml order (fastest dimension first).
+#pragma once
+
+#include "ggml.h"
+
+namespace minicpm::graph {
+
+// RMSNorm over ne0, times weight (when given).
+ggml_tensor * rms_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, float eps);
+
+// x @ W^T + b, with W stored [in, out] (ggml order). b may be null.
+ggml_tensor * linear(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, ggml_tensor * b = nullptr);
+
+// down(silu(gate(x)) * up(x)): the SwiGLU MLP of Llama/Qwen.
+ggml_tensor * swiglu_mlp(ggml_context * ctx, ggml_tensor * x, ggml_tensor * gate, ggml_tensor * up, ggml_tensor * down);
+
+// Multi-head attention with grouped KV heads.
+//   q: [head_dim, n_head, n_tokens]   k, v: [head_dim, n_kv, n_head_kv] (views into a cache)
+//   mask: [n_kv, n_tokens] additive (0 / -inf), F16 when flash is true
+// returns [head_dim * n_head, n_tokens]
+ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, ggml_tensor * mask,
+                        float scale, bool flash);
+
+} // namespace minicpm::graph

@@ -1,0 +1,146 @@
+// minicpm.cpp public C++ API.
+//
+//   auto model = minicpm::Model::load("model.gguf", {});
+//   minicpm::Session s(model, {});
+//   s.prefill(model->tokenize("Hello"));
+//   s.begin_generation({});
+//   for (;;) { auto step = s.next(); std::cout << step.text; if (step.done) break; }
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "minicpm/error.h"
+#include "runtime/chat.h"
+
+namespace minicpm {
+
+class Tokenizer;
+struct DeviceInfo;
+std::vector<DeviceInfo> list_devices();
+
+struct ModelParams {
+    std::string device    = "auto";   // "auto", "cpu", "gpu", "cuda", "metal", or a registry name ("CUDA1")
+    int         n_threads = 0;        // CPU threads; 0 = pick from the core count
+};
+
+struct ModelInfo {
+    std::string path;
+    std::string arch;         // "qwen3" | "qwen2"
+    std::string model_type;   // minicpm.model_type, e.g. "minicpm-v-4.5"
+    std::string name;
+    std::string device;
+    int64_t     n_vocab = 0, n_embd = 0, n_layer = 0, n_head = 0, n_head_kv = 0, head_dim = 0, n_ff = 0;
+    int64_t     n_ctx_train = 0;
+    float       rope_base = 0, rms_eps = 0;
+    size_t      weight_bytes = 0;
+    std::string weight_type;  // type of the attention weights of layer 0, e.g. "f16"
+    std::string chat_template;
+};
+
+class Model {
+public:
+    // Throws minicpm::Error with a message naming the file and what was wrong.
+    static std::shared_ptr<Model> load(const std::string & path, const ModelParams & params);
+    ~Model();
+
+    const ModelInfo &  info() const;
+    const Tokenizer &  tokenizer() const;
+    const ChatTemplate & chat_template() const;
+
+    std::vector<int32_t> tokenize(const std::string & text, bool parse_special = true) const;
+    std::string          detokenize(const std::vector<int32_t> & ids, bool skip_special = false) const;
+    // Ids that end an assistant turn: eos, <|im_end|>, <|endoftext|> and minicpm.stop_tokens.
+    const std::vector<int32_t> & end_of_turn_ids() const;
+    bool is_end_of_turn(int32_t id) const;
+
+    struct Impl;
+    Impl & impl() const { return *impl_; }
+
+private:
+    explicit Model(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
+};
+
+struct SessionParams {
+    int         n_ctx    = 4096;
+    int         n_batch  = 512;      // prefill micro-batch
+    std::optional<uint64_t> seed;    // unset = random
+    std::string kv_type  = "auto";   // "auto" (f32 for all-F32 models, else f16), "f16", "f32"
+    std::string flash_attn = "auto"; // "auto" | "on" | "off"
+};
+
+struct SamplingParams {
+    float temperature      = 0.7f;   // 0 = greedy
+    int   top_k            = 100;    // 0 = off
+    float top_p            = 0.8f;   // 1 = off
+    float min_p            = 0.0f;   // 0 = off
+    float repeat_penalty   = 1.05f;  // 1 = off; HF semantics: divide positive, multiply negative logits
+    float presence_penalty = 0.0f;   // subtracted once from the logit of every seen token
+    int   repeat_last_n    = -1;     // tokens looked back for penalties; -1 = whole context
+};
+
+struct GenerationParams {
+    int                      max_tokens = 256;   // < 0: until end of turn or context full
+    SamplingParams           sampling;
+    std::vector<std::string> stop;               // stop strings (not included in the output)
+    bool                     stop_at_end_of_turn = true;
+    bool                     skip_special = true; // leave special tokens out of the text
+};
+
+enum class StopReason { None, EndOfTurn, StopString, MaxTokens, ContextFull };
+const char * stop_reason_name(StopReason r);
+
+struct GenerationStep {
+    std::string text;        // new text since the previous step (may be empty)
+    int32_t     token = -1;  // the sampled token (-1 when nothing was sampled)
+    bool        done = false;
+    StopReason  reason = StopReason::None;
+};
+
+struct Timings {
+    double  prefill_ms = 0, decode_ms = 0, sample_ms = 0;
+    int64_t n_prefill = 0, n_decode = 0;
+};
+
+class Session {
+public:
+    Session(std::shared_ptr<Model> model, const SessionParams & params);
+    ~Session();
+    Session(const Session &) = delete;
+    Session & operator=(const Session &) = delete;
+
+    // Appends tokens to the context and evaluates them; returns the number added.
+    // Throws Error(ContextFull) if they do not fit (the session is left unchanged).
+    int prefill(const std::vector<int32_t> & tokens);
+    // Makes the context equal `tokens`, reusing the longest common prefix already evaluated.
+    // Returns the number of tokens evaluated.
+    int sync(const std::vector<int32_t> & tokens);
+
+    // Logits of the last evaluated position (n_vocab floats). Throws if nothing was evaluated.
+    const std::vector<float> & logits();
+
+    int32_t sample(const SamplingParams & params);
+
+    void           begin_generation(const GenerationParams & params);
+    GenerationStep next();
+
+    void reset();
+    int  n_past() const;       // tokens in the context (evaluated or pending)
+    int  n_ctx() const;
+    const std::vector<int32_t> & tokens() const;
+    const Timings & timings() const;
+    void reset_timings();
+    const std::shared_ptr<Model> & model() const;
+
+    struct Impl;
+
+private:
+    std::unique_ptr<Impl> impl_;
+};
+
+} // namespace minicpm

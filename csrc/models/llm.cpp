@@ -1,0 +1,195 @@
+#include "llm.h"
+
+#include "core/error.h"
+#include "graph/blocks.h"
+#include "model/names.h"
+#include "runtime/kv_cache.h"
+
+#include <cmath>
+
+namespace minicpm {
+
+namespace {
+
+int64_t need_positive(const GgufFile & f, const std::string & key) {
+    uint32_t v = f.get_u32(key);
+    if (v == 0) {
+        fail(ErrorKind::Format, "metadata key " + key + " in " + f.path() + " must be > 0");
+    }
+    return v;
+}
+
+} // namespace
+
+LlmHparams LlmHparams::from_gguf(const GgufFile & f) {
+    LlmHparams hp;
+    hp.arch = f.get_str(key_name(KeyName::GENERAL_ARCHITECTURE));
+    if (hp.arch != "qwen3" && hp.arch != "qwen2") {
+        fail(ErrorKind::Unsupported, "unsupported architecture '" + hp.arch + "' in " + f.path() +
+                                         " (supported: qwen3, qwen2)");
+    }
+    auto key = [&](KeyName k) { return key_name(k, hp.arch); };
+    hp.n_embd    = need_positive(f, key(KeyName::LLM_EMBEDDING_LENGTH));
+    hp.n_layer   = need_positive(f, key(KeyName::LLM_BLOCK_COUNT));
+    hp.n_head    = need_positive(f, key(KeyName::LLM_HEAD_COUNT));
+    hp.n_head_kv = f.has_key(key(KeyName::LLM_HEAD_COUNT_KV)) ? need_positive(f, key(KeyName::LLM_HEAD_COUNT_KV))
+                                                              : hp.n_head;
+    hp.n_ff      = need_positive(f, key(KeyName::LLM_FEED_FORWARD_LENGTH));
+    hp.n_ctx_train = f.opt_u32(key(KeyName::LLM_CONTEXT_LENGTH)).value_or(0);
+    hp.rms_eps   = f.get_f32(key(KeyName::LLM_RMS_EPS));
+    hp.rope_base = f.opt_f32(key(KeyName::LLM_ROPE_FREQ_BASE)).value_or(10000.0f);
+    if (hp.n_embd % hp.n_head != 0 && !f.has_key(key(KeyName::LLM_KEY_LENGTH))) {
+        fail(ErrorKind::Format, "cannot derive head_dim in " + f.path() + ": embedding_length " +
+                                    std::to_string(hp.n_embd) + " is not a multiple of head_count " +
+                                    std::to_string(hp.n_head) + " and " + key(KeyName::LLM_KEY_LENGTH) + " is missing");
+    }
+    hp.head_dim = f.has_key(key(KeyName::LLM_KEY_LENGTH)) ? need_positive(f, key(KeyName::LLM_KEY_LENGTH))
+                                                          : hp.n_embd / hp.n_head;
+    if (auto vl = f.opt_u32(key(KeyName::LLM_VALUE_LENGTH)); vl && *vl != hp.head_dim) {
+        fail(ErrorKind::Unsupported, "value_length " + std::to_string(*vl) + " differs from key_length " +
+                                         std::to_string(hp.head_dim) + " in " + f.path());
+    }
+    if (hp.n_head % hp.n_head_kv != 0) {
+        fail(ErrorKind::Format, "head_count " + std::to_string(hp.n_head) + " is not a multiple of head_count_kv " +
+                                    std::to_string(hp.n_head_kv) + " in " + f.path());
+    }
+    if (hp.head_dim % 2 != 0) {
+        fail(ErrorKind::Format, "head dimension " + std::to_string(hp.head_dim) + " must be even for RoPE in " +
+                                    f.path());
+    }
+    if (!(hp.rms_eps > 0.0f) || !std::isfinite(hp.rope_base) || hp.rope_base <= 0.0f) {
+        fail(ErrorKind::Format, "invalid rms epsilon or rope base in " + f.path());
+    }
+    hp.qk_norm  = hp.arch == "qwen3";
+    hp.qkv_bias = hp.arch == "qwen2";
+
+    const TensorInfo * emb = f.find_tensor(tensor_name(TensorName::TOKEN_EMBD));
+    if (!emb) {
+        fail(ErrorKind::Format, "tensor " + tensor_name(TensorName::TOKEN_EMBD) + " not found in " + f.path());
+    }
+    hp.n_vocab = emb->ne[1];
+    if (emb->ne[0] != hp.n_embd || hp.n_vocab <= 0) {
+        fail(ErrorKind::Format, "tensor " + emb->name + ": expected shape [" + std::to_string(hp.n_embd) +
+                                    ", n_vocab], got " + shape_str(emb->ne, emb->n_dims) + " in " + f.path());
+    }
+    return hp;
+}
+
+LlmWeights LlmWeights::declare(WeightStore & s, const LlmHparams & hp) {
+    LlmWeights w;
+    const int64_t E = hp.n_embd, Q = hp.n_embd_q(), KV = hp.n_embd_kv(), F = hp.n_ff, V = hp.n_vocab;
+    // Token rows are gathered with get_rows; keeping them in host memory saves device memory.
+    w.tok_embd    = s.require(tensor_name(TensorName::TOKEN_EMBD), {E, V}, Placement::Host);
+    w.output_norm = s.require(tensor_name(TensorName::OUTPUT_NORM), {E});
+    w.output      = s.optional(tensor_name(TensorName::OUTPUT), {E, V});
+    if (!w.output) {
+        // Tied embeddings: the output projection reuses token_embd (as llama.cpp does).
+        w.output = w.tok_embd;
+    }
+    for (int il = 0; il < hp.n_layer; ++il) {
+        LlmLayer l;
+        auto T = [&](TensorName t) { return tensor_name(t, il); };
+        l.attn_norm = s.require(T(TensorName::ATTN_NORM), {E});
+        l.wq        = s.require(T(TensorName::ATTN_Q), {E, Q});
+        l.wk        = s.require(T(TensorName::ATTN_K), {E, KV});
+        l.wv        = s.require(T(TensorName::ATTN_V), {E, KV});
+        l.wo        = s.require(T(TensorName::ATTN_OUT), {Q, E});
+        if (hp.qkv_bias) {
+            l.bq = s.require(T(TensorName::ATTN_Q_BIAS), {Q});
+            l.bk = s.require(T(TensorName::ATTN_K_BIAS), {KV});
+            l.bv = s.require(T(TensorName::ATTN_V_BIAS), {KV});
+        }
+        if (hp.qk_norm) {
+            l.q_norm = s.require(T(TensorName::ATTN_Q_NORM), {hp.head_dim});
+            l.k_norm = s.require(T(TensorName::ATTN_K_NORM), {hp.head_dim});
+        }
+        l.ffn_norm = s.require(T(TensorName::FFN_NORM), {E});
+        l.ffn_gate = s.require(T(TensorName::FFN_GATE), {E, F});
+        l.ffn_up   = s.require(T(TensorName::FFN_UP), {E, F});
+        l.ffn_down = s.require(T(TensorName::FFN_DOWN), {F, E});
+        w.layers.push_back(l);
+    }
+    return w;
+}
+
+ggml_cgraph * build_llm_graph(ggml_context * ctx, const LlmHparams & hp, const LlmWeights & w, const KvCache & kv,
+                              const LlmGraphParams & p, LlmGraphInputs & in, int max_nodes) {
+    using namespace graph;
+    ggml_cgraph * gf = ggml_new_graph_custom(ctx, max_nodes, false);
+    const int64_t n_tokens = p.n_tokens;
+    const int64_t head_dim = hp.head_dim;
+    const size_t  kv_row   = ggml_row_size(kv.type, hp.n_embd_kv());
+
+    ggml_tensor * x;
+    if (p.use_embd) {
+        in.embd = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, hp.n_embd, n_tokens);
+        ggml_set_name(in.embd, "inp_embd");
+        ggml_set_input(in.embd);
+        x = in.embd;
+    } else {
+        in.tokens = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_tokens);
+        ggml_set_name(in.tokens, "inp_tokens");
+        ggml_set_input(in.tokens);
+        x = ggml_get_rows(ctx, w.tok_embd, in.tokens);   // [n_embd, n_tokens]
+    }
+    in.pos = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_tokens);
+    ggml_set_name(in.pos, "inp_pos");
+    ggml_set_input(in.pos);
+    in.kq_mask = ggml_new_tensor_2d(ctx, p.flash_attn ? GGML_TYPE_F16 : GGML_TYPE_F32, p.n_kv, n_tokens);
+    ggml_set_name(in.kq_mask, "kq_mask");
+    ggml_set_input(in.kq_mask);
+
+    const float kq_scale = 1.0f / std::sqrt((float) head_dim);
+
+    for (int64_t il = 0; il < hp.n_layer; ++il) {
+        const LlmLayer & L = w.layers[il];
+        ggml_tensor * resid = x;
+        ggml_tensor * cur = rms_norm(ctx, x, L.attn_norm, hp.rms_eps);
+
+        ggml_tensor * q = linear(ctx, cur, L.wq, L.bq);
+        ggml_tensor * k = linear(ctx, cur, L.wk, L.bk);
+        ggml_tensor * v = linear(ctx, cur, L.wv, L.bv);
+        q = ggml_reshape_3d(ctx, q, head_dim, hp.n_head, n_tokens);
+        k = ggml_reshape_3d(ctx, k, head_dim, hp.n_head_kv, n_tokens);
+        if (hp.qk_norm) {
+            q = rms_norm(ctx, q, L.q_norm, hp.rms_eps);
+            k = rms_norm(ctx, k, L.k_norm, hp.rms_eps);
+        }
+        q = ggml_rope_ext(ctx, q, in.pos, nullptr, (int) head_dim, GGML_ROPE_TYPE_NEOX, (int) hp.n_ctx_train,
+                          hp.rope_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+        k = ggml_rope_ext(ctx, k, in.pos, nullptr, (int) head_dim, GGML_ROPE_TYPE_NEOX, (int) hp.n_ctx_train,
+                          hp.rope_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+
+        // Write this batch's keys/values into cells [n_past, n_past + n_tokens).
+        ggml_tensor * k_dst = ggml_view_2d(ctx, kv.k[il], hp.n_embd_kv(), n_tokens, kv_row, kv_row * p.n_past);
+        ggml_tensor * v_dst = ggml_view_2d(ctx, kv.v[il], hp.n_embd_kv(), n_tokens, kv_row, kv_row * p.n_past);
+        ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_reshape_2d(ctx, k, hp.n_embd_kv(), n_tokens), k_dst));
+        ggml_build_forward_expand(gf, ggml_cpy(ctx, v, v_dst));
+
+        // Attend over cells [0, n_kv): [head_dim, n_kv, n_head_kv] views.
+        ggml_tensor * kc = ggml_view_3d(ctx, kv.k[il], head_dim, p.n_kv, hp.n_head_kv, kv_row,
+                                        ggml_row_size(kv.type, head_dim), 0);
+        ggml_tensor * vc = ggml_view_3d(ctx, kv.v[il], head_dim, p.n_kv, hp.n_head_kv, kv_row,
+                                        ggml_row_size(kv.type, head_dim), 0);
+        cur = attention(ctx, q, kc, vc, in.kq_mask, kq_scale, p.flash_attn);
+        cur = linear(ctx, cur, L.wo);
+        x = ggml_add(ctx, cur, resid);
+
+        resid = x;
+        cur = rms_norm(ctx, x, L.ffn_norm, hp.rms_eps);
+        cur = swiglu_mlp(ctx, cur, L.ffn_gate, L.ffn_up, L.ffn_down);
+        x = ggml_add(ctx, cur, resid);
+    }
+
+    if (!p.all_logits && n_tokens > 1) {
+        x = ggml_view_1d(ctx, x, hp.n_embd, (n_tokens - 1) * x->nb[1]);   // last position only
+    }
+    x = rms_norm(ctx, x, w.output_norm, hp.rms_eps);
+    in.logits = ggml_mul_mat(ctx, w.output, x);
+    ggml_set_name(in.logits, "logits");
+    ggml_set_output(in.logits);
+    ggml_build_forward_expand(gf, in.logits);
+    return gf;
+}
+
+} // namespace minicpm

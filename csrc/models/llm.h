@@ -1,0 +1,81 @@
+// Qwen2 / Qwen3 decoder (the LLM of MiniCPM-V 2.6 / o 2.6 and V 4.5 / o 4.5).
+// Mirrors transformers' Qwen2ForCausalLM / Qwen3ForCausalLM forward.
+#pragma once
+
+#include "core/gguf_file.h"
+#include "core/weights.h"
+
+#include "ggml.h"
+
+#include <string>
+#include <vector>
+
+namespace minicpm {
+
+struct LlmHparams {
+    std::string arch;          // "qwen2" | "qwen3"
+    int64_t     n_vocab   = 0;
+    int64_t     n_embd    = 0;
+    int64_t     n_layer   = 0;
+    int64_t     n_head    = 0;
+    int64_t     n_head_kv = 0;
+    int64_t     head_dim  = 0;
+    int64_t     n_ff      = 0;
+    int64_t     n_ctx_train = 0;
+    float       rms_eps   = 1e-6f;
+    float       rope_base = 10000.0f;
+    bool        qk_norm   = false;   // qwen3: per-head RMSNorm on q and k
+    bool        qkv_bias  = false;   // qwen2: biases on q, k, v
+
+    int64_t n_embd_q() const { return n_head * head_dim; }
+    int64_t n_embd_kv() const { return n_head_kv * head_dim; }
+
+    // Reads and validates the hyperparameters; throws Error(Unsupported) for other architectures.
+    static LlmHparams from_gguf(const GgufFile & f);
+};
+
+struct LlmLayer {
+    ggml_tensor * attn_norm = nullptr;
+    ggml_tensor * wq = nullptr, * wk = nullptr, * wv = nullptr, * wo = nullptr;
+    ggml_tensor * bq = nullptr, * bk = nullptr, * bv = nullptr;
+    ggml_tensor * q_norm = nullptr, * k_norm = nullptr;
+    ggml_tensor * ffn_norm = nullptr;
+    ggml_tensor * ffn_gate = nullptr, * ffn_up = nullptr, * ffn_down = nullptr;
+};
+
+struct LlmWeights {
+    ggml_tensor *         tok_embd    = nullptr;   // [n_embd, n_vocab]
+    ggml_tensor *         output_norm = nullptr;
+    ggml_tensor *         output      = nullptr;   // [n_embd, n_vocab]; token_embd when tied
+    std::vector<LlmLayer> layers;
+
+    // Declares every tensor in the store with its expected shape.
+    static LlmWeights declare(WeightStore & store, const LlmHparams & hp);
+};
+
+// Inputs of one forward pass over a micro-batch, created by build_llm_graph.
+struct LlmGraphInputs {
+    ggml_tensor * tokens   = nullptr;   // I32 [n_tokens]         (or null when embd is used)
+    ggml_tensor * embd     = nullptr;   // F32 [n_embd, n_tokens] (external embeddings)
+    ggml_tensor * pos      = nullptr;   // I32 [n_tokens]
+    ggml_tensor * kq_mask  = nullptr;   // F32/F16 [n_kv, n_tokens]
+    ggml_tensor * logits   = nullptr;   // F32 [n_vocab, n_out]
+};
+
+struct LlmGraphParams {
+    int64_t n_tokens   = 0;
+    int64_t n_past     = 0;       // tokens already in the cache
+    int64_t n_kv       = 0;       // cache cells attended (>= n_past + n_tokens)
+    bool    use_embd   = false;   // feed embeddings instead of token ids
+    bool    all_logits = false;   // logits for every position (else the last only)
+    bool    flash_attn = false;
+};
+
+struct KvCache;
+
+// Builds the forward graph; the KV cache views are written for positions
+// [n_past, n_past + n_tokens).
+ggml_cgraph * build_llm_graph(ggml_context * ctx, const LlmHparams & hp, const LlmWeights & w, const KvCache & kv,
+                              const LlmGraphParams & p, LlmGraphInputs & in, int max_nodes);
+
+} // namespace minicpm

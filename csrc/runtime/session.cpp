@@ -1,0 +1,361 @@
+#include "model_impl.h"
+
+#include "core/log.h"
+#include "runtime/kv_cache.h"
+#include "runtime/sampler.h"
+
+#include "ggml-alloc.h"
+#include "ggml-backend.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <random>
+
+namespace minicpm {
+
+namespace {
+
+double now_ms() {
+    using namespace std::chrono;
+    return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
+}
+
+constexpr int64_t KV_PAD = 256;   // attended cells are rounded up to this (masked): fewer distinct graph shapes
+
+} // namespace
+
+struct Session::Impl {
+    std::shared_ptr<Model> model;
+    Model::Impl &          m;
+    SessionParams          params;
+    KvCache                kv;
+    bool                   flash_attn = false;
+    ggml_backend_sched_t   sched = nullptr;
+    std::vector<uint8_t>   meta;        // graph metadata arena
+    int                    max_nodes = 0;
+
+    std::vector<int32_t> tokens;        // whole context: evaluated, then pending
+    size_t               n_eval = 0;    // tokens[0, n_eval) are in the KV cache
+    std::vector<float>   logits;
+    bool                 logits_valid = false;
+    std::mt19937_64      rng;
+    Timings              timings;
+
+    // generation state
+    bool             gen_active = false;
+    bool             gen_done = false;
+    GenerationParams gen;
+    int              n_generated = 0;
+    std::unique_ptr<StreamDecoder> decoder;
+    std::string      held;              // text not yet returned (may be the start of a stop string)
+
+    Impl(std::shared_ptr<Model> mdl, const SessionParams & p) : model(std::move(mdl)), m(model->impl()), params(p) {}
+    ~Impl() {
+        if (sched) ggml_backend_sched_free(sched);
+    }
+
+    void init() {
+        if (params.n_ctx <= 0) fail(ErrorKind::InvalidArgument, "n_ctx must be > 0, got " + std::to_string(params.n_ctx));
+        if (params.n_batch <= 0) fail(ErrorKind::InvalidArgument, "n_batch must be > 0, got " + std::to_string(params.n_batch));
+        if (m.hp.n_ctx_train > 0 && params.n_ctx > m.hp.n_ctx_train) {
+            MINICPM_LOG_WARN("n_ctx %d exceeds the model's training context %lld", params.n_ctx, (long long) m.hp.n_ctx_train);
+        }
+        ggml_type kv_type;
+        if (params.kv_type == "auto") kv_type = m.all_f32 ? GGML_TYPE_F32 : GGML_TYPE_F16;
+        else if (params.kv_type == "f16") kv_type = GGML_TYPE_F16;
+        else if (params.kv_type == "f32") kv_type = GGML_TYPE_F32;
+        else fail(ErrorKind::InvalidArgument, "kv_type must be 'auto', 'f16' or 'f32', got '" + params.kv_type + "'");
+        if (params.flash_attn == "auto") flash_attn = kv_type == GGML_TYPE_F16;
+        else if (params.flash_attn == "on") flash_attn = true;
+        else if (params.flash_attn == "off") flash_attn = false;
+        else fail(ErrorKind::InvalidArgument, "flash_attn must be 'auto', 'on' or 'off', got '" + params.flash_attn + "'");
+        if (flash_attn && kv_type != GGML_TYPE_F16) {
+            fail(ErrorKind::InvalidArgument, "flash_attn needs kv_type f16");
+        }
+
+        kv.init(m.hp, params.n_ctx, kv_type, *m.backends);
+        params.n_batch = std::min(params.n_batch, params.n_ctx);
+
+        max_nodes = (int) std::max<int64_t>(2048, m.hp.n_layer * 48 + 64);
+        meta.resize(ggml_tensor_overhead() * (size_t) max_nodes + ggml_graph_overhead_custom((size_t) max_nodes, false));
+
+        auto backends = m.backends->all();
+        sched = ggml_backend_sched_new(backends.data(), nullptr, (int) backends.size(), (size_t) max_nodes, false, true);
+        if (!sched) fail(ErrorKind::Backend, "cannot create the graph scheduler");
+        // Reserve compute memory once with the worst case: a full batch attending the whole context.
+        {
+            LlmGraphInputs in;
+            ggml_context * ctx = new_graph_ctx();
+            LlmGraphParams gp;
+            gp.n_tokens = params.n_batch;
+            gp.n_past = 0;
+            gp.n_kv = params.n_ctx;
+            gp.flash_attn = flash_attn;
+            ggml_cgraph * gf = build_llm_graph(ctx, m.hp, m.weights, kv, gp, in, max_nodes);
+            bool ok = ggml_backend_sched_reserve(sched, gf);
+            ggml_free(ctx);
+            if (!ok) fail(ErrorKind::Backend, "cannot allocate compute buffers on " + m.backends->main_name() +
+                                                  "; try a smaller n_ctx or n_batch");
+        }
+        if (params.seed) rng.seed(*params.seed);
+        else rng.seed(std::random_device{}());
+        logits.resize((size_t) m.hp.n_vocab);
+    }
+
+    ggml_context * new_graph_ctx() {
+        ggml_init_params ip = {meta.size(), meta.data(), true};
+        return ggml_init(ip);
+    }
+
+    // Evaluates tokens[n_eval, end) in micro-batches; the logits of the last one are kept.
+    void eval_pending() {
+        if (n_eval >= tokens.size()) return;
+        const double t0 = now_ms();
+        const size_t n_start = n_eval;
+        while (n_eval < tokens.size()) {
+            const int64_t n_tokens = std::min<int64_t>(params.n_batch, (int64_t) (tokens.size() - n_eval));
+            eval_batch(tokens.data() + n_eval, n_tokens, (int64_t) n_eval);
+            n_eval += (size_t) n_tokens;
+        }
+        const double dt = now_ms() - t0;
+        const size_t n = n_eval - n_start;
+        if (n == 1 && gen_active) {
+            timings.decode_ms += dt;
+            timings.n_decode += 1;
+        } else {
+            timings.prefill_ms += dt;
+            timings.n_prefill += (int64_t) n;
+        }
+    }
+
+    void eval_batch(const int32_t * toks, int64_t n_tokens, int64_t n_past) {
+        for (int64_t i = 0; i < n_tokens; ++i) {
+            if (toks[i] < 0 || toks[i] >= m.hp.n_vocab) {
+                fail(ErrorKind::InvalidArgument, "token id " + std::to_string(toks[i]) + " out of range [0, " +
+                                                     std::to_string(m.hp.n_vocab) + ")");
+            }
+        }
+        LlmGraphParams gp;
+        gp.n_tokens = n_tokens;
+        gp.n_past = n_past;
+        gp.n_kv = std::min<int64_t>(params.n_ctx, ((n_past + n_tokens + KV_PAD - 1) / KV_PAD) * KV_PAD);
+        gp.flash_attn = flash_attn;
+
+        ggml_backend_sched_reset(sched);
+        ggml_context * ctx = new_graph_ctx();
+        LlmGraphInputs in;
+        ggml_cgraph * gf = build_llm_graph(ctx, m.hp, m.weights, kv, gp, in, max_nodes);
+        if (!ggml_backend_sched_alloc_graph(sched, gf)) {
+            ggml_free(ctx);
+            fail(ErrorKind::Backend, "cannot allocate the compute graph");
+        }
+        ggml_backend_tensor_set(in.tokens, toks, 0, (size_t) n_tokens * sizeof(int32_t));
+        std::vector<int32_t> pos((size_t) n_tokens);
+        for (int64_t i = 0; i < n_tokens; ++i) pos[(size_t) i] = (int32_t) (n_past + i);
+        ggml_backend_tensor_set(in.pos, pos.data(), 0, pos.size() * sizeof(int32_t));
+        // Causal mask over cells [0, n_kv): cell j is visible to token i when j <= n_past + i.
+        const int64_t n_kv = gp.n_kv;
+        std::vector<float> mask((size_t) (n_kv * n_tokens));
+        for (int64_t i = 0; i < n_tokens; ++i) {
+            for (int64_t j = 0; j < n_kv; ++j) {
+                mask[(size_t) (i * n_kv + j)] = j <= n_past + i ? 0.0f : -INFINITY;
+            }
+        }
+        if (in.kq_mask->type == GGML_TYPE_F16) {
+            std::vector<ggml_fp16_t> m16(mask.size());
+            ggml_fp32_to_fp16_row(mask.data(), m16.data(), (int64_t) mask.size());
+            ggml_backend_tensor_set(in.kq_mask, m16.data(), 0, m16.size() * sizeof(ggml_fp16_t));
+        } else {
+            ggml_backend_tensor_set(in.kq_mask, mask.data(), 0, mask.size() * sizeof(float));
+        }
+        ggml_status st = ggml_backend_sched_graph_compute(sched, gf);
+        if (st != GGML_STATUS_SUCCESS) {
+            ggml_free(ctx);
+            fail(ErrorKind::Backend, "graph compute failed on " + m.backends->main_name());
+        }
+        ggml_backend_tensor_get(in.logits, logits.data(), 0, logits.size() * sizeof(float));
+        logits_valid = true;
+        ggml_free(ctx);
+    }
+
+    void check_fits(size_t extra, const char * what) const {
+        if (tokens.size() + extra > (size_t) params.n_ctx) {
+            fail(ErrorKind::ContextFull, std::string(what) + " of " + std::to_string(extra) + " tokens does not fit: " +
+                                             std::to_string(tokens.size()) + " already in a context of " +
+                                             std::to_string(params.n_ctx) + " (raise n_ctx or reset the session)");
+        }
+    }
+
+    std::string take_safe_text(bool final) {
+        // Return held text except a tail that could still become a stop string.
+        size_t keep = 0;
+        if (!final) {
+            for (const auto & s : gen.stop) {
+                for (size_t len = std::min(s.size() - 1, held.size()); len > keep; --len) {
+                    if (held.compare(held.size() - len, len, s, 0, len) == 0) {
+                        keep = len;
+                        break;
+                    }
+                }
+            }
+        }
+        std::string out = held.substr(0, held.size() - keep);
+        held.erase(0, held.size() - keep);
+        return out;
+    }
+};
+
+Session::Session(std::shared_ptr<Model> model, const SessionParams & params) {
+    if (!model) fail(ErrorKind::InvalidArgument, "Session needs a loaded model");
+    impl_ = std::make_unique<Impl>(std::move(model), params);
+    impl_->init();
+}
+
+Session::~Session() = default;
+
+int Session::prefill(const std::vector<int32_t> & toks) {
+    auto & s = *impl_;
+    if (toks.empty()) return 0;
+    for (int32_t t : toks) {
+        if (t < 0 || t >= s.m.hp.n_vocab) {
+            fail(ErrorKind::InvalidArgument, "token id " + std::to_string(t) + " out of range [0, " +
+                                                 std::to_string(s.m.hp.n_vocab) + ")");
+        }
+    }
+    s.check_fits(toks.size(), "prompt");
+    s.gen_active = false;
+    const size_t before = s.tokens.size();
+    s.tokens.insert(s.tokens.end(), toks.begin(), toks.end());
+    try {
+        s.eval_pending();
+    } catch (...) {
+        // Leave the session as it was before the call.
+        s.tokens.resize(before);
+        s.n_eval = std::min(s.n_eval, before);
+        s.logits_valid = false;
+        throw;
+    }
+    return (int) toks.size();
+}
+
+int Session::sync(const std::vector<int32_t> & toks) {
+    auto & s = *impl_;
+    if (toks.size() > (size_t) s.params.n_ctx) {
+        fail(ErrorKind::ContextFull, "prompt of " + std::to_string(toks.size()) + " tokens does not fit a context of " +
+                                         std::to_string(s.params.n_ctx) + " (raise n_ctx)");
+    }
+    size_t common = 0;
+    while (common < toks.size() && common < s.n_eval && s.tokens[common] == toks[common]) ++common;
+    // The last position must be evaluated again to get its logits.
+    if (common == toks.size() && common > 0) --common;
+    s.tokens.resize(common);
+    s.n_eval = std::min(s.n_eval, common);
+    s.logits_valid = false;
+    std::vector<int32_t> rest(toks.begin() + (ptrdiff_t) common, toks.end());
+    return prefill(rest);
+}
+
+const std::vector<float> & Session::logits() {
+    auto & s = *impl_;
+    if (s.tokens.empty()) fail(ErrorKind::InvalidArgument, "no logits: the context is empty (prefill a prompt first)");
+    s.eval_pending();
+    if (!s.logits_valid) fail(ErrorKind::InvalidArgument, "no logits available for the last position");
+    return s.logits;
+}
+
+int32_t Session::sample(const SamplingParams & p) {
+    validate_sampling(p);
+    const auto & l = logits();
+    const double t0 = now_ms();
+    int32_t id = sample_token(l.data(), (int64_t) l.size(), p, impl_->tokens, impl_->rng);
+    impl_->timings.sample_ms += now_ms() - t0;
+    return id;
+}
+
+void Session::begin_generation(const GenerationParams & params) {
+    auto & s = *impl_;
+    validate_sampling(params.sampling);
+    for (const auto & st : params.stop) {
+        if (st.empty()) fail(ErrorKind::InvalidArgument, "stop strings must not be empty");
+    }
+    if (s.tokens.empty()) {
+        fail(ErrorKind::InvalidArgument, "cannot generate on an empty context: prefill a prompt first");
+    }
+    s.gen = params;
+    s.gen_active = true;
+    s.gen_done = false;
+    s.n_generated = 0;
+    s.held.clear();
+    s.decoder = std::make_unique<StreamDecoder>(*s.m.tokenizer, params.skip_special);
+}
+
+GenerationStep Session::next() {
+    auto & s = *impl_;
+    GenerationStep step;
+    if (!s.gen_active) fail(ErrorKind::InvalidArgument, "call begin_generation() before next()");
+    if (s.gen_done) {
+        step.done = true;
+        return step;
+    }
+    auto finish = [&](StopReason r) {
+        s.held += s.decoder->flush();
+        step.text += s.take_safe_text(true);
+        step.done = true;
+        step.reason = r;
+        s.gen_done = true;
+        return step;
+    };
+    if (s.gen.max_tokens >= 0 && s.n_generated >= s.gen.max_tokens) return finish(StopReason::MaxTokens);
+    if (s.tokens.size() >= (size_t) s.params.n_ctx) return finish(StopReason::ContextFull);
+
+    s.eval_pending();
+    const double t0 = now_ms();
+    int32_t id = sample_token(s.logits.data(), (int64_t) s.logits.size(), s.gen.sampling, s.tokens, s.rng);
+    s.timings.sample_ms += now_ms() - t0;
+    step.token = id;
+    s.tokens.push_back(id);   // pending: evaluated on the next step or the next prefill
+    s.n_generated++;
+
+    if (s.gen.stop_at_end_of_turn && s.model->is_end_of_turn(id)) return finish(StopReason::EndOfTurn);
+
+    s.held += s.decoder->push(id);
+    for (const auto & st : s.gen.stop) {
+        size_t pos = s.held.find(st);
+        if (pos != std::string::npos) {
+            s.held.resize(pos);
+            step.text = s.held;
+            s.held.clear();
+            s.decoder->reset();
+            step.done = true;
+            step.reason = StopReason::StopString;
+            s.gen_done = true;
+            return step;
+        }
+    }
+    step.text = s.take_safe_text(false);
+    if (s.gen.max_tokens >= 0 && s.n_generated >= s.gen.max_tokens) {
+        GenerationStep last = finish(StopReason::MaxTokens);
+        return last;
+    }
+    if (s.tokens.size() >= (size_t) s.params.n_ctx) return finish(StopReason::ContextFull);
+    return step;
+}
+
+void Session::reset() {
+    auto & s = *impl_;
+    s.tokens.clear();
+    s.n_eval = 0;
+    s.logits_valid = false;
+    s.gen_active = false;
+}
+
+int  Session::n_past() const { return (int) impl_->tokens.size(); }
+int  Session::n_ctx() const { return impl_->params.n_ctx; }
+const std::vector<int32_t> & Session::tokens() const { return impl_->tokens; }
+const Timings & Session::timings() const { return impl_->timings; }
+void Session::reset_timings() { impl_->timings = Timings{}; }
+const std::shared_ptr<Model> & Session::model() const { return impl_->model; }
+
+} // namespace minicpm

@@ -1,0 +1,38 @@
+"""minicpm.cpp: a C++/ggml runtime for MiniCPM-V / MiniCPM-o models with GGUF weights.
+
+>>> import minicpm_cpp as m
+>>> s = m.Session("model-f16.gguf")
+>>> s.prefill("Hello")
+>>> print(s.generate(max_tokens=16))
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    BackendError,
+    ContextFullError,
+    Error,
+    FileError,
+    FormatError,
+    InvalidArgumentError,
+    UnsupportedError,
+)
+from .session import ChatTemplate, Model, Session, Tokenizer, list_devices, set_log_level
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Model",
+    "Session",
+    "Tokenizer",
+    "ChatTemplate",
+    "list_devices",
+    "set_log_level",
+    "Error",
+    "FileError",
+    "FormatError",
+    "UnsupportedError",
+    "InvalidArgumentError",
+    "ContextFullError",
+    "BackendError",
+]

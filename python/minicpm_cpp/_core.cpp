@@ -1,0 +1,278 @@
+// Python bindings: conversion and validation only; behaviour lives in the C++ core.
+#include "minicpm/minicpm.h"
+
+#include "core/backend.h"
+#include "core/gguf_file.h"
+#include "core/log.h"
+#include "preprocess/tokenizer.h"
+#include "runtime/chat.h"
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <memory>
+
+namespace py = pybind11;
+using namespace minicpm;
+
+namespace {
+
+py::str utf8(const std::string & s) {
+    PyObject * o = PyUnicode_DecodeUTF8(s.data(), (Py_ssize_t) s.size(), "replace");
+    if (!o) throw py::error_already_set();
+    return py::reinterpret_steal<py::str>(o);
+}
+
+const char * error_class(ErrorKind k) {
+    switch (k) {
+        case ErrorKind::File: return "FileError";
+        case ErrorKind::Format: return "FormatError";
+        case ErrorKind::Unsupported: return "UnsupportedError";
+        case ErrorKind::InvalidArgument: return "InvalidArgumentError";
+        case ErrorKind::ContextFull: return "ContextFullError";
+        case ErrorKind::Backend: return "BackendError";
+        default: return "Error";
+    }
+}
+
+std::vector<ChatMessage> to_messages(const py::list & messages) {
+    std::vector<ChatMessage> out;
+    for (const auto & item : messages) {
+        if (!py::isinstance<py::dict>(item)) {
+            throw Error(ErrorKind::InvalidArgument, "each message must be a dict with 'role' and 'content'");
+        }
+        py::dict d = item.cast<py::dict>();
+        if (!d.contains("role") || !d.contains("content")) {
+            throw Error(ErrorKind::InvalidArgument, "each message needs 'role' and 'content' keys");
+        }
+        ChatMessage m;
+        m.role = py::str(d["role"]);
+        py::object content = d["content"];
+        if (!py::isinstance<py::str>(content) && !content.is_none()) {
+            throw Error(ErrorKind::InvalidArgument, "message content must be a string here, got " +
+                                                        std::string(Py_TYPE(content.ptr())->tp_name));
+        }
+        m.content = content.is_none() ? std::string() : content.cast<std::string>();
+        if (d.contains("reasoning_content") && !d["reasoning_content"].is_none()) {
+            m.reasoning_content = py::str(d["reasoning_content"]).cast<std::string>();
+        }
+        out.push_back(std::move(m));
+    }
+    return out;
+}
+
+SamplingParams make_sampling(float temperature, int top_k, float top_p, float min_p, float repeat_penalty,
+                             float presence_penalty, int repeat_last_n) {
+    SamplingParams p;
+    p.temperature = temperature;
+    p.top_k = top_k;
+    p.top_p = top_p;
+    p.min_p = min_p;
+    p.repeat_penalty = repeat_penalty;
+    p.presence_penalty = presence_penalty;
+    p.repeat_last_n = repeat_last_n;
+    return p;
+}
+
+// A tokenizer loaded from any GGUF (vocab-only files included), without weights.
+struct PyTokenizer {
+    std::unique_ptr<GgufFile>  file;
+    std::unique_ptr<Tokenizer> tok;
+    explicit PyTokenizer(const std::string & path) {
+        file = std::make_unique<GgufFile>(path);
+        tok  = std::make_unique<Tokenizer>(Tokenizer::from_gguf(file->ctx(), path));
+    }
+};
+
+py::dict model_info(const Model & m) {
+    const ModelInfo & i = m.info();
+    py::dict d;
+    d["path"] = i.path;
+    d["arch"] = i.arch;
+    d["model_type"] = i.model_type;
+    d["name"] = i.name;
+    d["device"] = i.device;
+    d["n_vocab"] = i.n_vocab;
+    d["n_embd"] = i.n_embd;
+    d["n_layer"] = i.n_layer;
+    d["n_head"] = i.n_head;
+    d["n_head_kv"] = i.n_head_kv;
+    d["head_dim"] = i.head_dim;
+    d["n_ff"] = i.n_ff;
+    d["n_ctx_train"] = i.n_ctx_train;
+    d["rope_base"] = i.rope_base;
+    d["rms_eps"] = i.rms_eps;
+    d["weight_bytes"] = i.weight_bytes;
+    d["weight_type"] = i.weight_type;
+    return d;
+}
+
+} // namespace
+
+PYBIND11_MODULE(_core, mod) {
+    mod.doc() = "minicpm.cpp native core";
+
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const Error & e) {
+            py::gil_scoped_acquire gil;
+            py::object errors = py::module_::import("minicpm_cpp.errors");
+            py::object cls = errors.attr(error_class(e.kind()));
+            PyErr_SetObject(cls.ptr(), utf8(e.what()).ptr());
+        }
+    });
+
+    mod.def("set_log_level", [](const std::string & level) {
+        if (level == "error") set_log_level(LogLevel::Error);
+        else if (level == "warn") set_log_level(LogLevel::Warn);
+        else if (level == "info") set_log_level(LogLevel::Info);
+        else if (level == "debug") set_log_level(LogLevel::Debug);
+        else throw Error(ErrorKind::InvalidArgument, "log level must be error|warn|info|debug, got '" + level + "'");
+    });
+
+    mod.def("list_devices", [] {
+        py::list out;
+        for (const auto & d : list_devices()) {
+            py::dict e;
+            e["name"] = d.name;
+            e["description"] = d.description;
+            e["type"] = d.type;
+            e["memory_free"] = d.memory_free;
+            e["memory_total"] = d.memory_total;
+            out.append(e);
+        }
+        return out;
+    });
+
+    py::class_<PyTokenizer>(mod, "Tokenizer")
+        .def(py::init<const std::string &>(), py::arg("path"))
+        .def("encode", [](const PyTokenizer & t, const std::string & text, bool parse_special) {
+            return t.tok->encode(text, parse_special);
+        }, py::arg("text"), py::arg("parse_special") = true, py::call_guard<py::gil_scoped_release>())
+        .def("decode", [](const PyTokenizer & t, const std::vector<int32_t> & ids, bool skip_special) {
+            return utf8(t.tok->decode(ids, skip_special));
+        }, py::arg("ids"), py::arg("skip_special") = false)
+        .def("token_bytes", [](const PyTokenizer & t, int32_t id) { return py::bytes(t.tok->token_bytes(id)); })
+        .def("find_token", [](const PyTokenizer & t, const std::string & s) { return t.tok->find_token(s); })
+        .def("token_type", [](const PyTokenizer & t, int32_t id) { return t.tok->token_type(id); })
+        .def("decode_stream", [](const PyTokenizer & t, const std::vector<int32_t> & ids, bool skip_special) {
+            // Pieces as a streaming decoder returns them (for tests of streaming).
+            StreamDecoder dec(*t.tok, skip_special);
+            py::list out;
+            for (int32_t id : ids) out.append(utf8(dec.push(id)));
+            out.append(utf8(dec.flush()));
+            return out;
+        }, py::arg("ids"), py::arg("skip_special") = false)
+        .def_property_readonly("n_tokens", [](const PyTokenizer & t) { return t.tok->n_tokens(); });
+
+    py::class_<ChatTemplate>(mod, "ChatTemplate")
+        .def(py::init([](const std::string & src) { return ChatTemplate::from_source(src); }), py::arg("source"))
+        .def("render", [](const ChatTemplate & t, const py::list & messages, bool add_generation_prompt,
+                          std::optional<bool> enable_thinking) {
+            ChatOptions o;
+            o.add_generation_prompt = add_generation_prompt;
+            o.enable_thinking = enable_thinking;
+            return utf8(t.render(to_messages(messages), o));
+        }, py::arg("messages"), py::arg("add_generation_prompt") = true, py::arg("enable_thinking") = py::none())
+        .def_property_readonly("family", &ChatTemplate::family);
+
+    py::class_<Model, std::shared_ptr<Model>>(mod, "Model")
+        .def(py::init([](const std::string & path, const std::string & device, int n_threads) {
+            ModelParams p;
+            p.device = device;
+            p.n_threads = n_threads;
+            py::gil_scoped_release nogil;
+            return Model::load(path, p);
+        }), py::arg("path"), py::arg("device") = "auto", py::arg("n_threads") = 0)
+        .def_property_readonly("info", &model_info)
+        .def("tokenize", &Model::tokenize, py::arg("text"), py::arg("parse_special") = true,
+             py::call_guard<py::gil_scoped_release>())
+        .def("detokenize", [](const Model & m, const std::vector<int32_t> & ids, bool skip_special) {
+            return utf8(m.detokenize(ids, skip_special));
+        }, py::arg("ids"), py::arg("skip_special") = false)
+        .def("token_bytes", [](const Model & m, int32_t id) { return py::bytes(m.tokenizer().token_bytes(id)); })
+        .def("find_token", [](const Model & m, const std::string & s) { return m.tokenizer().find_token(s); })
+        .def_property_readonly("end_of_turn_ids", &Model::end_of_turn_ids)
+        .def_property_readonly("chat_template", [](const Model & m) { return m.info().chat_template; })
+        .def_property_readonly("chat_family", [](const Model & m) { return m.chat_template().family(); })
+        .def("render_chat", [](const Model & m, const py::list & messages, bool add_generation_prompt,
+                               std::optional<bool> enable_thinking) {
+            ChatOptions o;
+            o.add_generation_prompt = add_generation_prompt;
+            o.enable_thinking = enable_thinking;
+            return utf8(m.chat_template().render(to_messages(messages), o));
+        }, py::arg("messages"), py::arg("add_generation_prompt") = true, py::arg("enable_thinking") = py::none());
+
+    py::class_<Session>(mod, "Session")
+        .def(py::init([](std::shared_ptr<Model> model, int n_ctx, int n_batch, std::optional<uint64_t> seed,
+                         const std::string & kv_type, const std::string & flash_attn) {
+            SessionParams p;
+            p.n_ctx = n_ctx;
+            p.n_batch = n_batch;
+            p.seed = seed;
+            p.kv_type = kv_type;
+            p.flash_attn = flash_attn;
+            py::gil_scoped_release nogil;
+            return std::make_unique<Session>(std::move(model), p);
+        }), py::arg("model"), py::arg("n_ctx") = 4096, py::arg("n_batch") = 512, py::arg("seed") = py::none(),
+            py::arg("kv_type") = "auto", py::arg("flash_attn") = "auto")
+        .def("prefill", &Session::prefill, py::arg("tokens"), py::call_guard<py::gil_scoped_release>())
+        .def("sync", &Session::sync, py::arg("tokens"), py::call_guard<py::gil_scoped_release>())
+        .def("logits", [](Session & s) {
+            const std::vector<float> * l;
+            {
+                py::gil_scoped_release nogil;
+                l = &s.logits();
+            }
+            py::array_t<float> out((py::ssize_t) l->size());
+            std::memcpy(out.mutable_data(), l->data(), l->size() * sizeof(float));
+            return out;
+        })
+        .def("sample", [](Session & s, float temperature, int top_k, float top_p, float min_p, float repeat_penalty,
+                          float presence_penalty, int repeat_last_n) {
+            SamplingParams p = make_sampling(temperature, top_k, top_p, min_p, repeat_penalty, presence_penalty,
+                                             repeat_last_n);
+            py::gil_scoped_release nogil;
+            return s.sample(p);
+        }, py::arg("temperature"), py::arg("top_k"), py::arg("top_p"), py::arg("min_p"), py::arg("repeat_penalty"),
+            py::arg("presence_penalty"), py::arg("repeat_last_n"))
+        .def("begin_generation", [](Session & s, int max_tokens, std::vector<std::string> stop, float temperature,
+                                    int top_k, float top_p, float min_p, float repeat_penalty, float presence_penalty,
+                                    int repeat_last_n, bool stop_at_end_of_turn, bool skip_special) {
+            GenerationParams g;
+            g.max_tokens = max_tokens;
+            g.stop = std::move(stop);
+            g.sampling = make_sampling(temperature, top_k, top_p, min_p, repeat_penalty, presence_penalty, repeat_last_n);
+            g.stop_at_end_of_turn = stop_at_end_of_turn;
+            g.skip_special = skip_special;
+            s.begin_generation(g);
+        }, py::arg("max_tokens"), py::arg("stop"), py::arg("temperature"), py::arg("top_k"), py::arg("top_p"),
+            py::arg("min_p"), py::arg("repeat_penalty"), py::arg("presence_penalty"), py::arg("repeat_last_n"),
+            py::arg("stop_at_end_of_turn"), py::arg("skip_special"))
+        .def("next", [](Session & s) {
+            GenerationStep st;
+            {
+                py::gil_scoped_release nogil;
+                st = s.next();
+            }
+            return py::make_tuple(utf8(st.text), st.token, st.done, stop_reason_name(st.reason));
+        })
+        .def("reset", &Session::reset)
+        .def_property_readonly("n_past", &Session::n_past)
+        .def_property_readonly("n_ctx", &Session::n_ctx)
+        .def_property_readonly("tokens", &Session::tokens)
+        .def_property_readonly("timings", [](const Session & s) {
+            const Timings & t = s.timings();
+            py::dict d;
+            d["prefill_ms"] = t.prefill_ms;
+            d["decode_ms"] = t.decode_ms;
+            d["sample_ms"] = t.sample_ms;
+            d["n_prefill"] = t.n_prefill;
+            d["n_decode"] = t.n_decode;
+            return d;
+        })
+        .def("reset_timings", &Session::reset_timings);
+}

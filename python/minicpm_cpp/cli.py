@@ -1,0 +1,176 @@
+"""minicpm-cli: chat with a GGUF model from the shell (llama.cpp-style flags)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import List, Optional
+
+from .errors import Error
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="minicpm-cli",
+        description="Run a MiniCPM-V / MiniCPM-o (or Qwen3/Qwen2) GGUF model. The prompt is wrapped in "
+        "the model's chat template unless --raw is given.",
+    )
+    p.add_argument("-m", "--model", help="path to the model .gguf")
+    p.add_argument("-p", "--prompt", help="prompt (user message); '-' reads it from stdin")
+    p.add_argument("-f", "--file", help="read the prompt from this file")
+    p.add_argument("-n", "--n-predict", type=int, default=512, help="max tokens to generate (-1 = until end of turn)")
+    p.add_argument("-c", "--ctx-size", type=int, default=4096, help="context size in tokens (default 4096)")
+    p.add_argument("-b", "--batch-size", type=int, default=512, help="prompt micro-batch (default 512)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: from the core count)")
+    p.add_argument("--temp", type=float, default=0.7, help="temperature, 0 = greedy (default 0.7)")
+    p.add_argument("--top-p", type=float, default=0.8, help="top-p (default 0.8)")
+    p.add_argument("--top-k", type=int, default=100, help="top-k, 0 = off (default 100)")
+    p.add_argument("--min-p", type=float, default=0.0, help="min-p (default 0)")
+    p.add_argument("--repeat-penalty", type=float, default=1.05, help="repetition penalty (default 1.05)")
+    p.add_argument("--presence-penalty", type=float, default=0.0, help="presence penalty (default 0)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
+    p.add_argument("--device", default="auto", help="auto | cpu | gpu | cuda | metal | a device name (see --list-devices)")
+    p.add_argument("--list-devices", action="store_true", help="list the compute devices and exit")
+    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--think", dest="enable_thinking", action="store_true", default=None,
+                   help="enable the reasoning template (Qwen3 family)")
+    p.add_argument("--no-think", dest="enable_thinking", action="store_false", help="disable reasoning")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--raw", action="store_true", help="no chat template: continue the prompt text as is")
+    p.add_argument("-i", "--interactive", action="store_true", help="interactive multi-turn chat")
+    p.add_argument("--image", action="append", default=[], help="image file (needs a vision model; repeatable)")
+    p.add_argument("--kv-type", default="auto", choices=["auto", "f16", "f32"], help="KV cache type")
+    p.add_argument("--flash-attn", default="auto", choices=["auto", "on", "off"], help="flash attention")
+    p.add_argument("--no-timings", action="store_true", help="do not print the timing line")
+    p.add_argument("-v", "--verbose", action="store_true", help="log loading details")
+    return p
+
+
+def _timing_line(timings: dict, wall_s: float) -> str:
+    def rate(n: float, ms: float) -> str:
+        return f"{n / (ms / 1000.0):.2f} tok/s" if ms > 0 and n > 0 else "n/a"
+
+    return (
+        f"prompt: {timings['n_prefill']} tokens in {timings['prefill_ms']:.1f} ms ({rate(timings['n_prefill'], timings['prefill_ms'])})"
+        f" | generation: {timings['n_decode']} tokens in {timings['decode_ms']:.1f} ms ({rate(timings['n_decode'], timings['decode_ms'])})"
+        f" | total {wall_s:.2f} s"
+    )
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except Error as e:
+        print(f"minicpm-cli: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import Model, Session, list_devices, set_log_level
+
+    if args.verbose:
+        set_log_level("info")
+    if args.list_devices:
+        for d in list_devices():
+            mem = f", {d['memory_free'] / 2**30:.1f}/{d['memory_total'] / 2**30:.1f} GiB free" if d["memory_total"] else ""
+            print(f"{d['name']}: {d['description']} ({d['type']}{mem})")
+        return 0
+    if not args.model:
+        print("minicpm-cli: error: -m/--model is required", file=sys.stderr)
+        return 2
+    if args.image:
+        print("minicpm-cli: error: --image needs the vision runtime, which this build does not have yet",
+              file=sys.stderr)
+        return 2
+
+    prompt = args.prompt
+    if args.file:
+        with open(args.file, encoding="utf-8") as f:
+            prompt = f.read()
+    elif prompt == "-":
+        prompt = sys.stdin.read()
+    if prompt is None and not args.interactive:
+        print("minicpm-cli: error: give a prompt with -p, -f, or use -i", file=sys.stderr)
+        return 2
+
+    t_load = time.perf_counter()
+    model = Model(args.model, device=args.device, n_threads=args.threads)
+    session = Session(model, n_ctx=args.ctx_size, seed=args.seed, n_batch=args.batch_size,
+                      kv_type=args.kv_type, flash_attn=args.flash_attn)
+    if args.verbose:
+        print(f"loaded {model!r} in {time.perf_counter() - t_load:.2f} s", file=sys.stderr)
+
+    gen = dict(
+        max_tokens=args.n_predict,
+        temperature=args.temp,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        min_p=args.min_p,
+        repeat_penalty=args.repeat_penalty,
+        presence_penalty=args.presence_penalty,
+        stop=args.stop,
+    )
+
+    def stream(pieces) -> str:
+        out = []
+        try:
+            for piece in pieces:
+                out.append(piece)
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            sys.stdout.write("\n[interrupted]")
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        return "".join(out)
+
+    def timings(t0: float) -> None:
+        if not args.no_timings:
+            print(_timing_line(session.timings, time.perf_counter() - t0), file=sys.stderr)
+
+    if args.raw:
+        t0 = time.perf_counter()
+        session.prefill(prompt or "")
+        stream(session.generate(stream=True, **gen))
+        timings(t0)
+        return 0
+
+    messages = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    if prompt is not None:
+        messages.append({"role": "user", "content": prompt})
+        t0 = time.perf_counter()
+        answer = stream(session.chat(messages, enable_thinking=args.enable_thinking, stream=True, **gen))
+        messages.append({"role": "assistant", "content": answer})
+        timings(t0)
+    if not args.interactive:
+        return 0
+    print("interactive chat: empty line or Ctrl+D to quit, /reset to clear the history", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print("", file=sys.stderr)
+            return 0
+        if not line.strip():
+            return 0
+        if line.strip() == "/reset":
+            messages = [m for m in messages if m["role"] == "system"]
+            session.reset()
+            continue
+        messages.append({"role": "user", "content": line})
+        session.reset_timings()
+        t0 = time.perf_counter()
+        answer = stream(session.chat(messages, enable_thinking=args.enable_thinking, stream=True, **gen))
+        messages.append({"role": "assistant", "content": answer})
+        timings(t0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
