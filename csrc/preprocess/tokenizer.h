@@ -43,11 +43,14 @@ public:
     static Tokenizer from_gguf(const gguf_context * ctx, const std::string & where);
 
     // parse_special: match added tokens (CONTROL and USER_DEFINED) in the text before BPE,
-    // as HF does with split_special_tokens=False. No BOS is added.
+    // as HF does with split_special_tokens=False. Without it CONTROL tokens stay text while
+    // USER_DEFINED ones (<think>, ...) are still matched, as HF split_special_tokens=True and
+    // llama.cpp do. No BOS is added.
     std::vector<int32_t> encode(std::string_view text, bool parse_special = true) const;
 
     // Concatenated raw bytes of the tokens (added tokens give their text). May end inside a
     // UTF-8 sequence; invalid UTF-8 is replaced by U+FFFD like HF decode(errors="replace").
+    // skip_special drops CONTROL tokens (HF's special added tokens); UNUSED ids give nothing.
     std::string decode(const std::vector<int32_t> & ids, bool skip_special = false) const;
 
     // Raw bytes of one token, not UTF-8 validated. Throws Error(InvalidArgument) for a bad id.
@@ -61,20 +64,29 @@ public:
     bool    is_special(int32_t id) const;  // CONTROL or USER_DEFINED
 
 private:
-    struct Merge {
-        int32_t rank;
-        int32_t id;  // the merged token
+    struct MergeSlot {
+        uint64_t key;   // left id << 32 | right id; kNoMerge for an empty slot
+        int32_t  rank;
+        int32_t  id;    // the merged token
     };
+    static constexpr uint64_t kNoMerge = ~(uint64_t) 0;
+
+    // Merge of the pair (left, right), or nullptr.
+    const MergeSlot * find_merge(int32_t left, int32_t right) const;
+    void              add_merge(int32_t left, int32_t right, int32_t rank, int32_t id);
+
+    struct BpeScratch;  // buffers reused across the pieces of one encode() call
 
     // Encodes text that holds no added token: NFC, pre-tokenizer split, BPE per piece.
-    void encode_text(std::string_view text, std::vector<int32_t> & out) const;
+    void encode_text(std::string_view text, BpeScratch & scratch, std::vector<int32_t> & out) const;
     // BPE of one pre-tokenized piece, given as raw bytes.
-    void encode_piece(std::string_view bytes, std::vector<int32_t> & out) const;
+    void encode_piece(std::string_view bytes, BpeScratch & scratch, std::vector<int32_t> & out) const;
 
     std::vector<std::string> tokens_;        // decoded raw bytes per id
     std::vector<int32_t>     types_;
     std::unordered_map<std::string, int32_t> token_to_id_;  // raw bytes -> id, added tokens first
-    std::unordered_map<uint64_t, Merge>      merges_;       // (left id << 32 | right id) -> merge
+    std::vector<MergeSlot>   merge_slots_;   // open-addressing hash table, linear probing
+    int                      merge_shift_ = 64;  // hash = (key * golden) >> shift
     std::array<int32_t, 256> byte_ids_{};    // id of the one-byte symbol of each byte, -1 if none
     std::vector<std::vector<int32_t>> added_by_byte_;  // first byte -> CONTROL/USER_DEFINED ids, longest text first
     std::string              pre_;
