@@ -135,6 +135,9 @@ ggml_cgraph * build_llm_graph(ggml_context * ctx, const LlmHparams & hp, const L
     in.pos = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_tokens);
     ggml_set_name(in.pos, "inp_pos");
     ggml_set_input(in.pos);
+    in.kv_idx = ggml_new_tensor_1d(ctx, GGML_TYPE_I64, n_tokens);
+    ggml_set_name(in.kv_idx, "kv_idx");
+    ggml_set_input(in.kv_idx);
     in.kq_mask = ggml_new_tensor_2d(ctx, p.flash_attn ? GGML_TYPE_F16 : GGML_TYPE_F32, p.n_kv, n_tokens);
     ggml_set_name(in.kq_mask, "kq_mask");
     ggml_set_input(in.kq_mask);
@@ -160,16 +163,16 @@ ggml_cgraph * build_llm_graph(ggml_context * ctx, const LlmHparams & hp, const L
         k = ggml_rope_ext(ctx, k, in.pos, nullptr, (int) head_dim, GGML_ROPE_TYPE_NEOX, (int) hp.n_ctx_train,
                           hp.rope_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
 
-        // Write this batch's keys/values into cells [n_past, n_past + n_tokens).
-        ggml_tensor * k_dst = ggml_view_2d(ctx, kv.k[il], hp.n_embd_kv(), n_tokens, kv_row, kv_row * p.n_past);
-        ggml_tensor * v_dst = ggml_view_2d(ctx, kv.v[il], hp.n_embd_kv(), n_tokens, kv_row, kv_row * p.n_past);
-        ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_reshape_2d(ctx, k, hp.n_embd_kv(), n_tokens), k_dst));
-        ggml_build_forward_expand(gf, ggml_cpy(ctx, v, v_dst));
+        // Write this batch's keys/values into the cache cells listed in kv_idx (positions
+        // n_past .. n_past + n_tokens - 1). Rows are scattered by an input tensor rather than
+        // copied into a view at an offset, so the graph is the same at every decode step.
+        ggml_tensor * k_all = ggml_set_rows(ctx, kv.k[il], ggml_reshape_2d(ctx, k, hp.n_embd_kv(), n_tokens), in.kv_idx);
+        ggml_tensor * v_all = ggml_set_rows(ctx, kv.v[il], v, in.kv_idx);
 
-        // Attend over cells [0, n_kv): [head_dim, n_kv, n_head_kv] views.
-        ggml_tensor * kc = ggml_view_3d(ctx, kv.k[il], head_dim, p.n_kv, hp.n_head_kv, kv_row,
+        // Attend over cells [0, n_kv): [head_dim, n_kv, n_head_kv] views of the updated cache.
+        ggml_tensor * kc = ggml_view_3d(ctx, k_all, head_dim, p.n_kv, hp.n_head_kv, kv_row,
                                         ggml_row_size(kv.type, head_dim), 0);
-        ggml_tensor * vc = ggml_view_3d(ctx, kv.v[il], head_dim, p.n_kv, hp.n_head_kv, kv_row,
+        ggml_tensor * vc = ggml_view_3d(ctx, v_all, head_dim, p.n_kv, hp.n_head_kv, kv_row,
                                         ggml_row_size(kv.type, head_dim), 0);
         cur = attention(ctx, q, kc, vc, in.kq_mask, kq_scale, p.flash_attn);
         cur = linear(ctx, cur, L.wo);

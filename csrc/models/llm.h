@@ -58,6 +58,7 @@ struct LlmGraphInputs {
     ggml_tensor * tokens   = nullptr;   // I32 [n_tokens]         (or null when embd is used)
     ggml_tensor * embd     = nullptr;   // F32 [n_embd, n_tokens] (external embeddings)
     ggml_tensor * pos      = nullptr;   // I32 [n_tokens]
+    ggml_tensor * kv_idx   = nullptr;   // I64 [n_tokens]: cache cell of each token
     ggml_tensor * kq_mask  = nullptr;   // F32/F16 [n_kv, n_tokens]
     ggml_tensor * logits   = nullptr;   // F32 [n_vocab, n_out]
 };

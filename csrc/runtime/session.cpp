@@ -35,6 +35,10 @@ struct Session::Impl {
     ggml_backend_sched_t   sched = nullptr;
     std::vector<uint8_t>   meta;        // graph metadata arena
     int                    max_nodes = 0;
+    ggml_context *         graph_ctx = nullptr;   // the last built graph, kept for reuse
+    ggml_cgraph *          graph = nullptr;
+    LlmGraphInputs         gin;
+    LlmGraphParams         last_gp;
 
     std::vector<int32_t> tokens;        // whole context: evaluated, then pending
     size_t               n_eval = 0;    // tokens[0, n_eval) are in the KV cache
@@ -53,6 +57,7 @@ struct Session::Impl {
 
     Impl(std::shared_ptr<Model> mdl, const SessionParams & p) : model(std::move(mdl)), m(model->impl()), params(p) {}
     ~Impl() {
+        drop_graph();
         if (sched) ggml_backend_sched_free(sched);
     }
 
@@ -104,6 +109,12 @@ struct Session::Impl {
         logits.resize((size_t) m.hp.n_vocab);
     }
 
+    void drop_graph() {
+        if (graph_ctx) ggml_free(graph_ctx);
+        graph_ctx = nullptr;
+        graph = nullptr;
+    }
+
     ggml_context * new_graph_ctx() {
         ggml_init_params ip = {meta.size(), meta.data(), true};
         return ggml_init(ip);
@@ -143,18 +154,30 @@ struct Session::Impl {
         gp.n_kv = std::min<int64_t>(params.n_ctx, ((n_past + n_tokens + KV_PAD - 1) / KV_PAD) * KV_PAD);
         gp.flash_attn = flash_attn;
 
-        ggml_backend_sched_reset(sched);
-        ggml_context * ctx = new_graph_ctx();
-        LlmGraphInputs in;
-        ggml_cgraph * gf = build_llm_graph(ctx, m.hp, m.weights, kv, gp, in, max_nodes);
-        if (!ggml_backend_sched_alloc_graph(sched, gf)) {
-            ggml_free(ctx);
-            fail(ErrorKind::Backend, "cannot allocate the compute graph");
+        // Rebuild the graph only when its shape changes: consecutive decode steps (same batch size,
+        // same rounded n_kv) reuse the allocated graph and only refresh the inputs.
+        const bool same = graph && last_gp.n_tokens == gp.n_tokens && last_gp.n_kv == gp.n_kv &&
+                          last_gp.flash_attn == gp.flash_attn && last_gp.use_embd == gp.use_embd &&
+                          last_gp.all_logits == gp.all_logits;
+        if (!same) {
+            drop_graph();
+            ggml_backend_sched_reset(sched);
+            graph_ctx = new_graph_ctx();
+            graph = build_llm_graph(graph_ctx, m.hp, m.weights, kv, gp, gin, max_nodes);
+            if (!ggml_backend_sched_alloc_graph(sched, graph)) {
+                drop_graph();
+                fail(ErrorKind::Backend, "cannot allocate the compute graph");
+            }
+            last_gp = gp;
         }
+        LlmGraphInputs & in = gin;
         ggml_backend_tensor_set(in.tokens, toks, 0, (size_t) n_tokens * sizeof(int32_t));
         std::vector<int32_t> pos((size_t) n_tokens);
         for (int64_t i = 0; i < n_tokens; ++i) pos[(size_t) i] = (int32_t) (n_past + i);
         ggml_backend_tensor_set(in.pos, pos.data(), 0, pos.size() * sizeof(int32_t));
+        std::vector<int64_t> cells((size_t) n_tokens);
+        for (int64_t i = 0; i < n_tokens; ++i) cells[(size_t) i] = n_past + i;
+        ggml_backend_tensor_set(in.kv_idx, cells.data(), 0, cells.size() * sizeof(int64_t));
         // Causal mask over cells [0, n_kv): cell j is visible to token i when j <= n_past + i.
         const int64_t n_kv = gp.n_kv;
         std::vector<float> mask((size_t) (n_kv * n_tokens));
@@ -170,14 +193,13 @@ struct Session::Impl {
         } else {
             ggml_backend_tensor_set(in.kq_mask, mask.data(), 0, mask.size() * sizeof(float));
         }
-        ggml_status st = ggml_backend_sched_graph_compute(sched, gf);
+        ggml_status st = ggml_backend_sched_graph_compute(sched, graph);
         if (st != GGML_STATUS_SUCCESS) {
-            ggml_free(ctx);
+            drop_graph();
             fail(ErrorKind::Backend, "graph compute failed on " + m.backends->main_name());
         }
         ggml_backend_tensor_get(in.logits, logits.data(), 0, logits.size() * sizeof(float));
         logits_valid = true;
-        ggml_free(ctx);
     }
 
     void check_fits(size_t extra, const char * what) const {
