@@ -1,0 +1,329 @@
+"""Convert a Hugging Face MiniCPM-V / MiniCPM-o (or plain Qwen3 / Qwen2) checkpoint to GGUF.
+
+This step converts the language model and the tokenizer; the file follows llama.cpp's
+conventions, so it loads in llama.cpp as well. Tensors stream from the memory-mapped
+checkpoint to the output row block by row block, so memory stays bounded by the chunk size,
+not the model size. The output is written to a temporary file beside the target and renamed
+at the end: a failed or interrupted run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+from gguf import GGML_QUANT_VERSION, GGUFWriter
+
+from .checkpoint import Checkpoint, ConvertError, load_config, open_checkpoint
+from .llm import PlannedTensor, detect, plan_tensors, write_metadata
+from .names import key_name
+from .quant import OUTTYPES, encode_rows, tensor_bytes
+from .tokenizer import add_tokenizer
+
+__all__ = ["convert", "main", "ConvertError", "STOP_TOKENS"]
+
+PROG = "minicpm-convert"
+
+# Strings that end an assistant turn in every supported model (besides eos), recorded when the
+# vocabulary has them.
+STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+
+# Keys this module asks the name table for (checked by the tests, with llm.KEY_IDS).
+KEY_IDS = ("GENERAL_FILE_TYPE", "GENERAL_QUANT_VERSION", "TOKENIZER_TOKENS", "MINICPM_STOP_TOKENS")
+
+# Float32 bytes converted at a time; bounds the memory of one tensor's conversion.
+_CHUNK_BYTES = 64 << 20
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _stderr(msg: str) -> None:
+    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
+
+
+class _Progress:
+    """tqdm over tensors when installed, else a plain counter on stderr."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.done = total, enabled and total > 0, 0
+        self._bar = None
+        if not self.enabled:
+            return
+        try:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="tensor", desc="converting", file=sys.stderr, leave=True)
+        except ImportError:
+            self._bar = None
+
+    def step(self, name: str) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.set_postfix_str(name, refresh=False)
+            self._bar.update(1)
+        else:
+            sys.stderr.write(f"\r{PROG}: [{self.done}/{self.total}] {name:<40}")
+            if self.done == self.total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+@contextmanager
+def _atomic_output(out: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``out``; rename it to ``out`` on success, delete it otherwise."""
+    fd, name = tempfile.mkstemp(prefix=f"{out.name}.tmp-", dir=str(out.parent))
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        yield tmp
+        os.replace(tmp, out)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+
+
+def _resolve_output(out_path: Optional[PathLike], hf_dir: Path, outtype: str, vocab_only: bool, force: bool) -> Path:
+    if out_path is None:
+        stem = hf_dir.resolve().name or "model"
+        out = Path.cwd() / f"{stem}-{'vocab' if vocab_only else outtype}.gguf"
+    else:
+        out = Path(out_path)
+    if out.is_dir():
+        raise ConvertError(f"output {out} is a directory; give a file name")
+    if not out.parent.is_dir():
+        raise ConvertError(f"output directory {out.parent} does not exist")
+    if out.exists() and not force:
+        raise ConvertError(f"output {out} already exists; pass --force (force=True) to overwrite it")
+    return out
+
+
+def _write_tensor_data(
+    writer: GGUFWriter, ckpt: Checkpoint, plan: Sequence[PlannedTensor], types: Sequence, progress: bool
+) -> None:
+    """Stream every tensor's data after the header, in the order of the tensor infos."""
+    assert writer.fout is not None and len(writer.fout) == 1
+    fout = writer.fout[0]
+    align = writer.data_alignment
+
+    def pad_to(n: int) -> None:
+        extra = -n % align
+        if extra:
+            fout.write(b"\0" * extra)
+
+    pad_to(fout.tell())
+    data_start, offset = fout.tell(), 0
+    bar = _Progress(len(plan), progress)
+    try:
+        for p, qtype in zip(plan, types):
+            if fout.tell() - data_start != offset:
+                raise RuntimeError(f"internal error: {p.gguf_name} would be written at the wrong offset")
+            expected = tensor_bytes(qtype, p.shape)
+            written = 0
+            n_rows = p.shape[0] if len(p.shape) == 2 else 0
+            step = max(1, _CHUNK_BYTES // (4 * int(p.shape[-1]))) if n_rows else 0
+            starts = range(0, n_rows, step) if n_rows else [None]
+            for start in starts:
+                stop = None if start is None else start + step
+                rows = ckpt.read(p.hf_name, start, stop)
+                try:
+                    data = encode_rows(qtype, rows)
+                except ConvertError as e:
+                    raise ConvertError(f"tensor {p.hf_name}: {e}") from None
+                fout.write(memoryview(np.ascontiguousarray(data)).cast("B"))
+                written += data.nbytes
+            if written != expected:
+                raise RuntimeError(f"internal error: {p.gguf_name} has {written} bytes, expected {expected}")
+            pad_to(written)
+            offset += written + (-written % align)
+            bar.step(p.gguf_name)
+    finally:
+        bar.close()
+    fout.flush()
+
+
+def _stop_tokens(writer: GGUFWriter) -> List[str]:
+    """The STOP_TOKENS present in the vocabulary the tokenizer has just written."""
+    entry = writer.kv_data[0].get(key_name("TOKENIZER_TOKENS"))
+    vocab = set(entry.value) if entry is not None else set()
+    return [t for t in STOP_TOKENS if t in vocab]
+
+
+def _add_tokenizer(writer: GGUFWriter, hf_dir: Path, n_vocab: int) -> None:
+    try:
+        tok = add_tokenizer(writer, hf_dir, n_vocab)
+    except (ValueError, OSError) as e:
+        raise ConvertError(f"tokenizer: {e}") from None
+    n_tokens = tok.get("n_tokens") if isinstance(tok, dict) else None
+    if n_tokens is not None and n_tokens != n_vocab:
+        raise ConvertError(f"the tokenizer has {n_tokens} tokens but the model has {n_vocab} embedding rows")
+    stops = _stop_tokens(writer)
+    if stops:
+        writer.add_array(key_name("MINICPM_STOP_TOKENS"), stops)
+
+
+def convert(
+    hf_dir: PathLike,
+    out_path: Optional[PathLike] = None,
+    outtype: str = "f16",
+    *,
+    force: bool = False,
+    vocab_only: bool = False,
+    name: Optional[str] = None,
+    progress: bool = True,
+    log: Optional[Callable[[str], None]] = None,
+) -> Path:
+    """Convert the checkpoint in ``hf_dir`` to a GGUF file and return its path.
+
+    ``out_path`` defaults to ``<dir-name>-<outtype>.gguf`` in the current directory. An
+    existing file is only replaced with ``force=True``. ``vocab_only`` writes the metadata and
+    tokenizer without tensors. Notices go to ``log`` (stderr by default). Raises
+    :class:`ConvertError` for anything wrong with the checkpoint or the output path.
+    """
+    say = log or _stderr
+    hf_dir = Path(hf_dir)
+    if outtype not in OUTTYPES:
+        raise ConvertError(f"unknown output type {outtype!r}; choose one of {', '.join(OUTTYPES)}")
+    out_type = OUTTYPES[outtype]
+    config = load_config(hf_dir)
+    out = _resolve_output(out_path, hf_dir, outtype, vocab_only, force)
+
+    ckpt: Optional[Checkpoint] = None
+    try:
+        try:
+            ckpt = open_checkpoint(hf_dir)
+        except ConvertError:
+            if not vocab_only:
+                raise
+        spec = detect(config, ckpt.names() if ckpt is not None else None)
+        say(f"converting {spec.source} from {hf_dir} ({ckpt.description if ckpt else 'no weights'}) to {out}")
+        for note in spec.notices:
+            say(note)
+
+        plan: List[PlannedTensor] = []
+        types: List = []
+        if not vocab_only:
+            assert ckpt is not None
+            plan, notes = plan_tensors(spec, ckpt)
+            for note in notes:
+                say(note)
+            fallbacks: Dict[str, List[str]] = defaultdict(list)
+            for p in plan:
+                qtype, why = out_type.pick(p.tensor_id, p.shape)
+                types.append(qtype)
+                if why:
+                    fallbacks[why].append(p.gguf_name)
+            for why, affected in fallbacks.items():
+                more = f" and {len(affected) - 3} more" if len(affected) > 3 else ""
+                say(f"{len(affected)} tensor(s) ({', '.join(affected[:3])}{more}): {why}")
+
+        with _atomic_output(out) as tmp:
+            writer = GGUFWriter(tmp, spec.arch)
+            try:
+                write_metadata(writer, spec, name or hf_dir.resolve().name)
+                if not vocab_only:
+                    writer.add_uint32(key_name("GENERAL_FILE_TYPE"), out_type.file_type)
+                    if out_type.quantized:
+                        writer.add_uint32(key_name("GENERAL_QUANT_VERSION"), GGML_QUANT_VERSION)
+                _add_tokenizer(writer, hf_dir, spec.hparams.n_vocab)
+                for p, qtype in zip(plan, types):
+                    writer.add_tensor_info(p.gguf_name, p.shape, np.dtype(np.float32), tensor_bytes(qtype, p.shape), raw_dtype=qtype)
+                writer.write_header_to_file()
+                writer.write_kv_data_to_file()
+                writer.write_ti_data_to_file()
+                if plan:
+                    assert ckpt is not None
+                    _write_tensor_data(writer, ckpt, plan, types, progress)
+            finally:
+                writer.close()
+    finally:
+        if ckpt is not None:
+            ckpt.close()
+    size = out.stat().st_size
+    what = "vocabulary only" if vocab_only else f"{len(plan)} tensors, {outtype}"
+    say(f"wrote {out} ({spec.arch}, {what}, {size / 2**20:.1f} MiB)")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "Convert a Hugging Face MiniCPM-V 4.5 / MiniCPM-o 4.5 / MiniCPM-V 2.6 / MiniCPM-o 2.6 checkpoint "
+            "(or a plain Qwen3ForCausalLM / Qwen2ForCausalLM one) to GGUF. This version converts the language "
+            "model and tokenizer, in llama.cpp's layout (the file also loads in llama.cpp); vision, audio and "
+            "TTS tensors are skipped with a notice."
+        ),
+        epilog=(
+            "The output is written to OUTFILE.tmp-XXXX beside OUTFILE and renamed when complete; on any error "
+            "or interruption nothing is left behind. An existing OUTFILE is never replaced without --force. "
+            "1-D tensors (norms, biases) are always F32; with q8_0, a matrix whose row length is not a multiple "
+            "of 32 is written as F16 (with a notice)."
+        ),
+    )
+    p.add_argument("model_dir", type=Path, help="Hugging Face checkpoint directory (config.json, safetensors, tokenizer files)")
+    p.add_argument(
+        "-o",
+        "--outfile",
+        type=Path,
+        default=None,
+        help=(
+            "output GGUF file (default: <model_dir name>-<outtype>.gguf in the current directory, "
+            "<model_dir name>-vocab.gguf with --vocab-only)"
+        ),
+    )
+    p.add_argument(
+        "--outtype",
+        choices=list(OUTTYPES),
+        default="f16",
+        help="type of the 2-D weight matrices, token embedding included (default: f16)",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite OUTFILE if it exists")
+    p.add_argument("--vocab-only", action="store_true", help="write only the metadata and tokenizer, no tensors")
+    p.add_argument("--name", default=None, help=f"{key_name('GENERAL_NAME')} to record (default: the model directory's name)")
+    p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        convert(
+            args.model_dir,
+            args.outfile,
+            args.outtype,
+            force=args.force,
+            vocab_only=args.vocab_only,
+            name=args.name,
+            progress=not args.no_progress,
+        )
+    except ConvertError as e:
+        raise SystemExit(f"{PROG}: error: {e}") from None
+    except OSError as e:
+        raise SystemExit(f"{PROG}: error: {e}") from None
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted; no output written", file=sys.stderr)
+        raise SystemExit(130) from None
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

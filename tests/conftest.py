@@ -1,0 +1,70 @@
+"""Shared fixtures: the shared assets, tiny random checkpoints, and their GGUF conversions.
+
+The checkpoints are built once per test session (a few seconds each) under pytest's
+temporary directory; ``converted(dir, outtype)`` converts a checkpoint once per
+(directory, output type) and returns the cached GGUF path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict, Tuple
+
+import pytest
+
+import tiny_models
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    try:
+        return tiny_models.shared_dir()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(shared_dir: Path) -> Path:
+    return shared_dir / tiny_models.TOKENIZER_SUBDIR
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_dir(tmp_path_factory, shared_dir) -> Path:
+    """Plain Qwen3ForCausalLM: 2 layers, hidden 128, 4 heads (2 KV), head_dim 32, FFN 256."""
+    return tiny_models.make_qwen3(tmp_path_factory.mktemp("tiny-qwen3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_dir(tmp_path_factory, shared_dir) -> Path:
+    """Plain Qwen2ForCausalLM with q/k/v biases, same sizes as tiny_qwen3_dir."""
+    return tiny_models.make_qwen2(tmp_path_factory.mktemp("tiny-qwen2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_minicpmv45_dir(tmp_path_factory, shared_dir) -> Path:
+    """MiniCPM-V 4.5 layout (llm.* Qwen3 + dummy vpm.* / resampler.*), same LLM as tiny_qwen3_dir."""
+    return tiny_models.make_qwen3(tmp_path_factory.mktemp("tiny-minicpmv45"), minicpm_prefix=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_minicpmo26_dir(tmp_path_factory, shared_dir) -> Path:
+    """MiniCPM-o 2.6 layout (llm.* Qwen2 + dummy vision/audio/TTS tensors), sharded in 2 files."""
+    return tiny_models.make_qwen2(tmp_path_factory.mktemp("tiny-minicpmo26"), minicpm_prefix=True, shards=2)
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory) -> Callable[..., Path]:
+    """``converted(hf_dir, outtype="f16") -> Path``: convert once per (dir, outtype), then reuse."""
+    cache: Dict[Tuple[str, str], Path] = {}
+    out_dir = tmp_path_factory.mktemp("gguf")
+
+    def convert_once(hf_dir, outtype: str = "f16") -> Path:
+        key = (str(Path(hf_dir).resolve()), outtype)
+        if key not in cache:
+            from minicpm_cpp.convert import convert
+
+            out = out_dir / f"{Path(hf_dir).name}-{outtype}.gguf"
+            cache[key] = convert(hf_dir, out, outtype, force=True, progress=False, log=lambda msg: None)
+        return cache[key]
+
+    return convert_once

@@ -1,0 +1,333 @@
+"""Tiny random checkpoints for tests: Qwen3 / Qwen2, plain or in the MiniCPM layout.
+
+Every checkpoint has the real MiniCPM-o 4.5 tokenizer (copied from the shared assets) and a
+vocabulary of 151748 rows, so tokenizer and chat-template code runs on real data while the
+network stays a few hundred thousand parameters besides the embeddings. Weights are random
+with a fixed seed and scaled so activations and logits are well spread: norm weights around
+1, non-zero q/k/v biases, logits with a standard deviation of a few units. A layout or
+scaling bug therefore shows as a large error instead of hiding in near-zero values.
+
+Loading the reference: plain layouts load with ``AutoModelForCausalLM.from_pretrained``; the
+MiniCPM layouts with :func:`load_reference_llm` (the ``llm.`` part only).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+VOCAB_SIZE = 151748
+REPO_DIR = Path(__file__).resolve().parents[1]
+TOKENIZER_SUBDIR = Path("assets") / "tokenizer" / "minicpm-o-4_5"
+
+# Token ids of the MiniCPM-o 4.5 tokenizer written into configs, as the real ones have them.
+_BOS_ID, _EOS_ID = 151643, 151645
+
+# The LLM fields of a MiniCPM config (Qwen2/Qwen3 fields at the top level).
+LLM_CONFIG_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "intermediate_size",
+    "hidden_act",
+    "rms_norm_eps",
+    "rope_theta",
+    "rope_scaling",
+    "max_position_embeddings",
+    "tie_word_embeddings",
+    "attention_bias",
+    "attention_dropout",
+    "use_sliding_window",
+    "sliding_window",
+    "max_window_layers",
+    "bos_token_id",
+    "eos_token_id",
+)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def shared_dir() -> Path:
+    """The shared/ directory: $MINICPM_SHARED_DIR, else ``<repo>/../shared`` (or ``<repo>/shared``)."""
+    env = os.environ.get("MINICPM_SHARED_DIR")
+    candidates = [Path(env)] if env else [REPO_DIR.parent / "shared", REPO_DIR / "shared"]
+    for path in candidates:
+        if (path / TOKENIZER_SUBDIR).is_dir():
+            return path
+    raise FileNotFoundError(
+        f"shared assets not found at {candidates[0]} (expected {TOKENIZER_SUBDIR} inside); "
+        "put shared/ beside the repository or set MINICPM_SHARED_DIR"
+    )
+
+
+def tokenizer_dir() -> Path:
+    return shared_dir() / TOKENIZER_SUBDIR
+
+
+def copy_tokenizer(dst: PathLike) -> None:
+    """Copy the real tokenizer files into ``dst`` (contents only, not the read-only mode)."""
+    for f in sorted(tokenizer_dir().iterdir()):
+        if f.is_file():
+            shutil.copyfile(f, Path(dst) / f.name)
+
+
+def _init_tensor(name: str, shape, gen, torch):
+    """Random values for one parameter, by its role."""
+    if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
+        return 0.75 + 0.5 * torch.rand(shape, generator=gen)
+    if name.endswith(".bias"):
+        return 0.5 * torch.randn(shape, generator=gen)
+    if "embed_tokens" in name or "lm_head" in name:
+        return 0.5 * torch.randn(shape, generator=gen)
+    fan_in = shape[-1] if len(shape) > 1 else 1
+    scale = 0.5 if ("o_proj" in name or "down_proj" in name) else 1.0
+    return (scale / math.sqrt(fan_in)) * torch.randn(shape, generator=gen)
+
+
+def _dummy_components(hidden: int, flavour: str) -> Dict[str, tuple]:
+    """Small stand-ins for the non-LLM parts of a MiniCPM checkpoint."""
+    parts = {
+        "vpm.embeddings.patch_embedding.weight": (16, 3, 14, 14),
+        "vpm.embeddings.patch_embedding.bias": (16,),
+        "vpm.encoder.layers.0.self_attn.q_proj.weight": (16, 16),
+        "vpm.post_layernorm.weight": (16,),
+        "resampler.query": (64, hidden),
+        "resampler.kv_proj.weight": (hidden, 16),
+        "resampler.ln_post.weight": (hidden,),
+    }
+    if flavour == "o":
+        parts.update(
+            {
+                "apm.layers.0.fc1.weight": (32, 16),
+                "apm.layer_norm.weight": (16,),
+                "audio_projection_layer.linear1.weight": (hidden, 16),
+                "tts.emb_text.weight": (8, 16),
+            }
+        )
+    return parts
+
+
+def _save_weights(path: Path, state: Dict[str, object], shards: int) -> None:
+    from safetensors.torch import save_file
+
+    names = list(state)
+    if shards <= 1:
+        save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+        return
+    if shards > len(names):
+        raise ValueError(f"cannot split {len(names)} tensors into {shards} shards")
+    weight_map: Dict[str, str] = {}
+    total = 0
+    for i in range(shards):
+        fname = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        group = {n: state[n] for n in names[i::shards]}
+        save_file(group, str(path / fname), metadata={"format": "pt"})
+        for n, t in group.items():
+            weight_map[n] = fname
+            total += t.numel() * t.element_size()
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _minicpm_config(arch: str, fields: Dict[str, object], hidden: int, dtype: str) -> Dict[str, object]:
+    """A MiniCPM-V 4.5 (qwen3) or MiniCPM-o 2.6 (qwen2) style config.json."""
+    if arch == "qwen3":
+        head = {"architectures": ["MiniCPMV"], "model_type": "minicpmv", "version": 4.5}
+    else:
+        head = {"architectures": ["MiniCPMO"], "model_type": "minicpmo", "version": 2.6}
+    cfg: Dict[str, object] = dict(head)
+    cfg.update(fields)
+    cfg.update(
+        {
+            "torch_dtype": dtype,
+            "use_cache": True,
+            "query_num": 64,
+            "image_size": 448,
+            "patch_size": 14,
+            "batch_vision_input": True,
+            "drop_vision_last_layer": False,
+            "slice_mode": True,
+            "slice_config": {"max_slice_nums": 9, "patch_size": 14, "scale_resolution": 448},
+            "vision_config": {
+                "hidden_size": 16,
+                "intermediate_size": 32,
+                "num_attention_heads": 2,
+                "num_hidden_layers": 1,
+                "image_size": 980,
+                "patch_size": 14,
+                "model_type": "siglip_vision_model",
+            },
+        }
+    )
+    if arch == "qwen2":
+        cfg.update({"init_vision": True, "init_audio": True, "init_tts": True})
+    return cfg
+
+
+def _make(
+    arch: str,
+    path: PathLike,
+    layers: int,
+    hidden: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: Optional[int],
+    ffn: int,
+    tie: bool,
+    seed: int,
+    minicpm_prefix: bool,
+    shards: int,
+    dtype: str,
+) -> Path:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+    # The LLM fields as a real checkpoint writes them (rope_theta / rope_scaling style).
+    fields: Dict[str, object] = {
+        "vocab_size": VOCAB_SIZE,
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "intermediate_size": ffn,
+        "hidden_act": "silu",
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "rope_scaling": None,
+        "max_position_embeddings": 40960 if arch == "qwen3" else 32768,
+        "tie_word_embeddings": tie,
+        "attention_dropout": 0.0,
+        "use_sliding_window": False,
+        "sliding_window": None,
+        "max_window_layers": layers,
+        "bos_token_id": _BOS_ID,
+        "eos_token_id": _EOS_ID,
+    }
+    if arch == "qwen3":
+        fields["head_dim"] = head_dim if head_dim is not None else hidden // heads
+        fields["attention_bias"] = False
+    elif head_dim is not None and head_dim != hidden // heads:
+        # Qwen2 configs usually omit head_dim (= hidden_size / num_attention_heads).
+        fields["head_dim"] = head_dim
+
+    config_cls, model_cls = (Qwen3Config, Qwen3ForCausalLM) if arch == "qwen3" else (Qwen2Config, Qwen2ForCausalLM)
+    hf_config = config_cls(**fields)
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in model_cls(hf_config).state_dict().items()}
+    if tie:
+        shapes.pop("lm_head.weight", None)
+
+    gen = torch.Generator().manual_seed(seed)
+    prefix = "llm." if minicpm_prefix else ""
+    state = {prefix + k: _init_tensor(k, s, gen, torch).to(torch_dtype).contiguous() for k, s in shapes.items()}
+
+    if minicpm_prefix:
+        flavour = "v" if arch == "qwen3" else "o"
+        for k, s in _dummy_components(hidden, flavour).items():
+            state[k] = (0.02 * torch.randn(s, generator=gen)).to(torch_dtype)
+        cfg = _minicpm_config(arch, fields, hidden, dtype)
+        (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    else:
+        hf_config.architectures = [model_cls.__name__]
+        hf_config.dtype = dtype
+        hf_config.save_pretrained(str(path))
+
+    _save_weights(path, state, shards)
+    copy_tokenizer(path)
+    return path
+
+
+def make_qwen3(
+    path: PathLike,
+    layers: int = 2,
+    hidden: int = 128,
+    heads: int = 4,
+    kv_heads: int = 2,
+    head_dim: int = 32,
+    ffn: int = 256,
+    tie: bool = False,
+    seed: int = 0,
+    minicpm_prefix: bool = False,
+    shards: int = 1,
+    dtype: str = "float32",
+) -> Path:
+    """A tiny Qwen3ForCausalLM checkpoint; with ``minicpm_prefix`` in the MiniCPM-V 4.5 layout."""
+    return _make("qwen3", path, layers, hidden, heads, kv_heads, head_dim, ffn, tie, seed, minicpm_prefix, shards, dtype)
+
+
+def make_qwen2(
+    path: PathLike,
+    layers: int = 2,
+    hidden: int = 128,
+    heads: int = 4,
+    kv_heads: int = 2,
+    head_dim: Optional[int] = None,
+    ffn: int = 256,
+    tie: bool = False,
+    seed: int = 0,
+    minicpm_prefix: bool = False,
+    shards: int = 1,
+    dtype: str = "float32",
+) -> Path:
+    """A tiny Qwen2ForCausalLM checkpoint (q/k/v biases); with ``minicpm_prefix`` in the MiniCPM-o 2.6 layout."""
+    return _make("qwen2", path, layers, hidden, heads, kv_heads, head_dim, ffn, tie, seed, minicpm_prefix, shards, dtype)
+
+
+def load_state_dict(path: PathLike) -> Dict[str, object]:
+    """Every tensor of a checkpoint directory (single or sharded safetensors), as torch tensors."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    state: Dict[str, object] = {}
+    for f in files:
+        state.update(load_file(str(path / f)))
+    return state
+
+
+def is_minicpm_layout(path: PathLike) -> bool:
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    return cfg.get("model_type") in ("minicpmv", "minicpmo")
+
+
+def load_reference_llm(path: PathLike):
+    """The Hugging Face Qwen3/Qwen2 model (float32, eval mode) for the LLM of a tiny checkpoint.
+
+    Plain layouts load with ``AutoModelForCausalLM.from_pretrained``. MiniCPM layouts build the
+    Qwen model from the top-level LLM fields of config.json and load the ``llm.`` tensors.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    path = Path(path)
+    if not is_minicpm_layout(path):
+        return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+
+    cfg = json.loads((path / "config.json").read_text())
+    llm = {k[len("llm.") :]: v.float() for k, v in load_state_dict(path).items() if k.startswith("llm.")}
+    qwen3 = any(k.endswith("self_attn.q_norm.weight") for k in llm)
+    config_cls, model_cls = (Qwen3Config, Qwen3ForCausalLM) if qwen3 else (Qwen2Config, Qwen2ForCausalLM)
+    config = config_cls(**{k: cfg[k] for k in LLM_CONFIG_FIELDS if k in cfg})
+    model = model_cls(config).to(torch.float32)
+    missing, unexpected = model.load_state_dict(llm, strict=False)
+    allowed_missing = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    if unexpected or not set(missing) <= allowed_missing:
+        raise RuntimeError(f"reference LLM: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model.eval()
