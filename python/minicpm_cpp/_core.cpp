@@ -111,6 +111,10 @@ py::dict model_info(const Model & m) {
 
 } // namespace
 
+// Bindings of other components, one file each (_bind_*.cpp).
+void bind_image(py::module_ & mod);
+void bind_vision(py::module_ & mod);
+
 PYBIND11_MODULE(_core, mod) {
     mod.doc() = "minicpm.cpp native core";
 
@@ -124,6 +128,9 @@ PYBIND11_MODULE(_core, mod) {
             PyErr_SetObject(cls.ptr(), utf8(e.what()).ptr());
         }
     });
+
+    bind_image(mod);
+    bind_vision(mod);
 
     mod.def("set_log_level", [](const std::string & level) {
         if (level == "error") set_log_level(LogLevel::Error);

@@ -1,0 +1,86 @@
+// MiniCPM-V vision path: SigLIP NaViT encoder (modeling_navit_siglip.py) and the 2D perceiver
+// resampler (Resampler in modeling_minicpmo.py / resampler.py). Weights use clip.cpp's names
+// (names.def), so both our model files and llama.cpp mmproj files load.
+#pragma once
+
+#include "core/backend.h"
+#include "core/gguf_file.h"
+#include "core/weights.h"
+#include "preprocess/image.h"
+
+#include "ggml-backend.h"
+#include "ggml.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace minicpm {
+
+struct VisionHparams {
+    int64_t n_embd = 0;        // 1152
+    int64_t n_layer = 0;       // layers stored and run (the converter drops an unused last layer)
+    int64_t n_head = 0;        // 16
+    int64_t n_ff = 0;          // 4304
+    int64_t patch_size = 0;    // 14
+    int64_t image_size = 0;    // 448: slice side (scale_resolution)
+    int64_t n_pos = 0;         // rows of the position table (4900)
+    int64_t pos_side = 0;      // sqrt(n_pos) = 70 buckets per side
+    float   eps = 1e-6f;
+    float   mean[3] = {0.5f, 0.5f, 0.5f};
+    float   std[3]  = {0.5f, 0.5f, 0.5f};
+    // resampler
+    int64_t n_query = 0;       // 64
+    int64_t rs_dim = 0;        // resampler width = LLM n_embd
+    int64_t rs_heads = 0;      // rs_dim / 128
+    float   rs_eps = 1e-6f;
+    // prompt layout defaults
+    int     max_slice_nums = 9;
+    bool    use_image_id = true;
+    int     minicpmv_version = 0;
+
+    static VisionHparams from_gguf(const GgufFile & f);
+    SliceConfig slice_config() const;
+};
+
+struct VisionLayer {
+    ggml_tensor * ln1_w, * ln1_b, * ln2_w, * ln2_b;
+    ggml_tensor * q_w, * q_b, * k_w, * k_b, * v_w, * v_b, * o_w, * o_b;
+    ggml_tensor * fc1_w, * fc1_b, * fc2_w, * fc2_b;
+};
+
+struct VisionWeights {
+    ggml_tensor * patch_w = nullptr, * patch_b = nullptr, * pos = nullptr;
+    std::vector<VisionLayer> layers;
+    ggml_tensor * post_ln_w = nullptr, * post_ln_b = nullptr;
+    // resampler
+    ggml_tensor * query = nullptr, * kv_w = nullptr;
+    ggml_tensor * q_w, * q_b, * k_w, * k_b, * v_w, * v_b, * o_w, * o_b;
+    ggml_tensor * ln_q_w, * ln_q_b, * ln_kv_w, * ln_kv_b, * ln_post_w, * ln_post_b;
+    ggml_tensor * proj = nullptr;
+
+    static VisionWeights declare(WeightStore & store, const VisionHparams & hp);
+};
+
+// Runs encoder + resampler on preprocessed slices. One per model; not thread-safe (a session
+// serialises its calls). Compute buffers are reserved once for the largest slice.
+class VisionEncoder {
+public:
+    VisionEncoder(const VisionHparams & hp, const VisionWeights & w, const Backends & backends);
+    ~VisionEncoder();
+
+    // n_query * slices.size() embeddings of width rs_dim, row-major [slice][query][rs_dim].
+    std::vector<float> encode(const std::vector<const ImageSlice *> & slices);
+
+    // For parity tests: the post-LayerNorm features of one slice, [n_patches][n_embd].
+    std::vector<float> encode_vit(const ImageSlice & slice);
+
+    const VisionHparams & hparams() const { return hp_; }
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+    VisionHparams hp_;
+};
+
+} // namespace minicpm
