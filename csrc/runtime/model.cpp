@@ -94,6 +94,12 @@ bool Model::is_end_of_turn(int32_t id) const {
     return std::find(e.begin(), e.end(), id) != e.end();
 }
 
+bool Model::has_vision() const { return false; }
+
+std::shared_ptr<const ImageChunk> Model::encode_image(const uint8_t *, int, int, const ImageOptions &) const {
+    fail(ErrorKind::Unsupported, "model " + impl_->info.path + " has no vision encoder");
+}
+
 const char * stop_reason_name(StopReason r) {
     switch (r) {
         case StopReason::EndOfTurn: return "end_of_turn";

@@ -40,7 +40,14 @@ struct Session::Impl {
     LlmGraphInputs         gin;
     LlmGraphParams         last_gp;
 
-    std::vector<int32_t> tokens;        // whole context: evaluated, then pending
+    // The context, one entry per position: evaluated [0, n_eval), then pending.
+    std::vector<int32_t> tokens;
+    std::vector<uint64_t> tags;         // 0 for a token; else identifies the embedding row (image)
+    struct EmbRef {
+        std::shared_ptr<const ImageChunk> chunk;
+        int32_t                           row = -1;
+    };
+    std::vector<EmbRef>  refs;          // embedding rows of pending image positions
     size_t               n_eval = 0;    // tokens[0, n_eval) are in the KV cache
     std::vector<float>   logits;
     bool                 logits_valid = false;
@@ -127,7 +134,8 @@ struct Session::Impl {
         const size_t n_start = n_eval;
         while (n_eval < tokens.size()) {
             const int64_t n_tokens = std::min<int64_t>(params.n_batch, (int64_t) (tokens.size() - n_eval));
-            eval_batch(tokens.data() + n_eval, n_tokens, (int64_t) n_eval);
+            eval_batch((size_t) n_eval, n_tokens);
+            for (size_t i = n_eval; i < n_eval + (size_t) n_tokens; ++i) refs[i].chunk.reset();   // rows are in the KV cache now
             n_eval += (size_t) n_tokens;
         }
         const double dt = now_ms() - t0;
@@ -141,18 +149,46 @@ struct Session::Impl {
         }
     }
 
-    void eval_batch(const int32_t * toks, int64_t n_tokens, int64_t n_past) {
+    // Embedding rows [n_embd, n] for positions [first, first + n): image rows from their chunk,
+    // token rows gathered from token_embd (kept in host memory) and converted to F32.
+    void fill_embeddings(size_t first, int64_t n, std::vector<float> & out) const {
+        const int64_t E = m.hp.n_embd;
+        out.resize((size_t) (E * n));
+        const ggml_tensor * te = m.weights.tok_embd;
+        const auto * traits = ggml_get_type_traits(te->type);
+        for (int64_t i = 0; i < n; ++i) {
+            float * dst = out.data() + i * E;
+            const EmbRef & r = refs[first + (size_t) i];
+            if (r.chunk) {
+                std::memcpy(dst, r.chunk->embeddings.data() + (size_t) r.row * E, (size_t) E * sizeof(float));
+                continue;
+            }
+            const char * row = (const char *) te->data + (size_t) tokens[first + (size_t) i] * te->nb[1];
+            if (te->type == GGML_TYPE_F32) {
+                std::memcpy(dst, row, (size_t) E * sizeof(float));
+            } else {
+                traits->to_float(row, dst, E);
+            }
+        }
+    }
+
+    void eval_batch(size_t first, int64_t n_tokens) {
+        const int32_t * toks = tokens.data() + first;
+        const int64_t n_past = (int64_t) first;
+        bool use_embd = false;
         for (int64_t i = 0; i < n_tokens; ++i) {
             if (toks[i] < 0 || toks[i] >= m.hp.n_vocab) {
                 fail(ErrorKind::InvalidArgument, "token id " + std::to_string(toks[i]) + " out of range [0, " +
                                                      std::to_string(m.hp.n_vocab) + ")");
             }
+            use_embd = use_embd || refs[first + (size_t) i].chunk != nullptr;
         }
         LlmGraphParams gp;
         gp.n_tokens = n_tokens;
         gp.n_past = n_past;
         gp.n_kv = std::min<int64_t>(params.n_ctx, ((n_past + n_tokens + KV_PAD - 1) / KV_PAD) * KV_PAD);
         gp.flash_attn = flash_attn;
+        gp.use_embd = use_embd;
 
         // Rebuild the graph only when its shape changes: consecutive decode steps (same batch size,
         // same rounded n_kv) reuse the allocated graph and only refresh the inputs.
@@ -171,7 +207,13 @@ struct Session::Impl {
             last_gp = gp;
         }
         LlmGraphInputs & in = gin;
-        ggml_backend_tensor_set(in.tokens, toks, 0, (size_t) n_tokens * sizeof(int32_t));
+        if (use_embd) {
+            std::vector<float> embd;
+            fill_embeddings(first, n_tokens, embd);
+            ggml_backend_tensor_set(in.embd, embd.data(), 0, embd.size() * sizeof(float));
+        } else {
+            ggml_backend_tensor_set(in.tokens, toks, 0, (size_t) n_tokens * sizeof(int32_t));
+        }
         std::vector<int32_t> pos((size_t) n_tokens);
         for (int64_t i = 0; i < n_tokens; ++i) pos[(size_t) i] = (int32_t) (n_past + i);
         ggml_backend_tensor_set(in.pos, pos.data(), 0, pos.size() * sizeof(int32_t));
@@ -200,6 +242,24 @@ struct Session::Impl {
         }
         ggml_backend_tensor_get(in.logits, logits.data(), 0, logits.size() * sizeof(float));
         logits_valid = true;
+    }
+
+    void flatten(const std::vector<PromptSegment> & segs, std::vector<int32_t> & toks, std::vector<uint64_t> & tg,
+                 std::vector<EmbRef> & rf) const;
+
+    void truncate(size_t n) {
+        tokens.resize(std::min(n, tokens.size()));
+        tags.resize(tokens.size());
+        refs.resize(tokens.size());
+        n_eval = std::min(n_eval, tokens.size());
+        logits_valid = false;
+    }
+
+    // Appends positions (validated by flatten()) to the context as pending.
+    void append(std::vector<int32_t> & toks, std::vector<uint64_t> & tg, std::vector<EmbRef> & rf, size_t from) {
+        tokens.insert(tokens.end(), toks.begin() + (ptrdiff_t) from, toks.end());
+        tags.insert(tags.end(), tg.begin() + (ptrdiff_t) from, tg.end());
+        for (size_t i = from; i < rf.size(); ++i) refs.push_back(std::move(rf[i]));
     }
 
     void check_fits(size_t extra, const char * what) const {
@@ -237,46 +297,100 @@ Session::Session(std::shared_ptr<Model> model, const SessionParams & params) {
 
 Session::~Session() = default;
 
-int Session::prefill(const std::vector<int32_t> & toks) {
-    auto & s = *impl_;
-    if (toks.empty()) return 0;
-    for (int32_t t : toks) {
-        if (t < 0 || t >= s.m.hp.n_vocab) {
-            fail(ErrorKind::InvalidArgument, "token id " + std::to_string(t) + " out of range [0, " +
-                                                 std::to_string(s.m.hp.n_vocab) + ")");
+// Flattens prompt segments into per-position tokens, tags and embedding references.
+void Session::Impl::flatten(const std::vector<PromptSegment> & segs, std::vector<int32_t> & toks,
+                            std::vector<uint64_t> & tg, std::vector<EmbRef> & rf) const {
+    const int64_t n_embd = m.hp.n_embd, n_vocab = m.hp.n_vocab;
+    for (const auto & seg : segs) {
+        if (!seg.image) {
+            for (int32_t t : seg.tokens) {
+                if (t < 0 || t >= n_vocab) {
+                    fail(ErrorKind::InvalidArgument, "token id " + std::to_string(t) + " out of range [0, " +
+                                                         std::to_string(n_vocab) + ")");
+                }
+            }
+            toks.insert(toks.end(), seg.tokens.begin(), seg.tokens.end());
+            tg.insert(tg.end(), seg.tokens.size(), 0);
+            rf.resize(toks.size());
+            continue;
+        }
+        const ImageChunk & c = *seg.image;
+        if (c.n_embd != n_embd || c.embeddings.size() != c.embed_pos.size() * (size_t) n_embd) {
+            fail(ErrorKind::InvalidArgument, "image embeddings of width " + std::to_string(c.n_embd) +
+                                                 " do not match the LLM width " + std::to_string(n_embd));
+        }
+        const size_t base = toks.size();
+        toks.insert(toks.end(), c.tokens.begin(), c.tokens.end());
+        tg.insert(tg.end(), c.tokens.size(), 0);
+        rf.resize(toks.size());
+        for (size_t j = 0; j < c.embed_pos.size(); ++j) {
+            const int32_t p = c.embed_pos[j];
+            if (p < 0 || (size_t) p >= c.tokens.size()) {
+                fail(ErrorKind::InvalidArgument, "image embedding position out of range");
+            }
+            // A non-zero tag per row, from the content hash, so that context reuse compares images too.
+            tg[base + (size_t) p] = (c.hash ^ (0x9e3779b97f4a7c15ull * (j + 1))) | 1ull;
+            rf[base + (size_t) p] = {seg.image, (int32_t) j};
         }
     }
+}
+
+int Session::prefill(const std::vector<int32_t> & toks) {
+    return prefill(std::vector<PromptSegment>{PromptSegment{toks, nullptr}});
+}
+
+int Session::prefill(const std::vector<PromptSegment> & segs) {
+    auto & s = *impl_;
+    std::vector<int32_t> toks;
+    std::vector<uint64_t> tags;
+    std::vector<Impl::EmbRef> refs;
+    s.flatten(segs, toks, tags, refs);
+    if (toks.empty()) return 0;
     s.check_fits(toks.size(), "prompt");
     s.gen_active = false;
     const size_t before = s.tokens.size();
-    s.tokens.insert(s.tokens.end(), toks.begin(), toks.end());
+    s.append(toks, tags, refs, 0);
     try {
         s.eval_pending();
     } catch (...) {
-        // Leave the session as it was before the call.
-        s.tokens.resize(before);
-        s.n_eval = std::min(s.n_eval, before);
-        s.logits_valid = false;
+        s.truncate(before);   // leave the session as it was before the call
         throw;
     }
     return (int) toks.size();
 }
 
 int Session::sync(const std::vector<int32_t> & toks) {
+    return sync(std::vector<PromptSegment>{PromptSegment{toks, nullptr}});
+}
+
+int Session::sync(const std::vector<PromptSegment> & segs) {
     auto & s = *impl_;
+    std::vector<int32_t> toks;
+    std::vector<uint64_t> tags;
+    std::vector<Impl::EmbRef> refs;
+    s.flatten(segs, toks, tags, refs);
     if (toks.size() > (size_t) s.params.n_ctx) {
         fail(ErrorKind::ContextFull, "prompt of " + std::to_string(toks.size()) + " tokens does not fit a context of " +
                                          std::to_string(s.params.n_ctx) + " (raise n_ctx)");
     }
     size_t common = 0;
-    while (common < toks.size() && common < s.n_eval && s.tokens[common] == toks[common]) ++common;
+    while (common < toks.size() && common < s.n_eval && s.tokens[common] == toks[common] &&
+           s.tags[common] == tags[common]) {
+        ++common;
+    }
     // The last position must be evaluated again to get its logits.
     if (common == toks.size() && common > 0) --common;
-    s.tokens.resize(common);
-    s.n_eval = std::min(s.n_eval, common);
-    s.logits_valid = false;
-    std::vector<int32_t> rest(toks.begin() + (ptrdiff_t) common, toks.end());
-    return prefill(rest);
+    s.truncate(common);
+    if (common == toks.size()) return 0;
+    s.gen_active = false;
+    s.append(toks, tags, refs, common);
+    try {
+        s.eval_pending();
+    } catch (...) {
+        s.truncate(common);
+        throw;
+    }
+    return (int) (toks.size() - common);
 }
 
 const std::vector<float> & Session::logits() {
@@ -338,6 +452,8 @@ GenerationStep Session::next() {
     s.timings.sample_ms += now_ms() - t0;
     step.token = id;
     s.tokens.push_back(id);   // pending: evaluated on the next step or the next prefill
+    s.tags.push_back(0);
+    s.refs.emplace_back();
     s.n_generated++;
 
     if (s.gen.stop_at_end_of_turn && s.model->is_end_of_turn(id)) return finish(StopReason::EndOfTurn);
@@ -367,9 +483,7 @@ GenerationStep Session::next() {
 
 void Session::reset() {
     auto & s = *impl_;
-    s.tokens.clear();
-    s.n_eval = 0;
-    s.logits_valid = false;
+    s.truncate(0);
     s.gen_active = false;
 }
 

@@ -86,6 +86,25 @@ struct PyTokenizer {
     }
 };
 
+// Segments from Python: each item is a list of token ids or an ImageChunk.
+std::vector<PromptSegment> to_segments(const py::list & segs) {
+    std::vector<PromptSegment> out;
+    for (const auto & item : segs) {
+        PromptSegment seg;
+        if (py::isinstance<ImageChunk>(item)) {
+            seg.image = item.cast<std::shared_ptr<ImageChunk>>();
+        } else {
+            try {
+                seg.tokens = item.cast<std::vector<int32_t>>();
+            } catch (const py::cast_error &) {
+                throw Error(ErrorKind::InvalidArgument, "a prompt segment must be a list of token ids or an ImageChunk");
+            }
+        }
+        out.push_back(std::move(seg));
+    }
+    return out;
+}
+
 py::dict model_info(const Model & m) {
     const ModelInfo & i = m.info();
     py::dict d;
@@ -186,14 +205,46 @@ PYBIND11_MODULE(_core, mod) {
         }, py::arg("messages"), py::arg("add_generation_prompt") = true, py::arg("enable_thinking") = py::none())
         .def_property_readonly("family", &ChatTemplate::family);
 
+    py::class_<ImageChunk, std::shared_ptr<ImageChunk>>(mod, "ImageChunk")
+        .def_property_readonly("tokens", [](const ImageChunk & c) { return c.tokens; })
+        .def_property_readonly("embed_pos", [](const ImageChunk & c) { return c.embed_pos; })
+        .def_property_readonly("n_tokens", [](const ImageChunk & c) { return c.tokens.size(); })
+        .def_property_readonly("grid", [](const ImageChunk & c) { return py::make_tuple(c.cols, c.rows); })
+        .def_property_readonly("n_slices", [](const ImageChunk & c) { return c.n_slices; })
+        .def("embeddings", [](const ImageChunk & c) {
+            py::array_t<float> out({(py::ssize_t) c.embed_pos.size(), (py::ssize_t) c.n_embd});
+            std::memcpy(out.mutable_data(), c.embeddings.data(), c.embeddings.size() * sizeof(float));
+            return out;
+        })
+        .def("__repr__", [](const ImageChunk & c) {
+            return "ImageChunk(tokens=" + std::to_string(c.tokens.size()) + ", slices=" + std::to_string(c.n_slices) +
+                   ", grid=" + std::to_string(c.cols) + "x" + std::to_string(c.rows) + ")";
+        });
+
     py::class_<Model, std::shared_ptr<Model>>(mod, "Model")
-        .def(py::init([](const std::string & path, const std::string & device, int n_threads) {
+        .def(py::init([](const std::string & path, const std::string & device, int n_threads, const std::string & mmproj) {
             ModelParams p;
             p.device = device;
             p.n_threads = n_threads;
+            p.mmproj = mmproj;
             py::gil_scoped_release nogil;
             return Model::load(path, p);
-        }), py::arg("path"), py::arg("device") = "auto", py::arg("n_threads") = 0)
+        }), py::arg("path"), py::arg("device") = "auto", py::arg("n_threads") = 0, py::arg("mmproj") = "")
+        .def_property_readonly("has_vision", &Model::has_vision)
+        .def("encode_image", [](const Model & m, py::array_t<uint8_t, py::array::c_style | py::array::forcecast> rgb,
+                                int max_slice_nums, std::optional<bool> use_image_id, int image_id) {
+            if (rgb.ndim() != 3 || rgb.shape(2) != 3) {
+                throw Error(ErrorKind::InvalidArgument, "image must be an HxWx3 uint8 array");
+            }
+            ImageOptions o;
+            o.max_slice_nums = max_slice_nums;
+            o.use_image_id = use_image_id;
+            o.image_id = image_id;
+            const uint8_t * data = rgb.data();
+            const int h = (int) rgb.shape(0), w = (int) rgb.shape(1);
+            py::gil_scoped_release nogil;
+            return std::const_pointer_cast<ImageChunk>(m.encode_image(data, w, h, o));
+        }, py::arg("rgb"), py::arg("max_slice_nums") = 0, py::arg("use_image_id") = py::none(), py::arg("image_id") = 0)
         .def_property_readonly("info", &model_info)
         .def("tokenize", &Model::tokenize, py::arg("text"), py::arg("parse_special") = true,
              py::call_guard<py::gil_scoped_release>())
@@ -226,8 +277,20 @@ PYBIND11_MODULE(_core, mod) {
             return std::make_unique<Session>(std::move(model), p);
         }), py::arg("model"), py::arg("n_ctx") = 4096, py::arg("n_batch") = 512, py::arg("seed") = py::none(),
             py::arg("kv_type") = "auto", py::arg("flash_attn") = "auto")
-        .def("prefill", &Session::prefill, py::arg("tokens"), py::call_guard<py::gil_scoped_release>())
-        .def("sync", &Session::sync, py::arg("tokens"), py::call_guard<py::gil_scoped_release>())
+        .def("prefill", py::overload_cast<const std::vector<int32_t> &>(&Session::prefill), py::arg("tokens"),
+             py::call_guard<py::gil_scoped_release>())
+        .def("sync", py::overload_cast<const std::vector<int32_t> &>(&Session::sync), py::arg("tokens"),
+             py::call_guard<py::gil_scoped_release>())
+        .def("prefill_segments", [](Session & s, const py::list & segs) {
+            auto v = to_segments(segs);
+            py::gil_scoped_release nogil;
+            return s.prefill(v);
+        }, py::arg("segments"))
+        .def("sync_segments", [](Session & s, const py::list & segs) {
+            auto v = to_segments(segs);
+            py::gil_scoped_release nogil;
+            return s.sync(v);
+        }, py::arg("segments"))
         .def("logits", [](Session & s) {
             const std::vector<float> * l;
             {

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true", help="no chat template: continue the prompt text as is")
     p.add_argument("-i", "--interactive", action="store_true", help="interactive multi-turn chat")
     p.add_argument("--image", action="append", default=[], help="image file (needs a vision model; repeatable)")
+    p.add_argument("--mmproj", default=None, help="separate vision file (llama.cpp's mmproj layout)")
+    p.add_argument("--max-slice-nums", type=int, default=None, help="max slices per image (default: the model's, 9)")
     p.add_argument("--kv-type", default="auto", choices=["auto", "f16", "f32"], help="KV cache type")
     p.add_argument("--flash-attn", default="auto", choices=["auto", "on", "off"], help="flash attention")
     p.add_argument("--no-timings", action="store_true", help="do not print the timing line")
@@ -83,10 +85,6 @@ def _run(args: argparse.Namespace) -> int:
     if not args.model:
         print("minicpm-cli: error: -m/--model is required", file=sys.stderr)
         return 2
-    if args.image:
-        print("minicpm-cli: error: --image needs the vision runtime, which this build does not have yet",
-              file=sys.stderr)
-        return 2
 
     prompt = args.prompt
     if args.file:
@@ -99,7 +97,11 @@ def _run(args: argparse.Namespace) -> int:
         return 2
 
     t_load = time.perf_counter()
-    model = Model(args.model, device=args.device, n_threads=args.threads)
+    model = Model(args.model, device=args.device, n_threads=args.threads, mmproj=args.mmproj)
+    if args.image and not model.has_vision:
+        print(f"minicpm-cli: error: {args.model} has no vision encoder; convert the checkpoint with its vision "
+              "tower or pass --mmproj", file=sys.stderr)
+        return 2
     session = Session(model, n_ctx=args.ctx_size, seed=args.seed, n_batch=args.batch_size,
                       kv_type=args.kv_type, flash_attn=args.flash_attn)
     if args.verbose:
@@ -135,6 +137,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.raw:
         t0 = time.perf_counter()
+        for img in args.image:
+            session.prefill(image=img, max_slice_nums=args.max_slice_nums)
         session.prefill(prompt or "")
         stream(session.generate(stream=True, **gen))
         timings(t0)
@@ -143,8 +147,14 @@ def _run(args: argparse.Namespace) -> int:
     messages = []
     if args.system:
         messages.append({"role": "system", "content": args.system})
+    gen["max_slice_nums"] = args.max_slice_nums
     if prompt is not None:
-        messages.append({"role": "user", "content": prompt})
+        content = prompt
+        if args.image:
+            from .image import load_image
+
+            content = [load_image(p) for p in args.image] + [prompt]
+        messages.append({"role": "user", "content": content})
         t0 = time.perf_counter()
         answer = stream(session.chat(messages, enable_thinking=args.enable_thinking, stream=True, **gen))
         messages.append({"role": "assistant", "content": answer})

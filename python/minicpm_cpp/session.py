@@ -76,12 +76,41 @@ class Model:
         n_threads: CPU threads; ``None`` picks from the core count.
     """
 
-    def __init__(self, path: Union[str, os.PathLike], device: str = "auto", n_threads: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        path: Union[str, os.PathLike],
+        device: str = "auto",
+        n_threads: Optional[int] = None,
+        mmproj: Optional[Union[str, os.PathLike]] = None,
+    ) -> None:
         p = _check_path(path)
         if n_threads is not None and n_threads < 0:
             raise InvalidArgumentError(f"n_threads must be >= 0, got {n_threads}")
         self.path = p
-        self._m = _core.Model(p, device, n_threads or 0)
+        self.mmproj = _check_path(mmproj) if mmproj is not None else None
+        self._m = _core.Model(p, device, n_threads or 0, self.mmproj or "")
+
+    @property
+    def has_vision(self) -> bool:
+        """Whether images can be given (a vision tower in the file, or an mmproj file)."""
+        return self._m.has_vision
+
+    def encode_image(
+        self,
+        image: Any,
+        *,
+        max_slice_nums: Optional[int] = None,
+        use_image_id: Optional[bool] = None,
+        image_id: int = 0,
+    ) -> "_core.ImageChunk":
+        """Preprocesses and encodes an image (PIL image, path, bytes, data URL or HxWx3 uint8
+        array) into its placeholder tokens and embeddings, ready for a session."""
+        from .image import load_image
+
+        rgb = load_image(image)
+        if max_slice_nums is not None and (not isinstance(max_slice_nums, int) or max_slice_nums < 1):
+            raise InvalidArgumentError(f"max_slice_nums must be an int >= 1, got {max_slice_nums!r}")
+        return self._m.encode_image(rgb, max_slice_nums or 0, use_image_id, image_id)
 
     @property
     def info(self) -> Dict[str, Any]:
@@ -110,14 +139,50 @@ class Model:
         enable_thinking: Optional[bool] = None,
     ) -> str:
         """The prompt text the model's chat template gives for ``messages``."""
-        return self._m.render_chat(_normalise_messages(messages), add_generation_prompt, enable_thinking)
+        images: list = []
+        text = self._m.render_chat(_normalise_messages(messages, images), add_generation_prompt, enable_thinking)
+        return text.replace(_IMAGE_MARK, "(<image>./</image>)")
+
+    def chat_segments(
+        self,
+        messages: Sequence[Message],
+        add_generation_prompt: bool = True,
+        enable_thinking: Optional[bool] = None,
+        max_slice_nums: Optional[int] = None,
+        use_image_id: Optional[bool] = None,
+    ) -> list:
+        """The prompt of ``messages`` as segments: lists of token ids and encoded images, in order.
+        Images are numbered 0, 1, ... across the conversation (``<image_id>N</image_id>``)."""
+        images: list = []
+        text = self._m.render_chat(_normalise_messages(messages, images), add_generation_prompt, enable_thinking)
+        parts = text.split(_IMAGE_MARK)
+        segments: list = []
+        for k, chunk in enumerate(parts):
+            if chunk:
+                segments.append(self.tokenize(chunk))
+            if k < len(images):
+                segments.append(
+                    self.encode_image(images[k], max_slice_nums=max_slice_nums, use_image_id=use_image_id, image_id=k)
+                )
+        return segments
 
     def __repr__(self) -> str:
         i = self._m.info
         return f"Model({self.path!r}, arch={i['arch']}, layers={i['n_layer']}, device={i['device']})"
 
 
-def _normalise_messages(messages: Sequence[Message]) -> list:
+# Stands for an image in rendered chat text until it is replaced by the image's placeholder.
+_IMAGE_MARK = "\ue000minicpm-image\ue001"
+
+
+def _is_image_like(x: Any) -> bool:
+    if isinstance(x, np.ndarray):
+        return True
+    mod = type(x).__module__ or ""
+    return mod.startswith("PIL.")
+
+
+def _normalise_messages(messages: Sequence[Message], images: Optional[list] = None) -> list:
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
         raise InvalidArgumentError("messages must be a list of {'role': ..., 'content': ...} dicts")
     out = []
@@ -125,19 +190,36 @@ def _normalise_messages(messages: Sequence[Message]) -> list:
         if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
             raise InvalidArgumentError(f"message {i} must be a dict with 'role' and 'content'")
         content = m["content"]
-        if isinstance(content, list):
-            # OpenAI-style text parts; images arrive with the vision runtime.
+        if isinstance(content, (list, tuple)):
+            # The reference's content list ([image, "text", ...]) or OpenAI-style parts; items are
+            # joined with "\n" as the reference chat() does, images become markers.
             texts = []
             for part in content:
                 if isinstance(part, str):
                     texts.append(part)
                 elif isinstance(part, Mapping) and part.get("type") == "text":
                     texts.append(str(part.get("text", "")))
+                elif isinstance(part, Mapping) and part.get("type") in ("image_url", "image"):
+                    ref = part.get("image_url", part.get("image"))
+                    if isinstance(ref, Mapping):
+                        ref = ref.get("url")
+                    if images is None:
+                        raise InvalidArgumentError(f"message {i}: images are not accepted here")
+                    images.append(ref)
+                    texts.append(_IMAGE_MARK)
+                elif _is_image_like(part):
+                    if images is None:
+                        raise InvalidArgumentError(f"message {i}: images are not accepted here")
+                    images.append(part)
+                    texts.append(_IMAGE_MARK)
                 else:
-                    raise InvalidArgumentError(
-                        f"message {i}: only text content is supported by this model file (got {type(part).__name__})"
-                    )
+                    raise InvalidArgumentError(f"message {i}: unsupported content item of type {type(part).__name__}")
             content = "\n".join(texts)
+        elif _is_image_like(content) and not isinstance(content, str):
+            if images is None:
+                raise InvalidArgumentError(f"message {i}: images are not accepted here")
+            images.append(content)
+            content = _IMAGE_MARK
         d = {"role": str(m["role"]), "content": "" if content is None else str(content)}
         if m.get("reasoning_content") is not None:
             d["reasoning_content"] = str(m["reasoning_content"])
@@ -181,21 +263,40 @@ class Session:
         self.model = model
         self._s = _core.Session(model._m, n_ctx, n_batch, seed, kv_type, flash_attn)
         self.last_stop_reason: Optional[str] = None
+        self._n_images = 0
 
     # -- context -----------------------------------------------------------------------------
-    def prefill(self, text: Optional[str] = None, tokens: Optional[Sequence[int]] = None) -> int:
-        """Appends ``text`` (tokenized, special tokens parsed) and/or ``tokens`` to the context and
-        evaluates them. Returns the number of tokens added. Raises ContextFullError if they do not fit."""
-        if text is None and tokens is None:
-            raise InvalidArgumentError("prefill() needs text or tokens")
-        ids: List[int] = []
+    def prefill(
+        self,
+        text: Optional[str] = None,
+        tokens: Optional[Sequence[int]] = None,
+        image: Any = None,
+        *,
+        max_slice_nums: Optional[int] = None,
+        use_image_id: Optional[bool] = None,
+    ) -> int:
+        """Appends ``image`` (PIL image, numpy HxWx3 uint8 array, path or data URL: its placeholder
+        tokens and embeddings), then ``text`` (tokenized, special tokens parsed), then ``tokens`` to
+        the context and evaluates them. Returns the number of positions added. Raises
+        ContextFullError if they do not fit."""
+        if text is None and tokens is None and image is None:
+            raise InvalidArgumentError("prefill() needs text, tokens or an image")
+        segments: list = []
+        if image is not None:
+            chunk = self.model.encode_image(
+                image, max_slice_nums=max_slice_nums, use_image_id=use_image_id, image_id=self._n_images
+            )
+            segments.append(chunk)
         if text is not None:
             if not isinstance(text, str):
                 raise InvalidArgumentError(f"text must be a str, got {type(text).__name__}")
-            ids.extend(self.model.tokenize(text))
+            segments.append(self.model.tokenize(text))
         if tokens is not None:
-            ids.extend(_as_token_list(tokens))
-        return self._s.prefill(ids)
+            segments.append(_as_token_list(tokens))
+        n = self._s.prefill_segments(segments)
+        if image is not None:
+            self._n_images += 1
+        return n
 
     def logits(self) -> np.ndarray:
         """Float32 logits of the last evaluated position, shape ``(n_vocab,)``."""
@@ -210,6 +311,7 @@ class Session:
     def reset(self) -> None:
         """Empties the context (the KV cache is reused)."""
         self._s.reset()
+        self._n_images = 0
 
     @property
     def n_past(self) -> int:
@@ -312,18 +414,30 @@ class Session:
         *,
         enable_thinking: Optional[bool] = None,
         stream: bool = False,
+        max_slice_nums: Optional[int] = None,
+        use_image_id: Optional[bool] = None,
         **generate_kwargs: Any,
     ) -> Union[str, Iterator[str]]:
         """Answers the conversation ``messages`` (``[{"role": "user", "content": "..."}]``).
+
+        Content may be a list mixing text and images, in the reference's form
+        (``[PIL.Image, "What is in the image?"]``) or OpenAI's
+        (``[{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}, {"type": "text", ...}]``).
+        ``max_slice_nums`` and ``use_image_id`` override the model's image defaults.
 
         The whole conversation is rendered with the model's chat template; tokens already in
         the context that match the rendered prompt are reused, so passing the growing history
         each turn only evaluates the new part. ``enable_thinking`` switches the reasoning
         template (Qwen3 family). Other keyword arguments go to :meth:`generate`.
         """
-        prompt = self.model.render_chat(messages, add_generation_prompt=True, enable_thinking=enable_thinking)
-        ids = self.model.tokenize(prompt)
-        self._s.sync(ids)
+        segments = self.model.chat_segments(
+            messages,
+            add_generation_prompt=True,
+            enable_thinking=enable_thinking,
+            max_slice_nums=max_slice_nums,
+            use_image_id=use_image_id,
+        )
+        self._s.sync_segments(segments)
         return self.generate(stream=stream, **generate_kwargs)
 
     def __repr__(self) -> str:

@@ -26,6 +26,31 @@ std::vector<DeviceInfo> list_devices();
 struct ModelParams {
     std::string device    = "auto";   // "auto", "cpu", "gpu", "cuda", "metal", or a registry name ("CUDA1")
     int         n_threads = 0;        // CPU threads; 0 = pick from the core count
+    std::string mmproj;               // optional separate vision file (llama.cpp's mmproj layout)
+};
+
+struct ImageOptions {
+    int                 max_slice_nums = 0;   // 0 = the model's default (9); 1 = no slicing
+    std::optional<bool> use_image_id;          // unset = the model's default
+    int                 image_id = 0;          // N of <image_id>N</image_id>
+};
+
+// An image ready for the LLM: its placeholder tokens and the embeddings that replace the
+// placeholder positions (overview first, then slices row-major; n_query rows each).
+struct ImageChunk {
+    std::vector<int32_t> tokens;
+    std::vector<int32_t> embed_pos;    // indices into tokens, one per embedding row
+    std::vector<float>   embeddings;   // embed_pos.size() * n_embd
+    int64_t              n_embd = 0;
+    uint64_t             hash = 0;     // identifies the content, for context reuse
+    int                  cols = 0, rows = 0;   // slice grid (0 x 0: not sliced)
+    int                  n_slices = 0;         // encoded pieces, overview included
+};
+
+// A piece of a prompt: text tokens, or an image.
+struct PromptSegment {
+    std::vector<int32_t>              tokens;
+    std::shared_ptr<const ImageChunk> image;   // when set, tokens are ignored
 };
 
 struct ModelInfo {
@@ -57,6 +82,13 @@ public:
     // Ids that end an assistant turn: eos, <|im_end|>, <|endoftext|> and minicpm.stop_tokens.
     const std::vector<int32_t> & end_of_turn_ids() const;
     bool is_end_of_turn(int32_t id) const;
+
+    // Vision: present when the file (or the mmproj given at load) has a vision tower.
+    bool has_vision() const;
+    // Preprocesses and encodes an RGB8 image (width*height*3 bytes). Thread-safe; throws
+    // Error(Unsupported) without a vision tower, Error(InvalidArgument) for a bad image.
+    std::shared_ptr<const ImageChunk> encode_image(const uint8_t * rgb, int width, int height,
+                                                   const ImageOptions & opts) const;
 
     struct Impl;
     Impl & impl() const { return *impl_; }
@@ -120,6 +152,9 @@ public:
     // Makes the context equal `tokens`, reusing the longest common prefix already evaluated.
     // Returns the number of tokens evaluated.
     int sync(const std::vector<int32_t> & tokens);
+    // Same, for prompts with images.
+    int prefill(const std::vector<PromptSegment> & segments);
+    int sync(const std::vector<PromptSegment> & segments);
 
     // Logits of the last evaluated position (n_vocab floats). Throws if nothing was evaluated.
     const std::vector<float> & logits();
