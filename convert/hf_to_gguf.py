@@ -1,7 +1,10 @@
 """Convert a Hugging Face MiniCPM-V / MiniCPM-o (or plain Qwen3 / Qwen2) checkpoint to GGUF.
 
-This step converts the language model and the tokenizer; the file follows llama.cpp's
-conventions, so it loads in llama.cpp as well. Tensors stream from the memory-mapped
+One file holds the language model and tokenizer in llama.cpp's layout, and, for MiniCPM-V/o
+checkpoints, the vision tower and resampler under clip.cpp's MiniCPM-V names and keys
+(:mod:`.vision`). ``llm_only`` leaves the vision part out, so the file loads in llama.cpp
+(whose loader refuses extra tensors); ``mmproj`` also writes the vision part as a separate
+clip-convention file (``general.architecture = clip``) for llama.cpp's mtmd. Tensors stream from the memory-mapped
 checkpoint to the output row block by row block, so memory stays bounded by the chunk size,
 not the model size. The output is written to a temporary file beside the target and renamed
 at the end: a failed or interrupted run leaves nothing behind.
@@ -24,8 +27,9 @@ from gguf import GGML_QUANT_VERSION, GGUFWriter
 from .checkpoint import Checkpoint, ConvertError, load_config, open_checkpoint
 from .llm import PlannedTensor, detect, plan_tensors, write_metadata
 from .names import key_name
-from .quant import OUTTYPES, encode_rows, tensor_bytes
+from .quant import ENCODINGS, OUTTYPES, encode_rows, tensor_bytes
 from .tokenizer import add_tokenizer
+from .vision import VISION_OUTTYPES, VisionSpec, detect_vision, has_vision, plan_vision, vision_qtypes, write_vision_metadata
 
 __all__ = ["convert", "main", "ConvertError", "STOP_TOKENS"]
 
@@ -37,6 +41,9 @@ STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
 # Keys this module asks the name table for (checked by the tests, with llm.KEY_IDS).
 KEY_IDS = ("GENERAL_FILE_TYPE", "GENERAL_QUANT_VERSION", "TOKENIZER_TOKENS", "MINICPM_STOP_TOKENS")
+
+# general.architecture of a llama.cpp mmproj file.
+_MMPROJ_ARCH = "clip"
 
 # Float32 bytes converted at a time; bounds the memory of one tensor's conversion.
 _CHUNK_BYTES = 64 << 20
@@ -141,9 +148,10 @@ def _write_tensor_data(
             n_rows = p.shape[0] if len(p.shape) == 2 else 0
             step = max(1, _CHUNK_BYTES // (4 * int(p.shape[-1]))) if n_rows else 0
             starts = range(0, n_rows, step) if n_rows else [None]
+            read_rows = getattr(p, "read_rows", None)
             for start in starts:
                 stop = None if start is None else start + step
-                rows = ckpt.read(p.hf_name, start, stop)
+                rows = read_rows(ckpt, start, stop) if read_rows is not None else ckpt.read(p.hf_name, start, stop)
                 try:
                     data = encode_rows(qtype, rows)
                 except ConvertError as e:
@@ -180,6 +188,70 @@ def _add_tokenizer(writer: GGUFWriter, hf_dir: Path, n_vocab: int) -> None:
         writer.add_array(key_name("MINICPM_STOP_TOKENS"), stops)
 
 
+def _pick_types(plan: Sequence[PlannedTensor], out_type, say: Callable[[str], None]) -> List:
+    """The ggml type of each planned tensor (vision tensors carry theirs), with grouped notices."""
+    types: List = []
+    fallbacks: Dict[str, List[str]] = defaultdict(list)
+    for p in plan:
+        fixed = getattr(p, "qtype", None)
+        if fixed is not None:
+            types.append(fixed)
+            continue
+        qtype, why = out_type.pick(p.tensor_id, p.shape)
+        types.append(qtype)
+        if why:
+            fallbacks[why].append(p.gguf_name)
+    for why, affected in fallbacks.items():
+        more = f" and {len(affected) - 3} more" if len(affected) > 3 else ""
+        say(f"{len(affected)} tensor(s) ({', '.join(affected[:3])}{more}): {why}")
+    return types
+
+
+def _skipped_notice(ckpt: Checkpoint, used: set, llm_prefix: str) -> Optional[str]:
+    """One notice for the tensors of components not converted (audio, TTS), or None."""
+    skipped: Dict[str, int] = defaultdict(int)
+    for n in ckpt.names():
+        if n in used or (llm_prefix and n.startswith(llm_prefix)):
+            continue
+        skipped[n.split(".", 1)[0]] += 1
+    if not skipped:
+        return None
+    parts = ", ".join(f"{k}.* ({v})" for k, v in sorted(skipped.items()))
+    return f"skipped {sum(skipped.values())} tensors of components not converted: {parts}"
+
+
+def _write_gguf(
+    tmp: Path,
+    arch: str,
+    write_keys: Callable[[GGUFWriter], None],
+    ckpt: Optional[Checkpoint],
+    plan: Sequence[PlannedTensor],
+    types: Sequence,
+    progress: bool,
+) -> None:
+    writer = GGUFWriter(tmp, arch)
+    try:
+        write_keys(writer)
+        for p, qtype in zip(plan, types):
+            writer.add_tensor_info(p.gguf_name, p.shape, np.dtype(np.float32), tensor_bytes(qtype, p.shape), raw_dtype=qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        if plan:
+            assert ckpt is not None
+            _write_tensor_data(writer, ckpt, plan, types, progress)
+    finally:
+        writer.close()
+
+
+def _file_type_of(qtype) -> int:
+    """general.file_type of a file whose main matrices are ``qtype``."""
+    for out in OUTTYPES.values():
+        if out.weight_type == qtype:
+            return out.file_type
+    raise RuntimeError(f"internal error: no file type for {qtype!r}")
+
+
 def convert(
     hf_dir: PathLike,
     out_path: Optional[PathLike] = None,
@@ -190,21 +262,37 @@ def convert(
     name: Optional[str] = None,
     progress: bool = True,
     log: Optional[Callable[[str], None]] = None,
+    llm_only: bool = False,
+    mmproj: Optional[PathLike] = None,
+    vision_outtype: str = "auto",
 ) -> Path:
     """Convert the checkpoint in ``hf_dir`` to a GGUF file and return its path.
 
     ``out_path`` defaults to ``<dir-name>-<outtype>.gguf`` in the current directory. An
     existing file is only replaced with ``force=True``. ``vocab_only`` writes the metadata and
-    tokenizer without tensors. Notices go to ``log`` (stderr by default). Raises
-    :class:`ConvertError` for anything wrong with the checkpoint or the output path.
+    tokenizer without tensors. For a MiniCPM-V/o checkpoint the file also holds the vision
+    tower and resampler unless ``llm_only``; ``mmproj`` names a second file to write them to in
+    llama.cpp's mmproj convention. ``vision_outtype`` ("auto" follows ``outtype`` but keeps the
+    vision matrices F16 for quantized outtypes) sets the vision matrices' type. Notices go to
+    ``log`` (stderr by default). Raises :class:`ConvertError` for anything wrong with the
+    checkpoint or the output paths.
     """
-    say = log or _stderr
+    say = log if log is not None else _stderr
     hf_dir = Path(hf_dir)
     if outtype not in OUTTYPES:
         raise ConvertError(f"unknown output type {outtype!r}; choose one of {', '.join(OUTTYPES)}")
+    if vision_outtype not in VISION_OUTTYPES:
+        raise ConvertError(f"unknown vision output type {vision_outtype!r}; choose one of {', '.join(VISION_OUTTYPES)}")
+    if mmproj is not None and vocab_only:
+        raise ConvertError("--mmproj cannot be combined with --vocab-only (an mmproj file is all tensors)")
     out_type = OUTTYPES[outtype]
     config = load_config(hf_dir)
     out = _resolve_output(out_path, hf_dir, outtype, vocab_only, force)
+    mm_out: Optional[Path] = None
+    if mmproj is not None:
+        mm_out = _resolve_output(mmproj, hf_dir, outtype, False, force)
+        if mm_out.resolve() == out.resolve():
+            raise ConvertError(f"--mmproj {mm_out} is the same file as the output")
 
     ckpt: Optional[Checkpoint] = None
     try:
@@ -213,53 +301,79 @@ def convert(
         except ConvertError:
             if not vocab_only:
                 raise
-        spec = detect(config, ckpt.names() if ckpt is not None else None)
+        names = ckpt.names() if ckpt is not None else None
+        spec = detect(config, names)
         say(f"converting {spec.source} from {hf_dir} ({ckpt.description if ckpt else 'no weights'}) to {out}")
         for note in spec.notices:
             say(note)
 
+        vspec: Optional[VisionSpec] = None
+        wants_vision = not vocab_only and (mm_out is not None or not llm_only)
+        if spec.prefix and wants_vision and has_vision(config, names):
+            vspec = detect_vision(config, spec, hf_dir)
+            for note in vspec.notices:
+                say(note)
+        if mm_out is not None and vspec is None:
+            raise ConvertError(f"--mmproj: {hf_dir} has no vision tower to write (init_vision false, or no vpm.* tensors)")
+
         plan: List[PlannedTensor] = []
+        vplan: List[PlannedTensor] = []
         types: List = []
         if not vocab_only:
             assert ckpt is not None
             plan, notes = plan_tensors(spec, ckpt)
+            if vspec is not None:
+                vplan, vnotes = plan_vision(vspec, ckpt, outtype, vision_outtype)
+                used = {p.hf_name for p in plan} | {p.hf_name for p in vplan}
+                used |= {n for n in ckpt.names() if n.startswith(("vpm.", "resampler."))}
+                notes = [n for n in notes if not n.startswith("skipped ")] + list(vnotes)
+                left = _skipped_notice(ckpt, used, spec.prefix)
+                if left:
+                    notes.append(left)
+                if llm_only:
+                    notes.append(f"--llm-only: the vision tower and resampler ({len(vplan)} tensors) go to {mm_out} only")
             for note in notes:
                 say(note)
-            fallbacks: Dict[str, List[str]] = defaultdict(list)
-            for p in plan:
-                qtype, why = out_type.pick(p.tensor_id, p.shape)
-                types.append(qtype)
-                if why:
-                    fallbacks[why].append(p.gguf_name)
-            for why, affected in fallbacks.items():
-                more = f" and {len(affected) - 3} more" if len(affected) > 3 else ""
-                say(f"{len(affected)} tensor(s) ({', '.join(affected[:3])}{more}): {why}")
+        main_plan = plan + (vplan if (vspec is not None and not llm_only) else [])
+        types = _pick_types(main_plan, out_type, say)
+
+        def main_keys(writer: GGUFWriter) -> None:
+            write_metadata(writer, spec, name or hf_dir.resolve().name)
+            if not vocab_only:
+                writer.add_uint32(key_name("GENERAL_FILE_TYPE"), out_type.file_type)
+                if out_type.quantized:
+                    writer.add_uint32(key_name("GENERAL_QUANT_VERSION"), GGML_QUANT_VERSION)
+            if vspec is not None and not llm_only:
+                write_vision_metadata(writer, vspec)
+            _add_tokenizer(writer, hf_dir, spec.hparams.n_vocab)
 
         with _atomic_output(out) as tmp:
-            writer = GGUFWriter(tmp, spec.arch)
-            try:
-                write_metadata(writer, spec, name or hf_dir.resolve().name)
-                if not vocab_only:
-                    writer.add_uint32(key_name("GENERAL_FILE_TYPE"), out_type.file_type)
-                    if out_type.quantized:
+            _write_gguf(tmp, spec.arch, main_keys, ckpt, main_plan, types, progress)
+            if mm_out is not None:
+                assert vspec is not None
+                mm_types = [p.qtype for p in vplan]
+                weight_t, _ = vision_qtypes(outtype, vision_outtype)
+
+                def mm_keys(writer: GGUFWriter) -> None:
+                    writer.add_string(key_name("GENERAL_NAME"), name or hf_dir.resolve().name)
+                    writer.add_description(f"image encoder for MiniCPM-{vspec.flavour.upper()} {vspec.version}")
+                    writer.add_uint32(key_name("GENERAL_FILE_TYPE"), _file_type_of(weight_t))
+                    if ENCODINGS[weight_t].quantized:
                         writer.add_uint32(key_name("GENERAL_QUANT_VERSION"), GGML_QUANT_VERSION)
-                _add_tokenizer(writer, hf_dir, spec.hparams.n_vocab)
-                for p, qtype in zip(plan, types):
-                    writer.add_tensor_info(p.gguf_name, p.shape, np.dtype(np.float32), tensor_bytes(qtype, p.shape), raw_dtype=qtype)
-                writer.write_header_to_file()
-                writer.write_kv_data_to_file()
-                writer.write_ti_data_to_file()
-                if plan:
-                    assert ckpt is not None
-                    _write_tensor_data(writer, ckpt, plan, types, progress)
-            finally:
-                writer.close()
+                    write_vision_metadata(writer, vspec)
+
+                with _atomic_output(mm_out) as mm_tmp:
+                    _write_gguf(mm_tmp, _MMPROJ_ARCH, mm_keys, ckpt, vplan, mm_types, progress)
     finally:
         if ckpt is not None:
             ckpt.close()
     size = out.stat().st_size
-    what = "vocabulary only" if vocab_only else f"{len(plan)} tensors, {outtype}"
+    what = "vocabulary only" if vocab_only else f"{len(main_plan)} tensors, {outtype}"
+    if vspec is not None and not llm_only:
+        what += f", with vision ({len(vplan)} tensors)"
     say(f"wrote {out} ({spec.arch}, {what}, {size / 2**20:.1f} MiB)")
+    if mm_out is not None:
+        say(f"wrote {mm_out} (mmproj, {len(vplan)} tensors, {mm_out.stat().st_size / 2**20:.1f} MiB)")
     return out
 
 
@@ -268,15 +382,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description=(
             "Convert a Hugging Face MiniCPM-V 4.5 / MiniCPM-o 4.5 / MiniCPM-V 2.6 / MiniCPM-o 2.6 checkpoint "
-            "(or a plain Qwen3ForCausalLM / Qwen2ForCausalLM one) to GGUF. This version converts the language "
-            "model and tokenizer, in llama.cpp's layout (the file also loads in llama.cpp); vision, audio and "
-            "TTS tensors are skipped with a notice."
+            "(or a plain Qwen3ForCausalLM / Qwen2ForCausalLM one) to GGUF. One file holds the language model and "
+            "tokenizer in llama.cpp's layout plus, for MiniCPM-V/o, the vision tower (SigLIP, only the layers the "
+            "model runs: drop_vision_last_layer is applied) and the resampler, under clip.cpp's MiniCPM-V tensor "
+            "names and clip.* keys. Audio and TTS tensors are skipped with a notice."
         ),
         epilog=(
             "The output is written to OUTFILE.tmp-XXXX beside OUTFILE and renamed when complete; on any error "
             "or interruption nothing is left behind. An existing OUTFILE is never replaced without --force. "
             "1-D tensors (norms, biases) are always F32; with q8_0, a matrix whose row length is not a multiple "
-            "of 32 is written as F16 (with a notice)."
+            "of 32 is written as F16 (with a notice). Vision: the patch embedding is F16 (F32 with f32), "
+            "the resampler queries and its sin-cos table are F32, and a quantized --outtype keeps the vision "
+            "matrices F16 unless --vision-outtype asks otherwise. For llama.cpp, use --llm-only together with "
+            "--mmproj: llama.cpp loads the LLM file and takes the vision part from the mmproj file "
+            "(llama-mtmd-cli -m OUTFILE --mmproj MMPROJ)."
         ),
     )
     p.add_argument("model_dir", type=Path, help="Hugging Face checkpoint directory (config.json, safetensors, tokenizer files)")
@@ -299,6 +418,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite OUTFILE if it exists")
     p.add_argument("--vocab-only", action="store_true", help="write only the metadata and tokenizer, no tensors")
     p.add_argument("--name", default=None, help=f"{key_name('GENERAL_NAME')} to record (default: the model directory's name)")
+    p.add_argument(
+        "--llm-only",
+        action="store_true",
+        help=(
+            "leave the vision tower and resampler out of OUTFILE, so it loads in llama.cpp (whose loader refuses "
+            "tensors it does not know); combine with --mmproj to keep the vision part in its own file"
+        ),
+    )
+    p.add_argument(
+        "--mmproj",
+        type=Path,
+        default=None,
+        metavar="MMPROJ",
+        help=(
+            "also write the vision tower and resampler to MMPROJ, a llama.cpp mmproj GGUF (architecture "
+            "clip, clip.* keys, clip.cpp's MiniCPM-V tensor names) usable with llama.cpp's mtmd tools"
+        ),
+    )
+    p.add_argument(
+        "--vision-outtype",
+        choices=list(VISION_OUTTYPES),
+        default="auto",
+        help=(
+            "type of the vision and resampler matrices (default auto: as --outtype, but F16 when --outtype is "
+            "quantized)"
+        ),
+    )
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     return p
 
@@ -314,6 +460,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             vocab_only=args.vocab_only,
             name=args.name,
             progress=not args.no_progress,
+            llm_only=args.llm_only,
+            mmproj=args.mmproj,
+            vision_outtype=args.vision_outtype,
         )
     except ConvertError as e:
         raise SystemExit(f"{PROG}: error: {e}") from None

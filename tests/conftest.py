@@ -68,3 +68,19 @@ def converted(tmp_path_factory) -> Callable[..., Path]:
         return cache[key]
 
     return convert_once
+
+
+@pytest.fixture(scope="session")
+def tiny_minicpmv45_vision_dir(tmp_path_factory, shared_dir) -> Path:
+    """MiniCPM-V 4.5 layout with a real tiny vision tower and resampler (bfloat16 weights):
+    Qwen3 LLM hidden 256 (2 resampler heads), vision hidden 64, 4 heads, FFN 128, 3 layers stored,
+    drop_vision_last_layer true (2 run). See tiny_models.make_minicpmv45."""
+    return tiny_models.make_minicpmv45(tmp_path_factory.mktemp("tiny-minicpmv45-vision"))
+
+
+@pytest.fixture(scope="session")
+def tiny_minicpmv26_vision_dir(tmp_path_factory, shared_dir) -> Path:
+    """MiniCPM-V 2.6 layout with a real tiny vision tower and resampler (float32 weights):
+    Qwen2 LLM hidden 128 (1 resampler head), vision hidden 96, 4 heads, FFN 128, 2 layers,
+    drop_vision_last_layer false. See tiny_models.make_minicpmv26."""
+    return tiny_models.make_minicpmv26(tmp_path_factory.mktemp("tiny-minicpmv26-vision"))

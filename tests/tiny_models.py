@@ -9,6 +9,15 @@ scaling bug therefore shows as a large error instead of hiding in near-zero valu
 
 Loading the reference: plain layouts load with ``AutoModelForCausalLM.from_pretrained``; the
 MiniCPM layouts with :func:`load_reference_llm` (the ``llm.`` part only).
+
+Vision: with ``vision=True`` (or a dict of sizes) the MiniCPM layouts carry a real, tiny SigLIP
+NaViT tower (``vpm.*``) and resampler (``resampler.*``) instead of the dummy stand-ins: vision
+hidden 64, 4 heads, FFN 128, 3 layers stored with ``drop_vision_last_layer: true`` (2 run), the
+real 70x70 position table (``vision_config.image_size`` 980, patch 14), 64 queries. The LLM
+hidden size must be a multiple of 128 (resampler heads = hidden // 128).
+:func:`make_minicpmv45` / :func:`make_minicpmv26` (and ``make_minicpm(model=...)``) build the
+usual shapes; :func:`load_reference_vision` returns the PyTorch reference of
+``ref_minicpmv_vision.py`` with the weights loaded.
 """
 
 from __future__ import annotations
@@ -91,17 +100,22 @@ def _init_tensor(name: str, shape, gen, torch):
     return (scale / math.sqrt(fan_in)) * torch.randn(shape, generator=gen)
 
 
-def _dummy_components(hidden: int, flavour: str) -> Dict[str, tuple]:
-    """Small stand-ins for the non-LLM parts of a MiniCPM checkpoint."""
-    parts = {
-        "vpm.embeddings.patch_embedding.weight": (16, 3, 14, 14),
-        "vpm.embeddings.patch_embedding.bias": (16,),
-        "vpm.encoder.layers.0.self_attn.q_proj.weight": (16, 16),
-        "vpm.post_layernorm.weight": (16,),
-        "resampler.query": (64, hidden),
-        "resampler.kv_proj.weight": (hidden, 16),
-        "resampler.ln_post.weight": (hidden,),
-    }
+def _dummy_components(hidden: int, flavour: str, vision: bool = False) -> Dict[str, tuple]:
+    """Small stand-ins for the non-LLM parts of a MiniCPM checkpoint (the vision ones unless
+    ``vision``, when :func:`_vision_components` supplies the real tensors)."""
+    parts: Dict[str, tuple] = {}
+    if not vision:
+        parts.update(
+            {
+                "vpm.embeddings.patch_embedding.weight": (16, 3, 14, 14),
+                "vpm.embeddings.patch_embedding.bias": (16,),
+                "vpm.encoder.layers.0.self_attn.q_proj.weight": (16, 16),
+                "vpm.post_layernorm.weight": (16,),
+                "resampler.query": (64, hidden),
+                "resampler.kv_proj.weight": (hidden, 16),
+                "resampler.ln_post.weight": (hidden,),
+            }
+        )
     if flavour == "o":
         parts.update(
             {
@@ -112,6 +126,88 @@ def _dummy_components(hidden: int, flavour: str) -> Dict[str, tuple]:
             }
         )
     return parts
+
+
+# The tiny vision tower of vision=True: the real geometry (patch 14, 70x70 position buckets,
+# 64 queries), small widths.
+DEFAULT_VISION = {
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "num_hidden_layers": 3,  # stored; drop_vision_last_layer removes the last one
+    "drop_vision_last_layer": True,
+    "image_size": 980,
+    "patch_size": 14,
+}
+
+
+def _vision_sizes(vision: Union[bool, Dict[str, object]]) -> Dict[str, object]:
+    sizes = dict(DEFAULT_VISION)
+    if isinstance(vision, dict):
+        unknown = set(vision) - set(DEFAULT_VISION)
+        if unknown:
+            raise ValueError(f"unknown vision sizes {sorted(unknown)}; known: {sorted(DEFAULT_VISION)}")
+        sizes.update(vision)
+    return sizes
+
+
+def _vision_components(hidden: int, sizes: Dict[str, object], query_num: int = 64) -> Dict[str, tuple]:
+    """Every vpm.* / resampler.* tensor of a MiniCPM checkpoint, with its shape (PyTorch order)."""
+    if hidden % 128:
+        raise ValueError(f"the resampler needs the LLM hidden size to be a multiple of 128, got {hidden}")
+    dv, ffn = int(sizes["hidden_size"]), int(sizes["intermediate_size"])
+    p = int(sizes["patch_size"])
+    n_pos = (int(sizes["image_size"]) // p) ** 2
+    parts: Dict[str, tuple] = {
+        "vpm.embeddings.patch_embedding.weight": (dv, 3, p, p),
+        "vpm.embeddings.patch_embedding.bias": (dv,),
+        "vpm.embeddings.position_embedding.weight": (n_pos, dv),
+    }
+    for i in range(int(sizes["num_hidden_layers"])):
+        pre = f"vpm.encoder.layers.{i}."
+        for norm in ("layer_norm1", "layer_norm2"):
+            parts[pre + norm + ".weight"] = (dv,)
+            parts[pre + norm + ".bias"] = (dv,)
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            parts[pre + f"self_attn.{proj}.weight"] = (dv, dv)
+            parts[pre + f"self_attn.{proj}.bias"] = (dv,)
+        parts[pre + "mlp.fc1.weight"] = (ffn, dv)
+        parts[pre + "mlp.fc1.bias"] = (ffn,)
+        parts[pre + "mlp.fc2.weight"] = (dv, ffn)
+        parts[pre + "mlp.fc2.bias"] = (dv,)
+    parts["vpm.post_layernorm.weight"] = (dv,)
+    parts["vpm.post_layernorm.bias"] = (dv,)
+    parts.update(
+        {
+            "resampler.query": (query_num, hidden),
+            "resampler.proj": (hidden, hidden),
+            "resampler.kv_proj.weight": (hidden, dv),
+            "resampler.attn.in_proj_weight": (3 * hidden, hidden),
+            "resampler.attn.in_proj_bias": (3 * hidden,),
+            "resampler.attn.out_proj.weight": (hidden, hidden),
+            "resampler.attn.out_proj.bias": (hidden,),
+        }
+    )
+    for norm in ("ln_q", "ln_kv", "ln_post"):
+        parts[f"resampler.{norm}.weight"] = (hidden,)
+        parts[f"resampler.{norm}.bias"] = (hidden,)
+    return parts
+
+
+def _init_vision_tensor(name: str, shape, gen, torch):
+    """Random values for a vision/resampler parameter: unit-scale activations at every stage."""
+    if name.endswith("patch_embedding.weight"):
+        fan_in = shape[1] * shape[2] * shape[3]
+        return (2.0 / math.sqrt(fan_in)) * torch.randn(shape, generator=gen)
+    if name.endswith("position_embedding.weight") or name == "resampler.query":
+        return 0.5 * torch.randn(shape, generator=gen)
+    if ("norm" in name or ".ln_" in name) and name.endswith(".weight"):
+        return 0.75 + 0.5 * torch.rand(shape, generator=gen)
+    if name.endswith("bias"):
+        return 0.2 * torch.randn(shape, generator=gen)
+    fan_in = shape[-1]
+    scale = 0.5 if ("out_proj" in name or "fc2" in name) else 1.0
+    return (scale / math.sqrt(fan_in)) * torch.randn(shape, generator=gen)
 
 
 def _save_weights(path: Path, state: Dict[str, object], shards: int) -> None:
@@ -136,12 +232,30 @@ def _save_weights(path: Path, state: Dict[str, object], shards: int) -> None:
     (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
-def _minicpm_config(arch: str, fields: Dict[str, object], hidden: int, dtype: str) -> Dict[str, object]:
-    """A MiniCPM-V 4.5 (qwen3) or MiniCPM-o 2.6 (qwen2) style config.json."""
-    if arch == "qwen3":
-        head = {"architectures": ["MiniCPMV"], "model_type": "minicpmv", "version": 4.5}
-    else:
-        head = {"architectures": ["MiniCPMO"], "model_type": "minicpmo", "version": 2.6}
+# model name -> (LLM architecture, class, model_type, version)
+MINICPM_MODELS = {
+    "v4.5": ("qwen3", "MiniCPMV", "minicpmv", 4.5),
+    "o4.5": ("qwen3", "MiniCPMO", "minicpmo", 4.5),
+    "v2.6": ("qwen2", "MiniCPMV", "minicpmv", 2.6),
+    "o2.6": ("qwen2", "MiniCPMO", "minicpmo", 2.6),
+}
+
+
+def _minicpm_config(
+    arch: str,
+    fields: Dict[str, object],
+    hidden: int,
+    dtype: str,
+    model: Optional[str] = None,
+    vision: Optional[Dict[str, object]] = None,
+) -> Dict[str, object]:
+    """A MiniCPM-V 4.5 (qwen3) or MiniCPM-o 2.6 (qwen2) style config.json (or ``model``'s)."""
+    if model is None:
+        model = "v4.5" if arch == "qwen3" else "o2.6"
+    m_arch, cls, model_type, version = MINICPM_MODELS[model]
+    if m_arch != arch:
+        raise ValueError(f"{model} has a {m_arch} LLM, not {arch}")
+    head = {"architectures": [cls], "model_type": model_type, "version": version}
     cfg: Dict[str, object] = dict(head)
     cfg.update(fields)
     cfg.update(
@@ -166,8 +280,23 @@ def _minicpm_config(arch: str, fields: Dict[str, object], hidden: int, dtype: st
             },
         }
     )
-    if arch == "qwen2":
-        cfg.update({"init_vision": True, "init_audio": True, "init_tts": True})
+    if vision is not None:
+        cfg["drop_vision_last_layer"] = bool(vision["drop_vision_last_layer"])
+        cfg["use_image_id"] = True
+        cfg["vision_config"] = {
+            "hidden_size": int(vision["hidden_size"]),
+            "intermediate_size": int(vision["intermediate_size"]),
+            "num_attention_heads": int(vision["num_attention_heads"]),
+            "num_hidden_layers": int(vision["num_hidden_layers"]),
+            "image_size": int(vision["image_size"]),
+            "patch_size": int(vision["patch_size"]),
+            "model_type": "siglip_vision_model",
+        }
+    if model_type == "minicpmo":
+        cfg.update({"init_audio": True, "init_tts": True})
+    # The dummy vision stand-ins are not a tower: say so with MiniCPM-o's init_vision switch,
+    # which the converter honours (it then skips vpm.* / resampler.* with a notice).
+    cfg["init_vision"] = vision is not None
     return cfg
 
 
@@ -185,6 +314,8 @@ def _make(
     minicpm_prefix: bool,
     shards: int,
     dtype: str,
+    vision: Union[bool, Dict[str, object]] = False,
+    model: Optional[str] = None,
 ) -> Path:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
@@ -232,11 +363,20 @@ def _make(
     prefix = "llm." if minicpm_prefix else ""
     state = {prefix + k: _init_tensor(k, s, gen, torch).to(torch_dtype).contiguous() for k, s in shapes.items()}
 
+    if vision and not minicpm_prefix:
+        raise ValueError("vision=True needs minicpm_prefix=True (the MiniCPM layout)")
     if minicpm_prefix:
-        flavour = "v" if arch == "qwen3" else "o"
-        for k, s in _dummy_components(hidden, flavour).items():
+        if model is None:
+            model = "v4.5" if arch == "qwen3" else "o2.6"
+        flavour = MINICPM_MODELS[model][2][-1]  # "v" | "o"
+        for k, s in _dummy_components(hidden, flavour, vision=bool(vision)).items():
             state[k] = (0.02 * torch.randn(s, generator=gen)).to(torch_dtype)
-        cfg = _minicpm_config(arch, fields, hidden, dtype)
+        sizes = _vision_sizes(vision) if vision else None
+        if sizes is not None:
+            vgen = torch.Generator().manual_seed(seed + 1000)
+            for k, s in _vision_components(hidden, sizes).items():
+                state[k] = _init_vision_tensor(k, s, vgen, torch).to(torch_dtype).contiguous()
+        cfg = _minicpm_config(arch, fields, hidden, dtype, model, sizes)
         (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     else:
         hf_config.architectures = [model_cls.__name__]
@@ -261,9 +401,17 @@ def make_qwen3(
     minicpm_prefix: bool = False,
     shards: int = 1,
     dtype: str = "float32",
+    vision: Union[bool, Dict[str, object]] = False,
+    model: Optional[str] = None,
 ) -> Path:
-    """A tiny Qwen3ForCausalLM checkpoint; with ``minicpm_prefix`` in the MiniCPM-V 4.5 layout."""
-    return _make("qwen3", path, layers, hidden, heads, kv_heads, head_dim, ffn, tie, seed, minicpm_prefix, shards, dtype)
+    """A tiny Qwen3ForCausalLM checkpoint; with ``minicpm_prefix`` in the MiniCPM-V 4.5 layout.
+
+    ``vision`` (True or a dict overriding :data:`DEFAULT_VISION`) writes a real random vision
+    tower and resampler; ``model`` ("v4.5" or "o4.5") picks the MiniCPM config flavour.
+    """
+    return _make(
+        "qwen3", path, layers, hidden, heads, kv_heads, head_dim, ffn, tie, seed, minicpm_prefix, shards, dtype, vision, model
+    )
 
 
 def make_qwen2(
@@ -279,9 +427,50 @@ def make_qwen2(
     minicpm_prefix: bool = False,
     shards: int = 1,
     dtype: str = "float32",
+    vision: Union[bool, Dict[str, object]] = False,
+    model: Optional[str] = None,
 ) -> Path:
-    """A tiny Qwen2ForCausalLM checkpoint (q/k/v biases); with ``minicpm_prefix`` in the MiniCPM-o 2.6 layout."""
-    return _make("qwen2", path, layers, hidden, heads, kv_heads, head_dim, ffn, tie, seed, minicpm_prefix, shards, dtype)
+    """A tiny Qwen2ForCausalLM checkpoint (q/k/v biases); with ``minicpm_prefix`` in the MiniCPM-o 2.6 layout.
+
+    ``vision`` (True or a dict overriding :data:`DEFAULT_VISION`) writes a real random vision
+    tower and resampler; ``model`` ("o2.6" or "v2.6") picks the MiniCPM config flavour.
+    """
+    return _make(
+        "qwen2", path, layers, hidden, heads, kv_heads, head_dim, ffn, tie, seed, minicpm_prefix, shards, dtype, vision, model
+    )
+
+
+def make_minicpm(path: PathLike, model: str = "v4.5", **kw) -> Path:
+    """A tiny MiniCPM checkpoint with a real vision tower: ``model`` one of :data:`MINICPM_MODELS`.
+
+    Keyword arguments go to :func:`make_qwen3` / :func:`make_qwen2` (``minicpm_prefix`` and
+    ``vision`` are set here; pass ``vision={...}`` to change the vision sizes).
+    """
+    if model not in MINICPM_MODELS:
+        raise ValueError(f"unknown MiniCPM model {model!r}; choose one of {sorted(MINICPM_MODELS)}")
+    kw.setdefault("vision", True)
+    make = make_qwen3 if MINICPM_MODELS[model][0] == "qwen3" else make_qwen2
+    return make(path, minicpm_prefix=True, model=model, **kw)
+
+
+def make_minicpmv45(path: PathLike, **kw) -> Path:
+    """MiniCPM-V 4.5 shape: Qwen3 LLM (hidden 256, so 2 resampler heads), bfloat16 weights as
+    the real checkpoints, vision hidden 64 / 4 heads / FFN 128, 3 layers stored with
+    ``drop_vision_last_layer: true`` (2 run)."""
+    for k, v in {"hidden": 256, "heads": 4, "kv_heads": 2, "head_dim": 64, "ffn": 512, "dtype": "bfloat16"}.items():
+        kw.setdefault(k, v)
+    return make_minicpm(path, "v4.5", **kw)
+
+
+def make_minicpmv26(path: PathLike, **kw) -> Path:
+    """MiniCPM-V 2.6 shape: Qwen2 LLM with q/k/v biases (hidden 128, so 1 resampler head),
+    float32 weights, vision hidden 96 / 4 heads / FFN 128, 2 layers stored with
+    ``drop_vision_last_layer: false`` (both run)."""
+    kw.setdefault(
+        "vision",
+        {"hidden_size": 96, "num_attention_heads": 4, "intermediate_size": 128, "num_hidden_layers": 2, "drop_vision_last_layer": False},
+    )
+    return make_minicpm(path, "v2.6", **kw)
 
 
 def load_state_dict(path: PathLike) -> Dict[str, object]:
@@ -331,3 +520,11 @@ def load_reference_llm(path: PathLike):
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     return model.eval()
+
+
+def load_reference_vision(path: PathLike):
+    """The PyTorch reference vision tower + resampler (``ref_minicpmv_vision.VisionParts``,
+    float32, eval mode) of a MiniCPM checkpoint, with its ``vpm.`` / ``resampler.`` weights."""
+    import ref_minicpmv_vision
+
+    return ref_minicpmv_vision.load_from_dir(path)
