@@ -40,4 +40,41 @@ ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, gg
     return ggml_cont_2d(ctx, kqv, head_dim * n_head, n_tokens);
 }
 
+ggml_tensor * layer_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, ggml_tensor * b, float eps) {
+    ggml_tensor * cur = ggml_norm(ctx, x, eps);
+    if (w) cur = ggml_mul(ctx, cur, w);
+    if (b) cur = ggml_add(ctx, cur, b);
+    return cur;
+}
+
+ggml_tensor * gelu_tanh(ggml_context * ctx, ggml_tensor * x) {
+    // 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))
+    const float k_beta  = 0.7978845608028654f;   // sqrt(2/pi)
+    const float k_kappa = 0.044715f;
+    ggml_tensor * x3    = ggml_mul(ctx, ggml_sqr(ctx, x), x);
+    ggml_tensor * inner = ggml_add(ctx, x, ggml_scale(ctx, x3, k_kappa));
+    ggml_tensor * t     = ggml_tanh(ctx, ggml_scale(ctx, inner, k_beta));
+    return ggml_mul(ctx, x, ggml_scale_bias(ctx, t, 0.5f, 0.5f));
+}
+
+ggml_tensor * attention_batched(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, float scale) {
+    const int64_t head_dim = q->ne[0];
+    const int64_t n_head   = q->ne[1];
+    const int64_t n_q      = q->ne[2];
+    const int64_t n_seq    = k->ne[3];
+    q = ggml_permute(ctx, q, 0, 2, 1, 3);   // [head_dim, n_q, n_head, n_seq or 1]
+    if (q->ne[3] != n_seq) {
+        // mul_mat broadcasts its first operand only, so a shared query set is repeated.
+        q = ggml_repeat_4d(ctx, q, head_dim, n_q, n_head, n_seq);
+    }
+    k = ggml_permute(ctx, k, 0, 2, 1, 3);   // [head_dim, n_kv, n_head, n_seq]
+    ggml_tensor * kq = ggml_mul_mat(ctx, k, q);   // [n_kv, n_q, n_head, n_seq]
+    ggml_mul_mat_set_prec(kq, GGML_PREC_F32);
+    kq = ggml_soft_max_ext(ctx, kq, nullptr, scale, 0.0f);
+    ggml_tensor * vt  = ggml_cont(ctx, ggml_permute(ctx, v, 1, 2, 0, 3));   // [n_kv, head_dim, n_head, n_seq]
+    ggml_tensor * kqv = ggml_mul_mat(ctx, vt, kq);                        // [head_dim, n_q, n_head, n_seq]
+    kqv = ggml_permute(ctx, kqv, 0, 2, 1, 3);                             // [head_dim, n_head, n_q, n_seq]
+    return ggml_cont_3d(ctx, kqv, head_dim * n_head, n_q, n_seq);
+}
+
 } // namespace minicpm::graph

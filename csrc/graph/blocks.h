@@ -21,4 +21,17 @@ ggml_tensor * swiglu_mlp(ggml_context * ctx, ggml_tensor * x, ggml_tensor * gate
 ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, ggml_tensor * mask,
                         float scale, bool flash);
 
+// LayerNorm over ne0 with affine weight and bias (either may be null), as torch.nn.LayerNorm.
+ggml_tensor * layer_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, ggml_tensor * b, float eps);
+
+// GELU, tanh approximation (torch gelu(approximate="tanh")), built from f32 elementwise ops:
+// ggml_gelu on the CPU reads an f16 lookup table (relative error ~4e-3), too coarse for parity.
+ggml_tensor * gelu_tanh(ggml_context * ctx, ggml_tensor * x);
+
+// Unmasked multi-head attention over a batch of independent sequences.
+//   q: [head_dim, n_head, n_q, n_seq]   k, v: [head_dim, n_head, n_kv, n_seq]
+// q may have n_seq == 1 and is then shared by every sequence. Scores and softmax in f32.
+// returns [head_dim * n_head, n_q, n_seq]
+ggml_tensor * attention_batched(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, float scale);
+
 } // namespace minicpm::graph

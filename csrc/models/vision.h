@@ -38,6 +38,7 @@ struct VisionHparams {
     int     max_slice_nums = 9;
     bool    use_image_id = true;
     int     minicpmv_version = 0;
+    bool    ffn_swapped = false;   // legacy mmproj: ffn_down holds fc1 and ffn_up fc2
 
     static VisionHparams from_gguf(const GgufFile & f);
     SliceConfig slice_config() const;
@@ -61,6 +62,14 @@ struct VisionWeights {
 
     static VisionWeights declare(WeightStore & store, const VisionHparams & hp);
 };
+
+// Host-side inputs of the graphs, exposed for tests.
+// Rows of the position table for a ph x pw patch grid, row-major: NaViT bucketing onto a
+// side x side table with the reference's float32 arithmetic (SiglipVisionEmbeddings.forward).
+std::vector<int32_t> navit_position_ids(int64_t ph, int64_t pw, int64_t side);
+// The resampler's 2D sin-cos key positions for a ph x pw grid, [ph * pw][dim] row-major
+// (get_2d_sincos_pos_embed: column half first); dim must be a multiple of 4.
+std::vector<float> resampler_pos_embed(int64_t dim, int64_t ph, int64_t pw);
 
 // Runs encoder + resampler on preprocessed slices. One per model; not thread-safe (a session
 // serialises its calls). Compute buffers are reserved once for the largest slice.

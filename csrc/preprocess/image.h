@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <vector>
 
 namespace minicpm {
@@ -47,12 +48,22 @@ void      overview_size(int width, int height, const SliceConfig & cfg, int * ou
 void      refine_size(int width, int height, SliceGrid grid, const SliceConfig & cfg, int * out_w, int * out_h);
 
 // Resize an RGB8 image exactly as Pillow's Image.resize(size, BICUBIC) does (antialiased
-// when shrinking, 8-bit intermediate between the horizontal and vertical passes).
+// when shrinking, 8-bit intermediate between the horizontal and vertical passes, in the
+// order Pillow 13 picks: vertical first when the height loses more than twice as many
+// rows as the width loses columns). Throws Error(InvalidArgument) for an empty or
+// oversized input or output.
 std::vector<uint8_t> resize_bicubic_pillow(const uint8_t * rgb, int width, int height, int out_w, int out_h);
+
+// The same with the order of the two separable passes forced (for tests of the order rule).
+std::vector<uint8_t> resize_bicubic_pillow_ordered(const uint8_t * rgb, int width, int height, int out_w, int out_h,
+                                                   bool vertical_pass_first);
 
 // Full pipeline. rgb: width*height*3 bytes, row-major. Throws Error(InvalidArgument) for a
 // zero or oversized image, or a bad config.
 PreprocessedImage preprocess_image(const uint8_t * rgb, int width, int height, const SliceConfig & cfg);
+
+// The placeholder text the reference builds (get_slice_image_placeholder) for this grid.
+std::string image_placeholder_text(SliceGrid grid, int n_query, std::optional<int> image_id);
 
 // Token ids of one image's placeholder: [<image_id>N</image_id>] <image> <unk>*n_query </image>
 // then, when sliced, rows of (<slice> <unk>*n_query </slice>) separated by "\n".

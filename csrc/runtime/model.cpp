@@ -7,6 +7,50 @@
 
 namespace minicpm {
 
+namespace {
+
+bool file_has_vision(const GgufFile & f) {
+    if (f.find_tensor(tensor_name(TensorName::V_PATCH_EMBD))) return true;
+    return f.opt_bool(key_name(KeyName::CLIP_HAS_VISION)).value_or(false) &&
+           f.opt_bool(key_name(KeyName::CLIP_HAS_MINICPMV_PROJ)).value_or(false);
+}
+
+void load_vision(Model::Impl & m, const ModelParams & params) {
+    const GgufFile * src = nullptr;
+    if (!params.mmproj.empty()) {
+        m.mmproj_file = std::make_unique<GgufFile>(params.mmproj);
+        if (!file_has_vision(*m.mmproj_file)) {
+            fail(ErrorKind::Format, params.mmproj + " has no MiniCPM-V vision encoder (expected clip metadata with " +
+                                        key_name(KeyName::CLIP_HAS_MINICPMV_PROJ) + " and tensor " +
+                                        tensor_name(TensorName::V_PATCH_EMBD) + ")");
+        }
+        src = m.mmproj_file.get();
+    } else if (file_has_vision(*m.file)) {
+        src = m.file.get();
+    }
+    if (!src) return;
+    m.vhp = VisionHparams::from_gguf(*src);
+    if (m.vhp.rs_dim != m.hp.n_embd) {
+        fail(ErrorKind::Format, "vision resampler of " + src->path() + " outputs width " + std::to_string(m.vhp.rs_dim) +
+                                    ", the LLM of " + m.file->path() + " expects " + std::to_string(m.hp.n_embd));
+    }
+    m.vision_store = std::make_unique<WeightStore>(*src, *m.backends, (size_t) (m.vhp.n_layer * 20 + 64));
+    m.vw = VisionWeights::declare(*m.vision_store, m.vhp);
+    m.vision_store->load();
+    m.vision = std::make_unique<VisionEncoder>(m.vhp, m.vw, *m.backends);
+}
+
+uint64_t fnv1a(const void * data, size_t n, uint64_t h = 1469598103934665603ull) {
+    const auto * p = (const uint8_t *) data;
+    for (size_t i = 0; i < n; ++i) {
+        h ^= p[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+} // namespace
+
 Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Model::~Model() = default;
 
@@ -32,6 +76,8 @@ std::shared_ptr<Model> Model::load(const std::string & path, const ModelParams &
     for (const auto & t : f.tensors()) {
         if (t.n_dims >= 2 && t.type != GGML_TYPE_F32) m->all_f32 = false;
     }
+
+    load_vision(*m, params);
 
     m->chat = ChatTemplate::from_source(f.opt_str(key_name(KeyName::TOKENIZER_CHAT_TEMPLATE)).value_or(""));
 
@@ -94,10 +140,53 @@ bool Model::is_end_of_turn(int32_t id) const {
     return std::find(e.begin(), e.end(), id) != e.end();
 }
 
-bool Model::has_vision() const { return false; }
+bool Model::has_vision() const { return impl_->vision != nullptr; }
 
-std::shared_ptr<const ImageChunk> Model::encode_image(const uint8_t *, int, int, const ImageOptions &) const {
-    fail(ErrorKind::Unsupported, "model " + impl_->info.path + " has no vision encoder");
+std::shared_ptr<const ImageChunk> Model::encode_image(const uint8_t * rgb, int width, int height,
+                                                      const ImageOptions & opts) const {
+    const Impl & m = *impl_;
+    if (!m.vision) {
+        fail(ErrorKind::Unsupported, "model " + m.info.path + " has no vision encoder: convert the MiniCPM-V checkpoint "
+                                     "with its vision tower, or load a separate mmproj file");
+    }
+    if (!rgb || width <= 0 || height <= 0) {
+        fail(ErrorKind::InvalidArgument, "image must have a positive width and height, got " + std::to_string(width) +
+                                             "x" + std::to_string(height));
+    }
+    if (opts.max_slice_nums < 0) {
+        fail(ErrorKind::InvalidArgument, "max_slice_nums must be >= 1 (0 = model default), got " +
+                                             std::to_string(opts.max_slice_nums));
+    }
+    if (opts.image_id < 0) fail(ErrorKind::InvalidArgument, "image_id must be >= 0");
+    SliceConfig cfg = m.vhp.slice_config();
+    if (opts.max_slice_nums > 0) cfg.max_slice_nums = opts.max_slice_nums;
+    PreprocessedImage pre = preprocess_image(rgb, width, height, cfg);
+
+    std::vector<const ImageSlice *> pieces = {&pre.overview};
+    for (const auto & sl : pre.slices) pieces.push_back(&sl);
+
+    auto chunk = std::make_shared<ImageChunk>();
+    const bool use_id = opts.use_image_id.value_or(m.vhp.use_image_id);
+    chunk->tokens = image_placeholder_tokens(*m.tokenizer, pre.grid, (int) m.vhp.n_query,
+                                             use_id ? std::optional<int>(opts.image_id) : std::nullopt,
+                                             &chunk->embed_pos);
+    if (chunk->embed_pos.size() != pieces.size() * (size_t) m.vhp.n_query) {
+        fail(ErrorKind::Internal, "image placeholder has " + std::to_string(chunk->embed_pos.size()) +
+                                      " embedding positions, expected " +
+                                      std::to_string(pieces.size() * (size_t) m.vhp.n_query));
+    }
+    {
+        std::lock_guard<std::mutex> lock(m.vision_mutex);
+        chunk->embeddings = m.vision->encode(pieces);
+    }
+    chunk->n_embd   = m.vhp.rs_dim;
+    chunk->cols     = pre.grid.cols;
+    chunk->rows     = pre.grid.rows;
+    chunk->n_slices = (int) pieces.size();
+    uint64_t h = fnv1a(rgb, (size_t) width * (size_t) height * 3);
+    const int meta[5] = {width, height, cfg.max_slice_nums, use_id ? 1 : 0, opts.image_id};
+    chunk->hash = fnv1a(meta, sizeof(meta), h);
+    return chunk;
 }
 
 const char * stop_reason_name(StopReason r) {

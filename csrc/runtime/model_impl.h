@@ -7,10 +7,12 @@
 #include "core/gguf_file.h"
 #include "core/weights.h"
 #include "models/llm.h"
+#include "models/vision.h"
 #include "preprocess/tokenizer.h"
 #include "runtime/chat.h"
 
 #include <memory>
+#include <mutex>
 
 namespace minicpm {
 
@@ -25,6 +27,14 @@ struct Model::Impl {
     ChatTemplate                 chat;
     std::vector<int32_t>         end_of_turn;
     bool                         all_f32 = false;   // every weight matrix stored as F32
+
+    // vision (optional): from the model file itself or from a separate mmproj file
+    std::unique_ptr<GgufFile>      mmproj_file;
+    std::unique_ptr<WeightStore>   vision_store;
+    VisionHparams                  vhp;
+    VisionWeights                  vw;
+    std::unique_ptr<VisionEncoder> vision;
+    mutable std::mutex             vision_mutex;   // one encode at a time per model
 };
 
 } // namespace minicpm

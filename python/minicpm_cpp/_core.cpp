@@ -7,6 +7,8 @@
 #include "preprocess/tokenizer.h"
 #include "runtime/chat.h"
 
+#include "bind_common.h"
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -16,6 +18,7 @@
 
 namespace py = pybind11;
 using namespace minicpm;
+using minicpm_py::PyTokenizer;
 
 namespace {
 
@@ -75,16 +78,6 @@ SamplingParams make_sampling(float temperature, int top_k, float top_p, float mi
     p.repeat_last_n = repeat_last_n;
     return p;
 }
-
-// A tokenizer loaded from any GGUF (vocab-only files included), without weights.
-struct PyTokenizer {
-    std::unique_ptr<GgufFile>  file;
-    std::unique_ptr<Tokenizer> tok;
-    explicit PyTokenizer(const std::string & path) {
-        file = std::make_unique<GgufFile>(path);
-        tok  = std::make_unique<Tokenizer>(Tokenizer::from_gguf(file->ctx(), path));
-    }
-};
 
 // Segments from Python: each item is a list of token ids or an ImageChunk.
 std::vector<PromptSegment> to_segments(const py::list & segs) {

@@ -1,0 +1,565 @@
+// SigLIP NaViT vision tower and 2D resampler of MiniCPM-V / MiniCPM-o.
+// Mirrors modeling_navit_siglip.py (SiglipVisionEmbeddings, SiglipEncoderLayer, post_layernorm)
+// and Resampler.forward of modeling_minicpmo.py / resampler.py; see tests/ref_minicpmv_vision.py.
+#include "vision.h"
+
+#include "core/error.h"
+#include "core/log.h"
+#include "graph/blocks.h"
+#include "model/names.h"
+
+#include "ggml-alloc.h"
+#include "gguf.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <utility>
+
+namespace minicpm {
+
+namespace {
+
+int64_t need_positive(const GgufFile & f, KeyName k) {
+    const std::string key = key_name(k);
+    uint32_t v = f.get_u32(key);
+    if (v == 0) fail(ErrorKind::Format, "metadata key " + key + " in " + f.path() + " must be > 0");
+    return v;
+}
+
+const TensorInfo & need_tensor(const GgufFile & f, TensorName t) {
+    const TensorInfo * info = f.find_tensor(tensor_name(t));
+    if (!info) fail(ErrorKind::Format, "tensor " + tensor_name(t) + " not found in " + f.path());
+    return *info;
+}
+
+// A float array of exactly `n` values (f32 or f64 elements), e.g. clip.vision.image_mean.
+bool read_f32_array(const GgufFile & f, KeyName k, float * out, size_t n) {
+    const std::string key = key_name(k);
+    const int64_t id = gguf_find_key(f.ctx(), key.c_str());
+    if (id < 0) return false;
+    if (gguf_get_kv_type(f.ctx(), id) != GGUF_TYPE_ARRAY) {
+        fail(ErrorKind::Format, "metadata key " + key + " in " + f.path() + " must be an array of " + std::to_string(n) +
+                                    " floats");
+    }
+    const gguf_type et = gguf_get_arr_type(f.ctx(), id);
+    const size_t    cnt = gguf_get_arr_n(f.ctx(), id);
+    if ((et != GGUF_TYPE_FLOAT32 && et != GGUF_TYPE_FLOAT64) || cnt != n) {
+        fail(ErrorKind::Format, "metadata key " + key + " in " + f.path() + ": expected " + std::to_string(n) +
+                                    " floats, got " + std::to_string(cnt) + " elements of type " +
+                                    gguf_type_name(et));
+    }
+    const void * data = gguf_get_arr_data(f.ctx(), id);
+    for (size_t i = 0; i < n; ++i) {
+        out[i] = et == GGUF_TYPE_FLOAT32 ? ((const float *) data)[i] : (float) ((const double *) data)[i];
+    }
+    return true;
+}
+
+// Rounds a double to float through memory, so that no compiler fuses the multiply-add before it
+// (the reference rounds the product and the sum separately).
+float to_f32(double x) {
+    volatile double v = x;
+    return (float) v;
+}
+
+// torch.arange(start, end, step) with a float32 result on the CPU, bit for bit: the size is
+// ceil((end - start) / step) in double; elements are computed in double (acc type) and
+// rounded, except that the vectorised kernel (Vectorized<float>::arange, 8 lanes, used for
+// whole pairs of vectors) rounds each vector's base element to float first and adds k * step
+// to that rounded base. The NaViT bucket ids depend on these last-bit details wherever k/n
+// lands on a multiple of 1/70 (n = 5, 7, 10, 14, 35, ...).
+std::vector<float> torch_arange_f32(double start, double end, double step) {
+    const int64_t size = (int64_t) std::ceil((end - start) / step);
+    std::vector<float> out((size_t) std::max<int64_t>(size, 0));
+    const int64_t lanes = 8;
+    const int64_t n_vec = size / (2 * lanes) * (2 * lanes);
+    for (int64_t i = 0; i < size; ++i) {
+        if (i < n_vec) {
+            const int64_t i0 = i - i % lanes;
+            const double  base = (double) to_f32(start + step * (double) i0);
+            const double  off = step * (double) (i - i0);
+            out[(size_t) i] = to_f32(base + off);
+        } else {
+            out[(size_t) i] = to_f32(start + step * (double) i);
+        }
+    }
+    return out;
+}
+
+// The reference resamples every slice's patch grid onto the side x side position table:
+// bucket = number of boundaries <= fractional coordinate (torch.bucketize, right=True).
+std::vector<int32_t> navit_buckets(int64_t n, int64_t side) {
+    const std::vector<float> bounds = torch_arange_f32(1.0 / (double) side, 1.0, 1.0 / (double) side);
+    // 1 / nb_patches with nb_patches an integer tensor: a float32 division.
+    const float step = 1.0f / (float) n;
+    const std::vector<float> coords = torch_arange_f32(0.0, 1.0 - 1e-6, (double) step);
+    if ((int64_t) coords.size() != n) {
+        fail(ErrorKind::Unsupported, "slice of " + std::to_string(n) + " patches per side is too large for the position "
+                                     "bucketing of the reference");
+    }
+    std::vector<int32_t> out((size_t) n);
+    for (int64_t i = 0; i < n; ++i) {
+        out[(size_t) i] = (int32_t) (std::upper_bound(bounds.begin(), bounds.end(), coords[(size_t) i]) - bounds.begin());
+    }
+    return out;
+}
+
+// Attention-score memory allowed for one batched ViT graph ([n, n, n_head] f32 per slice).
+constexpr size_t kBatchScoreBytes = 256u << 20;
+
+} // namespace
+
+std::vector<int32_t> navit_position_ids(int64_t ph, int64_t pw, int64_t side) {
+    if (ph <= 0 || pw <= 0 || side <= 0) {
+        fail(ErrorKind::InvalidArgument, "navit_position_ids: grid and side must be > 0");
+    }
+    const std::vector<int32_t> rows = navit_buckets(ph, side);
+    const std::vector<int32_t> cols = navit_buckets(pw, side);
+    std::vector<int32_t> ids((size_t) (ph * pw));
+    for (int64_t r = 0; r < ph; ++r) {
+        for (int64_t c = 0; c < pw; ++c) ids[(size_t) (r * pw + c)] = rows[(size_t) r] * (int32_t) side + cols[(size_t) c];
+    }
+    return ids;
+}
+
+// get_2d_sincos_pos_embed cut to a ph x pw grid: for patch (r, c) the first half encodes the
+// column c, the second half the row r; each half is sin of the dim/4 frequencies then cos.
+// float32 throughout, as the reference's numpy code.
+std::vector<float> resampler_pos_embed(int64_t dim, int64_t ph, int64_t pw) {
+    if (dim <= 0 || dim % 4 != 0 || ph <= 0 || pw <= 0) {
+        fail(ErrorKind::InvalidArgument, "resampler_pos_embed: dim must be a positive multiple of 4 and the grid > 0");
+    }
+    const int64_t quarter = dim / 4;
+    std::vector<float> omega((size_t) quarter);
+    for (int64_t i = 0; i < quarter; ++i) {
+        const float e = (float) i / (float) quarter;   // arange(D/4) / (D/4), float32
+        omega[(size_t) i] = 1.0f / std::pow(10000.0f, e);
+    }
+    std::vector<float> out((size_t) (ph * pw * dim));
+    for (int64_t r = 0; r < ph; ++r) {
+        for (int64_t c = 0; c < pw; ++c) {
+            float * row = out.data() + (size_t) ((r * pw + c) * dim);
+            for (int64_t i = 0; i < quarter; ++i) {
+                const float ac = (float) c * omega[(size_t) i];
+                const float ar = (float) r * omega[(size_t) i];
+                row[i]               = std::sin(ac);
+                row[quarter + i]     = std::cos(ac);
+                row[2 * quarter + i] = std::sin(ar);
+                row[3 * quarter + i] = std::cos(ar);
+            }
+        }
+    }
+    return out;
+}
+
+VisionHparams VisionHparams::from_gguf(const GgufFile & f) {
+    VisionHparams hp;
+    const std::string & path = f.path();
+    if (auto has = f.opt_bool(key_name(KeyName::CLIP_HAS_VISION)); has && !*has) {
+        fail(ErrorKind::Unsupported, "file " + path + " has no vision encoder (" + key_name(KeyName::CLIP_HAS_VISION) +
+                                         " is false)");
+    }
+    if (auto pt = f.opt_str(key_name(KeyName::CLIP_PROJECTOR_TYPE)); pt && *pt != "resampler") {
+        fail(ErrorKind::Unsupported, "projector type '" + *pt + "' in " + path + " is not supported (expected 'resampler')");
+    }
+    if (auto kind = f.opt_str(key_name(KeyName::MINICPM_RS_KIND)); kind && *kind != "2d" && *kind != "3d") {
+        fail(ErrorKind::Unsupported, "resampler kind '" + *kind + "' in " + path + " is not supported (2d, 3d)");
+    }
+
+    hp.n_embd     = need_positive(f, KeyName::CLIP_V_EMBEDDING_LENGTH);
+    hp.n_layer    = need_positive(f, KeyName::CLIP_V_BLOCK_COUNT);
+    hp.n_head     = need_positive(f, KeyName::CLIP_V_HEAD_COUNT);
+    hp.n_ff       = need_positive(f, KeyName::CLIP_V_FEED_FORWARD_LENGTH);
+    hp.patch_size = need_positive(f, KeyName::CLIP_V_PATCH_SIZE);
+    if (hp.n_embd % hp.n_head != 0) {
+        fail(ErrorKind::Format, "vision embedding_length " + std::to_string(hp.n_embd) + " is not a multiple of head_count " +
+                                    std::to_string(hp.n_head) + " in " + path);
+    }
+    // Slice side: our key when present, else clip.vision.image_size (448 in mmproj files).
+    hp.image_size = f.has_key(key_name(KeyName::MINICPM_V_SCALE_RESOLUTION))
+                        ? need_positive(f, KeyName::MINICPM_V_SCALE_RESOLUTION)
+                        : need_positive(f, KeyName::CLIP_V_IMAGE_SIZE);
+    if (hp.image_size < hp.patch_size) {
+        fail(ErrorKind::Format, "slice size " + std::to_string(hp.image_size) + " is smaller than the patch size " +
+                                    std::to_string(hp.patch_size) + " in " + path);
+    }
+    hp.eps = f.opt_f32(key_name(KeyName::CLIP_V_LN_EPS)).value_or(1e-6f);
+    if (!(hp.eps > 0.0f) || !std::isfinite(hp.eps)) {
+        fail(ErrorKind::Format, "invalid " + key_name(KeyName::CLIP_V_LN_EPS) + " in " + path);
+    }
+    read_f32_array(f, KeyName::CLIP_V_IMAGE_MEAN, hp.mean, 3);
+    read_f32_array(f, KeyName::CLIP_V_IMAGE_STD, hp.std, 3);
+    for (int c = 0; c < 3; ++c) {
+        if (!std::isfinite(hp.mean[c]) || !(hp.std[c] > 0.0f) || !std::isfinite(hp.std[c])) {
+            fail(ErrorKind::Format, "invalid image mean/std in " + path + " (std must be > 0)");
+        }
+    }
+
+    // The position table fixes the bucket grid: n_pos rows = side^2.
+    const TensorInfo & pos = need_tensor(f, TensorName::V_POS_EMBD);
+    hp.n_pos = pos.ne[1];
+    hp.pos_side = (int64_t) std::llround(std::sqrt((double) hp.n_pos));
+    if (pos.ne[0] != hp.n_embd || hp.n_pos <= 0 || hp.pos_side * hp.pos_side != hp.n_pos) {
+        fail(ErrorKind::Format, "tensor " + pos.name + ": expected [" + std::to_string(hp.n_embd) +
+                                    ", side^2] (a square position grid), got " + shape_str(pos.ne, pos.n_dims) + " in " +
+                                    path);
+    }
+
+    // Resampler: the width comes from proj (as clip.cpp), the query count from the query tensor.
+    const TensorInfo & proj = need_tensor(f, TensorName::RS_PROJ);
+    hp.rs_dim = proj.ne[0];
+    if (hp.rs_dim <= 0 || proj.ne[1] != hp.rs_dim || proj.n_dims != 2) {
+        fail(ErrorKind::Format, "tensor " + proj.name + ": expected a square matrix, got " +
+                                    shape_str(proj.ne, proj.n_dims) + " in " + path);
+    }
+    if (hp.rs_dim % 4 != 0) {
+        fail(ErrorKind::Format, "resampler width " + std::to_string(hp.rs_dim) +
+                                    " must be a multiple of 4 (2D sin-cos position table) in " + path);
+    }
+    const TensorInfo & query = need_tensor(f, TensorName::RS_QUERY);
+    hp.n_query = query.ne[1];
+    if (query.ne[0] != hp.rs_dim || hp.n_query <= 0 || query.n_dims != 2) {
+        fail(ErrorKind::Format, "tensor " + query.name + ": expected [" + std::to_string(hp.rs_dim) +
+                                    ", n_query], got " + shape_str(query.ne, query.n_dims) + " in " + path);
+    }
+    hp.minicpmv_version = (int) f.opt_u32(key_name(KeyName::CLIP_MINICPMV_VERSION)).value_or(0);
+    // clip.minicpmv_query_num is absent from older mmproj files (clip.cpp then assumes 64 for
+    // versions 3, 4, 5, 6, 100045); the query tensor is authoritative, the key must agree.
+    if (auto qn = f.opt_u32(key_name(KeyName::CLIP_MINICPMV_QUERY_NUM)); qn && *qn != 0 && *qn != hp.n_query) {
+        fail(ErrorKind::Format, key_name(KeyName::CLIP_MINICPMV_QUERY_NUM) + " = " + std::to_string(*qn) + " but " +
+                                    query.name + " has " + std::to_string(hp.n_query) + " queries in " + path);
+    }
+    if (f.has_key(key_name(KeyName::MINICPM_RS_HEAD_COUNT))) {
+        hp.rs_heads = need_positive(f, KeyName::MINICPM_RS_HEAD_COUNT);
+    } else {
+        // Every official init_resampler uses embed_dim // 128 heads.
+        hp.rs_heads = hp.rs_dim / 128;
+        if (hp.rs_heads == 0) {
+            fail(ErrorKind::Format, "resampler width " + std::to_string(hp.rs_dim) + " < 128 and " +
+                                        key_name(KeyName::MINICPM_RS_HEAD_COUNT) + " is missing in " + path);
+        }
+    }
+    if (hp.rs_dim % hp.rs_heads != 0) {
+        fail(ErrorKind::Format, "resampler width " + std::to_string(hp.rs_dim) + " is not a multiple of " +
+                                    std::to_string(hp.rs_heads) + " heads in " + path);
+    }
+    hp.rs_eps = f.opt_f32(key_name(KeyName::MINICPM_RS_LN_EPS)).value_or(1e-6f);
+    if (!(hp.rs_eps > 0.0f) || !std::isfinite(hp.rs_eps)) {
+        fail(ErrorKind::Format, "invalid " + key_name(KeyName::MINICPM_RS_LN_EPS) + " in " + path);
+    }
+
+    hp.max_slice_nums = (int) f.opt_u32(key_name(KeyName::MINICPM_V_MAX_SLICE_NUMS)).value_or(9);
+    if (hp.max_slice_nums <= 0) {
+        fail(ErrorKind::Format, key_name(KeyName::MINICPM_V_MAX_SLICE_NUMS) + " must be > 0 in " + path);
+    }
+    hp.use_image_id = f.opt_bool(key_name(KeyName::MINICPM_V_USE_IMAGE_ID)).value_or(true);
+
+    // Legacy mmproj files store fc1 as ffn_down and fc2 as ffn_up (clip.cpp swaps them at load
+    // when ffn_down.ne[0] == n_embd); our converter writes ffn_up = fc1. Decided by shape.
+    if (const TensorInfo * down = f.find_tensor(tensor_name(TensorName::V_FFN_DOWN, 0))) {
+        hp.ffn_swapped = hp.n_ff != hp.n_embd && down->ne[0] == hp.n_embd && down->ne[1] == hp.n_ff;
+    }
+    return hp;
+}
+
+SliceConfig VisionHparams::slice_config() const {
+    SliceConfig c;
+    c.scale_resolution = (int) image_size;
+    c.patch_size = (int) patch_size;
+    c.max_slice_nums = max_slice_nums;
+    for (int i = 0; i < 3; ++i) {
+        c.mean[i] = mean[i];
+        c.std[i] = std[i];
+    }
+    return c;
+}
+
+VisionWeights VisionWeights::declare(WeightStore & s, const VisionHparams & hp) {
+    VisionWeights w;
+    const int64_t E = hp.n_embd, F = hp.n_ff, P = hp.patch_size, D = hp.rs_dim;
+    w.patch_w = s.require(tensor_name(TensorName::V_PATCH_EMBD), {P, P, 3, E});
+    w.patch_b = s.require(tensor_name(TensorName::V_PATCH_EMBD_BIAS), {E});
+    w.pos     = s.require(tensor_name(TensorName::V_POS_EMBD), {E, hp.n_pos});
+
+    const bool swapped = hp.ffn_swapped;
+    const TensorName up_name = swapped ? TensorName::V_FFN_DOWN : TensorName::V_FFN_UP;
+    const TensorName up_bias = swapped ? TensorName::V_FFN_DOWN_BIAS : TensorName::V_FFN_UP_BIAS;
+    const TensorName dn_name = swapped ? TensorName::V_FFN_UP : TensorName::V_FFN_DOWN;
+    const TensorName dn_bias = swapped ? TensorName::V_FFN_UP_BIAS : TensorName::V_FFN_DOWN_BIAS;
+
+    for (int il = 0; il < hp.n_layer; ++il) {
+        auto T = [&](TensorName t) { return tensor_name(t, il); };
+        VisionLayer l;
+        l.ln1_w = s.require(T(TensorName::V_LN1), {E});
+        l.ln1_b = s.require(T(TensorName::V_LN1_BIAS), {E});
+        l.ln2_w = s.require(T(TensorName::V_LN2), {E});
+        l.ln2_b = s.require(T(TensorName::V_LN2_BIAS), {E});
+        l.q_w   = s.require(T(TensorName::V_ATTN_Q), {E, E});
+        l.q_b   = s.require(T(TensorName::V_ATTN_Q_BIAS), {E});
+        l.k_w   = s.require(T(TensorName::V_ATTN_K), {E, E});
+        l.k_b   = s.require(T(TensorName::V_ATTN_K_BIAS), {E});
+        l.v_w   = s.require(T(TensorName::V_ATTN_V), {E, E});
+        l.v_b   = s.require(T(TensorName::V_ATTN_V_BIAS), {E});
+        l.o_w   = s.require(T(TensorName::V_ATTN_OUT), {E, E});
+        l.o_b   = s.require(T(TensorName::V_ATTN_OUT_BIAS), {E});
+        l.fc1_w = s.require(T(up_name), {E, F});
+        l.fc1_b = s.require(T(up_bias), {F});
+        l.fc2_w = s.require(T(dn_name), {F, E});
+        l.fc2_b = s.require(T(dn_bias), {E});
+        w.layers.push_back(l);
+    }
+    w.post_ln_w = s.require(tensor_name(TensorName::V_POST_LN), {E});
+    w.post_ln_b = s.require(tensor_name(TensorName::V_POST_LN_BIAS), {E});
+
+    w.query = s.require(tensor_name(TensorName::RS_QUERY), {D, hp.n_query});
+    // kv_proj is nn.Identity in the reference when the vision width equals the resampler width.
+    w.kv_w = E == D ? s.optional(tensor_name(TensorName::RS_KV), {E, D}) : s.require(tensor_name(TensorName::RS_KV), {E, D});
+    w.q_w  = s.require(tensor_name(TensorName::RS_ATTN_Q), {D, D});
+    w.q_b  = s.require(tensor_name(TensorName::RS_ATTN_Q_BIAS), {D});
+    w.k_w  = s.require(tensor_name(TensorName::RS_ATTN_K), {D, D});
+    w.k_b  = s.require(tensor_name(TensorName::RS_ATTN_K_BIAS), {D});
+    w.v_w  = s.require(tensor_name(TensorName::RS_ATTN_V), {D, D});
+    w.v_b  = s.require(tensor_name(TensorName::RS_ATTN_V_BIAS), {D});
+    w.o_w  = s.require(tensor_name(TensorName::RS_ATTN_OUT), {D, D});
+    w.o_b  = s.require(tensor_name(TensorName::RS_ATTN_OUT_BIAS), {D});
+    w.ln_q_w    = s.require(tensor_name(TensorName::RS_LN_Q), {D});
+    w.ln_q_b    = s.require(tensor_name(TensorName::RS_LN_Q_BIAS), {D});
+    w.ln_kv_w   = s.require(tensor_name(TensorName::RS_LN_KV), {D});
+    w.ln_kv_b   = s.require(tensor_name(TensorName::RS_LN_KV_BIAS), {D});
+    w.ln_post_w = s.require(tensor_name(TensorName::RS_LN_POST), {D});
+    w.ln_post_b = s.require(tensor_name(TensorName::RS_LN_POST_BIAS), {D});
+    w.proj      = s.require(tensor_name(TensorName::RS_PROJ), {D, D});
+    return w;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+struct VisionGraphInputs {
+    ggml_tensor * pixels = nullptr;   // F32 [w, h, 3, n_seq]
+    ggml_tensor * pos_ids = nullptr;  // I32 [n_patches]: rows of the NaViT position table
+    ggml_tensor * rs_pos = nullptr;   // F32 [rs_dim, n_patches]: 2D sin-cos of the patch grid
+    ggml_tensor * out = nullptr;      // F32 [n_embd, n_patches, n_seq] or [rs_dim, n_query, n_seq]
+};
+
+// n_seq slices of pw x ph patches each: ViT, then (with_resampler) the resampler.
+ggml_cgraph * build_vision_graph(ggml_context * ctx, const VisionHparams & hp, const VisionWeights & w, int64_t pw,
+                                 int64_t ph, int64_t n_seq, bool with_resampler, VisionGraphInputs & in,
+                                 int max_nodes) {
+    using namespace graph;
+    ggml_cgraph * gf = ggml_new_graph_custom(ctx, max_nodes, false);
+    const int64_t P = hp.patch_size, E = hp.n_embd, n = pw * ph;
+
+    in.pixels = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, pw * P, ph * P, 3, n_seq);
+    ggml_set_name(in.pixels, "inp_pixels");
+    ggml_set_input(in.pixels);
+    in.pos_ids = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n);
+    ggml_set_name(in.pos_ids, "inp_pos_ids");
+    ggml_set_input(in.pos_ids);
+
+    // Patch embedding = Conv2d(kernel = stride = P): im2col in f32 (ggml_conv_2d would take the
+    // kernel's type, f16 in most files, for the pixels), then one matmul.
+    ggml_tensor * cols = ggml_im2col(ctx, w.patch_w, in.pixels, (int) P, (int) P, 0, 0, 1, 1, true, GGML_TYPE_F32);
+    cols = ggml_reshape_2d(ctx, cols, cols->ne[0], n * n_seq);                            // [3*P*P, n*n_seq]
+    ggml_tensor * kernel = ggml_reshape_2d(ctx, w.patch_w, P * P * 3, E);                  // [3*P*P, E]
+    ggml_tensor * x = ggml_mul_mat(ctx, kernel, cols);                                     // [E, n*n_seq], row-major patches
+    x = ggml_reshape_3d(ctx, x, E, n, n_seq);
+    x = ggml_add(ctx, x, w.patch_b);
+    x = ggml_add(ctx, x, ggml_get_rows(ctx, w.pos, in.pos_ids));                           // [E, n, n_seq]
+
+    const int64_t hd = E / hp.n_head;
+    const float   scale = 1.0f / std::sqrt((float) hd);
+    for (int64_t il = 0; il < hp.n_layer; ++il) {
+        const VisionLayer & L = w.layers[(size_t) il];
+        ggml_tensor * cur = layer_norm(ctx, x, L.ln1_w, L.ln1_b, hp.eps);
+        ggml_tensor * q = ggml_reshape_4d(ctx, linear(ctx, cur, L.q_w, L.q_b), hd, hp.n_head, n, n_seq);
+        ggml_tensor * k = ggml_reshape_4d(ctx, linear(ctx, cur, L.k_w, L.k_b), hd, hp.n_head, n, n_seq);
+        ggml_tensor * v = ggml_reshape_4d(ctx, linear(ctx, cur, L.v_w, L.v_b), hd, hp.n_head, n, n_seq);
+        cur = attention_batched(ctx, q, k, v, scale);                                      // [E, n, n_seq]
+        x = ggml_add(ctx, x, linear(ctx, cur, L.o_w, L.o_b));
+
+        cur = layer_norm(ctx, x, L.ln2_w, L.ln2_b, hp.eps);
+        cur = gelu_tanh(ctx, linear(ctx, cur, L.fc1_w, L.fc1_b));
+        x = ggml_add(ctx, x, linear(ctx, cur, L.fc2_w, L.fc2_b));
+    }
+    x = layer_norm(ctx, x, w.post_ln_w, w.post_ln_b, hp.eps);                              // [E, n, n_seq]
+
+    if (with_resampler) {
+        const int64_t D = hp.rs_dim, Q = hp.n_query, rhd = D / hp.rs_heads;
+        in.rs_pos = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, D, n);
+        ggml_set_name(in.rs_pos, "inp_rs_pos");
+        ggml_set_input(in.rs_pos);
+
+        ggml_tensor * kv = w.kv_w ? ggml_mul_mat(ctx, w.kv_w, x) : x;
+        kv = layer_norm(ctx, kv, w.ln_kv_w, w.ln_kv_b, hp.rs_eps);                       // [D, n, n_seq]
+        ggml_tensor * q = layer_norm(ctx, w.query, w.ln_q_w, w.ln_q_b, hp.rs_eps);         // [D, Q], shared
+        // Positions go into the keys only (MultiheadAttention(q, kv + pos, kv)).
+        ggml_tensor * kq = linear(ctx, q, w.q_w, w.q_b);
+        ggml_tensor * kk = linear(ctx, ggml_add(ctx, kv, in.rs_pos), w.k_w, w.k_b);
+        ggml_tensor * kvv = linear(ctx, kv, w.v_w, w.v_b);
+        kq  = ggml_reshape_4d(ctx, kq, rhd, hp.rs_heads, Q, 1);
+        kk  = ggml_reshape_4d(ctx, kk, rhd, hp.rs_heads, n, n_seq);
+        kvv = ggml_reshape_4d(ctx, kvv, rhd, hp.rs_heads, n, n_seq);
+        ggml_tensor * cur = attention_batched(ctx, kq, kk, kvv, 1.0f / std::sqrt((float) rhd));   // [D, Q, n_seq]
+        cur = linear(ctx, cur, w.o_w, w.o_b);
+        cur = layer_norm(ctx, cur, w.ln_post_w, w.ln_post_b, hp.rs_eps);
+        x = ggml_mul_mat(ctx, w.proj, cur);                                                // x @ proj: [D, Q, n_seq]
+    }
+    in.out = x;
+    ggml_set_name(in.out, with_resampler ? "vision_embd" : "vit_features");
+    ggml_set_output(in.out);
+    ggml_build_forward_expand(gf, in.out);
+    return gf;
+}
+
+} // namespace
+
+struct VisionEncoder::Impl {
+    const VisionHparams & hp;         // the encoder's own copy
+    VisionWeights         w;          // tensor handles; the tensors belong to the model's store
+    const Backends &      backends;
+    ggml_backend_sched_t  sched = nullptr;
+    std::vector<uint8_t>  meta;
+    int                   max_nodes = 0;
+
+    Impl(const VisionHparams & h, const VisionWeights & wt, const Backends & b) : hp(h), w(wt), backends(b) {}
+    ~Impl() {
+        if (sched) ggml_backend_sched_free(sched);
+    }
+
+    ggml_context * new_graph_ctx() {
+        ggml_init_params ip = {meta.size(), meta.data(), true};
+        ggml_context * ctx = ggml_init(ip);
+        if (!ctx) fail(ErrorKind::Internal, "ggml_init failed for the vision graph");
+        return ctx;
+    }
+
+    // Slices of one size evaluated per graph: bounded by the attention-score memory.
+    int64_t max_batch(int64_t n_patches) const {
+        const size_t per = (size_t) hp.n_head * (size_t) n_patches * (size_t) n_patches * sizeof(float);
+        return std::max<int64_t>(1, (int64_t) (kBatchScoreBytes / std::max<size_t>(per, 1)));
+    }
+
+    void init() {
+        max_nodes = (int) std::max<int64_t>(1024, hp.n_layer * 48 + 256);
+        meta.resize(ggml_tensor_overhead() * (size_t) max_nodes + ggml_graph_overhead_custom((size_t) max_nodes, false));
+        auto list = backends.all();
+        sched = ggml_backend_sched_new(list.data(), nullptr, (int) list.size(), (size_t) max_nodes, false, true);
+        if (!sched) fail(ErrorKind::Backend, "cannot create the vision graph scheduler");
+        // Reserve for a batch of full square slices; a larger slice (extreme aspect ratios can
+        // exceed side^2 patches after rounding) grows the buffers at its first allocation.
+        const int64_t side = std::max<int64_t>(1, hp.image_size / hp.patch_size);
+        const int64_t n_seq = std::min<int64_t>(max_batch(side * side), hp.max_slice_nums + 1);
+        VisionGraphInputs in;
+        ggml_context * ctx = new_graph_ctx();
+        ggml_cgraph * gf = build_vision_graph(ctx, hp, w, side, side, n_seq, true, in, max_nodes);
+        const bool ok = ggml_backend_sched_reserve(sched, gf);
+        ggml_free(ctx);
+        if (!ok) fail(ErrorKind::Backend, "cannot allocate the vision compute buffers on " + backends.main_name());
+        for (size_t i = 0; i < list.size(); ++i) {
+            const size_t sz = ggml_backend_sched_get_buffer_size(sched, list[i]);
+            if (sz > 0) {
+                MINICPM_LOG_INFO("vision compute buffer on %s: %.1f MiB", ggml_backend_name(list[i]),
+                                 (double) sz / (1024.0 * 1024.0));
+            }
+        }
+    }
+
+    // Runs n_seq slices of equal size; returns the graph output, [n_seq][rows][width].
+    std::vector<float> run(const ImageSlice * const * slices, int64_t n_seq, bool with_resampler) {
+        const int64_t P = hp.patch_size;
+        const int64_t pw = slices[0]->width / P, ph = slices[0]->height / P;
+        ggml_backend_sched_reset(sched);
+        VisionGraphInputs in;
+        ggml_context * ctx = new_graph_ctx();
+        std::vector<float> out;
+        try {
+            ggml_cgraph * gf = build_vision_graph(ctx, hp, w, pw, ph, n_seq, with_resampler, in, max_nodes);
+            if (!ggml_backend_sched_alloc_graph(sched, gf)) {
+                fail(ErrorKind::Backend, "cannot allocate the vision graph for " + std::to_string(n_seq) + " slice(s) of " +
+                                             std::to_string(pw * P) + "x" + std::to_string(ph * P) + " on " +
+                                             backends.main_name());
+            }
+            const size_t slice_bytes = slices[0]->pixels.size() * sizeof(float);
+            for (int64_t s = 0; s < n_seq; ++s) {
+                ggml_backend_tensor_set(in.pixels, slices[s]->pixels.data(), (size_t) s * slice_bytes, slice_bytes);
+            }
+            const std::vector<int32_t> ids = navit_position_ids(ph, pw, hp.pos_side);
+            ggml_backend_tensor_set(in.pos_ids, ids.data(), 0, ids.size() * sizeof(int32_t));
+            if (with_resampler) {
+                const std::vector<float> pos = resampler_pos_embed(hp.rs_dim, ph, pw);
+                ggml_backend_tensor_set(in.rs_pos, pos.data(), 0, pos.size() * sizeof(float));
+            }
+            if (ggml_backend_sched_graph_compute(sched, gf) != GGML_STATUS_SUCCESS) {
+                fail(ErrorKind::Backend, "vision graph compute failed on " + backends.main_name());
+            }
+            out.resize((size_t) ggml_nelements(in.out));
+            ggml_backend_tensor_get(in.out, out.data(), 0, out.size() * sizeof(float));
+        } catch (...) {
+            ggml_free(ctx);
+            ggml_backend_sched_reset(sched);
+            throw;
+        }
+        ggml_free(ctx);
+        return out;
+    }
+
+    void check_slice(const ImageSlice & s, size_t index) const {
+        const int64_t P = hp.patch_size;
+        const std::string what = "image slice " + std::to_string(index);
+        if (s.width <= 0 || s.height <= 0 || s.width % P != 0 || s.height % P != 0) {
+            fail(ErrorKind::InvalidArgument, what + ": size " + std::to_string(s.width) + "x" + std::to_string(s.height) +
+                                                 " must be positive multiples of the patch size " + std::to_string(P));
+        }
+        if (s.pixels.size() != (size_t) 3 * (size_t) s.width * (size_t) s.height) {
+            fail(ErrorKind::InvalidArgument, what + ": expected 3*" + std::to_string(s.height) + "*" +
+                                                 std::to_string(s.width) + " floats, got " + std::to_string(s.pixels.size()));
+        }
+    }
+};
+
+VisionEncoder::VisionEncoder(const VisionHparams & hp, const VisionWeights & w, const Backends & backends)
+    : hp_(hp) {
+    // Impl keeps a reference to hp_ (owned here), the weights and the backends (owned by the model).
+    impl_ = std::make_unique<Impl>(hp_, w, backends);
+    impl_->init();
+}
+
+VisionEncoder::~VisionEncoder() = default;
+
+std::vector<float> VisionEncoder::encode_vit(const ImageSlice & slice) {
+    impl_->check_slice(slice, 0);
+    const ImageSlice * one = &slice;
+    return impl_->run(&one, 1, false);
+}
+
+std::vector<float> VisionEncoder::encode(const std::vector<const ImageSlice *> & slices) {
+    for (size_t i = 0; i < slices.size(); ++i) {
+        if (!slices[i]) fail(ErrorKind::InvalidArgument, "image slice " + std::to_string(i) + " is null");
+        impl_->check_slice(*slices[i], i);
+    }
+    const size_t row = (size_t) (hp_.n_query * hp_.rs_dim);
+    std::vector<float> out(slices.size() * row);
+    // Slices of one size share a graph (same patch grid, same positions) and run as a batch.
+    std::map<std::pair<int, int>, std::vector<size_t>> groups;
+    for (size_t i = 0; i < slices.size(); ++i) groups[{slices[i]->width, slices[i]->height}].push_back(i);
+    for (const auto & [size, idx] : groups) {
+        const int64_t n = (int64_t) (size.first / hp_.patch_size) * (size.second / hp_.patch_size);
+        const size_t  batch = (size_t) impl_->max_batch(n);
+        for (size_t b0 = 0; b0 < idx.size(); b0 += batch) {
+            const size_t nb = std::min(batch, idx.size() - b0);
+            std::vector<const ImageSlice *> part(nb);
+            for (size_t j = 0; j < nb; ++j) part[j] = slices[idx[b0 + j]];
+            const std::vector<float> res = impl_->run(part.data(), (int64_t) nb, true);
+            for (size_t j = 0; j < nb; ++j) {
+                std::memcpy(out.data() + idx[b0 + j] * row, res.data() + j * row, row * sizeof(float));
+            }
+        }
+    }
+    return out;
+}
+
+} // namespace minicpm
