@@ -221,3 +221,36 @@ def test_prefill_image_and_errors(setup, tiny_qwen3_dir, converted):
         model.encode_image(np.zeros((0, 10, 3), np.uint8))
     with pytest.raises(minicpm_cpp.InvalidArgumentError):
         model.encode_image(_image(64, 64), max_slice_nums=0)
+
+
+def test_llama_cpp_layout_llm_plus_mmproj(tiny_minicpmv45_vision_dir, converted, tmp_path, setup):
+    """The llama.cpp pair (LLM-only GGUF + clip-convention mmproj) gives the same embeddings and
+    logits as our single file."""
+    from minicpm_cpp.convert import convert
+
+    llm = tmp_path / "llm.gguf"
+    mmproj = tmp_path / "mmproj.gguf"
+    convert(tiny_minicpmv45_vision_dir, llm, "f32", force=True, progress=False, log=lambda m: None,
+            llm_only=True, mmproj=mmproj)
+    plain = minicpm_cpp.Model(llm, device="cpu")
+    assert not plain.has_vision
+    pair = minicpm_cpp.Model(llm, device="cpu", mmproj=mmproj)
+    _, single = setup(V45)
+    assert pair.has_vision
+    rgb = _image(640, 480, 9)
+    a, b = pair.encode_image(rgb), single.encode_image(rgb)
+    assert a.tokens == b.tokens
+    np.testing.assert_array_equal(a.embeddings(), b.embeddings())
+    msgs = [{"role": "user", "content": [rgb, "Hi"]}]
+    sa, sb = minicpm_cpp.Session(pair, n_ctx=1024), minicpm_cpp.Session(single, n_ctx=1024)
+    sa._s.sync_segments(pair.chat_segments(msgs))
+    sb._s.sync_segments(single.chat_segments(msgs))
+    np.testing.assert_array_equal(sa.logits(), sb.logits())
+    # A mismatched mmproj (resampler width != LLM width) is refused with a clear error.
+    other = tmp_path / "other-mmproj.gguf"
+    d26 = tiny_models.make_minicpmv26(tmp_path / "v26")
+    convert(d26, tmp_path / "v26.gguf", "f32", force=True, progress=False, log=lambda m: None, mmproj=other)
+    with pytest.raises(minicpm_cpp.FormatError, match="width"):
+        minicpm_cpp.Model(llm, device="cpu", mmproj=other)
+    with pytest.raises(minicpm_cpp.FormatError, match="no MiniCPM-V vision encoder"):
+        minicpm_cpp.Model(llm, device="cpu", mmproj=llm)
