@@ -10,7 +10,8 @@ Ours: ``Model.encode_image`` (preprocessing + vision tower + resampler, everythi
 costs before the LLM). ``cold`` is the first image of a fresh model (graph reservation and
 first-use costs included), ``warm`` the median of ``--reps`` further runs. llama.cpp:
 ``llama-mtmd-cli`` is run once per image on the same LLM + mmproj files; its log line
-``image slice encoded in N ms`` is summed over the slices (its vision encode only, without
+``image slice encoded in N ms`` (``mtmd batch encoding done in N ms`` in newer versions) is
+summed over the slices (its vision encode only, without
 its preprocessing), in a fresh process, i.e. cold.
 
     python benchmarks/bench_vision.py --llm llm.gguf --mmproj mmproj.gguf --device cpu \\
@@ -84,7 +85,8 @@ def run_llama(args) -> dict:
             r = subprocess.run(cmd, capture_output=True, text=True)
             wall = time.perf_counter() - t
             log = r.stdout + r.stderr
-            slices = [int(v) for v in re.findall(r"slice encoded in (\d+) ms", log)]
+            # older llama.cpp logs "image slice encoded in N ms", newer "mtmd batch encoding done in N ms"
+            slices = [int(v) for v in re.findall(r"(?:slice encoded|batch encoding done) in (\d+) ms", log)]
             if r.returncode != 0 or not slices:
                 sys.stderr.write(log[-3000:])
                 out["tests"].append({"test": name, "error": f"exit {r.returncode}, no timing found"})

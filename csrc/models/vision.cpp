@@ -57,11 +57,15 @@ bool read_f32_array(const GgufFile & f, KeyName k, float * out, size_t n) {
     return true;
 }
 
-// Rounds a double to float through memory, so that no compiler fuses the multiply-add before it
+// Round trips through memory, so that no compiler fuses a multiply and an add into an FMA
 // (the reference rounds the product and the sum separately).
-float to_f32(double x) {
+double keep(double x) {
     volatile double v = x;
-    return (float) v;
+    return v;
+}
+float to_f32(double x) {
+    volatile float v = (float) keep(x);
+    return v;
 }
 
 // torch.arange(start, end, step) with a float32 result on the CPU, bit for bit: the size is
@@ -78,11 +82,10 @@ std::vector<float> torch_arange_f32(double start, double end, double step) {
     for (int64_t i = 0; i < size; ++i) {
         if (i < n_vec) {
             const int64_t i0 = i - i % lanes;
-            const double  base = (double) to_f32(start + step * (double) i0);
-            const double  off = step * (double) (i - i0);
-            out[(size_t) i] = to_f32(base + off);
+            const double  base = (double) to_f32(start + keep(step * (double) i0));
+            out[(size_t) i] = to_f32(base + keep(step * (double) (i - i0)));
         } else {
-            out[(size_t) i] = to_f32(start + step * (double) i);
+            out[(size_t) i] = to_f32(start + keep(step * (double) i));
         }
     }
     return out;
