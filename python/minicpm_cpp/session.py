@@ -242,6 +242,8 @@ class Session:
         n_batch: prompt tokens evaluated per graph (micro-batch).
         kv_type: ``"auto"`` (F32 for all-F32 models, else F16), ``"f16"`` or ``"f32"``.
         flash_attn: ``"auto"``, ``"on"`` or ``"off"``.
+        device, n_threads, mmproj: passed to :class:`Model` when ``model`` is a path
+            (``mmproj``: a separate vision file in llama.cpp's layout).
     """
 
     def __init__(
@@ -255,9 +257,12 @@ class Session:
         flash_attn: str = "auto",
         device: str = "auto",
         n_threads: Optional[int] = None,
+        mmproj: Optional[Union[str, os.PathLike]] = None,
     ) -> None:
         if not isinstance(model, Model):
-            model = Model(model, device=device, n_threads=n_threads)
+            model = Model(model, device=device, n_threads=n_threads, mmproj=mmproj)
+        elif mmproj is not None:
+            raise InvalidArgumentError("mmproj is given when loading a Model; pass it to Model(...)")
         if seed is not None and (not isinstance(seed, int) or seed < 0):
             raise InvalidArgumentError(f"seed must be a non-negative int or None, got {seed!r}")
         self.model = model
