@@ -82,7 +82,7 @@ def run_llama(args) -> dict:
             else:
                 cmd += ["-ngl", "99"]
             t = time.perf_counter()
-            r = subprocess.run(cmd, capture_output=True, text=True)
+            r = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
             wall = time.perf_counter() - t
             log = r.stdout + r.stderr
             # older llama.cpp logs "image slice encoded in N ms", newer "mtmd batch encoding done in N ms"
