@@ -51,9 +51,10 @@ def _int_list(text: str) -> List[int]:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected non-negative integers, got {text!r}")
+    # 0 skips the test kind (as in llama-bench).
+    return [v for v in values if v > 0]
 
 
 def _maxrss_bytes(ru_maxrss: int) -> int:
@@ -98,8 +99,8 @@ def bench_ours(args: argparse.Namespace) -> Dict[str, Any]:
     info = model.info
     devices_model = minicpm_cpp.list_devices()
 
-    n_prompt_max = max(args.n_prompt)
-    n_ctx = max(n_prompt_max, args.tg_prompt + max(args.n_gen) + 1)
+    n_prompt_max = max(args.n_prompt + [args.tg_prompt])
+    n_ctx = max(n_prompt_max, args.tg_prompt + max(args.n_gen + [0]) + 1)
     n_ctx = (n_ctx + 255) // 256 * 256
     session = minicpm_cpp.Session(
         model, n_ctx=n_ctx, seed=args.seed, n_batch=args.n_batch, kv_type=args.kv_type, flash_attn=args.flash_attn
@@ -136,7 +137,8 @@ def bench_ours(args: argparse.Namespace) -> Dict[str, Any]:
 
     if not args.no_warmup:
         prefill_once(n_prompt_max)
-        generate_once(min(4, max(args.n_gen)))
+        if args.n_gen:
+            generate_once(min(4, max(args.n_gen)))
 
     tests: List[Dict[str, Any]] = []
     for n in args.n_prompt:
@@ -198,8 +200,8 @@ def llama_bench_command(args: argparse.Namespace, on_gpu: bool, flash_attn: bool
     cmd = [
         args.llama_bench,
         "-m", args.model,
-        "-p", ",".join(map(str, args.n_prompt)),
-        "-n", ",".join(map(str, args.n_gen)),
+        "-p", ",".join(map(str, args.n_prompt or [0])),
+        "-n", ",".join(map(str, args.n_gen or [0])),
         "-r", str(args.reps),
         "-t", str(args.threads),
         "-b", str(args.n_batch),
@@ -300,8 +302,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("model", help="LLM GGUF file")
     p.add_argument("--device", default="auto", help="minicpm.cpp device: auto, cpu, gpu, cuda, metal, CUDA1, ...")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for both runtimes (default: the runtime's pick)")
-    p.add_argument("--n-prompt", type=_int_list, default=[512], help="prompt lengths, comma-separated (default 512)")
-    p.add_argument("--n-gen", type=_int_list, default=[128], help="generation lengths, comma-separated (default 128)")
+    p.add_argument("--n-prompt", type=_int_list, default=[512],
+                   help="prompt lengths, comma-separated (default 512; 0: no prefill test)")
+    p.add_argument("--n-gen", type=_int_list, default=[128],
+                   help="generation lengths, comma-separated (default 128; 0: no generation test)")
     p.add_argument("--reps", type=int, default=3, help="repetitions per test (default 3)")
     p.add_argument("--n-batch", type=int, default=512, help="prefill micro-batch (llama-bench -b and -ub; default 512)")
     p.add_argument("--tg-prompt", type=int, default=4, help="prompt tokens before a generation test (default 4)")
@@ -319,6 +323,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         p.error("--reps must be >= 1")
     if args.tg_prompt < 1:
         p.error("--tg-prompt must be >= 1")
+    if not args.n_prompt and not args.n_gen:
+        p.error("nothing to run: --n-prompt and --n-gen are both 0")
     if args.threads is None:
         args.threads = default_threads()
     if not os.path.isfile(args.model):
