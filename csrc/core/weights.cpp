@@ -15,6 +15,45 @@ WeightStore::WeightStore(const GgufFile & file, const Backends & backends, size_
     if (!ctx_main_ || !ctx_host_) {
         fail(ErrorKind::Internal, "ggml_init failed for the weight context");
     }
+    if (backends_.main_is_cpu()) {
+        ggml_backend_dev_t cpu_dev = ggml_backend_get_device(backends_.cpu());
+        ggml_backend_reg_t reg     = cpu_dev ? ggml_backend_dev_backend_reg(cpu_dev) : nullptr;
+        auto get_extra = reg ? (ggml_backend_dev_get_extra_bufts_t) ggml_backend_reg_get_proc_address(
+                                   reg, "ggml_backend_dev_get_extra_bufts")
+                             : nullptr;
+        if (get_extra) {
+            for (ggml_backend_buffer_type_t * p = get_extra(cpu_dev); p && *p; ++p) extra_bufts_.push_back(*p);
+        }
+    }
+}
+
+// The first CPU extra buffer type whose kernels take `t` as the weight of a matrix product,
+// asked the way the CPU backend itself decides: a mul_mat whose weight sits in a (zero-size)
+// buffer of that type, through ggml_backend_dev_supports_op.
+ggml_backend_buffer_type_t WeightStore::repack_type_for(ggml_tensor * t) const {
+    if (extra_bufts_.empty() || t->ne[2] != 1 || t->ne[3] != 1) return nullptr;
+    ggml_backend_dev_t cpu_dev = ggml_backend_get_device(backends_.cpu());
+    ggml_init_params   params  = {ggml_tensor_overhead() * 4, nullptr, /*no_alloc =*/true};
+    ggml_context *     ctx     = ggml_init(params);
+    if (!ctx) return nullptr;
+    ggml_backend_buffer_type_t found = nullptr;
+    for (ggml_backend_buffer_type_t buft : extra_bufts_) {
+        ggml_backend_buffer_t dummy = ggml_backend_buft_alloc_buffer(buft, 0);
+        if (!dummy) continue;
+        ggml_tensor * w = ggml_new_tensor_2d(ctx, t->type, t->ne[0], t->ne[1]);
+        ggml_tensor * x = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, t->ne[0], 512);
+        w->buffer       = dummy;
+        ggml_tensor * y = ggml_mul_mat(ctx, w, x);
+        const bool ok   = ggml_backend_dev_supports_op(cpu_dev, y);
+        w->buffer       = nullptr;
+        ggml_backend_buffer_free(dummy);
+        if (ok) {
+            found = buft;
+            break;
+        }
+    }
+    ggml_free(ctx);
+    return found;
 }
 
 WeightStore::~WeightStore() {
@@ -42,7 +81,9 @@ ggml_tensor * WeightStore::optional(const std::string & name, std::vector<int64_
     ggml_context * ctx = (p == Placement::Host || backends_.main_is_cpu()) ? ctx_host_ : ctx_main_;
     ggml_tensor * t = ggml_new_tensor(ctx, info->type, GGML_MAX_DIMS, info->ne);
     ggml_set_name(t, name.c_str());
-    entries_.push_back({t, info, (ctx == ctx_host_) ? Placement::Host : Placement::Main});
+    // On the CPU the matrices of products (Placement::Matrix) may go to a repacked layout.
+    const bool matmul_on_cpu = p == Placement::Matrix && backends_.main_is_cpu();
+    entries_.push_back({t, info, (ctx == ctx_host_) ? Placement::Host : Placement::Main, matmul_on_cpu, nullptr});
     return t;
 }
 
@@ -54,11 +95,48 @@ ggml_tensor * WeightStore::require(const std::string & name, std::vector<int64_t
     return t;
 }
 
+const void * WeightStore::mapped_data(const ggml_tensor * t) const {
+    for (const auto & e : entries_) {
+        if (e.tensor == t) return file_.mapping().data() + e.info->offset;
+    }
+    fail(ErrorKind::Internal, std::string("tensor ") + ggml_get_name(t) + " was not declared in this store");
+}
+
 void WeightStore::load() {
     const uint8_t * base = file_.mapping().data();
+    // Repacked CPU matrices: one buffer per extra buffer type, filled through set_tensor
+    // (which converts to the interleaved layout).
+    if (cpu_repack_) {
+        for (auto & e : entries_) {
+            if (e.cpu_matmul) e.buft = repack_type_for(e.tensor);
+        }
+        for (ggml_backend_buffer_type_t buft : extra_bufts_) {
+            size_t total = 0;
+            const size_t align = ggml_backend_buft_get_alignment(buft);
+            for (auto & e : entries_) {
+                if (e.buft == buft) total += GGML_PAD(ggml_backend_buft_get_alloc_size(buft, e.tensor), align);
+            }
+            if (total == 0) continue;
+            ggml_backend_buffer_t buf = ggml_backend_buft_alloc_buffer(buft, total);
+            if (!buf) fail(ErrorKind::Backend, "cannot allocate host memory for the repacked weights");
+            ggml_backend_buffer_set_usage(buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+            buffers_.push_back(buf);
+            uint8_t * addr = (uint8_t *) ggml_backend_buffer_get_base(buf);
+            for (auto & e : entries_) {
+                if (e.buft != buft) continue;
+                if (ggml_backend_tensor_alloc(buf, e.tensor, addr) != GGML_STATUS_SUCCESS) {
+                    fail(ErrorKind::Backend, "cannot place tensor " + e.info->name + " in the repacked buffer");
+                }
+                ggml_backend_tensor_set(e.tensor, base + e.info->offset, 0, e.info->nbytes);
+                addr += GGML_PAD(ggml_backend_buft_get_alloc_size(buft, e.tensor), align);
+                bytes_repack_ += e.info->nbytes;
+            }
+            MINICPM_LOG_DEBUG("%s: %.1f MiB of weights", ggml_backend_buft_name(buft), total / 1048576.0);
+        }
+    }
     // Host tensors: use the mapped file in place.
     bool have_host = false;
-    for (auto & e : entries_) have_host = have_host || e.placement == Placement::Host;
+    for (auto & e : entries_) have_host = have_host || (e.placement == Placement::Host && !e.buft);
     if (have_host) {
         ggml_backend_dev_t cpu_dev = ggml_backend_get_device(backends_.cpu());
         ggml_backend_buffer_t buf  = ggml_backend_dev_buffer_from_host_ptr(
@@ -68,13 +146,13 @@ void WeightStore::load() {
             buf = ggml_backend_alloc_ctx_tensors_from_buft(ctx_host_, ggml_backend_cpu_buffer_type());
             if (!buf) fail(ErrorKind::Backend, "cannot allocate host memory for the weights");
             for (auto & e : entries_) {
-                if (e.placement != Placement::Host) continue;
+                if (e.placement != Placement::Host || e.buft) continue;
                 ggml_backend_tensor_set(e.tensor, base + e.info->offset, 0, e.info->nbytes);
                 bytes_host_ += e.info->nbytes;
             }
         } else {
             for (auto & e : entries_) {
-                if (e.placement != Placement::Host) continue;
+                if (e.placement != Placement::Host || e.buft) continue;
                 if (ggml_backend_tensor_alloc(buf, e.tensor, (void *) (base + e.info->offset)) != GGML_STATUS_SUCCESS) {
                     fail(ErrorKind::Backend, "cannot place tensor " + e.info->name + " in host memory");
                 }

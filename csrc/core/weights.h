@@ -17,6 +17,8 @@ namespace minicpm {
 
 enum class Placement {
     Main,   // the compute device
+    Matrix, // the compute device, used only as the first operand of ggml_mul_mat (so a
+            // CPU-only model may keep it in a repacked layout)
     Host,   // always CPU memory (e.g. token embeddings read by get_rows)
 };
 
@@ -37,13 +39,27 @@ public:
 
     size_t bytes_on_main() const { return bytes_main_; }
     size_t bytes_on_host() const { return bytes_host_; }
+    // The bytes of a declared tensor in the mapped file (valid while the file is open), whatever
+    // device holds the tensor itself.
+    const void * mapped_data(const ggml_tensor * t) const;
+    // Bytes of weights the CPU backend keeps in its repacked (interleaved) layout.
+    size_t bytes_repacked() const { return bytes_repack_; }
+
+    // CPU only: matrices that one of the CPU backend's extra buffer types can multiply faster
+    // (ggml's repacked Q4_0/Q4_K/IQ4_NL/... kernels) are copied into that layout at load()
+    // instead of being used from the mapped file. On by default; off keeps every weight mapped.
+    void set_cpu_repack(bool on) { cpu_repack_ = on; }
 
 private:
     struct Entry {
         ggml_tensor *      tensor;
         const TensorInfo * info;
         Placement          placement;
+        bool               cpu_matmul;  // a product's matrix on a CPU-only model
+        ggml_backend_buffer_type_t buft; // set in load(): the CPU extra buffer type it goes to
     };
+    ggml_backend_buffer_type_t repack_type_for(ggml_tensor * t) const;
+
     const GgufFile &      file_;
     const Backends &      backends_;
     ggml_context *        ctx_main_ = nullptr;
@@ -52,6 +68,9 @@ private:
     std::vector<ggml_backend_buffer_t> buffers_;
     size_t                bytes_main_ = 0;
     size_t                bytes_host_ = 0;
+    size_t                bytes_repack_ = 0;
+    bool                  cpu_repack_ = true;
+    std::vector<ggml_backend_buffer_type_t> extra_bufts_;
 };
 
 } // namespace minicpm

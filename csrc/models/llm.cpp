@@ -79,9 +79,12 @@ LlmWeights LlmWeights::declare(WeightStore & s, const LlmHparams & hp) {
     LlmWeights w;
     const int64_t E = hp.n_embd, Q = hp.n_embd_q(), KV = hp.n_embd_kv(), F = hp.n_ff, V = hp.n_vocab;
     // Token rows are gathered with get_rows; keeping them in host memory saves device memory.
-    w.tok_embd    = s.require(tensor_name(TensorName::TOKEN_EMBD), {E, V}, Placement::Host);
+    // On a GPU the embedding table lives there too: get_rows on the device keeps the whole
+    // graph in one split (no CPU step, no host round trip per token). Image rows are read from
+    // the mapped file (WeightStore::mapped_data), never from device memory.
+    w.tok_embd    = s.require(tensor_name(TensorName::TOKEN_EMBD), {E, V}, Placement::Main);
     w.output_norm = s.require(tensor_name(TensorName::OUTPUT_NORM), {E});
-    w.output      = s.optional(tensor_name(TensorName::OUTPUT), {E, V});
+    w.output      = s.optional(tensor_name(TensorName::OUTPUT), {E, V}, Placement::Matrix);
     if (!w.output) {
         // Tied embeddings: the output projection reuses token_embd (as llama.cpp does).
         w.output = w.tok_embd;
@@ -90,10 +93,10 @@ LlmWeights LlmWeights::declare(WeightStore & s, const LlmHparams & hp) {
         LlmLayer l;
         auto T = [&](TensorName t) { return tensor_name(t, il); };
         l.attn_norm = s.require(T(TensorName::ATTN_NORM), {E});
-        l.wq        = s.require(T(TensorName::ATTN_Q), {E, Q});
-        l.wk        = s.require(T(TensorName::ATTN_K), {E, KV});
-        l.wv        = s.require(T(TensorName::ATTN_V), {E, KV});
-        l.wo        = s.require(T(TensorName::ATTN_OUT), {Q, E});
+        l.wq        = s.require(T(TensorName::ATTN_Q), {E, Q}, Placement::Matrix);
+        l.wk        = s.require(T(TensorName::ATTN_K), {E, KV}, Placement::Matrix);
+        l.wv        = s.require(T(TensorName::ATTN_V), {E, KV}, Placement::Matrix);
+        l.wo        = s.require(T(TensorName::ATTN_OUT), {Q, E}, Placement::Matrix);
         if (hp.qkv_bias) {
             l.bq = s.require(T(TensorName::ATTN_Q_BIAS), {Q});
             l.bk = s.require(T(TensorName::ATTN_K_BIAS), {KV});
@@ -104,9 +107,9 @@ LlmWeights LlmWeights::declare(WeightStore & s, const LlmHparams & hp) {
             l.k_norm = s.require(T(TensorName::ATTN_K_NORM), {hp.head_dim});
         }
         l.ffn_norm = s.require(T(TensorName::FFN_NORM), {E});
-        l.ffn_gate = s.require(T(TensorName::FFN_GATE), {E, F});
-        l.ffn_up   = s.require(T(TensorName::FFN_UP), {E, F});
-        l.ffn_down = s.require(T(TensorName::FFN_DOWN), {F, E});
+        l.ffn_gate = s.require(T(TensorName::FFN_GATE), {E, F}, Placement::Matrix);
+        l.ffn_up   = s.require(T(TensorName::FFN_UP), {E, F}, Placement::Matrix);
+        l.ffn_down = s.require(T(TensorName::FFN_DOWN), {F, E}, Placement::Matrix);
         w.layers.push_back(l);
     }
     return w;

@@ -70,6 +70,7 @@ std::shared_ptr<Model> Model::load(const std::string & path, const ModelParams &
     m->backends = std::make_unique<Backends>(params.device, params.n_threads);
     m->store    = std::make_unique<WeightStore>(f, *m->backends, (size_t) (m->hp.n_layer * 20 + 8));
     m->weights  = LlmWeights::declare(*m->store, m->hp);
+    m->store->set_cpu_repack(params.cpu_repack);
     m->store->load();
 
     m->all_f32 = true;
@@ -115,9 +116,10 @@ std::shared_ptr<Model> Model::load(const std::string & path, const ModelParams &
     info.weight_bytes = m->store->bytes_on_main() + m->store->bytes_on_host();
     info.weight_type = ggml_type_name(m->weights.layers.at(0).wq->type);
     info.chat_template = f.opt_str(key_name(KeyName::TOKENIZER_CHAT_TEMPLATE)).value_or("");
-    MINICPM_LOG_INFO("loaded %s: %s, %lld layers, n_embd %lld, vocab %lld, %.1f MiB of weights on %s", path.c_str(),
-                     info.arch.c_str(), (long long) info.n_layer, (long long) info.n_embd, (long long) info.n_vocab,
-                     info.weight_bytes / 1048576.0, info.device.c_str());
+    MINICPM_LOG_INFO("loaded %s: %s, %lld layers, n_embd %lld, vocab %lld, %.1f MiB of weights on %s (%.1f MiB repacked)",
+                     path.c_str(), info.arch.c_str(), (long long) info.n_layer, (long long) info.n_embd,
+                     (long long) info.n_vocab, info.weight_bytes / 1048576.0, info.device.c_str(),
+                     m->store->bytes_repacked() / 1048576.0);
     return std::shared_ptr<Model>(new Model(std::move(m)));
 }
 

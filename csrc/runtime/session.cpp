@@ -51,6 +51,7 @@ struct Session::Impl {
     size_t               n_eval = 0;    // tokens[0, n_eval) are in the KV cache
     std::vector<float>   logits;
     bool                 logits_valid = false;
+    const void *         tok_embd_host = nullptr;   // token_embd rows in the mapped file (image prompts)
     std::mt19937_64      rng;
     Timings              timings;
 
@@ -88,6 +89,7 @@ struct Session::Impl {
         }
 
         kv.init(m.hp, params.n_ctx, kv_type, *m.backends);
+        tok_embd_host = m.store->mapped_data(m.weights.tok_embd);
         params.n_batch = std::min(params.n_batch, params.n_ctx);
 
         max_nodes = (int) std::max<int64_t>(2048, m.hp.n_layer * 48 + 64);
@@ -163,7 +165,7 @@ struct Session::Impl {
                 std::memcpy(dst, r.chunk->embeddings.data() + (size_t) r.row * E, (size_t) E * sizeof(float));
                 continue;
             }
-            const char * row = (const char *) te->data + (size_t) tokens[first + (size_t) i] * te->nb[1];
+            const char * row = (const char *) tok_embd_host + (size_t) tokens[first + (size_t) i] * te->nb[1];
             if (te->type == GGML_TYPE_F32) {
                 std::memcpy(dst, row, (size_t) E * sizeof(float));
             } else {

@@ -215,14 +215,17 @@ PYBIND11_MODULE(_core, mod) {
         });
 
     py::class_<Model, std::shared_ptr<Model>>(mod, "Model")
-        .def(py::init([](const std::string & path, const std::string & device, int n_threads, const std::string & mmproj) {
+        .def(py::init([](const std::string & path, const std::string & device, int n_threads, const std::string & mmproj,
+                         bool cpu_repack) {
             ModelParams p;
             p.device = device;
             p.n_threads = n_threads;
             p.mmproj = mmproj;
+            p.cpu_repack = cpu_repack;
             py::gil_scoped_release nogil;
             return Model::load(path, p);
-        }), py::arg("path"), py::arg("device") = "auto", py::arg("n_threads") = 0, py::arg("mmproj") = "")
+        }), py::arg("path"), py::arg("device") = "auto", py::arg("n_threads") = 0, py::arg("mmproj") = "",
+            py::arg("cpu_repack") = true)
         .def_property_readonly("has_vision", &Model::has_vision)
         .def("encode_image", [](const Model & m, py::array_t<uint8_t, py::array::c_style | py::array::forcecast> rgb,
                                 int max_slice_nums, std::optional<bool> use_image_id, int image_id) {

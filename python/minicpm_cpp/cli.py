@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", action="append", default=[], help="image file (needs a vision model; repeatable)")
     p.add_argument("--mmproj", default=None, help="separate vision file (llama.cpp's mmproj layout)")
     p.add_argument("--max-slice-nums", type=int, default=None, help="max slices per image (default: the model's, 9)")
+    p.add_argument("--no-repack", dest="cpu_repack", action="store_false",
+                   help="CPU: use quantized weights from the mapped file as is (no repacked copy)")
     p.add_argument("--kv-type", default="auto", choices=["auto", "f16", "f32"], help="KV cache type")
     p.add_argument("--flash-attn", default="auto", choices=["auto", "on", "off"], help="flash attention")
     p.add_argument("--no-timings", action="store_true", help="do not print the timing line")
@@ -97,7 +99,8 @@ def _run(args: argparse.Namespace) -> int:
         return 2
 
     t_load = time.perf_counter()
-    model = Model(args.model, device=args.device, n_threads=args.threads, mmproj=args.mmproj)
+    model = Model(args.model, device=args.device, n_threads=args.threads, mmproj=args.mmproj,
+                  cpu_repack=args.cpu_repack)
     if args.image and not model.has_vision:
         print(f"minicpm-cli: error: {args.model} has no vision encoder; convert the checkpoint with its vision "
               "tower or pass --mmproj", file=sys.stderr)

@@ -74,6 +74,11 @@ class Model:
         device: ``"auto"`` (a GPU when ggml has one, else the CPU), ``"cpu"``, ``"gpu"``,
             ``"cuda"``, ``"metal"`` or a registry name such as ``"CUDA1"``.
         n_threads: CPU threads; ``None`` picks from the core count.
+        mmproj: a separate vision file (llama.cpp's ``mmproj`` layout), when the model file has
+            no vision tower.
+        cpu_repack: on the CPU, copy the quantized matrices that ggml has faster kernels for
+            (Q4_0, Q4_K, IQ4_NL, ... depending on the CPU) into its interleaved layout at load,
+            like llama.cpp's ``--repack``. ``False`` keeps every weight memory-mapped.
     """
 
     def __init__(
@@ -82,13 +87,14 @@ class Model:
         device: str = "auto",
         n_threads: Optional[int] = None,
         mmproj: Optional[Union[str, os.PathLike]] = None,
+        cpu_repack: bool = True,
     ) -> None:
         p = _check_path(path)
         if n_threads is not None and n_threads < 0:
             raise InvalidArgumentError(f"n_threads must be >= 0, got {n_threads}")
         self.path = p
         self.mmproj = _check_path(mmproj) if mmproj is not None else None
-        self._m = _core.Model(p, device, n_threads or 0, self.mmproj or "")
+        self._m = _core.Model(p, device, n_threads or 0, self.mmproj or "", bool(cpu_repack))
 
     @property
     def has_vision(self) -> bool:

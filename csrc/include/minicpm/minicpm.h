@@ -27,6 +27,8 @@ struct ModelParams {
     std::string device    = "auto";   // "auto", "cpu", "gpu", "cuda", "metal", or a registry name ("CUDA1")
     int         n_threads = 0;        // CPU threads; 0 = pick from the core count
     std::string mmproj;               // optional separate vision file (llama.cpp's mmproj layout)
+    bool        cpu_repack = true;    // CPU only: keep quantized matrices in ggml's repacked layout
+                                      // (a copy in memory instead of the mapped file; faster products)
 };
 
 struct ImageOptions {
