@@ -174,3 +174,44 @@ def test_sync_reuses_prefix(tiny_qwen3_dir, converted, reference):
     s._s.sync(ids)   # identical: only the last position is evaluated again
     assert s.timings["n_prefill"] == 1
     assert _rel_err(s.logits(), ref_logits[-1]) <= REL_BOUND["f32"]
+
+
+@pytest.mark.parametrize("layout", ["tiny_qwen3_dir", "tiny_qwen2_dir"])
+def test_fused_qkv_matches_reference(layout, request, converted, reference):
+    """One Q|K|V product per layer (the GPU default), forced on the CPU: same logits at every
+    position of a multi-token prefill, same greedy continuation."""
+    hf_dir = request.getfixturevalue(layout)
+    model_ref, ids, ref_logits = reference(hf_dir)
+    path = converted(hf_dir, "f32")
+    fused = minicpm_cpp.Model(path, device="cpu", fuse_qkv=True)
+    s = minicpm_cpp.Session(fused, n_ctx=256, n_batch=7)
+    s.prefill(tokens=ids[:-1])
+    s.prefill(tokens=ids[-1:])
+    assert _rel_err(s.logits(), ref_logits[-1]) <= REL_BOUND["f32"]
+    assert _greedy_ours(s, 16) == _greedy_reference(model_ref, ids, 16)
+    # and every position through the KV cache, micro-batches of 3 (non-contiguous Q/K/V views)
+    s = minicpm_cpp.Session(fused, n_ctx=256, n_batch=3)
+    for i in range(0, len(ids), 3):
+        s.prefill(tokens=ids[i:i + 3])
+        j = min(i + 3, len(ids)) - 1
+        assert _rel_err(s.logits(), ref_logits[j]) <= REL_BOUND["f32"], f"position {j}"
+
+
+def test_fused_qk_when_v_has_another_type(tiny_qwen3_dir, converted, reference, tmp_path):
+    """K-quant mixes store V with more bits: then only Q and K are fused. attn_v rewritten as F16."""
+    import gguf
+    import gguf_edit
+
+    _, ids, ref_logits = reference(tiny_qwen3_dir)
+    src = converted(tiny_qwen3_dir, "f32")
+    reader = gguf.GGUFReader(str(src))
+    v16 = {t.name: np.array(t.data).astype(np.float16) for t in reader.tensors if t.name.endswith("attn_v.weight")}
+    assert v16
+    mixed = gguf_edit.rewrite(src, tmp_path / "mixed.gguf", replace_tensors=v16)
+    out = {}
+    for fuse in (True, False):
+        s = minicpm_cpp.Session(minicpm_cpp.Model(str(mixed), device="cpu", fuse_qkv=fuse), n_ctx=128, n_batch=5)
+        s.prefill(tokens=ids)
+        out[fuse] = s.logits()
+    assert _rel_err(out[True], ref_logits[-1]) <= REL_BOUND["f16"]
+    assert _rel_err(out[True], out[False].astype(np.float64)) <= 1e-5

@@ -10,9 +10,10 @@ namespace minicpm {
 WeightStore::WeightStore(const GgufFile & file, const Backends & backends, size_t max_tensors)
     : file_(file), backends_(backends) {
     ggml_init_params params = {ggml_tensor_overhead() * (max_tensors + 8), nullptr, /*no_alloc =*/true};
-    ctx_main_ = ggml_init(params);
-    ctx_host_ = ggml_init(params);
-    if (!ctx_main_ || !ctx_host_) {
+    ctx_main_  = ggml_init(params);
+    ctx_host_  = ggml_init(params);
+    ctx_fused_ = ggml_init(params);
+    if (!ctx_main_ || !ctx_host_ || !ctx_fused_) {
         fail(ErrorKind::Internal, "ggml_init failed for the weight context");
     }
     if (backends_.main_is_cpu()) {
@@ -60,6 +61,7 @@ WeightStore::~WeightStore() {
     for (auto b : buffers_) ggml_backend_buffer_free(b);
     if (ctx_main_) ggml_free(ctx_main_);
     if (ctx_host_) ggml_free(ctx_host_);
+    if (ctx_fused_) ggml_free(ctx_fused_);
 }
 
 ggml_tensor * WeightStore::optional(const std::string & name, std::vector<int64_t> shape, Placement p) {
@@ -102,8 +104,58 @@ const void * WeightStore::mapped_data(const ggml_tensor * t) const {
     fail(ErrorKind::Internal, std::string("tensor ") + ggml_get_name(t) + " was not declared in this store");
 }
 
+ggml_tensor * WeightStore::fuse_rows(const std::vector<ggml_tensor *> & parts, const std::string & name,
+                                     bool on_cpu_too) {
+    if (parts.empty() || (backends_.main_is_cpu() && !on_cpu_too)) return nullptr;
+    std::vector<Entry *> es;
+    int64_t rows = 0;
+    for (ggml_tensor * t : parts) {
+        Entry * found = nullptr;
+        for (auto & e : entries_) {
+            if (e.tensor == t) found = &e;
+        }
+        if (!found || found->fused || t->type != parts[0]->type || t->ne[0] != parts[0]->ne[0] || t->ne[2] != 1 ||
+            t->ne[3] != 1) {
+            return nullptr;
+        }
+        es.push_back(found);
+        rows += t->ne[1];
+    }
+    ggml_tensor * f = ggml_new_tensor_2d(ctx_fused_, parts[0]->type, parts[0]->ne[0], rows);
+    ggml_set_name(f, name.c_str());
+    size_t offs = 0;
+    for (Entry * e : es) {
+        e->fused      = f;
+        e->fused_offs = offs;
+        e->cpu_matmul = false;
+        offs += ggml_nbytes(e->tensor);
+    }
+    return f;
+}
+
 void WeightStore::load() {
     const uint8_t * base = file_.mapping().data();
+    // Fused tensors first (on the compute device, or in CPU memory for a CPU model); their
+    // parts become views, so the allocations below skip them.
+    if (ggml_get_first_tensor(ctx_fused_)) {
+        ggml_backend_buffer_type_t buft = backends_.main_is_cpu() ? ggml_backend_cpu_buffer_type()
+                                                                  : ggml_backend_get_default_buffer_type(backends_.main());
+        ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors_from_buft(ctx_fused_, buft);
+        if (!buf) fail(ErrorKind::Backend, "cannot allocate " + backends_.main_name() + " memory for fused weights");
+        ggml_backend_buffer_set_usage(buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+        buffers_.push_back(buf);
+        for (auto & e : entries_) {
+            if (!e.fused) continue;
+            e.tensor->view_src  = e.fused;
+            e.tensor->view_offs = e.fused_offs;
+            if (ggml_backend_view_init(e.tensor) != GGML_STATUS_SUCCESS) {
+                fail(ErrorKind::Backend, "cannot place tensor " + e.info->name + " in its fused weight");
+            }
+            ggml_backend_tensor_set(e.tensor, base + e.info->offset, 0, e.info->nbytes);
+            if (backends_.main_is_cpu()) bytes_host_ += e.info->nbytes;
+            else bytes_main_ += e.info->nbytes;
+        }
+    }
     // Repacked CPU matrices: one buffer per extra buffer type, filled through set_tensor
     // (which converts to the interleaved layout).
     if (cpu_repack_) {
@@ -136,7 +188,7 @@ void WeightStore::load() {
     }
     // Host tensors: use the mapped file in place.
     bool have_host = false;
-    for (auto & e : entries_) have_host = have_host || (e.placement == Placement::Host && !e.buft);
+    for (auto & e : entries_) have_host = have_host || (e.placement == Placement::Host && !e.buft && !e.fused);
     if (have_host) {
         ggml_backend_dev_t cpu_dev = ggml_backend_get_device(backends_.cpu());
         ggml_backend_buffer_t buf  = ggml_backend_dev_buffer_from_host_ptr(
@@ -146,13 +198,13 @@ void WeightStore::load() {
             buf = ggml_backend_alloc_ctx_tensors_from_buft(ctx_host_, ggml_backend_cpu_buffer_type());
             if (!buf) fail(ErrorKind::Backend, "cannot allocate host memory for the weights");
             for (auto & e : entries_) {
-                if (e.placement != Placement::Host || e.buft) continue;
+                if (e.placement != Placement::Host || e.buft || e.fused) continue;
                 ggml_backend_tensor_set(e.tensor, base + e.info->offset, 0, e.info->nbytes);
                 bytes_host_ += e.info->nbytes;
             }
         } else {
             for (auto & e : entries_) {
-                if (e.placement != Placement::Host || e.buft) continue;
+                if (e.placement != Placement::Host || e.buft || e.fused) continue;
                 if (ggml_backend_tensor_alloc(buf, e.tensor, (void *) (base + e.info->offset)) != GGML_STATUS_SUCCESS) {
                     fail(ErrorKind::Backend, "cannot place tensor " + e.info->name + " in host memory");
                 }
@@ -163,7 +215,7 @@ void WeightStore::load() {
         buffers_.push_back(buf);
     }
     bool have_main = false;
-    for (auto & e : entries_) have_main = have_main || e.placement == Placement::Main;
+    for (auto & e : entries_) have_main = have_main || (e.placement == Placement::Main && !e.fused);
     if (have_main) {
         ggml_backend_buffer_type_t buft = ggml_backend_get_default_buffer_type(backends_.main());
         ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors_from_buft(ctx_main_, buft);
@@ -174,7 +226,7 @@ void WeightStore::load() {
         ggml_backend_buffer_set_usage(buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
         buffers_.push_back(buf);
         for (auto & e : entries_) {
-            if (e.placement != Placement::Main) continue;
+            if (e.placement != Placement::Main || e.fused) continue;
             ggml_backend_tensor_set(e.tensor, base + e.info->offset, 0, e.info->nbytes);
             bytes_main_ += e.info->nbytes;
         }

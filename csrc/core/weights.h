@@ -34,6 +34,13 @@ public:
     // Same, but returns nullptr when the file has no such tensor.
     ggml_tensor * optional(const std::string & name, std::vector<int64_t> shape, Placement p = Placement::Main);
 
+    // Stores already-declared matrices of one type and width back to back in one new tensor
+    // [ne0, sum of rows] named `name`, so a single product computes them all (e.g. Q, K and V
+    // projections). The parts become views into it, so other uses still work. Returns nullptr
+    // (and changes nothing) when the parts cannot be fused: types or widths differ, or the model
+    // runs on the CPU with fusion not forced (the mapped file cannot hold them back to back).
+    ggml_tensor * fuse_rows(const std::vector<ggml_tensor *> & parts, const std::string & name, bool on_cpu_too);
+
     // Allocates backend memory and copies (or maps) the data of every declared tensor.
     void load();
 
@@ -57,6 +64,8 @@ private:
         Placement          placement;
         bool               cpu_matmul;  // a product's matrix on a CPU-only model
         ggml_backend_buffer_type_t buft; // set in load(): the CPU extra buffer type it goes to
+        ggml_tensor *      fused = nullptr;   // the tensor it is a view of (fuse_rows)
+        size_t             fused_offs = 0;
     };
     ggml_backend_buffer_type_t repack_type_for(ggml_tensor * t) const;
 
@@ -64,6 +73,7 @@ private:
     const Backends &      backends_;
     ggml_context *        ctx_main_ = nullptr;
     ggml_context *        ctx_host_ = nullptr;
+    ggml_context *        ctx_fused_ = nullptr;   // tensors made by fuse_rows
     std::vector<Entry>    entries_;
     std::vector<ggml_backend_buffer_t> buffers_;
     size_t                bytes_main_ = 0;

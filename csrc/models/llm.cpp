@@ -115,6 +115,15 @@ LlmWeights LlmWeights::declare(WeightStore & s, const LlmHparams & hp) {
     return w;
 }
 
+void LlmWeights::fuse_qkv(WeightStore & store, bool on_cpu_too) {
+    for (size_t il = 0; il < layers.size(); ++il) {
+        LlmLayer & l = layers[il];
+        // K-quant mixes often give V more bits than Q and K: then fuse Q and K only.
+        l.wqkv = store.fuse_rows({l.wq, l.wk, l.wv}, "blk." + std::to_string(il) + ".attn_qkv.fused", on_cpu_too);
+        if (!l.wqkv) l.wqkv = store.fuse_rows({l.wq, l.wk}, "blk." + std::to_string(il) + ".attn_qk.fused", on_cpu_too);
+    }
+}
+
 ggml_cgraph * build_llm_graph(ggml_context * ctx, const LlmHparams & hp, const LlmWeights & w, const KvCache & kv,
                               const LlmGraphParams & p, LlmGraphInputs & in, int max_nodes) {
     using namespace graph;
@@ -152,11 +161,36 @@ ggml_cgraph * build_llm_graph(ggml_context * ctx, const LlmHparams & hp, const L
         ggml_tensor * resid = x;
         ggml_tensor * cur = rms_norm(ctx, x, L.attn_norm, hp.rms_eps);
 
-        ggml_tensor * q = linear(ctx, cur, L.wq, L.bq);
-        ggml_tensor * k = linear(ctx, cur, L.wk, L.bk);
-        ggml_tensor * v = linear(ctx, cur, L.wv, L.bv);
-        q = ggml_reshape_3d(ctx, q, head_dim, hp.n_head, n_tokens);
-        k = ggml_reshape_3d(ctx, k, head_dim, hp.n_head_kv, n_tokens);
+        ggml_tensor * q, * k, * v;
+        if (L.wqkv) {
+            // One product for Q, K and V: [n_q + 2 n_kv, n_tokens], then views of its rows.
+            ggml_tensor * qkv = ggml_mul_mat(ctx, L.wqkv, cur);
+            const size_t  es  = ggml_element_size(qkv);
+            q = ggml_view_2d(ctx, qkv, hp.n_embd_q(), n_tokens, qkv->nb[1], 0);
+            k = ggml_view_2d(ctx, qkv, hp.n_embd_kv(), n_tokens, qkv->nb[1], hp.n_embd_q() * es);
+            if (L.wqkv->ne[1] == hp.n_embd_q() + 2 * hp.n_embd_kv()) {
+                v = ggml_view_2d(ctx, qkv, hp.n_embd_kv(), n_tokens, qkv->nb[1], (hp.n_embd_q() + hp.n_embd_kv()) * es);
+                if (L.bv) v = ggml_add(ctx, v, L.bv);
+            } else {
+                v = linear(ctx, cur, L.wv, L.bv);
+            }
+            if (L.bq) q = ggml_add(ctx, q, L.bq);
+            if (L.bk) k = ggml_add(ctx, k, L.bk);
+            if (!L.bq) q = ggml_view_3d(ctx, qkv, head_dim, hp.n_head, n_tokens, head_dim * es, qkv->nb[1], 0);
+            else q = ggml_reshape_3d(ctx, q, head_dim, hp.n_head, n_tokens);
+            if (!L.bk) {
+                k = ggml_view_3d(ctx, qkv, head_dim, hp.n_head_kv, n_tokens, head_dim * es, qkv->nb[1],
+                                 hp.n_embd_q() * es);
+            } else {
+                k = ggml_reshape_3d(ctx, k, head_dim, hp.n_head_kv, n_tokens);
+            }
+        } else {
+            q = linear(ctx, cur, L.wq, L.bq);
+            k = linear(ctx, cur, L.wk, L.bk);
+            v = linear(ctx, cur, L.wv, L.bv);
+            q = ggml_reshape_3d(ctx, q, head_dim, hp.n_head, n_tokens);
+            k = ggml_reshape_3d(ctx, k, head_dim, hp.n_head_kv, n_tokens);
+        }
         if (hp.qk_norm) {
             q = rms_norm(ctx, q, L.q_norm, hp.rms_eps);
             k = rms_norm(ctx, k, L.k_norm, hp.rms_eps);

@@ -37,6 +37,8 @@ struct LlmHparams {
 struct LlmLayer {
     ggml_tensor * attn_norm = nullptr;
     ggml_tensor * wq = nullptr, * wk = nullptr, * wv = nullptr, * wo = nullptr;
+    ggml_tensor * wqkv = nullptr;   // optional [n_embd, n_q + 2 n_kv]: wq, wk, wv back to back, or
+                                    // [n_embd, n_q + n_kv] (wq, wk) when wv has another type
     ggml_tensor * bq = nullptr, * bk = nullptr, * bv = nullptr;
     ggml_tensor * q_norm = nullptr, * k_norm = nullptr;
     ggml_tensor * ffn_norm = nullptr;
@@ -51,6 +53,8 @@ struct LlmWeights {
 
     // Declares every tensor in the store with its expected shape.
     static LlmWeights declare(WeightStore & store, const LlmHparams & hp);
+    // Fuses each layer's Q, K and V matrices (WeightStore::fuse_rows) where possible; before load().
+    void fuse_qkv(WeightStore & store, bool on_cpu_too);
 };
 
 // Inputs of one forward pass over a micro-batch, created by build_llm_graph.

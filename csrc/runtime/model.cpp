@@ -71,6 +71,7 @@ std::shared_ptr<Model> Model::load(const std::string & path, const ModelParams &
     m->store    = std::make_unique<WeightStore>(f, *m->backends, (size_t) (m->hp.n_layer * 20 + 8));
     m->weights  = LlmWeights::declare(*m->store, m->hp);
     m->store->set_cpu_repack(params.cpu_repack);
+    if (params.fuse_qkv != 0) m->weights.fuse_qkv(*m->store, params.fuse_qkv > 0);
     m->store->load();
 
     m->all_f32 = true;

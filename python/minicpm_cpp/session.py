@@ -79,6 +79,9 @@ class Model:
         cpu_repack: on the CPU, copy the quantized matrices that ggml has faster kernels for
             (Q4_0, Q4_K, IQ4_NL, ... depending on the CPU) into its interleaved layout at load,
             like llama.cpp's ``--repack``. ``False`` keeps every weight memory-mapped.
+        fuse_qkv: compute each layer's Q, K and V projections as one product over the three
+            matrices stored back to back. ``None`` (default): on a GPU, where the three share a
+            type; ``True``: also on the CPU (a copy of those weights); ``False``: never.
     """
 
     def __init__(
@@ -88,13 +91,15 @@ class Model:
         n_threads: Optional[int] = None,
         mmproj: Optional[Union[str, os.PathLike]] = None,
         cpu_repack: bool = True,
+        fuse_qkv: Optional[bool] = None,
     ) -> None:
         p = _check_path(path)
         if n_threads is not None and n_threads < 0:
             raise InvalidArgumentError(f"n_threads must be >= 0, got {n_threads}")
         self.path = p
         self.mmproj = _check_path(mmproj) if mmproj is not None else None
-        self._m = _core.Model(p, device, n_threads or 0, self.mmproj or "", bool(cpu_repack))
+        self._m = _core.Model(p, device, n_threads or 0, self.mmproj or "", bool(cpu_repack),
+                              -1 if fuse_qkv is None else int(bool(fuse_qkv)))
 
     @property
     def has_vision(self) -> bool:

@@ -29,6 +29,8 @@ struct ModelParams {
     std::string mmproj;               // optional separate vision file (llama.cpp's mmproj layout)
     bool        cpu_repack = true;    // CPU only: keep quantized matrices in ggml's repacked layout
                                       // (a copy in memory instead of the mapped file; faster products)
+    int         fuse_qkv = -1;        // one Q|K|V product per layer: -1 auto (on a GPU, when the three
+                                      // share a type), 0 off, 1 also on the CPU (copies them)
 };
 
 struct ImageOptions {
