@@ -58,15 +58,16 @@ def _stderr(msg: str) -> None:
 class _Progress:
     """tqdm over tensors when installed, else a plain counter on stderr."""
 
-    def __init__(self, total: int, enabled: bool):
+    def __init__(self, total: int, enabled: bool, desc: str = "converting", prog: str = PROG):
         self.total, self.enabled, self.done = total, enabled and total > 0, 0
+        self.prog = prog
         self._bar = None
         if not self.enabled:
             return
         try:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, unit="tensor", desc="converting", file=sys.stderr, leave=True)
+            self._bar = tqdm(total=total, unit="tensor", desc=desc, file=sys.stderr, leave=True)
         except ImportError:
             self._bar = None
 
@@ -78,7 +79,7 @@ class _Progress:
             self._bar.set_postfix_str(name, refresh=False)
             self._bar.update(1)
         else:
-            sys.stderr.write(f"\r{PROG}: [{self.done}/{self.total}] {name:<40}")
+            sys.stderr.write(f"\r{self.prog}: [{self.done}/{self.total}] {name:<40}")
             if self.done == self.total:
                 sys.stderr.write("\n")
             sys.stderr.flush()
