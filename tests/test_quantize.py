@@ -598,3 +598,14 @@ def test_cli(small_dir, converted, tmp_path):
 
     r = _run_cli(src, out, "Q4_0")  # exists, no --force
     assert r.returncode != 0 and "--force" in r.stderr
+
+
+def test_convert_with_a_quantized_outtype(small_dir, converted, out_dir, tmp_path):
+    """minicpm-convert --outtype q4_k_m: the same file as converting, then quantizing."""
+    from minicpm_cpp.convert import convert
+
+    direct = convert(small_dir, tmp_path / "direct.gguf", "q4_k_m", progress=False, log=_quiet)
+    two_step = out_dir / "small-two-step-Q4_K_M.gguf"
+    _quantize(converted(small_dir, "f32"), two_step, "Q4_K_M")
+    assert direct.read_bytes() == two_step.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["direct.gguf"]  # no intermediate left
