@@ -609,3 +609,29 @@ def test_convert_with_a_quantized_outtype(small_dir, converted, out_dir, tmp_pat
     _quantize(converted(small_dir, "f32"), two_step, "Q4_K_M")
     assert direct.read_bytes() == two_step.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["direct.gguf"]  # no intermediate left
+
+
+def test_binding_releases_the_gil():
+    """Python keeps running while another thread quantizes (so a thread pool runs in parallel):
+    the longest pause of the main thread stays far below the duration of the call."""
+    import threading
+    import time
+
+    x = np.random.default_rng(2).standard_normal((8192, 1024)).astype(np.float32)
+    span = {}
+
+    def work():
+        t0 = time.perf_counter()
+        _core.quantize_rows(int(Q.Q4_K), x)
+        span["call"] = (t0, time.perf_counter())
+
+    worker = threading.Thread(target=work)
+    stamps = []
+    worker.start()
+    while worker.is_alive():
+        stamps.append(time.perf_counter())
+    worker.join()
+    t0, t1 = span["call"]
+    inside = np.array([t0] + [t for t in stamps if t0 <= t <= t1] + [t1])
+    longest = float(np.diff(inside).max())
+    assert longest < (t1 - t0) / 3, f"main thread paused {longest:.3f} s of a {t1 - t0:.3f} s call"
