@@ -16,6 +16,8 @@ from typing import Any, BinaryIO, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .names import key_name
+
 __all__ = ["GGUF_MAGIC", "DEFAULT_ALIGNMENT", "RawKV", "RawTensor", "RawGGUF", "GGUFParseError", "write_header"]
 
 GGUF_MAGIC = b"GGUF"
@@ -165,7 +167,7 @@ class RawGGUF:
             ggml_type = cur.unpack("<I", f"type of {name}")
             offset = cur.unpack("<Q", f"offset of {name}")
             self.tensors.append(RawTensor(name, ne, int(ggml_type), int(offset)))
-        align = self.get("general.alignment")
+        align = self.get(key_name("GENERAL_ALIGNMENT"))
         self.alignment = int(align) if isinstance(align, int) and align > 0 else DEFAULT_ALIGNMENT
         self.data_start = cur.pos + (-cur.pos % self.alignment)
 

@@ -47,7 +47,7 @@ from minicpm_cpp.errors import Error, FileError, FormatError, InvalidArgumentErr
 
 from .gguf_raw import GGUF_MAGIC, GGUFParseError, RawGGUF, encode_u32, raw_kv, write_header
 from .hf_to_gguf import _atomic_output, _Progress
-from .names import TENSORS, key_name
+from .names import TENSORS, key_name, tensor_name
 
 __all__ = [
     "QUANT_TYPES",
@@ -214,22 +214,33 @@ def may_convert(name: str, ne: Sequence[int]) -> bool:
     return not any(s in name for s in _KEEP_SUBSTRINGS)
 
 
+def _layer_suffix(ident: str) -> str:
+    """The per-layer part of a table name: "attn_v.weight" for blk.%d.attn_v.weight."""
+    return tensor_name(ident, 0).split(".", 2)[2]
+
+
+# llama.cpp's categories, by the substring it looks for (first match wins, in this order).
+_CATEGORY_KEYS = (
+    ("attn_qkv.weight", "attn_qkv"),  # fused projections: not in our table
+    ("attn_kv_b.weight", "attn_kv_b"),
+    (_layer_suffix("ATTN_V"), "attn_v"),
+    (_layer_suffix("ATTN_K"), "attn_k"),
+    (_layer_suffix("ATTN_Q"), "attn_q"),
+    (_layer_suffix("ATTN_OUT"), "attn_output"),
+    (_layer_suffix("FFN_UP").rsplit(".", 1)[0], "ffn_up"),
+    (_layer_suffix("FFN_GATE").rsplit(".", 1)[0], "ffn_gate"),
+    (_layer_suffix("FFN_DOWN").rsplit(".", 1)[0], "ffn_down"),
+)
+_OUTPUT = tensor_name("OUTPUT")
+_TOKEN_EMBD = (tensor_name("TOKEN_EMBD"), "per_layer_" + tensor_name("TOKEN_EMBD"))
+
+
 def _category(name: str) -> str:
-    if name == "output.weight":
+    if name == _OUTPUT:
         return "output"
-    if name in ("token_embd.weight", "per_layer_token_embd.weight"):
+    if name in _TOKEN_EMBD:
         return "token_embd"
-    for key, cat in (
-        ("attn_qkv.weight", "attn_qkv"),
-        ("attn_kv_b.weight", "attn_kv_b"),
-        ("attn_v.weight", "attn_v"),
-        ("attn_k.weight", "attn_k"),
-        ("attn_q.weight", "attn_q"),
-        ("attn_output.weight", "attn_output"),
-        ("ffn_up", "ffn_up"),
-        ("ffn_gate", "ffn_gate"),
-        ("ffn_down", "ffn_down"),
-    ):
+    for key, cat in _CATEGORY_KEYS:
         if key in name:
             return cat
     return "other"
@@ -375,7 +386,7 @@ def _open(path: Path) -> RawGGUF:
 def _tensors_of(reader: RawGGUF) -> Tuple[str, List[_Tensor]]:
     arch = reader.get(key_name("GENERAL_ARCHITECTURE"))
     if not isinstance(arch, str):
-        raise FormatError(f"{reader.path}: no general.architecture")
+        raise FormatError(f"{reader.path}: no {key_name('GENERAL_ARCHITECTURE')} key")
     all_encoder = arch == "clip"
     out = []
     for t in reader.tensors:
@@ -657,7 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Quantize a minicpm.cpp / llama.cpp GGUF file with ggml's kernels and llama.cpp's per-tensor "
-            "rules: norms and 1-D tensors stay F32, output.weight takes Q6_K (Q8_0 in Q8_0), and the _K_M "
+            "rules: norms and 1-D tensors stay F32, the output matrix takes Q6_K (Q8_0 in Q8_0), and the _K_M "
             "mixes give Q6_K to attn_v and ffn_down in half of the layers. Encoder tensors (vision tower, "
             "resampler) are written F16 unless --encoder-type says otherwise."
         ),
