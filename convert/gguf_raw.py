@@ -12,13 +12,23 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Dict, List, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Dict, List, Sequence, Tuple
 
 import numpy as np
 
 from .names import key_name
 
-__all__ = ["GGUF_MAGIC", "DEFAULT_ALIGNMENT", "RawKV", "RawTensor", "RawGGUF", "GGUFParseError", "write_header"]
+__all__ = [
+    "GGUF_MAGIC",
+    "DEFAULT_ALIGNMENT",
+    "RawKV",
+    "RawTensor",
+    "RawGGUF",
+    "GGUFParseError",
+    "write_header",
+    "encode_u32",
+    "raw_kv",
+]
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32

@@ -122,10 +122,6 @@ def _block(qtype: Q) -> int:
     return GGML_QUANT_SIZES[qtype][0]
 
 
-def _type_name(qtype: Q) -> str:
-    return qtype.name
-
-
 def _lookup_type(name: str, table: Dict, what: str):
     key = str(name).strip().upper()
     if key not in table:

@@ -335,7 +335,7 @@ def test_round_trip(qtype, big_dir, big_f32, out_dir, prompt_ids, reference_logi
 
     ours = _our_logits(dst, prompt_ids)
     rel, kl = _logit_stats(ours, reference_logits(big_dir, prompt_ids))
-    errs = ", ".join(f"{q.name} {e:.2e}" for q, e in sorted(worst.items(), key=lambda kv: kv[0].name))
+    errs = ", ".join(f"{q.name} {e:.2e}" for q, e in sorted(worst.items(), key=lambda kv: kv[0].name)) or "none (all copied)"
     print(
         f"\n{qtype}: {res.bpw_out:.2f} bpw, logits max|d|/max = {rel:.3e}, mean KL = {kl:.3e}; "
         f"worst tensor rel RMS: {errs}"
