@@ -58,15 +58,16 @@ def _stderr(msg: str) -> None:
 class _Progress:
     """tqdm over tensors when installed, else a plain counter on stderr."""
 
-    def __init__(self, total: int, enabled: bool):
+    def __init__(self, total: int, enabled: bool, desc: str = "converting", prog: str = PROG):
         self.total, self.enabled, self.done = total, enabled and total > 0, 0
+        self.prog = prog
         self._bar = None
         if not self.enabled:
             return
         try:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, unit="tensor", desc="converting", file=sys.stderr, leave=True)
+            self._bar = tqdm(total=total, unit="tensor", desc=desc, file=sys.stderr, leave=True)
         except ImportError:
             self._bar = None
 
@@ -78,7 +79,7 @@ class _Progress:
             self._bar.set_postfix_str(name, refresh=False)
             self._bar.update(1)
         else:
-            sys.stderr.write(f"\r{PROG}: [{self.done}/{self.total}] {name:<40}")
+            sys.stderr.write(f"\r{self.prog}: [{self.done}/{self.total}] {name:<40}")
             if self.done == self.total:
                 sys.stderr.write("\n")
             sys.stderr.flush()
@@ -252,6 +253,86 @@ def _file_type_of(qtype) -> int:
     raise RuntimeError(f"internal error: no file type for {qtype!r}")
 
 
+def quantize_outtypes() -> List[str]:
+    """--outtype values that convert, then quantize with minicpm-quantize (llama.cpp's mixes)."""
+    from .quantize import QUANT_TYPES
+
+    return [n.lower() for n in QUANT_TYPES if n.lower() not in OUTTYPES]
+
+
+def all_outtypes() -> List[str]:
+    return list(OUTTYPES) + quantize_outtypes()
+
+
+def _lossless_outtype(ckpt: Checkpoint) -> str:
+    """The narrowest output type holding every float weight of ``ckpt`` exactly."""
+    dtypes = {ckpt.dtype(n) for n in ckpt.names()} & {"F64", "F32", "F16", "BF16"}
+    if dtypes == {"BF16"}:
+        return "bf16"
+    if dtypes == {"F16"}:
+        return "f16"
+    return "f32"
+
+
+def _convert_then_quantize(
+    hf_dir: Path,
+    out_path: Optional[PathLike],
+    outtype: str,
+    *,
+    force: bool,
+    vocab_only: bool,
+    name: Optional[str],
+    progress: bool,
+    say: Callable[[str], None],
+    llm_only: bool,
+    mmproj: Optional[PathLike],
+    vision_outtype: str,
+) -> Path:
+    """--outtype q4_k_m and the like: convert losslessly to a temporary file beside the output,
+    then quantize it with :mod:`.quantize` (llama.cpp's per-tensor mix, ggml's kernels)."""
+    from minicpm_cpp.errors import Error
+
+    from .quantize import quantize
+
+    if vocab_only:
+        raise ConvertError(f"--vocab-only writes no tensors to quantize; drop --outtype {outtype}")
+    if vision_outtype not in VISION_OUTTYPES:
+        raise ConvertError(f"unknown vision output type {vision_outtype!r}; choose one of {', '.join(VISION_OUTTYPES)}")
+    load_config(hf_dir)
+    out = _resolve_output(out_path, hf_dir, outtype, False, force)
+    if mmproj is not None:
+        mm_out = _resolve_output(mmproj, hf_dir, outtype, False, force)
+        if mm_out.resolve() == out.resolve():
+            raise ConvertError(f"--mmproj {mm_out} is the same file as the output")
+    ckpt = open_checkpoint(hf_dir)
+    try:
+        inter = _lossless_outtype(ckpt)
+    finally:
+        ckpt.close()
+    # The vision part: F16 unless asked otherwise (also in the mmproj file).
+    vision_t = "f16" if vision_outtype == "auto" else vision_outtype
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{out.name}.{inter}-", suffix=".gguf", dir=str(out.parent))
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        convert(
+            hf_dir, tmp, inter, force=True, name=name or hf_dir.resolve().name, progress=progress, log=say,
+            llm_only=llm_only, mmproj=mmproj, vision_outtype=vision_t,
+        )
+        say(f"quantizing to {outtype.upper()}")
+        try:
+            result = quantize(tmp, out, outtype, encoder_type=vision_t, force=force, progress=progress, log=say)
+        except Error as e:
+            raise ConvertError(str(e)) from None
+    finally:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+    say(f"wrote {out} ({result.summary()})")
+    return out
+
+
 def convert(
     hf_dir: PathLike,
     out_path: Optional[PathLike] = None,
@@ -279,8 +360,13 @@ def convert(
     """
     say = log if log is not None else _stderr
     hf_dir = Path(hf_dir)
+    if outtype in quantize_outtypes():
+        return _convert_then_quantize(
+            hf_dir, out_path, outtype, force=force, vocab_only=vocab_only, name=name, progress=progress, say=say,
+            llm_only=llm_only, mmproj=mmproj, vision_outtype=vision_outtype,
+        )
     if outtype not in OUTTYPES:
-        raise ConvertError(f"unknown output type {outtype!r}; choose one of {', '.join(OUTTYPES)}")
+        raise ConvertError(f"unknown output type {outtype!r}; choose one of {', '.join(all_outtypes())}")
     if vision_outtype not in VISION_OUTTYPES:
         raise ConvertError(f"unknown vision output type {vision_outtype!r}; choose one of {', '.join(VISION_OUTTYPES)}")
     if mmproj is not None and vocab_only:
@@ -411,9 +497,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--outtype",
-        choices=list(OUTTYPES),
+        choices=all_outtypes(),
         default="f16",
-        help="type of the 2-D weight matrices, token embedding included (default: f16)",
+        help=(
+            "type of the 2-D weight matrices, token embedding included (default: f16); "
+            f"{', '.join(quantize_outtypes())} convert, then quantize with llama.cpp's per-tensor mix "
+            "as minicpm-quantize does (the vision part stays F16 unless --vision-outtype says otherwise)"
+        ),
     )
     p.add_argument("--force", action="store_true", help="overwrite OUTFILE if it exists")
     p.add_argument("--vocab-only", action="store_true", help="write only the metadata and tokenizer, no tensors")

@@ -126,6 +126,7 @@ py::dict model_info(const Model & m) {
 // Bindings of other components, one file each (_bind_*.cpp).
 void bind_image(py::module_ & mod);
 void bind_vision(py::module_ & mod);
+void bind_quant(py::module_ & mod);
 
 PYBIND11_MODULE(_core, mod) {
     mod.doc() = "minicpm.cpp native core";
@@ -143,6 +144,7 @@ PYBIND11_MODULE(_core, mod) {
 
     bind_image(mod);
     bind_vision(mod);
+    bind_quant(mod);
 
     mod.def("set_log_level", [](const std::string & level) {
         if (level == "error") set_log_level(LogLevel::Error);
