@@ -114,7 +114,8 @@ std::shared_ptr<Model> Model::load(const std::string & path, const ModelParams &
     info.n_ctx_train = m->hp.n_ctx_train;
     info.rope_base   = m->hp.rope_base;
     info.rms_eps     = m->hp.rms_eps;
-    info.weight_bytes = m->store->bytes_on_main() + m->store->bytes_on_host();
+    info.weight_bytes = m->store->bytes_on_main() + m->store->bytes_on_host() + m->store->bytes_repacked();
+    info.repacked_bytes = m->store->bytes_repacked();
     info.weight_type = ggml_type_name(m->weights.layers.at(0).wq->type);
     info.chat_template = f.opt_str(key_name(KeyName::TOKENIZER_CHAT_TEMPLATE)).value_or("");
     MINICPM_LOG_INFO("loaded %s: %s, %lld layers, n_embd %lld, vocab %lld, %.1f MiB of weights on %s (%.1f MiB repacked)",

@@ -117,6 +117,7 @@ py::dict model_info(const Model & m) {
     d["rope_base"] = i.rope_base;
     d["rms_eps"] = i.rms_eps;
     d["weight_bytes"] = i.weight_bytes;
+    d["repacked_bytes"] = i.repacked_bytes;
     d["weight_type"] = i.weight_type;
     return d;
 }

@@ -67,6 +67,7 @@ struct ModelInfo {
     int64_t     n_ctx_train = 0;
     float       rope_base = 0, rms_eps = 0;
     size_t      weight_bytes = 0;
+    size_t      repacked_bytes = 0;   // of those, kept in the CPU backend's repacked layout
     std::string weight_type;  // type of the attention weights of layer 0, e.g. "f16"
     std::string chat_template;
 };
