@@ -519,6 +519,19 @@ struct VisionEncoder::Impl {
         if (sched) ggml_backend_sched_free(sched);
     }
 
+    // One tiny graph (a single-patch slice) through every layer at load: maps the weights in
+    // (page faults of the mapped file on the CPU), starts the backends' kernels and thread
+    // pools, so that the first image does not pay for them.
+    void warm_up() {
+        const int64_t P = hp.patch_size;
+        ImageSlice s;
+        s.width = (int) P;
+        s.height = (int) P;
+        s.pixels.assign((size_t) (3 * P * P), 0.0f);
+        run({{&s}}, true);
+        drop_graph();
+    }
+
     void drop_graph() {
         if (graph_ctx) ggml_free(graph_ctx);
         graph_ctx = nullptr;
@@ -614,6 +627,7 @@ struct VisionEncoder::Impl {
                                  (double) sz / (1024.0 * 1024.0));
             }
         }
+        if (const char * env = std::getenv("MINICPM_VISION_WARMUP"); !env || env[0] != '0') warm_up();
     }
 
     const std::vector<int32_t> & pos_ids(int64_t pw, int64_t ph) {
