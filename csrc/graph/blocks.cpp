@@ -27,12 +27,12 @@ ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, gg
     q = ggml_permute(ctx, q, 0, 2, 1, 3);   // [head_dim, n_tokens, n_head]
     if (flash) {
         ggml_tensor * out = ggml_flash_attn_ext(ctx, q, k, v, mask, scale, 0.0f, 0.0f);
-        ggml_flash_attn_ext_set_prec(out, GGML_PREC_F32);
+        set_prec_f32(out);
         // out: [head_dim, n_head, n_tokens]
         return ggml_reshape_2d(ctx, out, head_dim * n_head, n_tokens);
     }
     ggml_tensor * kq = ggml_mul_mat(ctx, k, q);   // [n_kv, n_tokens, n_head]
-    ggml_mul_mat_set_prec(kq, GGML_PREC_F32);
+    set_prec_f32(kq);
     kq = ggml_soft_max_ext(ctx, kq, mask, scale, 0.0f);
     ggml_tensor * vt  = ggml_cont(ctx, ggml_transpose(ctx, v));   // [n_kv, head_dim, n_head_kv]
     ggml_tensor * kqv = ggml_mul_mat(ctx, vt, kq);                  // [head_dim, n_tokens, n_head]
@@ -57,6 +57,40 @@ ggml_tensor * gelu_tanh(ggml_context * ctx, ggml_tensor * x) {
     return ggml_mul(ctx, x, ggml_scale_bias(ctx, t, 0.5f, 0.5f));
 }
 
+void set_prec_f32(ggml_tensor * t) {
+    // ggml >= 0.25 deprecates the per-op setters in favour of ggml_prec_set_acc, which older
+    // versions lack; the old names still work in both.
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#endif
+    if (t->op == GGML_OP_FLASH_ATTN_EXT) ggml_flash_attn_ext_set_prec(t, GGML_PREC_F32);
+    else ggml_mul_mat_set_prec(t, GGML_PREC_F32);
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+}
+
+ggml_tensor * attention_batched_flash(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, float scale,
+                                      ggml_type kv_type) {
+    const int64_t head_dim = q->ne[0];
+    const int64_t n_head   = q->ne[1];
+    const int64_t n_q      = q->ne[2];
+    const int64_t n_seq    = k->ne[3];
+    q = ggml_permute(ctx, q, 0, 2, 1, 3);   // [head_dim, n_q, n_head, n_seq or 1]
+    if (q->ne[3] != n_seq) q = ggml_repeat_4d(ctx, q, head_dim, n_q, n_head, n_seq);
+    k = ggml_permute(ctx, k, 0, 2, 1, 3);   // [head_dim, n_kv, n_head, n_seq]
+    v = ggml_permute(ctx, v, 0, 2, 1, 3);
+    if (kv_type != k->type) {
+        k = ggml_cast(ctx, k, kv_type);
+        v = ggml_cast(ctx, v, kv_type);
+    }
+    ggml_tensor * out = ggml_flash_attn_ext(ctx, q, k, v, nullptr, scale, 0.0f, 0.0f);
+    set_prec_f32(out);
+    // out: [head_dim, n_head, n_q, n_seq], already the row layout of the projection's input
+    return ggml_reshape_3d(ctx, out, head_dim * n_head, n_q, n_seq);
+}
+
 ggml_tensor * attention_batched(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, float scale) {
     const int64_t head_dim = q->ne[0];
     const int64_t n_head   = q->ne[1];
@@ -69,7 +103,7 @@ ggml_tensor * attention_batched(ggml_context * ctx, ggml_tensor * q, ggml_tensor
     }
     k = ggml_permute(ctx, k, 0, 2, 1, 3);   // [head_dim, n_kv, n_head, n_seq]
     ggml_tensor * kq = ggml_mul_mat(ctx, k, q);   // [n_kv, n_q, n_head, n_seq]
-    ggml_mul_mat_set_prec(kq, GGML_PREC_F32);
+    set_prec_f32(kq);
     kq = ggml_soft_max_ext(ctx, kq, nullptr, scale, 0.0f);
     ggml_tensor * vt  = ggml_cont(ctx, ggml_permute(ctx, v, 1, 2, 0, 3));   // [n_kv, head_dim, n_head, n_seq]
     ggml_tensor * kqv = ggml_mul_mat(ctx, vt, kq);                        // [head_dim, n_q, n_head, n_seq]

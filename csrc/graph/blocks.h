@@ -34,4 +34,13 @@ ggml_tensor * gelu_tanh(ggml_context * ctx, ggml_tensor * x);
 // returns [head_dim * n_head, n_q, n_seq]
 ggml_tensor * attention_batched(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, float scale);
 
+// The same through ggml_flash_attn_ext (no [n_kv, n_q] score matrix, no output copy). K and V
+// are converted to kv_type (F16 for the fast kernels; F32 keeps full precision where the
+// backend supports it); accumulation in f32. Same shapes and result layout as attention_batched.
+ggml_tensor * attention_batched_flash(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, float scale,
+                                      ggml_type kv_type);
+
+// Sets f32 precision on a mul_mat or flash_attn_ext node (one call for every ggml version).
+void set_prec_f32(ggml_tensor * t);
+
 } // namespace minicpm::graph

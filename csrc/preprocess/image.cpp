@@ -11,6 +11,8 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <thread>
+#include <vector>
 
 namespace minicpm {
 
@@ -18,6 +20,27 @@ namespace {
 
 [[noreturn]] void invalid(const std::string & msg) {
     throw Error(ErrorKind::InvalidArgument, msg);
+}
+
+// Runs fn(begin, end) over [0, n) in contiguous bands on up to 8 threads when the work
+// (n * cost_per_item multiply-adds) is large enough to pay for starting them. The bands
+// compute exactly what one call would (every output is independent).
+template <typename Fn> void parallel_bands(int n, int64_t cost_per_item, Fn fn) {
+    const int64_t min_work = 1 << 20;
+    int n_threads = (int) std::min<int64_t>({(int64_t) std::max(1u, std::thread::hardware_concurrency()), 8,
+                                             (int64_t) n * cost_per_item / min_work, (int64_t) n});
+    if (n_threads <= 1) {
+        fn(0, n);
+        return;
+    }
+    std::vector<std::thread> pool;
+    const int band = (n + n_threads - 1) / n_threads;
+    for (int t = 1; t < n_threads; ++t) {
+        const int b0 = t * band, b1 = std::min(n, b0 + band);
+        if (b0 < b1) pool.emplace_back(fn, b0, b1);
+    }
+    fn(0, std::min(n, band));
+    for (auto & th : pool) th.join();
 }
 
 std::string size_str(int64_t w, int64_t h) {
@@ -212,14 +235,15 @@ void pass_horizontal(const uint8_t * src, int in_w, int row0, int rows, int out_
     }
 }
 
-// Vertical pass from in_h to out_h rows; `src` has width w and holds source rows from row0 on.
-void pass_vertical(const uint8_t * src, int w, int in_h, int row0, int out_h, uint8_t * dst) {
+// Vertical pass from in_h to out_h rows (output rows [y_begin, y_end)); `src` has width w and
+// holds source rows from row0 on.
+void pass_vertical(const uint8_t * src, int w, int in_h, int row0, int out_h, uint8_t * dst, int y_begin, int y_end) {
     const int32_t half   = 1 << (kPrecisionBits - 1);
     const size_t  stride = (size_t) w * 3;
     const int     chunk  = kernel_chunk(in_h, out_h);
     std::vector<int32_t> acc(stride);
-    for (int y0 = 0; y0 < out_h; y0 += chunk) {
-        const int    y1 = std::min(out_h, y0 + chunk);
+    for (int y0 = y_begin; y0 < y_end; y0 += chunk) {
+        const int    y1 = std::min(y_end, y0 + chunk);
         const Kernel k  = make_kernel(in_h, out_h, y0, y1);
         for (int y = y0; y < y1; ++y) {
             std::fill(acc.begin(), acc.end(), half);
@@ -235,6 +259,20 @@ void pass_vertical(const uint8_t * src, int w, int in_h, int row0, int out_h, ui
     }
 }
 
+// The two passes over all rows, split across threads.
+void pass_horizontal_mt(const uint8_t * src, int in_w, int row0, int rows, int out_w, uint8_t * dst) {
+    const int64_t taps = kernel_shape(in_w, out_w).taps;
+    parallel_bands(rows, (int64_t) out_w * 3 * taps, [&](int b0, int b1) {
+        pass_horizontal(src, in_w, row0 + b0, b1 - b0, out_w, dst + (size_t) b0 * out_w * 3);
+    });
+}
+void pass_vertical_mt(const uint8_t * src, int w, int in_h, int row0, int out_h, uint8_t * dst) {
+    const int64_t taps = kernel_shape(in_h, out_h).taps;
+    parallel_bands(out_h, (int64_t) w * 3 * taps, [&](int b0, int b1) {
+        pass_vertical(src, w, in_h, row0, out_h, dst, b0, b1);
+    });
+}
+
 bool vertical_first(int in_w, int in_h, int out_w, int out_h);
 
 std::vector<uint8_t> resize_impl(const uint8_t * rgb, int in_w, int in_h, int out_w, int out_h, int order) {
@@ -246,13 +284,13 @@ std::vector<uint8_t> resize_impl(const uint8_t * rgb, int in_w, int in_h, int ou
                          (order < 0 ? vertical_first(in_w, in_h, out_w, out_h) : order == 1);
     std::vector<uint8_t> out((size_t) out_w * out_h * 3);
     if (!need_v) {
-        pass_horizontal(rgb, in_w, 0, in_h, out_w, out.data());
+        pass_horizontal_mt(rgb, in_w, 0, in_h, out_w, out.data());
     } else if (!need_h) {
-        pass_vertical(rgb, in_w, in_h, 0, out_h, out.data());
+        pass_vertical_mt(rgb, in_w, in_h, 0, out_h, out.data());
     } else if (v_first) {
         std::vector<uint8_t> tmp((size_t) in_w * out_h * 3);
-        pass_vertical(rgb, in_w, in_h, 0, out_h, tmp.data());
-        pass_horizontal(tmp.data(), in_w, 0, out_h, out_w, out.data());
+        pass_vertical_mt(rgb, in_w, in_h, 0, out_h, tmp.data());
+        pass_horizontal_mt(tmp.data(), in_w, 0, out_h, out_w, out.data());
     } else {
         // Only the source rows that the vertical kernel reaches are resampled horizontally.
         const Kernel top    = make_kernel(in_h, out_h, 0, 1);
@@ -260,8 +298,8 @@ std::vector<uint8_t> resize_impl(const uint8_t * rgb, int in_w, int in_h, int ou
         const int    row0   = top.first[0];
         const int    row1   = bottom.first[0] + bottom.count[0];
         std::vector<uint8_t> tmp((size_t) out_w * (row1 - row0) * 3);
-        pass_horizontal(rgb, in_w, row0, row1 - row0, out_w, tmp.data());
-        pass_vertical(tmp.data(), out_w, in_h, row0, out_h, out.data());
+        pass_horizontal_mt(rgb, in_w, row0, row1 - row0, out_w, tmp.data());
+        pass_vertical_mt(tmp.data(), out_w, in_h, row0, out_h, out.data());
     }
     return out;
 }
@@ -278,17 +316,27 @@ void crop_normalise(const uint8_t * rgb, int width, int x0, int y0, int w, int h
     out->height = h;
     out->pixels.resize((size_t) 3 * w * h);
     // The reference divides float32 pixels by 255 and applies mean/std cast to float32:
-    // every step is one float32 operation, so the result is bit-identical.
+    // every step is one float32 operation, so the result is bit-identical. A pixel has 256
+    // values: the results are tabulated once per channel.
+    float lut[3][256];
     for (int c = 0; c < 3; ++c) {
         const float mean = cfg.mean[c];
         const float sd   = cfg.std[c];
-        float *     dst  = out->pixels.data() + (size_t) c * w * h;
-        for (int y = 0; y < h; ++y) {
-            const uint8_t * src = rgb + ((size_t) (y0 + y) * width + x0) * 3 + c;
-            for (int x = 0; x < w; ++x) {
-                const float v = (float) src[3 * x] / 255.0f;
-                dst[(size_t) y * w + x] = (v - mean) / sd;
-            }
+        for (int i = 0; i < 256; ++i) {
+            const float v = (float) i / 255.0f;
+            lut[c][i] = (v - mean) / sd;
+        }
+    }
+    float * d0 = out->pixels.data();
+    float * d1 = d0 + (size_t) w * h;
+    float * d2 = d1 + (size_t) w * h;
+    for (int y = 0; y < h; ++y) {
+        const uint8_t * src = rgb + ((size_t) (y0 + y) * width + x0) * 3;
+        const size_t    row = (size_t) y * w;
+        for (int x = 0; x < w; ++x) {
+            d0[row + x] = lut[0][src[3 * x + 0]];
+            d1[row + x] = lut[1][src[3 * x + 1]];
+            d2[row + x] = lut[2][src[3 * x + 2]];
         }
     }
 }
