@@ -94,7 +94,9 @@ def bench_ours(args: argparse.Namespace) -> Dict[str, Any]:
     rss_start = _maxrss_bytes(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     devices_before = minicpm_cpp.list_devices()
     t0 = time.perf_counter()
-    model = minicpm_cpp.Model(args.model, device=args.device, n_threads=args.threads)
+    fuse = {"auto": None, "on": True, "off": False}[args.fuse_qkv]
+    model = minicpm_cpp.Model(args.model, device=args.device, n_threads=args.threads, fuse_qkv=fuse,
+                              cpu_repack=not args.no_repack)
     load_s = time.perf_counter() - t0
     info = model.info
     devices_model = minicpm_cpp.list_devices()
@@ -161,6 +163,8 @@ def bench_ours(args: argparse.Namespace) -> Dict[str, Any]:
         "n_ctx": n_ctx,
         "flash_attn": args.flash_attn,
         "kv_type": args.kv_type,
+        "fuse_qkv": args.fuse_qkv,
+        "cpu_repack": not args.no_repack,
         "load_s": load_s,
         "model": {k: info[k] for k in ("arch", "n_vocab", "n_embd", "n_layer", "n_head", "n_head_kv", "n_ff",
                                        "weight_type", "weight_bytes") if k in info},
@@ -311,6 +315,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--tg-prompt", type=int, default=4, help="prompt tokens before a generation test (default 4)")
     p.add_argument("--flash-attn", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--kv-type", choices=("auto", "f16", "f32"), default="auto")
+    p.add_argument("--fuse-qkv", choices=("auto", "on", "off"), default="auto",
+                   help="minicpm.cpp: one Q|K|V product per layer (auto: on GPUs)")
+    p.add_argument("--no-repack", action="store_true", help="minicpm.cpp on the CPU: keep quantized weights mapped")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up run (both runtimes)")
     p.add_argument("--llama-bench", metavar="PATH", help="llama.cpp's llama-bench binary to compare with")

@@ -34,7 +34,8 @@ WeightStore::WeightStore(const GgufFile & file, const Backends & backends, size_
 ggml_backend_buffer_type_t WeightStore::repack_type_for(ggml_tensor * t) const {
     if (extra_bufts_.empty() || t->ne[2] != 1 || t->ne[3] != 1) return nullptr;
     ggml_backend_dev_t cpu_dev = ggml_backend_get_device(backends_.cpu());
-    ggml_init_params   params  = {ggml_tensor_overhead() * 4, nullptr, /*no_alloc =*/true};
+    // three tensors per buffer type tried
+    ggml_init_params   params  = {ggml_tensor_overhead() * (3 * extra_bufts_.size() + 1), nullptr, /*no_alloc =*/true};
     ggml_context *     ctx     = ggml_init(params);
     if (!ctx) return nullptr;
     ggml_backend_buffer_type_t found = nullptr;
