@@ -281,3 +281,16 @@ def test_bad_files(small, tmp_path):
         core.VisionModel(
             _broken(src, tmp_path / "f.gguf", set_keys={"clip.projector_type": ("mlp", gguf.GGUFValueType.STRING)})
         )
+
+
+@pytest.mark.parametrize("size", [(448, 448), (336, 602)], ids=["448x448", "336x602"])
+def test_padded_head_flash_attention(tower, size, monkeypatch):
+    """The GPU path pads the attention head size to one with fast kernels (zero columns):
+    forced on the CPU here, it must give the reference's ViT features and resampler output."""
+    monkeypatch.setenv("MINICPM_VISION_FA_PAD", "1")
+    padded = core.VisionModel(str(tower.path), "cpu")
+    h, w = size
+    px = pixels(h, w, seed=7 * h + w)
+    want_feats = tower.ref_vit(px)
+    assert rel_err(padded.encode_vit(px), want_feats) < RTOL
+    assert rel_err(padded.encode([px])[0], tower.ref_resampler(want_feats, h, w)) < RTOL

@@ -72,11 +72,32 @@ void set_prec_f32(ggml_tensor * t) {
 }
 
 ggml_tensor * attention_batched_flash(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, float scale,
-                                      ggml_type kv_type) {
+                                      ggml_type kv_type, int64_t pad_head_to) {
     const int64_t head_dim = q->ne[0];
     const int64_t n_head   = q->ne[1];
     const int64_t n_q      = q->ne[2];
     const int64_t n_seq    = k->ne[3];
+    if (pad_head_to > head_dim) {
+        // [pad_head_to, n_head, n, n_seq], zeros after column head_dim; K/V converted while
+        // still contiguous (a plain conversion instead of a strided copy after the permute).
+        const int p = (int) (pad_head_to - head_dim);
+        q = ggml_pad(ctx, ggml_cont(ctx, q), p, 0, 0, 0);
+        k = ggml_pad(ctx, ggml_cont(ctx, k), p, 0, 0, 0);
+        v = ggml_pad(ctx, ggml_cont(ctx, v), p, 0, 0, 0);
+        if (kv_type != k->type) {
+            k = ggml_cast(ctx, k, kv_type);
+            v = ggml_cast(ctx, v, kv_type);
+        }
+        q = ggml_permute(ctx, q, 0, 2, 1, 3);
+        if (q->ne[3] != n_seq) q = ggml_repeat_4d(ctx, q, pad_head_to, n_q, n_head, n_seq);
+        k = ggml_permute(ctx, k, 0, 2, 1, 3);
+        v = ggml_permute(ctx, v, 0, 2, 1, 3);
+        ggml_tensor * out = ggml_flash_attn_ext(ctx, q, k, v, nullptr, scale, 0.0f, 0.0f);
+        set_prec_f32(out);
+        // out: [pad_head_to, n_head, n_q, n_seq]; keep the first head_dim columns of each head
+        out = ggml_view_4d(ctx, out, head_dim, n_head, n_q, n_seq, out->nb[1], out->nb[2], out->nb[3], 0);
+        return ggml_reshape_3d(ctx, ggml_cont(ctx, out), head_dim * n_head, n_q, n_seq);
+    }
     q = ggml_permute(ctx, q, 0, 2, 1, 3);   // [head_dim, n_q, n_head, n_seq or 1]
     if (q->ne[3] != n_seq) q = ggml_repeat_4d(ctx, q, head_dim, n_q, n_head, n_seq);
     k = ggml_permute(ctx, k, 0, 2, 1, 3);   // [head_dim, n_kv, n_head, n_seq]

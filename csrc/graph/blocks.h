@@ -37,8 +37,11 @@ ggml_tensor * attention_batched(ggml_context * ctx, ggml_tensor * q, ggml_tensor
 // The same through ggml_flash_attn_ext (no [n_kv, n_q] score matrix, no output copy). K and V
 // are converted to kv_type (F16 for the fast kernels; F32 keeps full precision where the
 // backend supports it); accumulation in f32. Same shapes and result layout as attention_batched.
+// pad_head_to > head_dim: q, k and v get zero columns up to that head size first (the scores
+// and the kept output columns are unchanged), for backends whose fast kernels exist only for
+// some head sizes (CUDA: 64, 80, 96, 112, 128, 256; SigLIP's is 72).
 ggml_tensor * attention_batched_flash(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, float scale,
-                                      ggml_type kv_type);
+                                      ggml_type kv_type, int64_t pad_head_to = 0);
 
 // Sets f32 precision on a mul_mat or flash_attn_ext node (one call for every ggml version).
 void set_prec_f32(ggml_tensor * t);

@@ -357,6 +357,16 @@ struct VisionMode {
     bool      exact = true;
     bool      flash = false;                 // ggml_flash_attn_ext in the ViT and the resampler
     ggml_type kv_type = GGML_TYPE_F32;       // K/V type of flash attention
+    bool      fa_pad = false;                // pad head sizes without a fast kernel (GPUs)
+    // The head size flash attention runs at: the next one with fast GPU kernels when padding.
+    int64_t fa_pad_to(int64_t d) const {
+        if (!fa_pad) return 0;
+        for (int64_t s : {64, 80, 96, 112, 128, 256}) {
+            if (d == s) return 0;
+            if (d < s) return s;
+        }
+        return 0;
+    }
     bool      fast_gelu = false;             // ggml_gelu (an f16 table on the CPU) instead of f32 ops
 };
 
@@ -400,7 +410,7 @@ GroupIO build_group(ggml_context * ctx, ggml_cgraph * gf, const VisionHparams & 
     x = ggml_add(ctx, x, ggml_get_rows(ctx, w.pos, in.pos_ids));                           // [E, n, n_seq]
 
     auto attend = [&](ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, float scale) {
-        return mode.flash ? attention_batched_flash(ctx, q, k, v, scale, mode.kv_type)
+        return mode.flash ? attention_batched_flash(ctx, q, k, v, scale, mode.kv_type, mode.fa_pad_to(q->ne[0]))
                           : attention_batched(ctx, q, k, v, scale);
     };
 
@@ -570,7 +580,12 @@ struct VisionEncoder::Impl {
         std::vector<uint8_t> buf(probe_mem);
         ggml_init_params ip = {buf.size(), buf.data(), true};
         ggml_context * ctx = ggml_init(ip);
+        // CPU kernels take any head size; GPU ones are fast only at a few (MINICPM_VISION_FA_PAD=0/1
+        // overrides, e.g. to test the padded path on the CPU).
+        mode.fa_pad = !backends.main_is_cpu();
+        if (const char * env = std::getenv("MINICPM_VISION_FA_PAD")) mode.fa_pad = env[0] == '1';
         auto fa_ok = [&](int64_t d, int64_t heads, int64_t nq, int64_t nkv) {
+            if (mode.fa_pad_to(d) > 0) d = mode.fa_pad_to(d);
             ggml_tensor * q = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, d, nq, heads, 2);
             ggml_tensor * k = ggml_new_tensor_4d(ctx, mode.kv_type, d, nkv, heads, 2);
             ggml_tensor * v = ggml_new_tensor_4d(ctx, mode.kv_type, d, nkv, heads, 2);
@@ -593,8 +608,9 @@ struct VisionEncoder::Impl {
         // The CPU's ggml_gelu rounds through an f16 table: only where the weights are not F32.
         // Other backends compute it in f32.
         mode.fast_gelu = gelu_ok && (!mode.exact || !backends.main_is_cpu());
-        MINICPM_LOG_INFO("vision: %s weights, flash attention %s (K/V %s), GELU %s", mode.exact ? "f32" : "reduced-precision",
-                         mode.flash ? "on" : "off", ggml_type_name(mode.kv_type),
+        MINICPM_LOG_INFO("vision: %s weights, flash attention %s (K/V %s%s), GELU %s",
+                         mode.exact ? "f32" : "reduced-precision", mode.flash ? "on" : "off",
+                         ggml_type_name(mode.kv_type), mode.fa_pad ? ", head size padded" : "",
                          mode.fast_gelu ? "ggml_gelu" : "f32 ops");
     }
 
