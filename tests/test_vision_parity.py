@@ -294,3 +294,16 @@ def test_padded_head_flash_attention(tower, size, monkeypatch):
     want_feats = tower.ref_vit(px)
     assert rel_err(padded.encode_vit(px), want_feats) < RTOL
     assert rel_err(padded.encode([px])[0], tower.ref_resampler(want_feats, h, w)) < RTOL
+
+
+@pytest.mark.parametrize("pad", ["0", "1"])
+def test_fused_qkv_vision(tower, pad, monkeypatch):
+    """One Q|K|V product per ViT layer (the GPU default), forced on the CPU, with and without
+    the padded-head attention path: reference ViT features and resampler output."""
+    monkeypatch.setenv("MINICPM_VISION_FA_PAD", pad)
+    fused = core.VisionModel(str(tower.path), "cpu", fuse_qkv=1)
+    for h, w in [(448, 448), (280, 504)]:
+        px = pixels(h, w, seed=11 * h + w)
+        want_feats = tower.ref_vit(px)
+        assert rel_err(fused.encode_vit(px), want_feats) < RTOL
+        assert rel_err(fused.encode([px])[0], tower.ref_resampler(want_feats, h, w)) < RTOL

@@ -288,6 +288,16 @@ SliceConfig VisionHparams::slice_config() const {
     return c;
 }
 
+void VisionWeights::fuse_qkv(WeightStore & store, bool on_cpu_too) {
+    for (size_t il = 0; il < layers.size(); ++il) {
+        VisionLayer & l = layers[il];
+        const std::string p = "v.blk." + std::to_string(il);
+        l.qkv_w = store.fuse_rows({l.q_w, l.k_w, l.v_w}, p + ".attn_qkv.fused", on_cpu_too);
+        l.qkv_b = l.qkv_w ? store.fuse_rows({l.q_b, l.k_b, l.v_b}, p + ".attn_qkv_b.fused", on_cpu_too) : nullptr;
+        if (!l.qkv_b) l.qkv_w = nullptr;   // (the parts stay usable either way)
+    }
+}
+
 VisionWeights VisionWeights::declare(WeightStore & s, const VisionHparams & hp) {
     VisionWeights w;
     const int64_t E = hp.n_embd, F = hp.n_ff, P = hp.patch_size, D = hp.rs_dim;
@@ -419,9 +429,19 @@ GroupIO build_group(ggml_context * ctx, ggml_cgraph * gf, const VisionHparams & 
     for (int64_t il = 0; il < hp.n_layer; ++il) {
         const VisionLayer & L = w.layers[(size_t) il];
         ggml_tensor * cur = layer_norm(ctx, x, L.ln1_w, L.ln1_b, hp.eps);
-        ggml_tensor * q = ggml_reshape_4d(ctx, linear(ctx, cur, L.q_w, L.q_b), hd, hp.n_head, n, n_seq);
-        ggml_tensor * k = ggml_reshape_4d(ctx, linear(ctx, cur, L.k_w, L.k_b), hd, hp.n_head, n, n_seq);
-        ggml_tensor * v = ggml_reshape_4d(ctx, linear(ctx, cur, L.v_w, L.v_b), hd, hp.n_head, n, n_seq);
+        ggml_tensor * q, * k, * v;
+        if (L.qkv_w) {
+            // one product: [3E, n, n_seq], then [hd, n_head, n, n_seq] views of its rows
+            ggml_tensor * qkv = ggml_add(ctx, ggml_mul_mat(ctx, L.qkv_w, cur), ggml_reshape_1d(ctx, L.qkv_b, 3 * E));
+            const size_t  es  = ggml_element_size(qkv);
+            q = ggml_view_4d(ctx, qkv, hd, hp.n_head, n, n_seq, hd * es, qkv->nb[1], qkv->nb[2], 0);
+            k = ggml_view_4d(ctx, qkv, hd, hp.n_head, n, n_seq, hd * es, qkv->nb[1], qkv->nb[2], E * es);
+            v = ggml_view_4d(ctx, qkv, hd, hp.n_head, n, n_seq, hd * es, qkv->nb[1], qkv->nb[2], 2 * E * es);
+        } else {
+            q = ggml_reshape_4d(ctx, linear(ctx, cur, L.q_w, L.q_b), hd, hp.n_head, n, n_seq);
+            k = ggml_reshape_4d(ctx, linear(ctx, cur, L.k_w, L.k_b), hd, hp.n_head, n, n_seq);
+            v = ggml_reshape_4d(ctx, linear(ctx, cur, L.v_w, L.v_b), hd, hp.n_head, n, n_seq);
+        }
         cur = attend(q, k, v, scale);                                                      // [E, n, n_seq]
         x = ggml_add(ctx, x, linear(ctx, cur, L.o_w, L.o_b));
 

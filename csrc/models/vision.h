@@ -48,6 +48,7 @@ struct VisionLayer {
     ggml_tensor * ln1_w, * ln1_b, * ln2_w, * ln2_b;
     ggml_tensor * q_w, * q_b, * k_w, * k_b, * v_w, * v_b, * o_w, * o_b;
     ggml_tensor * fc1_w, * fc1_b, * fc2_w, * fc2_b;
+    ggml_tensor * qkv_w = nullptr, * qkv_b = nullptr;   // optional: [E, 3E] and [E, 3] (fuse_qkv)
 };
 
 struct VisionWeights {
@@ -61,6 +62,8 @@ struct VisionWeights {
     ggml_tensor * proj = nullptr;
 
     static VisionWeights declare(WeightStore & store, const VisionHparams & hp);
+    // One Q|K|V product (and bias) per ViT layer (WeightStore::fuse_rows); before load().
+    void fuse_qkv(WeightStore & store, bool on_cpu_too);
 };
 
 // Host-side inputs of the graphs, exposed for tests.

@@ -36,6 +36,7 @@ void load_vision(Model::Impl & m, const ModelParams & params) {
     }
     m.vision_store = std::make_unique<WeightStore>(*src, *m.backends, (size_t) (m.vhp.n_layer * 20 + 64));
     m.vw = VisionWeights::declare(*m.vision_store, m.vhp);
+    if (params.fuse_qkv != 0) m.vw.fuse_qkv(*m.vision_store, params.fuse_qkv > 0);
     m.vision_store->load();
     m.vision = std::make_unique<VisionEncoder>(m.vhp, m.vw, *m.backends);
 }

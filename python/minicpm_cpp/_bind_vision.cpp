@@ -22,12 +22,13 @@ namespace {
 
 class PyVisionModel {
 public:
-    PyVisionModel(const std::string & path, const std::string & device, int n_threads) {
+    PyVisionModel(const std::string & path, const std::string & device, int n_threads, int fuse_qkv) {
         file_     = std::make_unique<GgufFile>(path);
         hp_       = VisionHparams::from_gguf(*file_);
         backends_ = std::make_unique<Backends>(device, n_threads);
         store_    = std::make_unique<WeightStore>(*file_, *backends_, (size_t) (hp_.n_layer * 16 + 32));
         weights_  = VisionWeights::declare(*store_, hp_);
+        if (fuse_qkv != 0) weights_.fuse_qkv(*store_, fuse_qkv > 0);
         store_->load();
         encoder_  = std::make_unique<VisionEncoder>(hp_, weights_, *backends_);
     }
@@ -148,8 +149,8 @@ py::array_t<float> to_array_2d(const std::vector<float> & v, int64_t rows, int64
 void bind_vision(py::module_ & mod) {
     py::class_<PyVisionModel>(mod, "VisionModel",
                               "Vision tower + resampler of one GGUF file, for tests and debugging.")
-        .def(py::init<const std::string &, const std::string &, int>(), py::arg("path"), py::arg("device") = "cpu",
-             py::arg("n_threads") = 0)
+        .def(py::init<const std::string &, const std::string &, int, int>(), py::arg("path"), py::arg("device") = "cpu",
+             py::arg("n_threads") = 0, py::arg("fuse_qkv") = -1)
         .def_property_readonly("hparams", &PyVisionModel::hparams)
         .def("encode_vit", &PyVisionModel::encode_vit, py::arg("pixels"),
              "[3, h, w] float32 normalised pixels -> [n_patches, n_embd] post-LayerNorm ViT features")
