@@ -72,7 +72,7 @@ void set_prec_f32(ggml_tensor * t) {
 }
 
 ggml_tensor * attention_batched_flash(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, float scale,
-                                      ggml_type kv_type, int64_t pad_head_to) {
+                                      ggml_type kv_type, int64_t pad_head_to, bool pad_strided) {
     const int64_t head_dim = q->ne[0];
     const int64_t n_head   = q->ne[1];
     const int64_t n_q      = q->ne[2];
@@ -81,9 +81,12 @@ ggml_tensor * attention_batched_flash(ggml_context * ctx, ggml_tensor * q, ggml_
         // [pad_head_to, n_head, n, n_seq], zeros after column head_dim; K/V converted while
         // still contiguous (a plain conversion instead of a strided copy after the permute).
         const int p = (int) (pad_head_to - head_dim);
-        q = ggml_pad(ctx, ggml_cont(ctx, q), p, 0, 0, 0);
-        k = ggml_pad(ctx, ggml_cont(ctx, k), p, 0, 0, 0);
-        v = ggml_pad(ctx, ggml_cont(ctx, v), p, 0, 0, 0);
+        auto pad = [&](ggml_tensor * t) {
+            return ggml_pad(ctx, pad_strided || ggml_is_contiguous(t) ? t : ggml_cont(ctx, t), p, 0, 0, 0);
+        };
+        q = pad(q);
+        k = pad(k);
+        v = pad(v);
         if (kv_type != k->type) {
             k = ggml_cast(ctx, k, kv_type);
             v = ggml_cast(ctx, v, kv_type);

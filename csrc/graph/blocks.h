@@ -40,8 +40,10 @@ ggml_tensor * attention_batched(ggml_context * ctx, ggml_tensor * q, ggml_tensor
 // pad_head_to > head_dim: q, k and v get zero columns up to that head size first (the scores
 // and the kept output columns are unchanged), for backends whose fast kernels exist only for
 // some head sizes (CUDA: 64, 80, 96, 112, 128, 256; SigLIP's is 72).
+// pad_strided: the backend pads strided (non-contiguous) q/k/v views directly (else they are
+// made contiguous first).
 ggml_tensor * attention_batched_flash(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, float scale,
-                                      ggml_type kv_type, int64_t pad_head_to = 0);
+                                      ggml_type kv_type, int64_t pad_head_to = 0, bool pad_strided = false);
 
 // Sets f32 precision on a mul_mat or flash_attn_ext node (one call for every ggml version).
 void set_prec_f32(ggml_tensor * t);

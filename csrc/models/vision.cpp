@@ -368,6 +368,7 @@ struct VisionMode {
     bool      flash = false;                 // ggml_flash_attn_ext in the ViT and the resampler
     ggml_type kv_type = GGML_TYPE_F32;       // K/V type of flash attention
     bool      fa_pad = false;                // pad head sizes without a fast kernel (GPUs)
+    bool      pad_strided = false;           // the backend's ggml_pad takes strided views
     // The head size flash attention runs at: the next one with fast GPU kernels when padding.
     int64_t fa_pad_to(int64_t d) const {
         if (!fa_pad) return 0;
@@ -420,7 +421,8 @@ GroupIO build_group(ggml_context * ctx, ggml_cgraph * gf, const VisionHparams & 
     x = ggml_add(ctx, x, ggml_get_rows(ctx, w.pos, in.pos_ids));                           // [E, n, n_seq]
 
     auto attend = [&](ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, float scale) {
-        return mode.flash ? attention_batched_flash(ctx, q, k, v, scale, mode.kv_type, mode.fa_pad_to(q->ne[0]))
+        return mode.flash ? attention_batched_flash(ctx, q, k, v, scale, mode.kv_type, mode.fa_pad_to(q->ne[0]),
+                                                    mode.pad_strided)
                           : attention_batched(ctx, q, k, v, scale);
     };
 
@@ -616,6 +618,13 @@ struct VisionEncoder::Impl {
         const int64_t side = std::max<int64_t>(1, hp.image_size / hp.patch_size);
         bool flash = fa_ok(hp.n_embd / hp.n_head, hp.n_head, side * side, side * side) &&
                      fa_ok(hp.rs_dim / hp.rs_heads, hp.rs_heads, hp.n_query, side * side);
+        {
+            // a [d, heads, n] view with a row stride of 3 * heads * d, as the fused Q|K|V gives
+            ggml_tensor * t  = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, 3 * hp.n_embd, 4);
+            ggml_tensor * vw = ggml_view_3d(ctx, t, hp.n_embd / hp.n_head, hp.n_head, 4, ggml_row_size(t->type, hp.n_embd / hp.n_head),
+                                            t->nb[1], 0);
+            mode.pad_strided = main_supports(ggml_pad(ctx, vw, 8, 0, 0, 0));
+        }
         ggml_tensor * gx = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, hp.n_ff, 4);
         const bool gelu_ok = main_supports(ggml_gelu(ctx, gx));
         ggml_free(ctx);
