@@ -644,7 +644,7 @@ def test_cpu_repack_matches_mapped_weights(qtype, big_dir, big_f32, out_dir, pro
     (matrix-vector kernels), within the quantized type's bound of the reference."""
     dst = out_dir / f"repack-{qtype}.gguf"
     _quantize(big_f32, dst, qtype.lower() if qtype == "Q4_K_M" else qtype)
-    packed = minicpm_cpp.Model(dst, device="cpu", n_threads=1)
+    packed = minicpm_cpp.Model(dst, device="cpu", n_threads=1, cpu_repack=True)
     mapped = minicpm_cpp.Model(dst, device="cpu", n_threads=1, cpu_repack=False)
     assert mapped.info["repacked_bytes"] == 0
     if packed.info["repacked_bytes"] == 0:

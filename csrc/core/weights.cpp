@@ -25,6 +25,7 @@ WeightStore::WeightStore(const GgufFile & file, const Backends & backends, size_
         if (get_extra) {
             for (ggml_backend_buffer_type_t * p = get_extra(cpu_dev); p && *p; ++p) extra_bufts_.push_back(*p);
         }
+
     }
 }
 
@@ -159,7 +160,7 @@ void WeightStore::load() {
     }
     // Repacked CPU matrices: one buffer per extra buffer type, filled through set_tensor
     // (which converts to the interleaved layout).
-    if (cpu_repack_) {
+    if (cpu_repack_ != 0) {
         for (auto & e : entries_) {
             if (e.cpu_matmul) e.buft = repack_type_for(e.tensor);
         }

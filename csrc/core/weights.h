@@ -55,7 +55,10 @@ public:
     // CPU only: matrices that one of the CPU backend's extra buffer types can multiply faster
     // (ggml's repacked Q4_0/Q4_K/IQ4_NL/... kernels) are copied into that layout at load()
     // instead of being used from the mapped file. On by default; off keeps every weight mapped.
-    void set_cpu_repack(bool on) { cpu_repack_ = on; }
+    // mode 0: none; otherwise (-1 default, 1) every type the CPU backend can repack, as
+    // llama.cpp does. (On an AVX-512 build, plain Q4_K kernels ran prompts ~1.6x faster but
+    // decoded up to ~15% slower than repacked ones: benchmarks/RESULTS.md.)
+    void set_cpu_repack(int mode) { cpu_repack_ = mode; }
 
 private:
     struct Entry {
@@ -79,7 +82,7 @@ private:
     size_t                bytes_main_ = 0;
     size_t                bytes_host_ = 0;
     size_t                bytes_repack_ = 0;
-    bool                  cpu_repack_ = true;
+    int                   cpu_repack_ = -1;
     std::vector<ggml_backend_buffer_type_t> extra_bufts_;
 };
 

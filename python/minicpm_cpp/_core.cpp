@@ -219,7 +219,7 @@ PYBIND11_MODULE(_core, mod) {
 
     py::class_<Model, std::shared_ptr<Model>>(mod, "Model")
         .def(py::init([](const std::string & path, const std::string & device, int n_threads, const std::string & mmproj,
-                         bool cpu_repack, int fuse_qkv) {
+                         int cpu_repack, int fuse_qkv) {
             ModelParams p;
             p.fuse_qkv = fuse_qkv;
             p.device = device;
@@ -229,7 +229,7 @@ PYBIND11_MODULE(_core, mod) {
             py::gil_scoped_release nogil;
             return Model::load(path, p);
         }), py::arg("path"), py::arg("device") = "auto", py::arg("n_threads") = 0, py::arg("mmproj") = "",
-            py::arg("cpu_repack") = true, py::arg("fuse_qkv") = -1)
+            py::arg("cpu_repack") = -1, py::arg("fuse_qkv") = -1)
         .def_property_readonly("has_vision", &Model::has_vision)
         .def("encode_image", [](const Model & m, py::array_t<uint8_t, py::array::c_style | py::array::forcecast> rgb,
                                 int max_slice_nums, std::optional<bool> use_image_id, int image_id) {

@@ -27,8 +27,9 @@ struct ModelParams {
     std::string device    = "auto";   // "auto", "cpu", "gpu", "cuda", "metal", or a registry name ("CUDA1")
     int         n_threads = 0;        // CPU threads; 0 = pick from the core count
     std::string mmproj;               // optional separate vision file (llama.cpp's mmproj layout)
-    bool        cpu_repack = true;    // CPU only: keep quantized matrices in ggml's repacked layout
-                                      // (a copy in memory instead of the mapped file; faster products)
+    int         cpu_repack = -1;      // CPU only: keep quantized matrices in ggml's repacked layout (a
+                                      // copy instead of the mapped file): -1 default (= 1), 0 never,
+                                      // 1 every type the CPU backend has repacked kernels for
     int         fuse_qkv = -1;        // one Q|K|V product per layer: -1 auto (on a GPU, when the three
                                       // share a type), 0 off, 1 also on the CPU (copies them)
 };
