@@ -46,9 +46,11 @@ except ImportError:  # pragma: no cover - reported to the user
 _REPO = Path(__file__).resolve().parent.parent
 if (_REPO / "convert" / "names.py").is_file():
     sys.path.insert(0, str(_REPO))
+    from convert import llm as convert_llm  # noqa: E402
     from convert.names import key_name, tensor_name  # noqa: E402
     from convert.tokenizer import add_tokenizer  # noqa: E402
 else:  # the installed package carries the converter
+    from minicpm_cpp.convert import llm as convert_llm  # noqa: E402
     from minicpm_cpp.convert.names import key_name, tensor_name  # noqa: E402
     from minicpm_cpp.convert.tokenizer import add_tokenizer  # noqa: E402
 
@@ -352,23 +354,16 @@ def add_minimal_tokenizer(writer: "gguf.GGUFWriter", n_vocab: int) -> None:
 
 
 def write_metadata(writer: "gguf.GGUFWriter", shape: Shape, recipe: Recipe, name: str) -> None:
-    a = shape.arch
-    writer.add_string(key_name("GENERAL_NAME"), name)
+    """The converter's hyperparameter keys (one writer for both), plus the file type."""
+    hp = convert_llm.Hparams(
+        n_vocab=shape.n_vocab, n_embd=shape.n_embd, n_layer=shape.n_layer, n_head=shape.n_head,
+        n_head_kv=shape.n_head_kv, head_dim=shape.head_dim, n_ff=shape.n_ff, rms_eps=shape.rms_eps,
+        rope_theta=shape.rope_base, n_ctx=shape.n_ctx, tie_embeddings=shape.tied,
+    )
+    spec = convert_llm.LlmSpec(arch=shape.arch, prefix="", model_type=shape.arch, source="random weights", hparams=hp)
+    convert_llm.write_metadata(writer, spec, name)
     writer.add_uint32(key_name("GENERAL_FILE_TYPE"), recipe.file_type)
     writer.add_uint32(key_name("GENERAL_QUANT_VERSION"), GGML_QUANT_VERSION)
-    writer.add_uint32(key_name("LLM_CONTEXT_LENGTH", a), shape.n_ctx)
-    writer.add_uint32(key_name("LLM_EMBEDDING_LENGTH", a), shape.n_embd)
-    writer.add_uint32(key_name("LLM_BLOCK_COUNT", a), shape.n_layer)
-    writer.add_uint32(key_name("LLM_FEED_FORWARD_LENGTH", a), shape.n_ff)
-    writer.add_uint32(key_name("LLM_HEAD_COUNT", a), shape.n_head)
-    writer.add_uint32(key_name("LLM_HEAD_COUNT_KV", a), shape.n_head_kv)
-    writer.add_uint32(key_name("LLM_KEY_LENGTH", a), shape.head_dim)
-    writer.add_uint32(key_name("LLM_VALUE_LENGTH", a), shape.head_dim)
-    writer.add_float32(key_name("LLM_RMS_EPS", a), shape.rms_eps)
-    writer.add_float32(key_name("LLM_ROPE_FREQ_BASE", a), shape.rope_base)
-    writer.add_uint32(key_name("LLM_ROPE_DIMENSION_COUNT", a), shape.head_dim)
-    writer.add_uint32(key_name("LLM_VOCAB_SIZE", a), shape.n_vocab)
-    writer.add_string(key_name("MINICPM_MODEL_TYPE"), a)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,8 +27,10 @@ _REPO = Path(__file__).resolve().parent.parent
 if (_REPO / "convert" / "names.py").is_file():
     sys.path.insert(0, str(_REPO))
     from convert.names import key_name, tensor_name  # noqa: E402
+    from convert.vision import VisionSpec, write_vision_metadata  # noqa: E402
 else:  # the installed package carries the converter
     from minicpm_cpp.convert.names import key_name, tensor_name  # noqa: E402
+    from minicpm_cpp.convert.vision import VisionSpec, write_vision_metadata  # noqa: E402
 
 
 def sincos_2d(dim: int, side: int) -> np.ndarray:
@@ -72,29 +74,14 @@ def main() -> int:
     w = gguf.GGUFWriter(str(args.out), arch="clip")
     w.add_string("general.description", "random-weight MiniCPM-V image encoder (benchmarks)")
     w.add_uint32(key_name("GENERAL_FILE_TYPE"), 1 if args.type == "f16" else 0)
-    w.add_bool(key_name("CLIP_HAS_TEXT"), False)
-    w.add_bool(key_name("CLIP_HAS_VISION"), True)
-    w.add_bool(key_name("CLIP_HAS_MINICPMV_PROJ"), True)
-    w.add_string(key_name("CLIP_PROJECTOR_TYPE"), "resampler")
-    w.add_int32(key_name("CLIP_MINICPMV_VERSION"), args.version)
-    w.add_uint32(key_name("CLIP_MINICPMV_QUERY_NUM"), args.queries)
-    w.add_bool(key_name("CLIP_USE_GELU"), True)
-    w.add_uint32(key_name("CLIP_V_IMAGE_SIZE"), 448)
-    w.add_uint32(key_name("CLIP_V_PATCH_SIZE"), patch)
-    w.add_uint32(key_name("CLIP_V_EMBEDDING_LENGTH"), Dv)
-    w.add_uint32(key_name("CLIP_V_FEED_FORWARD_LENGTH"), F)
-    w.add_uint32(key_name("CLIP_V_PROJECTION_DIM"), 0)
-    w.add_uint32(key_name("CLIP_V_HEAD_COUNT"), args.heads)
-    w.add_float32(key_name("CLIP_V_LN_EPS"), 1e-6)
-    w.add_uint32(key_name("CLIP_V_BLOCK_COUNT"), L)
-    w.add_array(key_name("CLIP_V_IMAGE_MEAN"), [0.5, 0.5, 0.5])
-    w.add_array(key_name("CLIP_V_IMAGE_STD"), [0.5, 0.5, 0.5])
-    w.add_uint32(key_name("MINICPM_V_MAX_SLICE_NUMS"), 9)
-    w.add_uint32(key_name("MINICPM_V_SCALE_RESOLUTION"), 448)
-    w.add_bool(key_name("MINICPM_V_USE_IMAGE_ID"), True)
-    w.add_uint32(key_name("MINICPM_RS_HEAD_COUNT"), D // 128)
-    w.add_float32(key_name("MINICPM_RS_LN_EPS"), 1e-6)
-    w.add_string(key_name("MINICPM_RS_KIND"), "2d")
+    # The converter's metadata writer, so the two never disagree on keys.
+    spec = VisionSpec(
+        flavour="v", version="4.5", minicpmv_version=args.version, n_embd=Dv, n_ff=F, n_head=args.heads,
+        n_layer_stored=L, n_layer=L, patch_size=patch, n_positions=side * side, eps=1e-6, rs_embd=D,
+        rs_heads=D // 128, rs_eps=1e-6, query_num=args.queries, image_size=448, max_slice_nums=9,
+        scale_resolution=448, use_image_id=True, kind="2d", image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+    )
+    write_vision_metadata(w, spec)
 
     T = tensor_name
     # conv weight: numpy [out, in, kh, kw] = ggml [kw, kh, in, out]; clip.cpp wants it F16

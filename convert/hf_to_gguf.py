@@ -124,6 +124,13 @@ def _resolve_output(out_path: Optional[PathLike], hf_dir: Path, outtype: str, vo
     return out
 
 
+def write_padding(fout, n: int, align: int) -> None:
+    """Zero bytes after `n` bytes so that the next write starts on an `align` boundary."""
+    extra = -n % align
+    if extra:
+        fout.write(b"\0" * extra)
+
+
 def _write_tensor_data(
     writer: GGUFWriter, ckpt: Checkpoint, plan: Sequence[PlannedTensor], types: Sequence, progress: bool
 ) -> None:
@@ -133,9 +140,7 @@ def _write_tensor_data(
     align = writer.data_alignment
 
     def pad_to(n: int) -> None:
-        extra = -n % align
-        if extra:
-            fout.write(b"\0" * extra)
+        write_padding(fout, n, align)
 
     pad_to(fout.tell())
     data_start, offset = fout.tell(), 0

@@ -46,7 +46,7 @@ from gguf import quants as gguf_quants
 from minicpm_cpp.errors import Error, FileError, FormatError, InvalidArgumentError
 
 from .gguf_raw import GGUF_MAGIC, GGUFParseError, RawGGUF, encode_u32, raw_kv, write_header
-from .hf_to_gguf import _atomic_output, _Progress
+from .hf_to_gguf import _atomic_output, _Progress, write_padding
 from .names import TENSORS, key_name, tensor_name
 
 __all__ = [
@@ -490,9 +490,7 @@ def _write_data(fout, data: np.memmap, tensors: Sequence[_Tensor], align: int, q
     core = quantizer.core
 
     def pad(n: int) -> None:
-        extra = -n % align
-        if extra:
-            fout.write(b"\0" * extra)
+        write_padding(fout, n, align)
 
     pad(fout.tell())
     bar = _Progress(len(tensors), progress, desc="quantizing", prog=PROG)
