@@ -163,33 +163,27 @@ ggml_cgraph * build_llm_graph(ggml_context * ctx, const LlmHparams & hp, const L
 
         ggml_tensor * q, * k, * v;
         if (L.wqkv) {
-            // One product for Q, K and V: [n_q + 2 n_kv, n_tokens], then views of its rows.
+            // One product for Q, K (and V): [n_q + n_kv (+ n_kv), n_tokens]; Q and K are views of
+            // their rows as [head_dim, heads, n_tokens] (made contiguous by the bias add if any).
             ggml_tensor * qkv = ggml_mul_mat(ctx, L.wqkv, cur);
             const size_t  es  = ggml_element_size(qkv);
-            q = ggml_view_2d(ctx, qkv, hp.n_embd_q(), n_tokens, qkv->nb[1], 0);
-            k = ggml_view_2d(ctx, qkv, hp.n_embd_kv(), n_tokens, qkv->nb[1], hp.n_embd_q() * es);
+            auto part = [&](int64_t heads, int64_t first_row, ggml_tensor * bias) {
+                ggml_tensor * t = ggml_view_3d(ctx, qkv, head_dim, heads, n_tokens, head_dim * es, qkv->nb[1], first_row * es);
+                return bias ? ggml_add(ctx, t, ggml_reshape_2d(ctx, bias, head_dim, heads)) : t;
+            };
+            q = part(hp.n_head, 0, L.bq);
+            k = part(hp.n_head_kv, hp.n_embd_q(), L.bk);
             if (L.wqkv->ne[1] == hp.n_embd_q() + 2 * hp.n_embd_kv()) {
+                // V goes into the cache as rows [n_embd_kv, n_tokens]
                 v = ggml_view_2d(ctx, qkv, hp.n_embd_kv(), n_tokens, qkv->nb[1], (hp.n_embd_q() + hp.n_embd_kv()) * es);
                 if (L.bv) v = ggml_add(ctx, v, L.bv);
             } else {
                 v = linear(ctx, cur, L.wv, L.bv);
             }
-            if (L.bq) q = ggml_add(ctx, q, L.bq);
-            if (L.bk) k = ggml_add(ctx, k, L.bk);
-            if (!L.bq) q = ggml_view_3d(ctx, qkv, head_dim, hp.n_head, n_tokens, head_dim * es, qkv->nb[1], 0);
-            else q = ggml_reshape_3d(ctx, q, head_dim, hp.n_head, n_tokens);
-            if (!L.bk) {
-                k = ggml_view_3d(ctx, qkv, head_dim, hp.n_head_kv, n_tokens, head_dim * es, qkv->nb[1],
-                                 hp.n_embd_q() * es);
-            } else {
-                k = ggml_reshape_3d(ctx, k, head_dim, hp.n_head_kv, n_tokens);
-            }
         } else {
-            q = linear(ctx, cur, L.wq, L.bq);
-            k = linear(ctx, cur, L.wk, L.bk);
+            q = ggml_reshape_3d(ctx, linear(ctx, cur, L.wq, L.bq), head_dim, hp.n_head, n_tokens);
+            k = ggml_reshape_3d(ctx, linear(ctx, cur, L.wk, L.bk), head_dim, hp.n_head_kv, n_tokens);
             v = linear(ctx, cur, L.wv, L.bv);
-            q = ggml_reshape_3d(ctx, q, head_dim, hp.n_head, n_tokens);
-            k = ggml_reshape_3d(ctx, k, head_dim, hp.n_head_kv, n_tokens);
         }
         if (hp.qk_norm) {
             q = rms_norm(ctx, q, L.q_norm, hp.rms_eps);
