@@ -99,11 +99,17 @@ ggml_tensor * WeightStore::require(const std::string & name, std::vector<int64_t
     return t;
 }
 
-const void * WeightStore::mapped_data(const ggml_tensor * t) const {
-    for (const auto & e : entries_) {
-        if (e.tensor == t) return file_.mapping().data() + e.info->offset;
+WeightStore::Entry * WeightStore::find_entry(const ggml_tensor * t) {
+    for (auto & e : entries_) {
+        if (e.tensor == t) return &e;
     }
-    fail(ErrorKind::Internal, std::string("tensor ") + ggml_get_name(t) + " was not declared in this store");
+    return nullptr;
+}
+
+const void * WeightStore::mapped_data(const ggml_tensor * t) const {
+    const Entry * e = const_cast<WeightStore *>(this)->find_entry(t);
+    if (!e) fail(ErrorKind::Internal, std::string("tensor ") + ggml_get_name(t) + " was not declared in this store");
+    return file_.mapping().data() + e->info->offset;
 }
 
 ggml_tensor * WeightStore::fuse_rows(const std::vector<ggml_tensor *> & parts, const std::string & name,
@@ -112,10 +118,7 @@ ggml_tensor * WeightStore::fuse_rows(const std::vector<ggml_tensor *> & parts, c
     std::vector<Entry *> es;
     int64_t rows = 0;
     for (ggml_tensor * t : parts) {
-        Entry * found = nullptr;
-        for (auto & e : entries_) {
-            if (e.tensor == t) found = &e;
-        }
+        Entry * found = find_entry(t);
         if (!found || found->fused || t->type != parts[0]->type || t->ne[0] != parts[0]->ne[0] || t->ne[2] != 1 ||
             t->ne[3] != 1) {
             return nullptr;

@@ -71,6 +71,7 @@ private:
         size_t             fused_offs = 0;
     };
     ggml_backend_buffer_type_t repack_type_for(ggml_tensor * t) const;
+    Entry * find_entry(const ggml_tensor * t);
 
     const GgufFile &      file_;
     const Backends &      backends_;
