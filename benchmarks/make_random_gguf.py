@@ -212,10 +212,10 @@ class Recipe:
     more_bits: Optional[GGMLQuantizationType] = None  # attn_v / ffn_down of _more_bits layers
 
     def pick(self, tensor_id: str, layer: Optional[int], shape: Shape) -> GGMLQuantizationType:
-        is_output = tensor_id == "OUTPUT" or (tensor_id == "TOKEN_EMBD" and shape.tied)
+        is_output = tensor_id == "LLM_OUTPUT" or (tensor_id == "LLM_TOKEN_EMBD" and shape.tied)
         if is_output and self.output is not None:
             return self.output
-        if self.more_bits is not None and tensor_id in ("ATTN_V", "FFN_DOWN") and layer is not None:
+        if self.more_bits is not None and tensor_id in ("LLM_ATTN_V", "LLM_FFN_DOWN") and layer is not None:
             if _more_bits(layer, shape.n_layer):
                 return self.more_bits
         return self.base
@@ -279,29 +279,29 @@ def plan(shape: Shape, recipe: Recipe) -> Tuple[List[Planned], List[str]]:
     def vec(tid: str, layer: Optional[int], n: int, kind: str) -> None:
         out.append(Planned(tensor_name(tid, layer), (n,), Q.F32, kind))
 
-    weight("TOKEN_EMBD", None, shape.n_vocab, shape.n_embd)
+    weight("LLM_TOKEN_EMBD", None, shape.n_vocab, shape.n_embd)
     for il in range(shape.n_layer):
-        vec("ATTN_NORM", il, shape.n_embd, "norm")
-        weight("ATTN_Q", il, q_dim, shape.n_embd)
+        vec("LLM_ATTN_NORM", il, shape.n_embd, "norm")
+        weight("LLM_ATTN_Q", il, q_dim, shape.n_embd)
         if shape.arch == "qwen2":
-            vec("ATTN_Q_BIAS", il, q_dim, "bias")
-        weight("ATTN_K", il, kv_dim, shape.n_embd)
+            vec("LLM_ATTN_Q_BIAS", il, q_dim, "bias")
+        weight("LLM_ATTN_K", il, kv_dim, shape.n_embd)
         if shape.arch == "qwen2":
-            vec("ATTN_K_BIAS", il, kv_dim, "bias")
-        weight("ATTN_V", il, kv_dim, shape.n_embd)
+            vec("LLM_ATTN_K_BIAS", il, kv_dim, "bias")
+        weight("LLM_ATTN_V", il, kv_dim, shape.n_embd)
         if shape.arch == "qwen2":
-            vec("ATTN_V_BIAS", il, kv_dim, "bias")
+            vec("LLM_ATTN_V_BIAS", il, kv_dim, "bias")
         if shape.arch == "qwen3":
-            vec("ATTN_Q_NORM", il, shape.head_dim, "norm")
-            vec("ATTN_K_NORM", il, shape.head_dim, "norm")
-        weight("ATTN_OUT", il, shape.n_embd, q_dim)
-        vec("FFN_NORM", il, shape.n_embd, "norm")
-        weight("FFN_GATE", il, shape.n_ff, shape.n_embd)
-        weight("FFN_UP", il, shape.n_ff, shape.n_embd)
-        weight("FFN_DOWN", il, shape.n_embd, shape.n_ff)
-    vec("OUTPUT_NORM", None, shape.n_embd, "norm")
+            vec("LLM_ATTN_Q_NORM", il, shape.head_dim, "norm")
+            vec("LLM_ATTN_K_NORM", il, shape.head_dim, "norm")
+        weight("LLM_ATTN_OUT", il, shape.n_embd, q_dim)
+        vec("LLM_FFN_NORM", il, shape.n_embd, "norm")
+        weight("LLM_FFN_GATE", il, shape.n_ff, shape.n_embd)
+        weight("LLM_FFN_UP", il, shape.n_ff, shape.n_embd)
+        weight("LLM_FFN_DOWN", il, shape.n_embd, shape.n_ff)
+    vec("LLM_OUTPUT_NORM", None, shape.n_embd, "norm")
     if not shape.tied:
-        weight("OUTPUT", None, shape.n_vocab, shape.n_embd)
+        weight("LLM_OUTPUT", None, shape.n_vocab, shape.n_embd)
     return out, notes
 
 

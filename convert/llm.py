@@ -35,26 +35,26 @@ _MINICPM_LLM_BY_VERSION = {"4.5": "qwen3", "2.6": "qwen2"}
 
 # Hugging Face name (after the LLM prefix) -> name-table ID.
 _GLOBAL_TENSORS = {
-    "model.embed_tokens.weight": "TOKEN_EMBD",
-    "model.norm.weight": "OUTPUT_NORM",
-    "lm_head.weight": "OUTPUT",
+    "model.embed_tokens.weight": "LLM_TOKEN_EMBD",
+    "model.norm.weight": "LLM_OUTPUT_NORM",
+    "lm_head.weight": "LLM_OUTPUT",
 }
 # Per layer, under "model.layers.N.", in the order the GGUF lists them.
 _LAYER_TENSORS = {
-    "input_layernorm.weight": "ATTN_NORM",
-    "self_attn.q_proj.weight": "ATTN_Q",
-    "self_attn.q_proj.bias": "ATTN_Q_BIAS",
-    "self_attn.k_proj.weight": "ATTN_K",
-    "self_attn.k_proj.bias": "ATTN_K_BIAS",
-    "self_attn.v_proj.weight": "ATTN_V",
-    "self_attn.v_proj.bias": "ATTN_V_BIAS",
-    "self_attn.q_norm.weight": "ATTN_Q_NORM",
-    "self_attn.k_norm.weight": "ATTN_K_NORM",
-    "self_attn.o_proj.weight": "ATTN_OUT",
-    "post_attention_layernorm.weight": "FFN_NORM",
-    "mlp.gate_proj.weight": "FFN_GATE",
-    "mlp.up_proj.weight": "FFN_UP",
-    "mlp.down_proj.weight": "FFN_DOWN",
+    "input_layernorm.weight": "LLM_ATTN_NORM",
+    "self_attn.q_proj.weight": "LLM_ATTN_Q",
+    "self_attn.q_proj.bias": "LLM_ATTN_Q_BIAS",
+    "self_attn.k_proj.weight": "LLM_ATTN_K",
+    "self_attn.k_proj.bias": "LLM_ATTN_K_BIAS",
+    "self_attn.v_proj.weight": "LLM_ATTN_V",
+    "self_attn.v_proj.bias": "LLM_ATTN_V_BIAS",
+    "self_attn.q_norm.weight": "LLM_ATTN_Q_NORM",
+    "self_attn.k_norm.weight": "LLM_ATTN_K_NORM",
+    "self_attn.o_proj.weight": "LLM_ATTN_OUT",
+    "post_attention_layernorm.weight": "LLM_FFN_NORM",
+    "mlp.gate_proj.weight": "LLM_FFN_GATE",
+    "mlp.up_proj.weight": "LLM_FFN_UP",
+    "mlp.down_proj.weight": "LLM_FFN_DOWN",
 }
 _QWEN2_ONLY = {"self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"}
 _QWEN3_ONLY = {"self_attn.q_norm.weight", "self_attn.k_norm.weight"}
@@ -322,27 +322,27 @@ def plan_tensors(spec: LlmSpec, ckpt: Checkpoint) -> Tuple[List[PlannedTensor], 
     shapes = _expected_shapes(hp)
     notices: List[str] = []
 
-    wanted: List[Tuple[str, str, str]] = [("model.embed_tokens.weight", "TOKEN_EMBD", tensor_name("TOKEN_EMBD"))]
+    wanted: List[Tuple[str, str, str]] = [("model.embed_tokens.weight", "LLM_TOKEN_EMBD", tensor_name("LLM_TOKEN_EMBD"))]
     for il in range(hp.n_layer):
         for suffix in _ARCH_LAYER_TENSORS[spec.arch]:
             tid = _LAYER_TENSORS[suffix]
             wanted.append((f"model.layers.{il}.{suffix}", tid, tensor_name(tid, il)))
-    wanted.append(("model.norm.weight", "OUTPUT_NORM", tensor_name("OUTPUT_NORM")))
+    wanted.append(("model.norm.weight", "LLM_OUTPUT_NORM", tensor_name("LLM_OUTPUT_NORM")))
 
     lm_head = prefix + "lm_head.weight"
     embed = prefix + "model.embed_tokens.weight"
     if lm_head in ckpt and hp.tie_embeddings and embed in ckpt and _same_tensor(ckpt, lm_head, embed):
         notices.append(
-            f"lm_head equals embed_tokens (tie_word_embeddings): {tensor_name('OUTPUT')} omitted, "
-            f"{tensor_name('TOKEN_EMBD')} is used"
+            f"lm_head equals embed_tokens (tie_word_embeddings): {tensor_name('LLM_OUTPUT')} omitted, "
+            f"{tensor_name('LLM_TOKEN_EMBD')} is used"
         )
     elif lm_head in ckpt or not hp.tie_embeddings:
         if hp.tie_embeddings:
             notices.append(
                 f"tie_word_embeddings is true but lm_head differs from embed_tokens: written as "
-                f"{tensor_name('OUTPUT')} (transformers uses lm_head in that case too)"
+                f"{tensor_name('LLM_OUTPUT')} (transformers uses lm_head in that case too)"
             )
-        wanted.append(("lm_head.weight", "OUTPUT", tensor_name("OUTPUT")))
+        wanted.append(("lm_head.weight", "LLM_OUTPUT", tensor_name("LLM_OUTPUT")))
 
     missing = [prefix + hf for hf, _, _ in wanted if prefix + hf not in ckpt]
     if missing:

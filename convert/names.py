@@ -15,10 +15,10 @@ import re
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
-__all__ = ["TENSORS", "KEYS", "TABLE_PATH", "tensor_name", "key_name", "parse_table"]
+__all__ = ["TENSORS", "KEYS", "COMPONENTS", "TABLE_PATH", "tensor_name", "key_name", "tensor_component", "parse_table"]
 
 # One entry per line; comments and the #define fallbacks do not match.
-_ENTRY = re.compile(r'^\s*MINICPM_(TENSOR|KEY)\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,\s*"([^"]*)"\s*\)')
+_ENTRY = re.compile(r'^\s*MINICPM_(TENSOR|KEY|COMPONENT)\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,\s*"([^"]*)"\s*\)')
 
 
 def _locate_table() -> Path:
@@ -43,9 +43,14 @@ def _locate_table() -> Path:
     )
 
 
-def parse_table(text: str, origin: str = "names.def") -> Tuple[Dict[str, str], Dict[str, str]]:
-    """Parse the text of names.def into (tensors, keys), each a dict ID -> pattern."""
-    tables: Dict[str, Dict[str, str]] = {"TENSOR": {}, "KEY": {}}
+def parse_table(
+    text: str, origin: str = "names.def"
+) -> Tuple[Dict[str, str], Dict[str, str], Dict[str, str]]:
+    """Parse the text of names.def into (tensors, keys, components): ID -> pattern for the first
+    two, tensor-ID prefix -> component kind for the third. Every tensor ID must start with a
+    component prefix followed by an underscore."""
+    tables: Dict[str, Dict[str, str]] = {"TENSOR": {}, "KEY": {}, "COMPONENT": {}}
+    lines: Dict[str, int] = {}
     for lineno, line in enumerate(text.splitlines(), 1):
         m = _ENTRY.match(line)
         if m is None:
@@ -55,11 +60,25 @@ def parse_table(text: str, origin: str = "names.def") -> Tuple[Dict[str, str], D
         if ident in table:
             raise RuntimeError(f"{origin}:{lineno}: duplicate {kind.lower()} id {ident}")
         table[ident] = pattern
-    return tables["TENSOR"], tables["KEY"]
+        lines[ident] = lineno
+    prefixes = tables["COMPONENT"]
+    for ident in tables["TENSOR"]:
+        if ident.split("_", 1)[0] not in prefixes:
+            raise RuntimeError(
+                f"{origin}:{lines[ident]}: tensor id {ident} does not start with a component prefix "
+                f"({', '.join(p + '_' for p in prefixes)})"
+            )
+    return tables["TENSOR"], tables["KEY"], prefixes
 
 
 TABLE_PATH: Path = _locate_table()
-TENSORS, KEYS = parse_table(TABLE_PATH.read_text(encoding="utf-8"), str(TABLE_PATH))
+TENSORS, KEYS, COMPONENTS = parse_table(TABLE_PATH.read_text(encoding="utf-8"), str(TABLE_PATH))
+
+
+def tensor_component(ident: str) -> str:
+    """The component kind ("llm", "vision", ...) that owns tensor ``ident``."""
+    _lookup(TENSORS, "tensor", ident)
+    return COMPONENTS[ident.split("_", 1)[0]]
 
 
 def _lookup(table: Dict[str, str], kind: str, ident: str) -> str:

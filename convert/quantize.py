@@ -219,16 +219,16 @@ def _layer_suffix(ident: str) -> str:
 _CATEGORY_KEYS = (
     ("attn_qkv.weight", "attn_qkv"),  # fused projections: not in our table
     ("attn_kv_b.weight", "attn_kv_b"),
-    (_layer_suffix("ATTN_V"), "attn_v"),
-    (_layer_suffix("ATTN_K"), "attn_k"),
-    (_layer_suffix("ATTN_Q"), "attn_q"),
-    (_layer_suffix("ATTN_OUT"), "attn_output"),
-    (_layer_suffix("FFN_UP").rsplit(".", 1)[0], "ffn_up"),
-    (_layer_suffix("FFN_GATE").rsplit(".", 1)[0], "ffn_gate"),
-    (_layer_suffix("FFN_DOWN").rsplit(".", 1)[0], "ffn_down"),
+    (_layer_suffix("LLM_ATTN_V"), "attn_v"),
+    (_layer_suffix("LLM_ATTN_K"), "attn_k"),
+    (_layer_suffix("LLM_ATTN_Q"), "attn_q"),
+    (_layer_suffix("LLM_ATTN_OUT"), "attn_output"),
+    (_layer_suffix("LLM_FFN_UP").rsplit(".", 1)[0], "ffn_up"),
+    (_layer_suffix("LLM_FFN_GATE").rsplit(".", 1)[0], "ffn_gate"),
+    (_layer_suffix("LLM_FFN_DOWN").rsplit(".", 1)[0], "ffn_down"),
 )
-_OUTPUT = tensor_name("OUTPUT")
-_TOKEN_EMBD = (tensor_name("TOKEN_EMBD"), "per_layer_" + tensor_name("TOKEN_EMBD"))
+_OUTPUT = tensor_name("LLM_OUTPUT")
+_TOKEN_EMBD = (tensor_name("LLM_TOKEN_EMBD"), "per_layer_" + tensor_name("LLM_TOKEN_EMBD"))
 
 
 def _category(name: str) -> str:

@@ -266,14 +266,14 @@ def convert_logged(hf_dir, out, outtype="f16", **kw):
 
 
 def test_name_table_parses():
-    assert names.tensor_name("TOKEN_EMBD") == "token_embd.weight"
-    assert names.tensor_name("ATTN_Q", 3) == "blk.3.attn_q.weight"
+    assert names.tensor_name("LLM_TOKEN_EMBD") == "token_embd.weight"
+    assert names.tensor_name("LLM_ATTN_Q", 3) == "blk.3.attn_q.weight"
     assert names.key_name("LLM_RMS_EPS", "qwen3") == "qwen3.attention.layer_norm_rms_epsilon"
     assert names.key_name("GENERAL_ARCHITECTURE") == "general.architecture"
     with pytest.raises(ValueError):
-        names.tensor_name("ATTN_Q")
+        names.tensor_name("LLM_ATTN_Q")
     with pytest.raises(ValueError):
-        names.tensor_name("TOKEN_EMBD", 0)
+        names.tensor_name("LLM_TOKEN_EMBD", 0)
     with pytest.raises(ValueError):
         names.key_name("LLM_BLOCK_COUNT")
     with pytest.raises(KeyError, match="NO_SUCH_ID"):
@@ -281,11 +281,24 @@ def test_name_table_parses():
 
 
 def test_name_table_parser_rejects_duplicates():
-    text = 'MINICPM_TENSOR(A, "a")\n// MINICPM_TENSOR(COMMENT, "x")\nMINICPM_KEY(K, "k.%s")\nMINICPM_TENSOR(A, "b")\n'
-    with pytest.raises(RuntimeError, match="duplicate tensor id A"):
+    text = (
+        'MINICPM_COMPONENT(A, "a")\nMINICPM_TENSOR(A_X, "a")\n// MINICPM_TENSOR(COMMENT, "x")\n'
+        'MINICPM_KEY(K, "k.%s")\nMINICPM_TENSOR(A_X, "b")\n'
+    )
+    with pytest.raises(RuntimeError, match="duplicate tensor id A_X"):
         names.parse_table(text)
-    tensors, keys = names.parse_table(text.rsplit("\n", 2)[0])
-    assert tensors == {"A": "a"} and keys == {"K": "k.%s"}
+    tensors, keys, components = names.parse_table(text.rsplit("\n", 2)[0])
+    assert tensors == {"A_X": "a"} and keys == {"K": "k.%s"} and components == {"A": "a"}
+
+
+def test_name_table_tensor_ids_carry_a_component_prefix():
+    with pytest.raises(RuntimeError, match="component prefix"):
+        names.parse_table('MINICPM_COMPONENT(LLM, "llm")\nMINICPM_TENSOR(ATTN_Q, "blk.%d.attn_q.weight")\n')
+    assert names.tensor_component("LLM_ATTN_Q") == "llm"
+    assert names.tensor_component("V_PATCH_EMBD") == "vision"
+    assert names.tensor_component("RS_QUERY") == "vision"
+    # Two components never share a tensor ID; every ID maps to exactly one component.
+    assert {names.tensor_component(t) for t in names.TENSORS} <= set(names.COMPONENTS.values())
 
 
 def _converter_sources():
@@ -299,7 +312,7 @@ def test_every_id_used_by_the_converter_is_in_the_table():
         text = path.read_text()
         used_tensors |= set(re.findall(r"tensor_name\(\s*['\"]([A-Za-z0-9_]+)['\"]", text))
         used_keys |= set(re.findall(r"key_name\(\s*['\"]([A-Za-z0-9_]+)['\"]", text))
-    assert "ATTN_Q" in used_tensors and "MINICPM_STOP_TOKENS" in used_keys
+    assert "LLM_ATTN_Q" in used_tensors and "MINICPM_STOP_TOKENS" in used_keys
     assert used_tensors - set(names.TENSORS) == set()
     assert used_keys - set(names.KEYS) == set()
 

@@ -248,7 +248,7 @@ def test_v45_tensors_and_metadata(v45_converted, tiny_minicpmv45_vision_dir):
     assert any("drop_vision_last_layer" in n and "not exported" in n for n in notes)
     assert not [n for n in notes if n.startswith("skipped")]
     # the LLM part is there and unchanged
-    assert T("TOKEN_EMBD") in tensors and T("ATTN_Q", 1) in tensors and "tokenizer.ggml.tokens" in fields
+    assert T("LLM_TOKEN_EMBD") in tensors and T("LLM_ATTN_Q", 1) in tensors and "tokenizer.ggml.tokens" in fields
 
 
 def test_v26_tensors_and_metadata(v26_converted, tiny_minicpmv26_vision_dir):
@@ -290,7 +290,7 @@ def test_llm_only_with_mmproj_is_the_llama_cpp_pair(tiny_minicpmv26_vision_dir, 
     assert not [n for n in tensors if n.startswith(("v.", "resampler."))]
     assert not [k for k in fields if k.startswith(("clip.", "minicpm.vision.", "minicpm.resampler."))]
     assert set(tensors) | set(mm_tensors) == set(full) and not set(tensors) & set(mm_tensors)
-    for name in (T("TOKEN_EMBD"), T("ATTN_Q", 0), T("ATTN_Q_BIAS", 1), T("OUTPUT")):
+    for name in (T("LLM_TOKEN_EMBD"), T("LLM_ATTN_Q", 0), T("LLM_ATTN_Q_BIAS", 1), T("LLM_OUTPUT")):
         np.testing.assert_array_equal(np.asarray(tensors[name].data), np.asarray(full[name].data))
     assert {k: v for k, v in fields.items() if k != "general.name"} == {
         k: v for k, v in full_fields.items()

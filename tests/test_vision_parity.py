@@ -284,11 +284,11 @@ def test_bad_files(small, tmp_path):
 
 
 @pytest.mark.parametrize("size", [(448, 448), (336, 602)], ids=["448x448", "336x602"])
-def test_padded_head_flash_attention(tower, size, monkeypatch):
+def test_padded_head_flash_attention(tower, size):
     """The GPU path pads the attention head size to one with fast kernels (zero columns):
     forced on the CPU here, it must give the reference's ViT features and resampler output."""
-    monkeypatch.setenv("MINICPM_VISION_FA_PAD", "1")
-    padded = core.VisionModel(str(tower.path), "cpu")
+    padded = core.VisionModel(str(tower.path), "cpu", pad_heads=True)
+    assert padded.hparams["pad_heads"]
     h, w = size
     px = pixels(h, w, seed=7 * h + w)
     want_feats = tower.ref_vit(px)
@@ -296,12 +296,11 @@ def test_padded_head_flash_attention(tower, size, monkeypatch):
     assert rel_err(padded.encode([px])[0], tower.ref_resampler(want_feats, h, w)) < RTOL
 
 
-@pytest.mark.parametrize("pad", ["0", "1"])
-def test_fused_qkv_vision(tower, pad, monkeypatch):
+@pytest.mark.parametrize("pad", [False, True])
+def test_fused_qkv_vision(tower, pad):
     """One Q|K|V product per ViT layer (the GPU default), forced on the CPU, with and without
     the padded-head attention path: reference ViT features and resampler output."""
-    monkeypatch.setenv("MINICPM_VISION_FA_PAD", pad)
-    fused = core.VisionModel(str(tower.path), "cpu", fuse_qkv=1)
+    fused = core.VisionModel(str(tower.path), "cpu", fuse_qkv=True, pad_heads=pad)
     for h, w in [(448, 448), (280, 504)]:
         px = pixels(h, w, seed=11 * h + w)
         want_feats = tower.ref_vit(px)

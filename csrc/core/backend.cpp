@@ -108,50 +108,68 @@ std::vector<DeviceInfo> list_devices() {
     return out;
 }
 
-Backends::Backends(const std::string & device, int n_threads) {
+Devices::Devices(const std::string & device, int n_threads) {
     ensure_backends_loaded();
     ggml_backend_dev_t dev = pick_device(device);
     if (!dev) {
         fail(ErrorKind::InvalidArgument, "device '" + device + "' not found; available devices: " + device_names() +
                                              " (this build of ggml may lack that backend)");
     }
-    ggml_backend_dev_t cpu_dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
-    if (!cpu_dev) {
-        fail(ErrorKind::Backend, "ggml has no CPU backend registered");
-    }
-    cpu_ = ggml_backend_dev_init(cpu_dev, nullptr);
-    if (!cpu_) {
-        fail(ErrorKind::Backend, "failed to initialise the CPU backend");
-    }
-    if (dev == cpu_dev) {
-        main_ = cpu_;
-    } else {
-        main_ = ggml_backend_dev_init(dev, nullptr);
-        if (!main_) {
-            ggml_backend_free(cpu_);
-            fail(ErrorKind::Backend, std::string("failed to initialise device ") + ggml_backend_dev_name(dev));
-        }
-    }
-    main_dev_  = dev;
+    cpu_ = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+    if (!cpu_) fail(ErrorKind::Backend, "ggml has no CPU backend registered");
+    main_      = dev;
     main_name_ = ggml_backend_dev_name(dev);
-    set_n_threads(n_threads);
+    n_threads_ = n_threads > 0 ? n_threads : default_n_threads();
     MINICPM_LOG_INFO("using device %s (%s), %d CPU threads", main_name_.c_str(), ggml_backend_dev_description(dev),
                      n_threads_);
 }
 
-Backends::~Backends() {
+ggml_backend_buffer_type_t Devices::main_buffer_type() const { return ggml_backend_dev_buffer_type(main_); }
+
+bool Devices::supports_op(const ggml_tensor * op) const { return ggml_backend_dev_supports_op(main_, op); }
+
+std::vector<ggml_backend_buffer_type_t> Devices::cpu_extra_buffer_types() const {
+    std::vector<ggml_backend_buffer_type_t> out;
+    ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(cpu_);
+    auto get_extra = reg ? (ggml_backend_dev_get_extra_bufts_t) ggml_backend_reg_get_proc_address(
+                               reg, "ggml_backend_dev_get_extra_bufts")
+                         : nullptr;
+    if (get_extra) {
+        for (ggml_backend_buffer_type_t * p = get_extra(cpu_); p && *p; ++p) out.push_back(*p);
+    }
+    return out;
+}
+
+ComputeBackends::ComputeBackends(const Devices & devices, int n_threads) {
+    cpu_ = ggml_backend_dev_init(devices.cpu(), nullptr);
+    if (!cpu_) fail(ErrorKind::Backend, "failed to initialise the CPU backend");
+    if (devices.main_is_cpu()) {
+        main_ = cpu_;
+    } else {
+        main_ = ggml_backend_dev_init(devices.main(), nullptr);
+        if (!main_) {
+            ggml_backend_free(cpu_);
+            cpu_ = nullptr;
+            fail(ErrorKind::Backend, "failed to initialise device " + devices.main_name());
+        }
+    }
+    main_name_ = devices.main_name();
+    set_n_threads(n_threads > 0 ? n_threads : devices.n_threads());
+}
+
+ComputeBackends::~ComputeBackends() {
     if (main_ && main_ != cpu_) ggml_backend_free(main_);
     if (cpu_) ggml_backend_free(cpu_);
 }
 
-std::vector<ggml_backend_t> Backends::all() const {
+std::vector<ggml_backend_t> ComputeBackends::all() const {
     std::vector<ggml_backend_t> out;
     out.push_back(main_);
     if (main_ != cpu_) out.push_back(cpu_);
     return out;
 }
 
-void Backends::set_n_threads(int n_threads) {
+void ComputeBackends::set_n_threads(int n_threads) {
     n_threads_ = n_threads > 0 ? n_threads : default_n_threads();
     for (ggml_backend_t b : all()) {
         ggml_backend_dev_t dev = ggml_backend_get_device(b);

@@ -7,8 +7,8 @@
 
 namespace minicpm {
 
-WeightStore::WeightStore(const GgufFile & file, const Backends & backends, size_t max_tensors)
-    : file_(file), backends_(backends) {
+WeightStore::WeightStore(const GgufFile & file, const Devices & devices, size_t max_tensors)
+    : file_(file), devices_(devices) {
     ggml_init_params params = {ggml_tensor_overhead() * (max_tensors + 8), nullptr, /*no_alloc =*/true};
     ctx_main_  = ggml_init(params);
     ctx_host_  = ggml_init(params);
@@ -16,17 +16,7 @@ WeightStore::WeightStore(const GgufFile & file, const Backends & backends, size_
     if (!ctx_main_ || !ctx_host_ || !ctx_fused_) {
         fail(ErrorKind::Internal, "ggml_init failed for the weight context");
     }
-    if (backends_.main_is_cpu()) {
-        ggml_backend_dev_t cpu_dev = ggml_backend_get_device(backends_.cpu());
-        ggml_backend_reg_t reg     = cpu_dev ? ggml_backend_dev_backend_reg(cpu_dev) : nullptr;
-        auto get_extra = reg ? (ggml_backend_dev_get_extra_bufts_t) ggml_backend_reg_get_proc_address(
-                                   reg, "ggml_backend_dev_get_extra_bufts")
-                             : nullptr;
-        if (get_extra) {
-            for (ggml_backend_buffer_type_t * p = get_extra(cpu_dev); p && *p; ++p) extra_bufts_.push_back(*p);
-        }
-
-    }
+    if (devices_.main_is_cpu()) extra_bufts_ = devices_.cpu_extra_buffer_types();
 }
 
 // The first CPU extra buffer type whose kernels take `t` as the weight of a matrix product,
@@ -34,7 +24,7 @@ WeightStore::WeightStore(const GgufFile & file, const Backends & backends, size_
 // buffer of that type, through ggml_backend_dev_supports_op.
 ggml_backend_buffer_type_t WeightStore::repack_type_for(ggml_tensor * t) const {
     if (extra_bufts_.empty() || t->ne[2] != 1 || t->ne[3] != 1) return nullptr;
-    ggml_backend_dev_t cpu_dev = ggml_backend_get_device(backends_.cpu());
+    ggml_backend_dev_t cpu_dev = devices_.cpu();
     // three tensors per buffer type tried
     ggml_init_params   params  = {ggml_tensor_overhead() * (3 * extra_bufts_.size() + 1), nullptr, /*no_alloc =*/true};
     ggml_context *     ctx     = ggml_init(params);
@@ -82,11 +72,11 @@ ggml_tensor * WeightStore::optional(const std::string & name, std::vector<int64_
     if (info->type == GGML_TYPE_COUNT || ggml_type_size(info->type) == 0) {
         fail(ErrorKind::Unsupported, "tensor " + name + " has an unsupported type in " + file_.path());
     }
-    ggml_context * ctx = (p == Placement::Host || backends_.main_is_cpu()) ? ctx_host_ : ctx_main_;
+    ggml_context * ctx = (p == Placement::Host || devices_.main_is_cpu()) ? ctx_host_ : ctx_main_;
     ggml_tensor * t = ggml_new_tensor(ctx, info->type, GGML_MAX_DIMS, info->ne);
     ggml_set_name(t, name.c_str());
     // On the CPU the matrices of products (Placement::Matrix) may go to a repacked layout.
-    const bool matmul_on_cpu = p == Placement::Matrix && backends_.main_is_cpu();
+    const bool matmul_on_cpu = p == Placement::Matrix && devices_.main_is_cpu();
     entries_.push_back({t, info, (ctx == ctx_host_) ? Placement::Host : Placement::Main, matmul_on_cpu, nullptr});
     return t;
 }
@@ -114,7 +104,7 @@ const void * WeightStore::mapped_data(const ggml_tensor * t) const {
 
 ggml_tensor * WeightStore::fuse_rows(const std::vector<ggml_tensor *> & parts, const std::string & name,
                                      bool on_cpu_too) {
-    if (parts.empty() || (backends_.main_is_cpu() && !on_cpu_too)) return nullptr;
+    if (parts.empty() || (devices_.main_is_cpu() && !on_cpu_too)) return nullptr;
     std::vector<Entry *> es;
     int64_t rows = 0;
     for (ggml_tensor * t : parts) {
@@ -143,10 +133,10 @@ void WeightStore::load() {
     // Fused tensors first (on the compute device, or in CPU memory for a CPU model); their
     // parts become views, so the allocations below skip them.
     if (ggml_get_first_tensor(ctx_fused_)) {
-        ggml_backend_buffer_type_t buft = backends_.main_is_cpu() ? ggml_backend_cpu_buffer_type()
-                                                                  : ggml_backend_get_default_buffer_type(backends_.main());
+        ggml_backend_buffer_type_t buft = devices_.main_is_cpu() ? ggml_backend_cpu_buffer_type()
+                                                                 : devices_.main_buffer_type();
         ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors_from_buft(ctx_fused_, buft);
-        if (!buf) fail(ErrorKind::Backend, "cannot allocate " + backends_.main_name() + " memory for fused weights");
+        if (!buf) fail(ErrorKind::Backend, "cannot allocate " + devices_.main_name() + " memory for fused weights");
         ggml_backend_buffer_set_usage(buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
         buffers_.push_back(buf);
         for (auto & e : entries_) {
@@ -157,13 +147,13 @@ void WeightStore::load() {
                 fail(ErrorKind::Backend, "cannot place tensor " + e.info->name + " in its fused weight");
             }
             ggml_backend_tensor_set(e.tensor, base + e.info->offset, 0, e.info->nbytes);
-            if (backends_.main_is_cpu()) bytes_host_ += e.info->nbytes;
+            if (devices_.main_is_cpu()) bytes_host_ += e.info->nbytes;
             else bytes_main_ += e.info->nbytes;
         }
     }
     // Repacked CPU matrices: one buffer per extra buffer type, filled through set_tensor
     // (which converts to the interleaved layout).
-    if (cpu_repack_ != 0) {
+    if (cpu_repack_) {
         for (auto & e : entries_) {
             if (e.cpu_matmul) e.buft = repack_type_for(e.tensor);
         }
@@ -195,9 +185,8 @@ void WeightStore::load() {
     bool have_host = false;
     for (auto & e : entries_) have_host = have_host || (e.placement == Placement::Host && !e.buft && !e.fused);
     if (have_host) {
-        ggml_backend_dev_t cpu_dev = ggml_backend_get_device(backends_.cpu());
-        ggml_backend_buffer_t buf  = ggml_backend_dev_buffer_from_host_ptr(
-            cpu_dev, (void *) base, file_.mapping().size(), file_.mapping().size());
+        ggml_backend_buffer_t buf = ggml_backend_dev_buffer_from_host_ptr(
+            devices_.cpu(), (void *) base, file_.mapping().size(), file_.mapping().size());
         if (!buf) {
             // Fallback: copy into an ordinary CPU buffer.
             buf = ggml_backend_alloc_ctx_tensors_from_buft(ctx_host_, ggml_backend_cpu_buffer_type());
@@ -222,10 +211,10 @@ void WeightStore::load() {
     bool have_main = false;
     for (auto & e : entries_) have_main = have_main || (e.placement == Placement::Main && !e.fused);
     if (have_main) {
-        ggml_backend_buffer_type_t buft = ggml_backend_get_default_buffer_type(backends_.main());
+        ggml_backend_buffer_type_t buft = devices_.main_buffer_type();
         ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors_from_buft(ctx_main_, buft);
         if (!buf) {
-            fail(ErrorKind::Backend, "cannot allocate " + backends_.main_name() + " memory for the weights of " +
+            fail(ErrorKind::Backend, "cannot allocate " + devices_.main_name() + " memory for the weights of " +
                                          file_.path());
         }
         ggml_backend_buffer_set_usage(buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);

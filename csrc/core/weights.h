@@ -24,7 +24,7 @@ enum class Placement {
 
 class WeightStore {
 public:
-    WeightStore(const GgufFile & file, const Backends & backends, size_t max_tensors);
+    WeightStore(const GgufFile & file, const Devices & devices, size_t max_tensors);
     ~WeightStore();
     WeightStore(const WeightStore &) = delete;
     WeightStore & operator=(const WeightStore &) = delete;
@@ -54,11 +54,10 @@ public:
 
     // CPU only: matrices that one of the CPU backend's extra buffer types can multiply faster
     // (ggml's repacked Q4_0/Q4_K/IQ4_NL/... kernels) are copied into that layout at load()
-    // instead of being used from the mapped file. On by default; off keeps every weight mapped.
-    // mode 0: none; otherwise (-1 default, 1) every type the CPU backend can repack, as
-    // llama.cpp does. (On an AVX-512 build, plain Q4_K kernels ran prompts ~1.6x faster but
+    // instead of being used from the mapped file, as llama.cpp does. On by default; off keeps
+    // every weight mapped. (On an AVX-512 build, plain Q4_K kernels ran prompts ~1.6x faster but
     // decoded up to ~15% slower than repacked ones: benchmarks/RESULTS.md.)
-    void set_cpu_repack(int mode) { cpu_repack_ = mode; }
+    void set_cpu_repack(bool on) { cpu_repack_ = on; }
 
 private:
     struct Entry {
@@ -74,7 +73,7 @@ private:
     Entry * find_entry(const ggml_tensor * t);
 
     const GgufFile &      file_;
-    const Backends &      backends_;
+    const Devices &       devices_;
     ggml_context *        ctx_main_ = nullptr;
     ggml_context *        ctx_host_ = nullptr;
     ggml_context *        ctx_fused_ = nullptr;   // tensors made by fuse_rows
@@ -83,7 +82,7 @@ private:
     size_t                bytes_main_ = 0;
     size_t                bytes_host_ = 0;
     size_t                bytes_repack_ = 0;
-    int                   cpu_repack_ = -1;
+    bool                  cpu_repack_ = true;
     std::vector<ggml_backend_buffer_type_t> extra_bufts_;
 };
 

@@ -1,10 +1,13 @@
 #include "llm.h"
 
+#include "minicpm/minicpm.h"
+
 #include "core/error.h"
 #include "graph/blocks.h"
 #include "model/names.h"
 #include "runtime/kv_cache.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace minicpm {
@@ -63,9 +66,9 @@ LlmHparams LlmHparams::from_gguf(const GgufFile & f) {
     hp.qk_norm  = hp.arch == "qwen3";
     hp.qkv_bias = hp.arch == "qwen2";
 
-    const TensorInfo * emb = f.find_tensor(tensor_name(TensorName::TOKEN_EMBD));
+    const TensorInfo * emb = f.find_tensor(tensor_name(TensorName::LLM_TOKEN_EMBD));
     if (!emb) {
-        fail(ErrorKind::Format, "tensor " + tensor_name(TensorName::TOKEN_EMBD) + " not found in " + f.path());
+        fail(ErrorKind::Format, "tensor " + tensor_name(TensorName::LLM_TOKEN_EMBD) + " not found in " + f.path());
     }
     hp.n_vocab = emb->ne[1];
     if (emb->ne[0] != hp.n_embd || hp.n_vocab <= 0) {
@@ -82,9 +85,9 @@ LlmWeights LlmWeights::declare(WeightStore & s, const LlmHparams & hp) {
     // On a GPU the embedding table lives there too: get_rows on the device keeps the whole
     // graph in one split (no CPU step, no host round trip per token). Image rows are read from
     // the mapped file (WeightStore::mapped_data), never from device memory.
-    w.tok_embd    = s.require(tensor_name(TensorName::TOKEN_EMBD), {E, V}, Placement::Main);
-    w.output_norm = s.require(tensor_name(TensorName::OUTPUT_NORM), {E});
-    w.output      = s.optional(tensor_name(TensorName::OUTPUT), {E, V}, Placement::Matrix);
+    w.tok_embd    = s.require(tensor_name(TensorName::LLM_TOKEN_EMBD), {E, V}, Placement::Main);
+    w.output_norm = s.require(tensor_name(TensorName::LLM_OUTPUT_NORM), {E});
+    w.output      = s.optional(tensor_name(TensorName::LLM_OUTPUT), {E, V}, Placement::Matrix);
     if (!w.output) {
         // Tied embeddings: the output projection reuses token_embd (as llama.cpp does).
         w.output = w.tok_embd;
@@ -92,24 +95,24 @@ LlmWeights LlmWeights::declare(WeightStore & s, const LlmHparams & hp) {
     for (int il = 0; il < hp.n_layer; ++il) {
         LlmLayer l;
         auto T = [&](TensorName t) { return tensor_name(t, il); };
-        l.attn_norm = s.require(T(TensorName::ATTN_NORM), {E});
-        l.wq        = s.require(T(TensorName::ATTN_Q), {E, Q}, Placement::Matrix);
-        l.wk        = s.require(T(TensorName::ATTN_K), {E, KV}, Placement::Matrix);
-        l.wv        = s.require(T(TensorName::ATTN_V), {E, KV}, Placement::Matrix);
-        l.wo        = s.require(T(TensorName::ATTN_OUT), {Q, E}, Placement::Matrix);
+        l.attn_norm = s.require(T(TensorName::LLM_ATTN_NORM), {E});
+        l.wq        = s.require(T(TensorName::LLM_ATTN_Q), {E, Q}, Placement::Matrix);
+        l.wk        = s.require(T(TensorName::LLM_ATTN_K), {E, KV}, Placement::Matrix);
+        l.wv        = s.require(T(TensorName::LLM_ATTN_V), {E, KV}, Placement::Matrix);
+        l.wo        = s.require(T(TensorName::LLM_ATTN_OUT), {Q, E}, Placement::Matrix);
         if (hp.qkv_bias) {
-            l.bq = s.require(T(TensorName::ATTN_Q_BIAS), {Q});
-            l.bk = s.require(T(TensorName::ATTN_K_BIAS), {KV});
-            l.bv = s.require(T(TensorName::ATTN_V_BIAS), {KV});
+            l.bq = s.require(T(TensorName::LLM_ATTN_Q_BIAS), {Q});
+            l.bk = s.require(T(TensorName::LLM_ATTN_K_BIAS), {KV});
+            l.bv = s.require(T(TensorName::LLM_ATTN_V_BIAS), {KV});
         }
         if (hp.qk_norm) {
-            l.q_norm = s.require(T(TensorName::ATTN_Q_NORM), {hp.head_dim});
-            l.k_norm = s.require(T(TensorName::ATTN_K_NORM), {hp.head_dim});
+            l.q_norm = s.require(T(TensorName::LLM_ATTN_Q_NORM), {hp.head_dim});
+            l.k_norm = s.require(T(TensorName::LLM_ATTN_K_NORM), {hp.head_dim});
         }
-        l.ffn_norm = s.require(T(TensorName::FFN_NORM), {E});
-        l.ffn_gate = s.require(T(TensorName::FFN_GATE), {E, F}, Placement::Matrix);
-        l.ffn_up   = s.require(T(TensorName::FFN_UP), {E, F}, Placement::Matrix);
-        l.ffn_down = s.require(T(TensorName::FFN_DOWN), {F, E}, Placement::Matrix);
+        l.ffn_norm = s.require(T(TensorName::LLM_FFN_NORM), {E});
+        l.ffn_gate = s.require(T(TensorName::LLM_FFN_GATE), {E, F}, Placement::Matrix);
+        l.ffn_up   = s.require(T(TensorName::LLM_FFN_UP), {E, F}, Placement::Matrix);
+        l.ffn_down = s.require(T(TensorName::LLM_FFN_DOWN), {F, E}, Placement::Matrix);
         w.layers.push_back(l);
     }
     return w;
@@ -124,10 +127,52 @@ void LlmWeights::fuse_qkv(WeightStore & store, bool on_cpu_too) {
     }
 }
 
-ggml_cgraph * build_llm_graph(ggml_context * ctx, const LlmHparams & hp, const LlmWeights & w, const KvCache & kv,
-                              const LlmGraphParams & p, LlmGraphInputs & in, int max_nodes) {
+size_t LlmModel::weight_bytes() const { return store->bytes_on_main() + store->bytes_on_host() + store->bytes_repacked(); }
+size_t LlmModel::repacked_bytes() const { return store->bytes_repacked(); }
+
+namespace {
+
+bool llm_present(const GgufFile & f) {
+    const auto arch = f.opt_str(key_name(KeyName::GENERAL_ARCHITECTURE));
+    return arch && *arch != "clip" && f.find_tensor(tensor_name(TensorName::LLM_TOKEN_EMBD)) != nullptr;
+}
+
+std::unique_ptr<Component> llm_load(const ComponentLoad & in) {
+    const GgufFile & f = in.file;
+    auto m = std::make_unique<LlmModel>();
+    m->hp = LlmHparams::from_gguf(f);   // validates before any memory is touched
+    m->store = std::make_unique<WeightStore>(f, in.devices, (size_t) (m->hp.n_layer * 20 + 8));
+    m->w = LlmWeights::declare(*m->store, m->hp);
+    m->store->set_cpu_repack(in.params.cpu_repack);
+    const bool fuse = in.params.fuse_qkv.value_or(true);
+    if (fuse) m->w.fuse_qkv(*m->store, in.params.fuse_qkv.value_or(false));
+    m->store->load();
+    m->all_f32 = true;
+    for (const auto & t : f.tensors()) {
+        if (t.n_dims >= 2 && t.type != GGML_TYPE_F32) m->all_f32 = false;
+    }
+    m->tok_embd_host = m->store->mapped_data(m->w.tok_embd);
+    return m;
+}
+
+// Names an intermediate as llama.cpp's cb() does: "name-il", or "name" outside the layers.
+void cb(ggml_tensor * t, const char * name, int64_t il = -1) {
+    if (il >= 0) ggml_format_name(t, "%s-%d", name, (int) il);
+    else ggml_set_name(t, name);
+}
+
+} // namespace
+
+const ComponentType kLlmComponent = {"llm", &llm_present, &llm_load};
+
+size_t llm_graph_max_nodes(const LlmHparams & hp) { return (size_t) std::max<int64_t>(2048, hp.n_layer * 48 + 64); }
+
+void build_llm_graph(ggml_context * ctx, ggml_cgraph * gf, const LlmModel & m, const KvCache & kv,
+                     const LlmGraphParams & p, LlmGraphInputs & in) {
     using namespace graph;
-    ggml_cgraph * gf = ggml_new_graph_custom(ctx, max_nodes, false);
+    const LlmHparams & hp = m.hp;
+    const LlmWeights & w = m.w;
+    in = LlmGraphInputs{};
     const int64_t n_tokens = p.n_tokens;
     const int64_t head_dim = hp.head_dim;
     const size_t  kv_row   = ggml_row_size(kv.type, hp.n_embd_kv());
@@ -160,6 +205,7 @@ ggml_cgraph * build_llm_graph(ggml_context * ctx, const LlmHparams & hp, const L
         const LlmLayer & L = w.layers[il];
         ggml_tensor * resid = x;
         ggml_tensor * cur = rms_norm(ctx, x, L.attn_norm, hp.rms_eps);
+        cb(cur, "attn_norm", il);
 
         ggml_tensor * q, * k, * v;
         if (L.wqkv) {
@@ -194,9 +240,9 @@ ggml_cgraph * build_llm_graph(ggml_context * ctx, const LlmHparams & hp, const L
         k = ggml_rope_ext(ctx, k, in.pos, nullptr, (int) head_dim, GGML_ROPE_TYPE_NEOX, (int) hp.n_ctx_train,
                           hp.rope_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
 
-        // Write this batch's keys/values into the cache cells listed in kv_idx (positions
-        // n_past .. n_past + n_tokens - 1). Rows are scattered by an input tensor rather than
-        // copied into a view at an offset, so the graph is the same at every decode step.
+        // Write this batch's keys/values into the cache cells listed in kv_idx. Rows are
+        // scattered by an input tensor rather than copied into a view at an offset, so the graph
+        // is the same at every decode step, and cells need not follow positions.
         ggml_tensor * k_all = ggml_set_rows(ctx, kv.k[il], ggml_reshape_2d(ctx, k, hp.n_embd_kv(), n_tokens), in.kv_idx);
         ggml_tensor * v_all = ggml_set_rows(ctx, kv.v[il], v, in.kv_idx);
 
@@ -207,23 +253,37 @@ ggml_cgraph * build_llm_graph(ggml_context * ctx, const LlmHparams & hp, const L
                                         ggml_row_size(kv.type, head_dim), 0);
         cur = attention(ctx, q, kc, vc, in.kq_mask, kq_scale, p.flash_attn);
         cur = linear(ctx, cur, L.wo);
+        cb(cur, "attn_out", il);
         x = ggml_add(ctx, cur, resid);
 
         resid = x;
         cur = rms_norm(ctx, x, L.ffn_norm, hp.rms_eps);
+        cb(cur, "ffn_norm", il);
         cur = swiglu_mlp(ctx, cur, L.ffn_gate, L.ffn_up, L.ffn_down);
+        cb(cur, "ffn_out", il);
         x = ggml_add(ctx, cur, resid);
+        cb(x, "l_out", il);
     }
 
-    if (!p.all_logits && n_tokens > 1) {
-        x = ggml_view_1d(ctx, x, hp.n_embd, (n_tokens - 1) * x->nb[1]);   // last position only
+    if (p.hidden) {
+        // Every position's last-layer hidden state after the final norm (hidden_states[-1]).
+        x = rms_norm(ctx, x, w.output_norm, hp.rms_eps);
+        cb(x, "result_norm");
+        in.hidden = x;
+        ggml_set_output(in.hidden);
+        if (!p.logits_all && n_tokens > 1) x = ggml_view_2d(ctx, x, hp.n_embd, 1, x->nb[1], (n_tokens - 1) * x->nb[1]);
+    } else {
+        if (!p.logits_all && n_tokens > 1) {
+            x = ggml_view_1d(ctx, x, hp.n_embd, (n_tokens - 1) * x->nb[1]);   // last position only
+        }
+        x = rms_norm(ctx, x, w.output_norm, hp.rms_eps);
+        cb(x, "result_norm");
     }
-    x = rms_norm(ctx, x, w.output_norm, hp.rms_eps);
     in.logits = ggml_mul_mat(ctx, w.output, x);
-    ggml_set_name(in.logits, "logits");
+    cb(in.logits, "result_output");
     ggml_set_output(in.logits);
     ggml_build_forward_expand(gf, in.logits);
-    return gf;
+    if (in.hidden) ggml_build_forward_expand(gf, in.hidden);
 }
 
 } // namespace minicpm

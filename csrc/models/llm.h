@@ -2,11 +2,14 @@
 // Mirrors transformers' Qwen2ForCausalLM / Qwen3ForCausalLM forward.
 #pragma once
 
+#include "core/component.h"
+#include "core/runner.h"
 #include "core/gguf_file.h"
 #include "core/weights.h"
 
 #include "ggml.h"
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -57,30 +60,53 @@ struct LlmWeights {
     void fuse_qkv(WeightStore & store, bool on_cpu_too);
 };
 
-// Inputs of one forward pass over a micro-batch, created by build_llm_graph.
+// The LLM component: hyperparameters and weights, read-only.
+class LlmModel : public Component {
+public:
+    const char * kind() const override { return "llm"; }
+    size_t       weight_bytes() const override;
+    size_t       repacked_bytes() const override;
+
+    LlmHparams                   hp;
+    LlmWeights                   w;
+    std::unique_ptr<WeightStore> store;
+    bool                         all_f32 = false;         // every weight matrix stored as F32
+    const void *                 tok_embd_host = nullptr; // token_embd rows in the mapped file (for embedding prompts)
+};
+
+extern const ComponentType kLlmComponent;
+
+struct KvCache;
+
+// Inputs and outputs of one forward pass over a micro-batch, created by build_llm_graph.
 struct LlmGraphInputs {
     ggml_tensor * tokens   = nullptr;   // I32 [n_tokens]         (or null when embd is used)
     ggml_tensor * embd     = nullptr;   // F32 [n_embd, n_tokens] (external embeddings)
     ggml_tensor * pos      = nullptr;   // I32 [n_tokens]
     ggml_tensor * kv_idx   = nullptr;   // I64 [n_tokens]: cache cell of each token
     ggml_tensor * kq_mask  = nullptr;   // F32/F16 [n_kv, n_tokens]
-    ggml_tensor * logits   = nullptr;   // F32 [n_vocab, n_out]
+    ggml_tensor * logits   = nullptr;   // F32 [n_vocab, n_tokens or 1]
+    ggml_tensor * hidden   = nullptr;   // F32 [n_embd, n_tokens] after the final norm (when asked)
 };
 
 struct LlmGraphParams {
-    int64_t n_tokens   = 0;
-    int64_t n_past     = 0;       // tokens already in the cache
-    int64_t n_kv       = 0;       // cache cells attended (>= n_past + n_tokens)
-    bool    use_embd   = false;   // feed embeddings instead of token ids
-    bool    all_logits = false;   // logits for every position (else the last only)
-    bool    flash_attn = false;
+    int64_t n_tokens    = 0;
+    int64_t n_kv        = 0;       // cache cells attended (cells [0, n_kv))
+    bool    use_embd    = false;   // feed embeddings instead of token ids
+    bool    logits_all  = false;   // logits for every position (else the last only)
+    bool    hidden      = false;   // also output the last-layer hidden states of every position
+    bool    flash_attn  = false;
+
+    GraphKey key() const { return {n_tokens, n_kv, use_embd, logits_all, hidden, flash_attn}; }
 };
 
-struct KvCache;
+// Builds the forward graph into gf: keys/values go to the cells kv_idx lists, attention covers
+// cells [0, n_kv) under kq_mask. Intermediates are named per layer ("attn_norm-3", "ffn_out-3",
+// "l_out-3") and at the end ("result_norm", "result_output").
+void build_llm_graph(ggml_context * ctx, ggml_cgraph * gf, const LlmModel & m, const KvCache & kv,
+                     const LlmGraphParams & p, LlmGraphInputs & in);
 
-// Builds the forward graph; the KV cache views are written for positions
-// [n_past, n_past + n_tokens).
-ggml_cgraph * build_llm_graph(ggml_context * ctx, const LlmHparams & hp, const LlmWeights & w, const KvCache & kv,
-                              const LlmGraphParams & p, LlmGraphInputs & in, int max_nodes);
+// An upper bound on the nodes of build_llm_graph.
+size_t llm_graph_max_nodes(const LlmHparams & hp);
 
 } // namespace minicpm

@@ -8,13 +8,11 @@
 #include "core/log.h"
 #include "graph/blocks.h"
 #include "model/names.h"
+#include "preprocess/tokenizer.h"
 
 #include "ggml-alloc.h"
 
 #include <algorithm>
-#include <chrono>
-#include <cstdio>
-#include <cstdlib>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -34,27 +32,6 @@ constexpr size_t kBatchScoreBytes = 256u << 20;
 constexpr int64_t kBatchPatches = 16384;
 // Slice sizes (groups of equal-size slices) evaluated in one graph.
 constexpr size_t kMaxGroups = 4;
-
-// How the graph computes. exact: every ViT matrix is F32, and the graph keeps f32 arithmetic
-// throughout (parity with the float32 reference); otherwise the weights are already rounded
-// (F16, BF16, quantized) and the graph uses the fast kernels of the same precision class.
-struct VisionMode {
-    bool      exact = true;
-    bool      flash = false;                 // ggml_flash_attn_ext in the ViT and the resampler
-    ggml_type kv_type = GGML_TYPE_F32;       // K/V type of flash attention
-    bool      fa_pad = false;                // pad head sizes without a fast kernel (GPUs)
-    bool      pad_strided = false;           // the backend's ggml_pad takes strided views
-    // The head size flash attention runs at: the next one with fast GPU kernels when padding.
-    int64_t fa_pad_to(int64_t d) const {
-        if (!fa_pad) return 0;
-        for (int64_t s : {64, 80, 96, 112, 128, 256}) {
-            if (d == s) return 0;
-            if (d < s) return s;
-        }
-        return 0;
-    }
-    bool      fast_gelu = false;             // ggml_gelu (an f16 table on the CPU) instead of f32 ops
-};
 
 struct GroupSpec {
     int64_t pw = 0, ph = 0, n_seq = 0;
@@ -157,101 +134,34 @@ GroupIO build_group(ggml_context * ctx, ggml_cgraph * gf, const VisionHparams & 
     return in;
 }
 
-// Per-op timing (MINICPM_VISION_PROFILE=1): the scheduler stops after every node, so the time
-// between two callbacks is that node's compute time (plus a small per-node dispatch cost).
-struct OpProfile {
-    using clock = std::chrono::steady_clock;
-    clock::time_point last;
-    std::map<std::string, std::pair<double, int>> by_op;   // ms, count
-    double total_ms = 0;
-
-    static bool callback(ggml_tensor * t, bool ask, void * user) {
-        auto * self = (OpProfile *) user;
-        if (ask) return true;
-        const auto now = clock::now();
-        const double ms = std::chrono::duration<double, std::milli>(now - self->last).count();
-        self->last = now;
-        std::string key = ggml_op_desc(t);
-        if (t->op == GGML_OP_MUL_MAT || t->op == GGML_OP_FLASH_ATTN_EXT || t->op == GGML_OP_CPY) {
-            key += std::string(" ") + ggml_type_name(t->src[0]->type) + "/" +
-                   ggml_type_name(t->src[1] ? t->src[1]->type : t->type) + " [" + std::to_string(t->ne[0]) + "," +
-                   std::to_string(t->ne[1]) + "," + std::to_string(t->ne[2]) + "]";
-        }
-        auto & e = self->by_op[key];
-        e.first += ms;
-        e.second += 1;
-        self->total_ms += ms;
-        return true;
-    }
-    void start() { last = clock::now(); }
-    void report(const char * what) {
-        std::vector<std::pair<std::string, std::pair<double, int>>> v(by_op.begin(), by_op.end());
-        std::sort(v.begin(), v.end(), [](const auto & a, const auto & b) { return a.second.first > b.second.first; });
-        std::fprintf(stderr, "vision profile (%s): %.1f ms in nodes\n", what, total_ms);
-        for (const auto & [k, e] : v) {
-            if (e.first < 0.005 * total_ms) continue;
-            std::fprintf(stderr, "  %9.1f ms %5.1f%% %5d x  %s\n", e.first, 100.0 * e.first / total_ms, e.second, k.c_str());
-        }
-        by_op.clear();
-        total_ms = 0;
-    }
-};
-
 } // namespace
 
 struct VisionEncoder::Impl {
-    const VisionHparams & hp;         // the encoder's own copy
-    VisionWeights         w;          // tensor handles; the tensors belong to the model's store
-    const Backends &      backends;
-    VisionMode            mode;
-    ggml_backend_sched_t  sched = nullptr;
-    std::vector<uint8_t>  meta;
-    int                   max_nodes = 0;
-    std::unique_ptr<OpProfile> profile;
+    const VisionModel &  m;
+    const VisionHparams & hp;
+    const VisionWeights & w;
+    const VisionMode &    mode;
+    GraphRunner           runner;
+    EvalObserver          observer;
 
-    // The last graph, kept allocated: an image of the same shape only refreshes the inputs.
-    ggml_context *         graph_ctx = nullptr;
-    ggml_cgraph *          graph = nullptr;
-    std::vector<GroupSpec> graph_groups;
-    bool                   graph_resampler = false;
-    std::vector<GroupIO>   graph_io;
+    // The kept graph's groups and their inputs (valid while the runner keeps that graph).
+    std::vector<GroupIO>  graph_io;
 
     // Host-side inputs by patch grid (pw, ph): they depend on the grid only.
     std::map<std::pair<int64_t, int64_t>, std::vector<int32_t>> pos_ids_cache;
     std::map<std::pair<int64_t, int64_t>, std::vector<float>>   rs_pos_cache;
 
-    Impl(const VisionHparams & h, const VisionWeights & wt, const Backends & b) : hp(h), w(wt), backends(b) {}
-    ~Impl() {
-        drop_graph();
-        if (sched) ggml_backend_sched_free(sched);
-    }
-
-    // One tiny graph (a single-patch slice) through every layer at load: maps the weights in
-    // (page faults of the mapped file on the CPU), starts the backends' kernels and thread
-    // pools, so that the first image does not pay for them.
-    void warm_up() {
-        const int64_t P = hp.patch_size;
-        ImageSlice s;
-        s.width = (int) P;
-        s.height = (int) P;
-        s.pixels.assign((size_t) (3 * P * P), 0.0f);
-        run({{&s}}, true);
-        drop_graph();
-    }
-
-    void drop_graph() {
-        if (graph_ctx) ggml_free(graph_ctx);
-        graph_ctx = nullptr;
-        graph = nullptr;
-        graph_groups.clear();
-        graph_io.clear();
-    }
-
-    ggml_context * new_graph_ctx() {
-        ggml_init_params ip = {meta.size(), meta.data(), true};
-        ggml_context * ctx = ggml_init(ip);
-        if (!ctx) fail(ErrorKind::Internal, "ggml_init failed for the vision graph");
-        return ctx;
+    Impl(const VisionModel & model, const ComputeBackends & backends, const DebugOptions & debug)
+        : m(model), hp(model.hp), w(model.w), mode(model.mode),
+          runner("vision", backends, (size_t) (nodes_per_group(model.hp) * (int64_t) kMaxGroups)),
+          observer("vision", debug) {
+        // Reserve for the largest batch of full square slices an image gives (overview + slices);
+        // a larger slice (extreme aspect ratios can exceed side^2 patches after rounding) grows
+        // the buffers at its first allocation.
+        const int64_t side = std::max<int64_t>(1, hp.image_size / hp.patch_size);
+        const int64_t n_seq = std::min<int64_t>(max_batch(side * side), hp.max_slice_nums + 1);
+        runner.reserve([&](ggml_context * ctx, ggml_cgraph * gf) { build_group(ctx, gf, hp, w, mode, {side, side, n_seq}, true); });
+        observer.attach(runner);
     }
 
     // Slices of one size evaluated per graph.
@@ -259,95 +169,6 @@ struct VisionEncoder::Impl {
         if (mode.flash) return std::max<int64_t>(1, kBatchPatches / std::max<int64_t>(n_patches, 1));
         const size_t per = (size_t) hp.n_head * (size_t) n_patches * (size_t) n_patches * sizeof(float);
         return std::max<int64_t>(1, (int64_t) (kBatchScoreBytes / std::max<size_t>(per, 1)));
-    }
-
-    // Whether the main backend runs op natively (else the scheduler would bounce it to the CPU).
-    bool main_supports(ggml_tensor * op) const {
-        return ggml_backend_supports_op(backends.main(), op);
-    }
-
-    void choose_mode() {
-        const VisionLayer & L0 = w.layers.front();
-        mode.exact = L0.q_w->type == GGML_TYPE_F32 && L0.fc1_w->type == GGML_TYPE_F32 && L0.fc2_w->type == GGML_TYPE_F32;
-        // f32 arithmetic for f32 weights; F16 K/V for flash attention otherwise.
-        mode.kv_type = mode.exact ? GGML_TYPE_F32 : GGML_TYPE_F16;
-
-        // Probe the two attention shapes (ViT self-attention, resampler cross-attention) and GELU.
-        const size_t probe_mem = 32 * ggml_tensor_overhead();
-        std::vector<uint8_t> buf(probe_mem);
-        ggml_init_params ip = {buf.size(), buf.data(), true};
-        ggml_context * ctx = ggml_init(ip);
-        // CPU kernels take any head size; GPU ones are fast only at a few (MINICPM_VISION_FA_PAD=0/1
-        // overrides, e.g. to test the padded path on the CPU).
-        mode.fa_pad = !backends.main_is_cpu();
-        if (const char * env = std::getenv("MINICPM_VISION_FA_PAD")) mode.fa_pad = env[0] == '1';
-        auto fa_ok = [&](int64_t d, int64_t heads, int64_t nq, int64_t nkv) {
-            if (mode.fa_pad_to(d) > 0) d = mode.fa_pad_to(d);
-            ggml_tensor * q = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, d, nq, heads, 2);
-            ggml_tensor * k = ggml_new_tensor_4d(ctx, mode.kv_type, d, nkv, heads, 2);
-            ggml_tensor * v = ggml_new_tensor_4d(ctx, mode.kv_type, d, nkv, heads, 2);
-            ggml_tensor * o = ggml_flash_attn_ext(ctx, q, k, v, nullptr, 1.0f, 0.0f, 0.0f);
-            graph::set_prec_f32(o);
-            return main_supports(o);
-        };
-        const int64_t side = std::max<int64_t>(1, hp.image_size / hp.patch_size);
-        bool flash = fa_ok(hp.n_embd / hp.n_head, hp.n_head, side * side, side * side) &&
-                     fa_ok(hp.rs_dim / hp.rs_heads, hp.rs_heads, hp.n_query, side * side);
-        {
-            // a [d, heads, n] view with a row stride of 3 * heads * d, as the fused Q|K|V gives
-            ggml_tensor * t  = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, 3 * hp.n_embd, 4);
-            ggml_tensor * vw = ggml_view_3d(ctx, t, hp.n_embd / hp.n_head, hp.n_head, 4, ggml_row_size(t->type, hp.n_embd / hp.n_head),
-                                            t->nb[1], 0);
-            mode.pad_strided = main_supports(ggml_pad(ctx, vw, 8, 0, 0, 0));
-        }
-        ggml_tensor * gx = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, hp.n_ff, 4);
-        const bool gelu_ok = main_supports(ggml_gelu(ctx, gx));
-        ggml_free(ctx);
-
-        // MINICPM_VISION_FLASH=0/1 overrides the choice (1 still needs backend support).
-        if (const char * env = std::getenv("MINICPM_VISION_FLASH")) {
-            if (env[0] == '0') flash = false;
-        }
-        mode.flash = flash;
-        // The CPU's ggml_gelu rounds through an f16 table: only where the weights are not F32.
-        // Other backends compute it in f32.
-        mode.fast_gelu = gelu_ok && (!mode.exact || !backends.main_is_cpu());
-        MINICPM_LOG_INFO("vision: %s weights, flash attention %s (K/V %s%s), GELU %s",
-                         mode.exact ? "f32" : "reduced-precision", mode.flash ? "on" : "off",
-                         ggml_type_name(mode.kv_type), mode.fa_pad ? ", head size padded" : "",
-                         mode.fast_gelu ? "ggml_gelu" : "f32 ops");
-    }
-
-    void init() {
-        choose_mode();
-        max_nodes = (int) (nodes_per_group(hp) * (int64_t) kMaxGroups);
-        meta.resize(ggml_tensor_overhead() * (size_t) max_nodes + ggml_graph_overhead_custom((size_t) max_nodes, false));
-        auto list = backends.all();
-        sched = ggml_backend_sched_new(list.data(), nullptr, (int) list.size(), (size_t) max_nodes, false, true);
-        if (!sched) fail(ErrorKind::Backend, "cannot create the vision graph scheduler");
-        if (const char * env = std::getenv("MINICPM_VISION_PROFILE"); env && env[0] && env[0] != '0') {
-            profile = std::make_unique<OpProfile>();
-            ggml_backend_sched_set_eval_callback(sched, &OpProfile::callback, profile.get());
-        }
-        // Reserve for the largest batch of full square slices an image gives (overview + slices);
-        // a larger slice (extreme aspect ratios can exceed side^2 patches after rounding) grows
-        // the buffers at its first allocation.
-        const int64_t side = std::max<int64_t>(1, hp.image_size / hp.patch_size);
-        const int64_t n_seq = std::min<int64_t>(max_batch(side * side), hp.max_slice_nums + 1);
-        ggml_context * ctx = new_graph_ctx();
-        ggml_cgraph * gf = ggml_new_graph_custom(ctx, max_nodes, false);
-        build_group(ctx, gf, hp, w, mode, {side, side, n_seq}, true);
-        const bool ok = ggml_backend_sched_reserve(sched, gf);
-        ggml_free(ctx);
-        if (!ok) fail(ErrorKind::Backend, "cannot allocate the vision compute buffers on " + backends.main_name());
-        for (size_t i = 0; i < list.size(); ++i) {
-            const size_t sz = ggml_backend_sched_get_buffer_size(sched, list[i]);
-            if (sz > 0) {
-                MINICPM_LOG_INFO("vision compute buffer on %s: %.1f MiB", ggml_backend_name(list[i]),
-                                 (double) sz / (1024.0 * 1024.0));
-            }
-        }
-        if (const char * env = std::getenv("MINICPM_VISION_WARMUP"); !env || env[0] != '0') warm_up();
     }
 
     const std::vector<int32_t> & pos_ids(int64_t pw, int64_t ph) {
@@ -373,55 +194,36 @@ struct VisionEncoder::Impl {
                                         bool with_resampler) {
         const int64_t P = hp.patch_size;
         std::vector<GroupSpec> groups;
-        for (const auto & g : slices) groups.push_back({g[0]->width / P, g[0]->height / P, (int64_t) g.size()});
+        GraphKey key = {with_resampler ? 1 : 0};
+        for (const auto & g : slices) {
+            groups.push_back({g[0]->width / P, g[0]->height / P, (int64_t) g.size()});
+            key.insert(key.end(), {groups.back().pw, groups.back().ph, groups.back().n_seq});
+        }
+        runner.prepare(key, [&](ggml_context * ctx, ggml_cgraph * gf) {
+            graph_io.clear();
+            for (const auto & g : groups) graph_io.push_back(build_group(ctx, gf, hp, w, mode, g, with_resampler));
+        });
+        for (size_t gi = 0; gi < groups.size(); ++gi) {
+            const GroupSpec & g = groups[gi];
+            const GroupIO &   io = graph_io[gi];
+            const size_t slice_bytes = slices[gi][0]->pixels.size() * sizeof(float);
+            for (int64_t s = 0; s < g.n_seq; ++s) {
+                ggml_backend_tensor_set(io.pixels, slices[gi][(size_t) s]->pixels.data(), (size_t) s * slice_bytes,
+                                        slice_bytes);
+            }
+            const std::vector<int32_t> & ids = pos_ids(g.pw, g.ph);
+            ggml_backend_tensor_set(io.pos_ids, ids.data(), 0, ids.size() * sizeof(int32_t));
+            if (with_resampler) {
+                const std::vector<float> & pos = rs_pos(g.pw, g.ph);
+                ggml_backend_tensor_set(io.rs_pos, pos.data(), 0, pos.size() * sizeof(float));
+            }
+        }
+        runner.compute();
+        observer.finish();
         std::vector<std::vector<float>> out(groups.size());
-        try {
-            if (!(graph && graph_groups == groups && graph_resampler == with_resampler)) {
-                drop_graph();
-                ggml_backend_sched_reset(sched);
-                graph_ctx = new_graph_ctx();
-                graph = ggml_new_graph_custom(graph_ctx, max_nodes, false);
-                for (const auto & g : groups) graph_io.push_back(build_group(graph_ctx, graph, hp, w, mode, g, with_resampler));
-                if (!ggml_backend_sched_alloc_graph(sched, graph)) {
-                    std::string what;
-                    for (const auto & g : groups) {
-                        what += (what.empty() ? "" : ", ") + std::to_string(g.n_seq) + " slice(s) of " +
-                                std::to_string(g.pw * P) + "x" + std::to_string(g.ph * P);
-                    }
-                    fail(ErrorKind::Backend, "cannot allocate the vision graph for " + what + " on " + backends.main_name());
-                }
-                graph_groups = groups;
-                graph_resampler = with_resampler;
-            }
-            for (size_t gi = 0; gi < groups.size(); ++gi) {
-                const GroupSpec & g = groups[gi];
-                const GroupIO &   io = graph_io[gi];
-                const size_t slice_bytes = slices[gi][0]->pixels.size() * sizeof(float);
-                for (int64_t s = 0; s < g.n_seq; ++s) {
-                    ggml_backend_tensor_set(io.pixels, slices[gi][(size_t) s]->pixels.data(), (size_t) s * slice_bytes,
-                                            slice_bytes);
-                }
-                const std::vector<int32_t> & ids = pos_ids(g.pw, g.ph);
-                ggml_backend_tensor_set(io.pos_ids, ids.data(), 0, ids.size() * sizeof(int32_t));
-                if (with_resampler) {
-                    const std::vector<float> & pos = rs_pos(g.pw, g.ph);
-                    ggml_backend_tensor_set(io.rs_pos, pos.data(), 0, pos.size() * sizeof(float));
-                }
-            }
-            if (profile) profile->start();
-            if (ggml_backend_sched_graph_compute_async(sched, graph) != GGML_STATUS_SUCCESS) {
-                fail(ErrorKind::Backend, "vision graph compute failed on " + backends.main_name());
-            }
-            ggml_backend_sched_synchronize(sched);
-            if (profile) profile->report(backends.main_name().c_str());
-            for (size_t gi = 0; gi < groups.size(); ++gi) {
-                out[gi].resize((size_t) ggml_nelements(graph_io[gi].out));
-                ggml_backend_tensor_get(graph_io[gi].out, out[gi].data(), 0, out[gi].size() * sizeof(float));
-            }
-        } catch (...) {
-            drop_graph();
-            ggml_backend_sched_reset(sched);
-            throw;
+        for (size_t gi = 0; gi < groups.size(); ++gi) {
+            out[gi].resize((size_t) ggml_nelements(graph_io[gi].out));
+            ggml_backend_tensor_get(graph_io[gi].out, out[gi].data(), 0, out[gi].size() * sizeof(float));
         }
         return out;
     }
@@ -440,14 +242,25 @@ struct VisionEncoder::Impl {
     }
 };
 
-VisionEncoder::VisionEncoder(const VisionHparams & hp, const VisionWeights & w, const Backends & backends)
-    : hp_(hp) {
-    // Impl keeps a reference to hp_ (owned here), the weights and the backends (owned by the model).
-    impl_ = std::make_unique<Impl>(hp_, w, backends);
-    impl_->init();
-}
+VisionEncoder::VisionEncoder(const VisionModel & model, const ComputeBackends & backends, const DebugOptions & debug)
+    : impl_(std::make_unique<Impl>(model, backends, debug)) {}
 
 VisionEncoder::~VisionEncoder() = default;
+
+const VisionHparams & VisionEncoder::hparams() const { return impl_->hp; }
+
+// One tiny graph (a single-patch slice) through every layer: maps the weights in (page faults of
+// the mapped file on the CPU), starts the backends' kernels, so that the first image does not
+// pay for them.
+void VisionEncoder::warm_up() {
+    const int64_t P = impl_->hp.patch_size;
+    ImageSlice s;
+    s.width = (int) P;
+    s.height = (int) P;
+    s.pixels.assign((size_t) (3 * P * P), 0.0f);
+    impl_->run({{&s}}, true);
+    impl_->runner.invalidate();
+}
 
 std::vector<float> VisionEncoder::encode_vit(const ImageSlice & slice) {
     impl_->check_slice(slice, 0);
@@ -459,6 +272,7 @@ std::vector<float> VisionEncoder::encode(const std::vector<const ImageSlice *> &
         if (!slices[i]) fail(ErrorKind::InvalidArgument, "image slice " + std::to_string(i) + " is null");
         impl_->check_slice(*slices[i], i);
     }
+    const VisionHparams & hp_ = impl_->hp;
     const size_t row = (size_t) (hp_.n_query * hp_.rs_dim);
     std::vector<float> out(slices.size() * row);
     // Slices of one size share a batch (same patch grid, same positions); batches of several
@@ -499,6 +313,57 @@ std::vector<float> VisionEncoder::encode(const std::vector<const ImageSlice *> &
         }
     }
     return out;
+}
+
+namespace {
+
+uint64_t fnv1a(const void * data, size_t n, uint64_t h = 1469598103934665603ull) {
+    const auto * p = (const uint8_t *) data;
+    for (size_t i = 0; i < n; ++i) {
+        h ^= p[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+} // namespace
+
+std::shared_ptr<const ImageChunk> encode_image_chunk(VisionEncoder & enc, const Tokenizer & tok, const uint8_t * rgb,
+                                                     int width, int height, const ImageOptions & opts) {
+    const VisionHparams & hp = enc.hparams();
+    if (!rgb || width <= 0 || height <= 0) {
+        fail(ErrorKind::InvalidArgument, "image must have a positive width and height, got " + std::to_string(width) +
+                                             "x" + std::to_string(height));
+    }
+    if (opts.max_slice_nums < 0) {
+        fail(ErrorKind::InvalidArgument, "max_slice_nums must be >= 1 (0 = model default), got " +
+                                             std::to_string(opts.max_slice_nums));
+    }
+    if (opts.image_id < 0) fail(ErrorKind::InvalidArgument, "image_id must be >= 0");
+    SliceConfig cfg = hp.slice_config();
+    if (opts.max_slice_nums > 0) cfg.max_slice_nums = opts.max_slice_nums;
+    PreprocessedImage pre = preprocess_image(rgb, width, height, cfg);
+
+    std::vector<const ImageSlice *> pieces = {&pre.overview};
+    for (const auto & sl : pre.slices) pieces.push_back(&sl);
+
+    auto chunk = std::make_shared<ImageChunk>();
+    const bool use_id = opts.use_image_id.value_or(hp.use_image_id);
+    chunk->tokens = image_placeholder_tokens(tok, pre.grid, (int) hp.n_query,
+                                             use_id ? std::optional<int>(opts.image_id) : std::nullopt, &chunk->embed_pos);
+    if (chunk->embed_pos.size() != pieces.size() * (size_t) hp.n_query) {
+        fail(ErrorKind::Internal, "image placeholder has " + std::to_string(chunk->embed_pos.size()) +
+                                      " embedding positions, expected " + std::to_string(pieces.size() * (size_t) hp.n_query));
+    }
+    chunk->embeddings = enc.encode(pieces);
+    chunk->n_embd   = hp.rs_dim;
+    chunk->cols     = pre.grid.cols;
+    chunk->rows     = pre.grid.rows;
+    chunk->n_slices = (int) pieces.size();
+    const uint64_t h = fnv1a(rgb, (size_t) width * (size_t) height * 3);
+    const int meta[5] = {width, height, cfg.max_slice_nums, use_id ? 1 : 0, opts.image_id};
+    chunk->hash = fnv1a(meta, sizeof(meta), h);
+    return chunk;
 }
 
 } // namespace minicpm

@@ -3,8 +3,13 @@
 // (names.def), so both our model files and llama.cpp mmproj files load.
 #pragma once
 
+#include "minicpm/minicpm.h"
+
 #include "core/backend.h"
+#include "core/component.h"
+#include "core/debug.h"
 #include "core/gguf_file.h"
+#include "core/runner.h"
 #include "core/weights.h"
 #include "preprocess/image.h"
 
@@ -66,6 +71,35 @@ struct VisionWeights {
     void fuse_qkv(WeightStore & store, bool on_cpu_too);
 };
 
+// How the graph computes, decided at load from the weights and the device. exact: every ViT
+// matrix is F32, and the graph keeps f32 arithmetic throughout (parity with the float32
+// reference); otherwise the weights are already rounded (F16, BF16, quantized) and the graph
+// uses the fast kernels of the same precision class.
+struct VisionMode {
+    bool      exact = true;
+    bool      flash = false;                 // ggml_flash_attn_ext in the ViT and the resampler
+    ggml_type kv_type = GGML_TYPE_F32;       // K/V type of flash attention
+    bool      fa_pad = false;                // pad head sizes without a fast kernel (GPUs)
+    bool      pad_strided = false;           // the backend's ggml_pad takes strided views
+    bool      fast_gelu = false;             // ggml_gelu (an f16 table on the CPU) instead of f32 ops
+    // The head size flash attention runs at: the next one with fast GPU kernels when padding.
+    int64_t fa_pad_to(int64_t d) const;
+};
+
+// The vision component: SigLIP tower + resampler weights, read-only.
+class VisionModel : public Component {
+public:
+    const char * kind() const override { return "vision"; }
+    size_t       weight_bytes() const override;
+
+    VisionHparams                hp;
+    VisionWeights                w;
+    VisionMode                   mode;
+    std::unique_ptr<WeightStore> store;
+};
+
+extern const ComponentType kVisionComponent;
+
 // Host-side inputs of the graphs, exposed for tests.
 // Rows of the position table for a ph x pw patch grid, row-major: NaViT bucketing onto a
 // side x side table with the reference's float32 arithmetic (SiglipVisionEmbeddings.forward).
@@ -74,11 +108,12 @@ std::vector<int32_t> navit_position_ids(int64_t ph, int64_t pw, int64_t side);
 // (get_2d_sincos_pos_embed: column half first); dim must be a multiple of 4.
 std::vector<float> resampler_pos_embed(int64_t dim, int64_t ph, int64_t pw);
 
-// Runs encoder + resampler on preprocessed slices. One per model; not thread-safe (a session
-// serialises its calls). Compute buffers are reserved once for the largest slice.
+// The compute state of the vision encoder for one session (or ImageEncoder): runs encoder +
+// resampler on preprocessed slices through its own GraphRunner. Compute buffers are reserved
+// once for the largest square-slice image. Not thread-safe: one owner.
 class VisionEncoder {
 public:
-    VisionEncoder(const VisionHparams & hp, const VisionWeights & w, const Backends & backends);
+    VisionEncoder(const VisionModel & model, const ComputeBackends & backends, const DebugOptions & debug = {});
     ~VisionEncoder();
 
     // n_query * slices.size() embeddings of width rs_dim, row-major [slice][query][rs_dim].
@@ -87,12 +122,18 @@ public:
     // For parity tests: the post-LayerNorm features of one slice, [n_patches][n_embd].
     std::vector<float> encode_vit(const ImageSlice & slice);
 
-    const VisionHparams & hparams() const { return hp_; }
+    // One single-patch slice through every layer (page faults, kernel start-up).
+    void warm_up();
+
+    const VisionHparams & hparams() const;
 
 private:
     struct Impl;
     std::unique_ptr<Impl> impl_;
-    VisionHparams hp_;
 };
+
+// Preprocesses an RGB8 image and encodes it into an ImageChunk (placeholder tokens + embeddings).
+std::shared_ptr<const ImageChunk> encode_image_chunk(VisionEncoder & enc, const Tokenizer & tok, const uint8_t * rgb,
+                                                     int width, int height, const ImageOptions & opts);
 
 } // namespace minicpm

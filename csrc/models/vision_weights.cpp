@@ -5,9 +5,12 @@
 #include "vision.h"
 
 #include "core/error.h"
+#include "core/log.h"
 #include "model/names.h"
 
 #include "gguf.h"
+
+#include "graph/blocks.h"
 
 #include <algorithm>
 #include <cmath>
@@ -339,5 +342,101 @@ VisionWeights VisionWeights::declare(WeightStore & s, const VisionHparams & hp) 
     w.proj      = s.require(tensor_name(TensorName::RS_PROJ), {D, D});
     return w;
 }
+
+int64_t VisionMode::fa_pad_to(int64_t d) const {
+    if (!fa_pad) return 0;
+    for (int64_t s : {64, 80, 96, 112, 128, 256}) {
+        if (d == s) return 0;
+        if (d < s) return s;
+    }
+    return 0;
+}
+
+size_t VisionModel::weight_bytes() const { return store->bytes_on_main() + store->bytes_on_host() + store->bytes_repacked(); }
+
+namespace {
+
+// Decides how the graph computes on this device: probes the two attention shapes (ViT
+// self-attention, resampler cross-attention), strided padding and GELU with supports_op.
+VisionMode choose_mode(const VisionHparams & hp, const VisionWeights & w, const Devices & devices,
+                       const ModelParams & params) {
+    VisionMode mode;
+    const VisionLayer & L0 = w.layers.front();
+    mode.exact = L0.q_w->type == GGML_TYPE_F32 && L0.fc1_w->type == GGML_TYPE_F32 && L0.fc2_w->type == GGML_TYPE_F32;
+    // f32 arithmetic for f32 weights; F16 K/V for flash attention otherwise.
+    mode.kv_type = mode.exact ? GGML_TYPE_F32 : GGML_TYPE_F16;
+    // CPU kernels take any head size; GPU ones are fast only at a few.
+    mode.fa_pad = params.vision_pad_heads.value_or(!devices.main_is_cpu());
+
+    std::vector<uint8_t> buf(48 * ggml_tensor_overhead());
+    ggml_init_params ip = {buf.size(), buf.data(), true};
+    ggml_context * ctx = ggml_init(ip);
+    if (!ctx) fail(ErrorKind::Internal, "ggml_init failed for the vision probes");
+    auto fa_ok = [&](int64_t d, int64_t heads, int64_t nq, int64_t nkv) {
+        if (mode.fa_pad_to(d) > 0) d = mode.fa_pad_to(d);
+        ggml_tensor * q = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, d, nq, heads, 2);
+        ggml_tensor * k = ggml_new_tensor_4d(ctx, mode.kv_type, d, nkv, heads, 2);
+        ggml_tensor * v = ggml_new_tensor_4d(ctx, mode.kv_type, d, nkv, heads, 2);
+        ggml_tensor * o = ggml_flash_attn_ext(ctx, q, k, v, nullptr, 1.0f, 0.0f, 0.0f);
+        graph::set_prec_f32(o);
+        return devices.supports_op(o);
+    };
+    const int64_t side = std::max<int64_t>(1, hp.image_size / hp.patch_size);
+    const bool flash_ok = fa_ok(hp.n_embd / hp.n_head, hp.n_head, side * side, side * side) &&
+                          fa_ok(hp.rs_dim / hp.rs_heads, hp.rs_heads, hp.n_query, side * side);
+    if (mode.fa_pad) {
+        // a [d, heads, n] view with a row stride of 3 * heads * d, as the fused Q|K|V gives
+        ggml_tensor * t  = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, 3 * hp.n_embd, 4);
+        ggml_tensor * vw = ggml_view_3d(ctx, t, hp.n_embd / hp.n_head, hp.n_head, 4,
+                                        ggml_row_size(t->type, hp.n_embd / hp.n_head), t->nb[1], 0);
+        mode.pad_strided = devices.supports_op(ggml_pad(ctx, vw, 8, 0, 0, 0));
+    }
+    ggml_tensor * gx = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, hp.n_ff, 4);
+    const bool gelu_ok = devices.supports_op(ggml_gelu(ctx, gx));
+    ggml_free(ctx);
+
+    const std::string & fa = params.vision_flash_attn;
+    if (fa == "auto") {
+        mode.flash = flash_ok;
+    } else if (fa == "on") {
+        if (!flash_ok) {
+            fail(ErrorKind::Unsupported, "vision_flash_attn 'on': " + devices.main_name() +
+                                             " has no flash attention kernel for these head sizes");
+        }
+        mode.flash = true;
+    } else if (fa == "off") {
+        mode.flash = false;
+    } else {
+        fail(ErrorKind::InvalidArgument, "vision_flash_attn must be 'auto', 'on' or 'off', got '" + fa + "'");
+    }
+    // The CPU's ggml_gelu rounds through an f16 table: only where the weights are not F32.
+    // Other backends compute it in f32.
+    mode.fast_gelu = gelu_ok && (!mode.exact || !devices.main_is_cpu());
+    MINICPM_LOG_INFO("vision: %s weights, flash attention %s (K/V %s%s), GELU %s", mode.exact ? "f32" : "reduced-precision",
+                     mode.flash ? "on" : "off", ggml_type_name(mode.kv_type), mode.fa_pad ? ", head size padded" : "",
+                     mode.fast_gelu ? "ggml_gelu" : "f32 ops");
+    return mode;
+}
+
+bool vision_present(const GgufFile & f) {
+    if (f.find_tensor(tensor_name(TensorName::V_PATCH_EMBD))) return true;
+    return f.opt_bool(key_name(KeyName::CLIP_HAS_VISION)).value_or(false) &&
+           f.opt_bool(key_name(KeyName::CLIP_HAS_MINICPMV_PROJ)).value_or(false);
+}
+
+std::unique_ptr<Component> vision_load(const ComponentLoad & in) {
+    auto m = std::make_unique<VisionModel>();
+    m->hp = VisionHparams::from_gguf(in.file);
+    m->store = std::make_unique<WeightStore>(in.file, in.devices, (size_t) (m->hp.n_layer * 20 + 64));
+    m->w = VisionWeights::declare(*m->store, m->hp);
+    if (in.params.fuse_qkv.value_or(true)) m->w.fuse_qkv(*m->store, in.params.fuse_qkv.value_or(false));
+    m->store->load();
+    m->mode = choose_mode(m->hp, m->w, in.devices, in.params);
+    return m;
+}
+
+} // namespace
+
+const ComponentType kVisionComponent = {"vision", &vision_present, &vision_load};
 
 } // namespace minicpm

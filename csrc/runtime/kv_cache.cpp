@@ -1,38 +1,70 @@
 #include "kv_cache.h"
 
 #include "core/error.h"
+#include "core/runner.h"
 #include "models/llm.h"
+
+#include <cmath>
 
 namespace minicpm {
 
-KvCache::~KvCache() {
-    if (buffer) ggml_backend_buffer_free(buffer);
-    if (ctx) ggml_free(ctx);
-}
-
-void KvCache::init(const LlmHparams & hp, int64_t n_ctx_, ggml_type type_, const Backends & backends) {
-    type  = type_;
-    n_ctx = n_ctx_;
-    ggml_init_params params = {ggml_tensor_overhead() * (size_t) (2 * hp.n_layer + 4), nullptr, true};
-    ctx = ggml_init(params);
-    if (!ctx) fail(ErrorKind::Internal, "ggml_init failed for the KV cache");
+void KvCache::init(const LlmHparams & hp, int64_t n_cells_, ggml_type type_, GraphRunner & runner) {
+    type = type_;
+    n_cells = n_cells_;
+    k.clear();
+    v.clear();
     for (int64_t il = 0; il < hp.n_layer; ++il) {
-        ggml_tensor * kt = ggml_new_tensor_2d(ctx, type, hp.n_embd_kv(), n_ctx);
-        ggml_tensor * vt = ggml_new_tensor_2d(ctx, type, hp.n_embd_kv(), n_ctx);
-        ggml_format_name(kt, "cache_k_l%d", (int) il);
-        ggml_format_name(vt, "cache_v_l%d", (int) il);
-        k.push_back(kt);
-        v.push_back(vt);
+        k.push_back(runner.add_state("cache_k_l" + std::to_string(il), type, {hp.n_embd_kv(), n_cells}));
+        v.push_back(runner.add_state("cache_v_l" + std::to_string(il), type, {hp.n_embd_kv(), n_cells}));
     }
-    buffer = ggml_backend_alloc_ctx_tensors_from_buft(ctx, ggml_backend_get_default_buffer_type(backends.main()));
-    if (!buffer) {
-        fail(ErrorKind::Backend, "cannot allocate the KV cache (" + std::to_string(n_ctx) + " tokens) on " +
-                                     backends.main_name() + "; try a smaller n_ctx");
-    }
-    ggml_backend_buffer_set_usage(buffer, GGML_BACKEND_BUFFER_USAGE_COMPUTE);
-    ggml_backend_buffer_clear(buffer, 0);
+    cell_pos.assign((size_t) n_cells, -1);
+    n_used = 0;
 }
 
-size_t KvCache::bytes() const { return buffer ? ggml_backend_buffer_get_size(buffer) : 0; }
+std::vector<int64_t> KvCache::assign(const std::vector<int32_t> & positions) {
+    if ((int64_t) positions.size() > n_free()) {
+        fail(ErrorKind::ContextFull, std::to_string(positions.size()) + " tokens do not fit: " + std::to_string(n_free()) +
+                                         " of " + std::to_string(n_cells) + " cache cells are free");
+    }
+    std::vector<int64_t> cells;
+    cells.reserve(positions.size());
+    for (int64_t c = 0; c < n_cells && cells.size() < positions.size(); ++c) {
+        if (cell_pos[(size_t) c] < 0) {
+            cell_pos[(size_t) c] = positions[cells.size()];
+            cells.push_back(c);
+        }
+    }
+    n_used += (int64_t) cells.size();
+    return cells;
+}
+
+void KvCache::release(int64_t cell) {
+    if (cell < 0 || cell >= n_cells || cell_pos[(size_t) cell] < 0) return;
+    cell_pos[(size_t) cell] = -1;
+    --n_used;
+}
+
+void KvCache::clear() {
+    cell_pos.assign((size_t) n_cells, -1);
+    n_used = 0;
+}
+
+int64_t KvCache::extent() const {
+    for (int64_t c = n_cells; c-- > 0;) {
+        if (cell_pos[(size_t) c] >= 0) return c + 1;
+    }
+    return 0;
+}
+
+void KvCache::build_mask(const std::vector<int32_t> & positions, int64_t n_kv, std::vector<float> & out) const {
+    out.resize((size_t) (n_kv * (int64_t) positions.size()));
+    for (size_t i = 0; i < positions.size(); ++i) {
+        float * row = out.data() + i * (size_t) n_kv;
+        for (int64_t j = 0; j < n_kv; ++j) {
+            const int32_t p = j < n_cells ? cell_pos[(size_t) j] : -1;
+            row[j] = (p >= 0 && p <= positions[i]) ? 0.0f : -INFINITY;
+        }
+    }
+}
 
 } // namespace minicpm

@@ -1,32 +1,44 @@
-// Per-layer key/value cache, allocated once per session on the main device.
-// Layout per layer: K and V as [head_dim * n_head_kv, n_ctx] (ggml order); cell i holds position i.
+// Per-layer key/value cache of one session, with cells separate from positions.
+//
+// Layout per layer: K and V as [head_dim * n_head_kv, n_cells] (ggml order), tensors kept alive
+// by the session's LLM runner (GraphRunner state). Each cell records the position of the token
+// it holds (-1: free). A token attends every used cell whose position is not after its own, so
+// any cell can hold any position: a range of tokens can be removed (their cells freed) and the
+// others keep their positions, as windowed caches need.
 #pragma once
 
-#include "core/backend.h"
-
-#include "ggml-backend.h"
 #include "ggml.h"
 
+#include <cstdint>
 #include <vector>
 
 namespace minicpm {
 
+class GraphRunner;
 struct LlmHparams;
 
 struct KvCache {
     ggml_type                  type = GGML_TYPE_F16;
-    int64_t                    n_ctx = 0;
-    std::vector<ggml_tensor *> k, v;
-    ggml_context *             ctx = nullptr;
-    ggml_backend_buffer_t      buffer = nullptr;
+    int64_t                    n_cells = 0;
+    std::vector<ggml_tensor *> k, v;          // per layer
+    std::vector<int32_t>       cell_pos;      // position held by each cell, -1 when free
+    int64_t                    n_used = 0;
 
-    KvCache() = default;
-    KvCache(const KvCache &) = delete;
-    KvCache & operator=(const KvCache &) = delete;
-    ~KvCache();
+    // Declares the cache tensors in `runner` (call runner.allocate_state() afterwards).
+    void init(const LlmHparams & hp, int64_t n_cells, ggml_type type, GraphRunner & runner);
 
-    void   init(const LlmHparams & hp, int64_t n_ctx, ggml_type type, const Backends & backends);
-    size_t bytes() const;
+    // The n lowest free cells, marked as holding `positions`. Throws Error(ContextFull) when
+    // fewer than n cells are free.
+    std::vector<int64_t> assign(const std::vector<int32_t> & positions);
+    void                 release(int64_t cell);
+    void                 clear();
+    int64_t              n_free() const { return n_cells - n_used; }
+    // One past the highest used cell (the cells a graph must attend).
+    int64_t              extent() const;
+
+    // Additive attention mask [n_kv, n] (row per token): 0 where cell j is used and holds a
+    // position <= positions[i], -inf elsewhere.
+    void build_mask(const std::vector<int32_t> & positions, int64_t n_kv, std::vector<float> & out) const;
 };
 
 } // namespace minicpm

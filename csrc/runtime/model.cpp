@@ -2,52 +2,79 @@
 
 #include "core/log.h"
 #include "model/names.h"
+#include "runtime/defaults.h"
 
 #include <algorithm>
+#include <atomic>
 
 namespace minicpm {
 
 namespace {
 
-bool file_has_vision(const GgufFile & f) {
-    if (f.find_tensor(tensor_name(TensorName::V_PATCH_EMBD))) return true;
-    return f.opt_bool(key_name(KeyName::CLIP_HAS_VISION)).value_or(false) &&
-           f.opt_bool(key_name(KeyName::CLIP_HAS_MINICPMV_PROJ)).value_or(false);
-}
-
-void load_vision(Model::Impl & m, const ModelParams & params) {
-    const GgufFile * src = nullptr;
-    if (!params.mmproj.empty()) {
-        m.mmproj_file = std::make_unique<GgufFile>(params.mmproj);
-        if (!file_has_vision(*m.mmproj_file)) {
-            fail(ErrorKind::Format, params.mmproj + " has no MiniCPM-V vision encoder (expected clip metadata with " +
-                                        key_name(KeyName::CLIP_HAS_MINICPMV_PROJ) + " and tensor " +
-                                        tensor_name(TensorName::V_PATCH_EMBD) + ")");
+// Loads every component `file` holds into `m`; two files may not bring the same component.
+void load_components(Model::Impl & m, const GgufFile & file, bool first) {
+    bool any = false;
+    for (const ComponentType & type : component_types()) {
+        if (!type.present(file)) continue;
+        auto it = m.components.find(type.kind);
+        if (it != m.components.end()) {
+            fail(ErrorKind::InvalidArgument, std::string("both ") + it->second->source() + " and " + file.path() +
+                                                 " hold a " + type.kind + " component; give each component once");
         }
-        src = m.mmproj_file.get();
-    } else if (file_has_vision(*m.file)) {
-        src = m.file.get();
+        ComponentLoad in{file, *m.devices, m.params};
+        std::unique_ptr<Component> c = type.load(in);
+        c->set_source(file.path());
+        m.components.emplace(type.kind, std::move(c));
+        any = true;
     }
-    if (!src) return;
-    m.vhp = VisionHparams::from_gguf(*src);
-    if (m.vhp.rs_dim != m.hp.n_embd) {
-        fail(ErrorKind::Format, "vision resampler of " + src->path() + " outputs width " + std::to_string(m.vhp.rs_dim) +
-                                    ", the LLM of " + m.file->path() + " expects " + std::to_string(m.hp.n_embd));
+    if (!any) {
+        fail(ErrorKind::Format, file.path() + " holds no component this library runs (" +
+                                    (first ? "expected an LLM: general.architecture qwen3 or qwen2" : "LLM, vision") + ")");
     }
-    m.vision_store = std::make_unique<WeightStore>(*src, *m.backends, (size_t) (m.vhp.n_layer * 20 + 64));
-    m.vw = VisionWeights::declare(*m.vision_store, m.vhp);
-    if (params.fuse_qkv != 0) m.vw.fuse_qkv(*m.vision_store, params.fuse_qkv > 0);
-    m.vision_store->load();
-    m.vision = std::make_unique<VisionEncoder>(m.vhp, m.vw, *m.backends);
 }
 
-uint64_t fnv1a(const void * data, size_t n, uint64_t h = 1469598103934665603ull) {
-    const auto * p = (const uint8_t *) data;
-    for (size_t i = 0; i < n; ++i) {
-        h ^= p[i];
-        h *= 1099511628211ull;
+void set_end_of_turn(Model::Impl & m, const GgufFile & f) {
+    // eos, plus the ChatML terminators and minicpm.stop_tokens, by string.
+    auto add = [&](int32_t id) {
+        if (id >= 0 && id < m.tokenizer->n_tokens() &&
+            std::find(m.end_of_turn.begin(), m.end_of_turn.end(), id) == m.end_of_turn.end()) {
+            m.end_of_turn.push_back(id);
+        }
+    };
+    if (auto eos = f.opt_u32(key_name(KeyName::TOKENIZER_EOS_ID))) add((int32_t) *eos);
+    if (auto eot = f.opt_u32(key_name(KeyName::TOKENIZER_EOT_ID))) add((int32_t) *eot);
+    std::vector<std::string> stop_strs = {"<|im_end|>", "<|endoftext|>"};
+    if (f.has_key(key_name(KeyName::MINICPM_STOP_TOKENS))) {
+        for (auto & s : f.get_str_array(key_name(KeyName::MINICPM_STOP_TOKENS))) stop_strs.push_back(s);
     }
-    return h;
+    for (const auto & s : stop_strs) add(m.tokenizer->find_token(s));
+}
+
+void fill_info(Model::Impl & m, const std::string & path) {
+    const GgufFile & f = *m.files.front();
+    const LlmModel & llm = m.llm();
+    ModelInfo & info = m.info;
+    info.path        = path;
+    info.arch        = llm.hp.arch;
+    info.model_type  = f.opt_str(key_name(KeyName::MINICPM_MODEL_TYPE)).value_or(llm.hp.arch);
+    info.name        = f.opt_str(key_name(KeyName::GENERAL_NAME)).value_or("");
+    info.device      = m.devices->main_name();
+    info.n_vocab     = llm.hp.n_vocab;
+    info.n_embd      = llm.hp.n_embd;
+    info.n_layer     = llm.hp.n_layer;
+    info.n_head      = llm.hp.n_head;
+    info.n_head_kv   = llm.hp.n_head_kv;
+    info.head_dim    = llm.hp.head_dim;
+    info.n_ff        = llm.hp.n_ff;
+    info.n_ctx_train = llm.hp.n_ctx_train;
+    info.rope_base   = llm.hp.rope_base;
+    info.rms_eps     = llm.hp.rms_eps;
+    // weight_bytes: the LLM's (the figure llama.cpp reports for the same file); components lists all.
+    info.weight_bytes   = llm.weight_bytes();
+    info.repacked_bytes = llm.repacked_bytes();
+    info.weight_type = ggml_type_name(llm.w.layers.at(0).wq->type);
+    info.chat_template = f.opt_str(key_name(KeyName::TOKENIZER_CHAT_TEMPLATE)).value_or("");
+    for (const auto & kv : m.components) info.components.push_back(kv.first);
 }
 
 } // namespace
@@ -57,78 +84,57 @@ Model::~Model() = default;
 
 std::shared_ptr<Model> Model::load(const std::string & path, const ModelParams & params) {
     auto m = std::make_unique<Impl>();
-    m->file = std::make_unique<GgufFile>(path);
-    const GgufFile & f = *m->file;
+    m->params = params;
+    if (params.n_threads < 0) fail(ErrorKind::InvalidArgument, "n_threads must be >= 0, got " + std::to_string(params.n_threads));
+    std::vector<std::string> paths = {path};
+    if (!params.mmproj.empty()) paths.push_back(params.mmproj);
+    paths.insert(paths.end(), params.extra_files.begin(), params.extra_files.end());
+    // Open and validate every file before any device memory is touched.
+    for (const auto & p : paths) m->files.push_back(std::make_unique<GgufFile>(p));
+    const GgufFile & f = *m->files.front();
 
-    // Validate everything that comes from the file before any device memory is touched.
-    m->hp = LlmHparams::from_gguf(f);
+    // The main file must be an LLM; its metadata gives the tokenizer, template and defaults.
+    const LlmHparams hp = LlmHparams::from_gguf(f);
     m->tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_gguf(f.ctx(), path));
-    if (m->tokenizer->n_tokens() > m->hp.n_vocab) {
+    if (m->tokenizer->n_tokens() > hp.n_vocab) {
         fail(ErrorKind::Format, "tokenizer of " + path + " has " + std::to_string(m->tokenizer->n_tokens()) +
-                                    " tokens but token_embd has only " + std::to_string(m->hp.n_vocab) + " rows");
+                                    " tokens but token_embd has only " + std::to_string(hp.n_vocab) + " rows");
     }
-
-    m->backends = std::make_unique<Backends>(params.device, params.n_threads);
-    m->store    = std::make_unique<WeightStore>(f, *m->backends, (size_t) (m->hp.n_layer * 20 + 8));
-    m->weights  = LlmWeights::declare(*m->store, m->hp);
-    m->store->set_cpu_repack(params.cpu_repack);
-    if (params.fuse_qkv != 0) m->weights.fuse_qkv(*m->store, params.fuse_qkv > 0);
-    m->store->load();
-
-    m->all_f32 = true;
-    for (const auto & t : f.tensors()) {
-        if (t.n_dims >= 2 && t.type != GGML_TYPE_F32) m->all_f32 = false;
-    }
-
-    load_vision(*m, params);
-
+    m->defaults = read_generation_defaults(f);
     m->chat = ChatTemplate::from_source(f.opt_str(key_name(KeyName::TOKENIZER_CHAT_TEMPLATE)).value_or(""));
 
-    // End-of-turn tokens: eos, plus the ChatML terminators and minicpm.stop_tokens, by string.
-    auto add_eot = [&](int32_t id) {
-        if (id >= 0 && id < m->tokenizer->n_tokens() &&
-            std::find(m->end_of_turn.begin(), m->end_of_turn.end(), id) == m->end_of_turn.end()) {
-            m->end_of_turn.push_back(id);
-        }
-    };
-    if (auto eos = f.opt_u32(key_name(KeyName::TOKENIZER_EOS_ID))) add_eot((int32_t) *eos);
-    if (auto eot = f.opt_u32(key_name(KeyName::TOKENIZER_EOT_ID))) add_eot((int32_t) *eot);
-    std::vector<std::string> stop_strs = {"<|im_end|>", "<|endoftext|>"};
-    if (f.has_key(key_name(KeyName::MINICPM_STOP_TOKENS))) {
-        for (auto & s : f.get_str_array(key_name(KeyName::MINICPM_STOP_TOKENS))) stop_strs.push_back(s);
+    m->devices = std::make_unique<Devices>(params.device, params.n_threads);
+    for (size_t i = 0; i < m->files.size(); ++i) load_components(*m, *m->files[i], i == 0);
+    if (!m->components.count("llm")) fail(ErrorKind::Format, path + " has no LLM");
+    const VisionModel * vision = m->vision();
+    if (vision && vision->hp.rs_dim != hp.n_embd) {
+        fail(ErrorKind::Format, "vision resampler of " + vision->source() + " outputs width " +
+                                    std::to_string(vision->hp.rs_dim) + ", the LLM of " + path + " expects " +
+                                    std::to_string(hp.n_embd));
     }
-    for (const auto & s : stop_strs) add_eot(m->tokenizer->find_token(s));
+    set_end_of_turn(*m, f);
+    fill_info(*m, path);
 
-    ModelInfo & info = m->info;
-    info.path        = path;
-    info.arch        = m->hp.arch;
-    info.model_type  = f.opt_str(key_name(KeyName::MINICPM_MODEL_TYPE)).value_or(m->hp.arch);
-    info.name        = f.opt_str(key_name(KeyName::GENERAL_NAME)).value_or("");
-    info.device      = m->backends->main_name();
-    info.n_vocab     = m->hp.n_vocab;
-    info.n_embd      = m->hp.n_embd;
-    info.n_layer     = m->hp.n_layer;
-    info.n_head      = m->hp.n_head;
-    info.n_head_kv   = m->hp.n_head_kv;
-    info.head_dim    = m->hp.head_dim;
-    info.n_ff        = m->hp.n_ff;
-    info.n_ctx_train = m->hp.n_ctx_train;
-    info.rope_base   = m->hp.rope_base;
-    info.rms_eps     = m->hp.rms_eps;
-    info.weight_bytes = m->store->bytes_on_main() + m->store->bytes_on_host() + m->store->bytes_repacked();
-    info.repacked_bytes = m->store->bytes_repacked();
-    info.weight_type = ggml_type_name(m->weights.layers.at(0).wq->type);
-    info.chat_template = f.opt_str(key_name(KeyName::TOKENIZER_CHAT_TEMPLATE)).value_or("");
-    MINICPM_LOG_INFO("loaded %s: %s, %lld layers, n_embd %lld, vocab %lld, %.1f MiB of weights on %s (%.1f MiB repacked)",
+    if (vision && params.warmup) {
+        // Touches the vision weights once (page faults of the mapped file, kernel start-up) with a
+        // throwaway compute state: sessions then start warm.
+        ComputeBackends backends(*m->devices, 0);
+        VisionEncoder(*vision, backends).warm_up();
+    }
+    const ModelInfo & info = m->info;
+    MINICPM_LOG_INFO("loaded %s: %s, %lld layers, n_embd %lld, vocab %lld, %.1f MiB of weights on %s (%.1f MiB repacked); "
+                     "defaults from %s",
                      path.c_str(), info.arch.c_str(), (long long) info.n_layer, (long long) info.n_embd,
                      (long long) info.n_vocab, info.weight_bytes / 1048576.0, info.device.c_str(),
-                     m->store->bytes_repacked() / 1048576.0);
+                     info.repacked_bytes / 1048576.0, m->defaults.source.c_str());
     return std::shared_ptr<Model>(new Model(std::move(m)));
 }
 
-const ModelInfo &    Model::info() const { return impl_->info; }
-const Tokenizer &    Model::tokenizer() const { return *impl_->tokenizer; }
-const ChatTemplate & Model::chat_template() const { return impl_->chat; }
+const ModelInfo &          Model::info() const { return impl_->info; }
+const Tokenizer &          Model::tokenizer() const { return *impl_->tokenizer; }
+const ChatTemplate &       Model::chat_template() const { return impl_->chat; }
+const GenerationDefaults & Model::defaults() const { return impl_->defaults; }
+const ModelParams &        Model::params() const { return impl_->params; }
 
 std::vector<int32_t> Model::tokenize(const std::string & text, bool parse_special) const {
     return impl_->tokenizer->encode(text, parse_special);
@@ -145,54 +151,7 @@ bool Model::is_end_of_turn(int32_t id) const {
     return std::find(e.begin(), e.end(), id) != e.end();
 }
 
-bool Model::has_vision() const { return impl_->vision != nullptr; }
-
-std::shared_ptr<const ImageChunk> Model::encode_image(const uint8_t * rgb, int width, int height,
-                                                      const ImageOptions & opts) const {
-    const Impl & m = *impl_;
-    if (!m.vision) {
-        fail(ErrorKind::Unsupported, "model " + m.info.path + " has no vision encoder: convert the MiniCPM-V checkpoint "
-                                     "with its vision tower, or load a separate mmproj file");
-    }
-    if (!rgb || width <= 0 || height <= 0) {
-        fail(ErrorKind::InvalidArgument, "image must have a positive width and height, got " + std::to_string(width) +
-                                             "x" + std::to_string(height));
-    }
-    if (opts.max_slice_nums < 0) {
-        fail(ErrorKind::InvalidArgument, "max_slice_nums must be >= 1 (0 = model default), got " +
-                                             std::to_string(opts.max_slice_nums));
-    }
-    if (opts.image_id < 0) fail(ErrorKind::InvalidArgument, "image_id must be >= 0");
-    SliceConfig cfg = m.vhp.slice_config();
-    if (opts.max_slice_nums > 0) cfg.max_slice_nums = opts.max_slice_nums;
-    PreprocessedImage pre = preprocess_image(rgb, width, height, cfg);
-
-    std::vector<const ImageSlice *> pieces = {&pre.overview};
-    for (const auto & sl : pre.slices) pieces.push_back(&sl);
-
-    auto chunk = std::make_shared<ImageChunk>();
-    const bool use_id = opts.use_image_id.value_or(m.vhp.use_image_id);
-    chunk->tokens = image_placeholder_tokens(*m.tokenizer, pre.grid, (int) m.vhp.n_query,
-                                             use_id ? std::optional<int>(opts.image_id) : std::nullopt,
-                                             &chunk->embed_pos);
-    if (chunk->embed_pos.size() != pieces.size() * (size_t) m.vhp.n_query) {
-        fail(ErrorKind::Internal, "image placeholder has " + std::to_string(chunk->embed_pos.size()) +
-                                      " embedding positions, expected " +
-                                      std::to_string(pieces.size() * (size_t) m.vhp.n_query));
-    }
-    {
-        std::lock_guard<std::mutex> lock(m.vision_mutex);
-        chunk->embeddings = m.vision->encode(pieces);
-    }
-    chunk->n_embd   = m.vhp.rs_dim;
-    chunk->cols     = pre.grid.cols;
-    chunk->rows     = pre.grid.rows;
-    chunk->n_slices = (int) pieces.size();
-    uint64_t h = fnv1a(rgb, (size_t) width * (size_t) height * 3);
-    const int meta[5] = {width, height, cfg.max_slice_nums, use_id ? 1 : 0, opts.image_id};
-    chunk->hash = fnv1a(meta, sizeof(meta), h);
-    return chunk;
-}
+bool Model::has_component(const std::string & kind) const { return impl_->components.count(kind) > 0; }
 
 const char * stop_reason_name(StopReason r) {
     switch (r) {

@@ -4,37 +4,36 @@
 #include "minicpm/minicpm.h"
 
 #include "core/backend.h"
+#include "core/component.h"
 #include "core/gguf_file.h"
-#include "core/weights.h"
 #include "models/llm.h"
 #include "models/vision.h"
 #include "preprocess/tokenizer.h"
 #include "runtime/chat.h"
 
+#include <map>
 #include <memory>
-#include <mutex>
+#include <string>
 
 namespace minicpm {
 
+// Immutable after Model::load: sessions on any thread read it without locks.
 struct Model::Impl {
-    ModelInfo                    info;
-    std::unique_ptr<GgufFile>    file;
-    std::unique_ptr<Backends>    backends;
-    std::unique_ptr<WeightStore> store;
-    LlmHparams                   hp;
-    LlmWeights                   weights;
-    std::unique_ptr<Tokenizer>   tokenizer;
-    ChatTemplate                 chat;
-    std::vector<int32_t>         end_of_turn;
-    bool                         all_f32 = false;   // every weight matrix stored as F32
+    ModelParams                          params;
+    ModelInfo                            info;
+    std::vector<std::unique_ptr<GgufFile>> files;   // the model file first, then mmproj / extra files
+    std::unique_ptr<Devices>             devices;
+    std::map<std::string, std::unique_ptr<Component>> components;
+    std::unique_ptr<Tokenizer>           tokenizer;
+    ChatTemplate                         chat;
+    GenerationDefaults                   defaults;
+    std::vector<int32_t>                 end_of_turn;
 
-    // vision (optional): from the model file itself or from a separate mmproj file
-    std::unique_ptr<GgufFile>      mmproj_file;
-    std::unique_ptr<WeightStore>   vision_store;
-    VisionHparams                  vhp;
-    VisionWeights                  vw;
-    std::unique_ptr<VisionEncoder> vision;
-    mutable std::mutex             vision_mutex;   // one encode at a time per model
+    const LlmModel &    llm() const { return static_cast<const LlmModel &>(*components.at("llm")); }
+    const VisionModel * vision() const {
+        auto it = components.find("vision");
+        return it == components.end() ? nullptr : static_cast<const VisionModel *>(it->second.get());
+    }
 };
 
 } // namespace minicpm

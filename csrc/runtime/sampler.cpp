@@ -9,7 +9,7 @@
 
 namespace minicpm {
 
-void validate_sampling(const SamplingParams & p) {
+void validate_sampling(const SamplerConfig & p) {
     auto bad = [](const std::string & what) { fail(ErrorKind::InvalidArgument, what); };
     if (!std::isfinite(p.temperature) || p.temperature < 0.0f)
         bad("temperature must be a finite number >= 0, got " + std::to_string(p.temperature));
@@ -23,7 +23,7 @@ void validate_sampling(const SamplingParams & p) {
     if (p.repeat_last_n < -1) bad("repeat_last_n must be >= -1, got " + std::to_string(p.repeat_last_n));
 }
 
-int32_t sample_token(const float * logits_in, int64_t n_vocab, const SamplingParams & p,
+int32_t sample_token(const float * logits_in, int64_t n_vocab, const SamplerConfig & p,
                      const std::vector<int32_t> & history, std::mt19937_64 & rng) {
     std::vector<float> logits(logits_in, logits_in + n_vocab);
 
@@ -87,6 +87,18 @@ int32_t sample_token(const float * logits_in, int64_t n_vocab, const SamplingPar
     }
     std::discrete_distribution<size_t> dist(prob.begin(), prob.begin() + (ptrdiff_t) keep);
     return idx[dist(rng)];
+}
+
+SamplerConfig SamplingParams::resolve(const SamplerConfig & d) const {
+    SamplerConfig c = d;
+    if (temperature) c.temperature = *temperature;
+    if (top_k) c.top_k = *top_k;
+    if (top_p) c.top_p = *top_p;
+    if (min_p) c.min_p = *min_p;
+    if (repeat_penalty) c.repeat_penalty = *repeat_penalty;
+    if (presence_penalty) c.presence_penalty = *presence_penalty;
+    if (repeat_last_n) c.repeat_last_n = *repeat_last_n;
+    return c;
 }
 
 } // namespace minicpm

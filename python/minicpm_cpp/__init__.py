@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .errors import (
     BackendError,
+    BusyError,
     ContextFullError,
     Error,
     FileError,
@@ -35,4 +36,5 @@ __all__ = [
     "InvalidArgumentError",
     "ContextFullError",
     "BackendError",
+    "BusyError",
 ]

@@ -4,6 +4,7 @@
 #include "core/error.h"
 #include "core/gguf_file.h"
 #include "core/weights.h"
+#include "minicpm/minicpm.h"
 #include "models/vision.h"
 
 #include <pybind11/numpy.h>
@@ -12,6 +13,7 @@
 
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,15 +24,24 @@ namespace {
 
 class PyVisionModel {
 public:
-    PyVisionModel(const std::string & path, const std::string & device, int n_threads, int fuse_qkv) {
-        file_     = std::make_unique<GgufFile>(path);
-        hp_       = VisionHparams::from_gguf(*file_);
-        backends_ = std::make_unique<Backends>(device, n_threads);
-        store_    = std::make_unique<WeightStore>(*file_, *backends_, (size_t) (hp_.n_layer * 16 + 32));
-        weights_  = VisionWeights::declare(*store_, hp_);
-        if (fuse_qkv != 0) weights_.fuse_qkv(*store_, fuse_qkv > 0);
-        store_->load();
-        encoder_  = std::make_unique<VisionEncoder>(hp_, weights_, *backends_);
+    PyVisionModel(const std::string & path, const std::string & device, int n_threads, std::optional<bool> fuse_qkv,
+                  std::optional<bool> pad_heads, const std::string & flash_attn) {
+        file_ = std::make_unique<GgufFile>(path);
+        if (!kVisionComponent.present(*file_)) {
+            throw Error(ErrorKind::Format, path + " has no MiniCPM-V vision encoder");
+        }
+        ModelParams params;
+        params.device = device;
+        params.n_threads = n_threads;
+        params.fuse_qkv = fuse_qkv;
+        params.vision_pad_heads = pad_heads;
+        params.vision_flash_attn = flash_attn;
+        devices_  = std::make_unique<Devices>(device, n_threads);
+        auto c    = kVisionComponent.load(ComponentLoad{*file_, *devices_, params});
+        model_.reset(static_cast<VisionModel *>(c.release()));
+        hp_       = model_->hp;
+        backends_ = std::make_unique<ComputeBackends>(*devices_, n_threads);
+        encoder_  = std::make_unique<VisionEncoder>(*model_, *backends_);
     }
 
     py::dict hparams() const {
@@ -56,6 +67,8 @@ public:
         d["minicpmv_version"] = h.minicpmv_version;
         d["ffn_swapped"] = h.ffn_swapped;
         d["device"] = backends_->main_name();
+        d["flash"] = model_->mode.flash;
+        d["pad_heads"] = model_->mode.fa_pad;
         return d;
     }
 
@@ -130,12 +143,12 @@ private:
 
     // Declaration order is destruction order reversed: the encoder goes before the weights and
     // backends it uses.
-    std::unique_ptr<GgufFile>      file_;
-    VisionHparams                  hp_;
-    std::unique_ptr<Backends>      backends_;
-    std::unique_ptr<WeightStore>   store_;
-    VisionWeights                  weights_;
-    std::unique_ptr<VisionEncoder> encoder_;
+    std::unique_ptr<GgufFile>        file_;
+    std::unique_ptr<Devices>         devices_;
+    std::unique_ptr<VisionModel>     model_;
+    VisionHparams                    hp_;
+    std::unique_ptr<ComputeBackends> backends_;
+    std::unique_ptr<VisionEncoder>   encoder_;
 };
 
 py::array_t<float> to_array_2d(const std::vector<float> & v, int64_t rows, int64_t cols) {
@@ -149,8 +162,10 @@ py::array_t<float> to_array_2d(const std::vector<float> & v, int64_t rows, int64
 void bind_vision(py::module_ & mod) {
     py::class_<PyVisionModel>(mod, "VisionModel",
                               "Vision tower + resampler of one GGUF file, for tests and debugging.")
-        .def(py::init<const std::string &, const std::string &, int, int>(), py::arg("path"), py::arg("device") = "cpu",
-             py::arg("n_threads") = 0, py::arg("fuse_qkv") = -1)
+        .def(py::init<const std::string &, const std::string &, int, std::optional<bool>, std::optional<bool>,
+                      const std::string &>(),
+             py::arg("path"), py::arg("device") = "cpu", py::arg("n_threads") = 0, py::arg("fuse_qkv") = py::none(),
+             py::arg("pad_heads") = py::none(), py::arg("flash_attn") = "auto")
         .def_property_readonly("hparams", &PyVisionModel::hparams)
         .def("encode_vit", &PyVisionModel::encode_vit, py::arg("pixels"),
              "[3, h, w] float32 normalised pixels -> [n_patches, n_embd] post-LayerNorm ViT features")

@@ -6,6 +6,7 @@
 #include "core/log.h"
 #include "preprocess/tokenizer.h"
 #include "runtime/chat.h"
+#include "runtime/defaults.h"
 
 #include "bind_common.h"
 
@@ -15,6 +16,7 @@
 
 #include <cstring>
 #include <memory>
+#include <optional>
 
 namespace py = pybind11;
 using namespace minicpm;
@@ -36,6 +38,7 @@ const char * error_class(ErrorKind k) {
         case ErrorKind::InvalidArgument: return "InvalidArgumentError";
         case ErrorKind::ContextFull: return "ContextFullError";
         case ErrorKind::Backend: return "BackendError";
+        case ErrorKind::Busy: return "BusyError";
         default: return "Error";
     }
 }
@@ -66,38 +69,6 @@ std::vector<ChatMessage> to_messages(const py::list & messages) {
     return out;
 }
 
-SamplingParams make_sampling(float temperature, int top_k, float top_p, float min_p, float repeat_penalty,
-                             float presence_penalty, int repeat_last_n) {
-    SamplingParams p;
-    p.temperature = temperature;
-    p.top_k = top_k;
-    p.top_p = top_p;
-    p.min_p = min_p;
-    p.repeat_penalty = repeat_penalty;
-    p.presence_penalty = presence_penalty;
-    p.repeat_last_n = repeat_last_n;
-    return p;
-}
-
-// Segments from Python: each item is a list of token ids or an ImageChunk.
-std::vector<PromptSegment> to_segments(const py::list & segs) {
-    std::vector<PromptSegment> out;
-    for (const auto & item : segs) {
-        PromptSegment seg;
-        if (py::isinstance<ImageChunk>(item)) {
-            seg.image = item.cast<std::shared_ptr<ImageChunk>>();
-        } else {
-            try {
-                seg.tokens = item.cast<std::vector<int32_t>>();
-            } catch (const py::cast_error &) {
-                throw Error(ErrorKind::InvalidArgument, "a prompt segment must be a list of token ids or an ImageChunk");
-            }
-        }
-        out.push_back(std::move(seg));
-    }
-    return out;
-}
-
 py::dict model_info(const Model & m) {
     const ModelInfo & i = m.info();
     py::dict d;
@@ -119,6 +90,29 @@ py::dict model_info(const Model & m) {
     d["weight_bytes"] = i.weight_bytes;
     d["repacked_bytes"] = i.repacked_bytes;
     d["weight_type"] = i.weight_type;
+    d["components"] = i.components;
+    return d;
+}
+
+py::dict sampler_dict(const SamplerConfig & c) {
+    py::dict d;
+    d["temperature"] = c.temperature;
+    d["top_k"] = c.top_k;
+    d["top_p"] = c.top_p;
+    d["min_p"] = c.min_p;
+    d["repeat_penalty"] = c.repeat_penalty;
+    d["presence_penalty"] = c.presence_penalty;
+    d["repeat_last_n"] = c.repeat_last_n;
+    return d;
+}
+
+py::dict defaults_dict(const GenerationDefaults & g) {
+    py::dict d;
+    d["enable_thinking"] = g.enable_thinking ? py::cast(*g.enable_thinking) : py::none();
+    d["sampling"] = sampler_dict(g.sampling);
+    d["sampling_think"] = sampler_dict(g.sampling_think);
+    d["max_tokens"] = g.max_tokens;
+    d["source"] = g.source;
     return d;
 }
 
@@ -128,6 +122,7 @@ py::dict model_info(const Model & m) {
 void bind_image(py::module_ & mod);
 void bind_vision(py::module_ & mod);
 void bind_quant(py::module_ & mod);
+void bind_session(py::module_ & mod);
 
 PYBIND11_MODULE(_core, mod) {
     mod.doc() = "minicpm.cpp native core";
@@ -154,6 +149,11 @@ PYBIND11_MODULE(_core, mod) {
         else if (level == "debug") set_log_level(LogLevel::Debug);
         else throw Error(ErrorKind::InvalidArgument, "log level must be error|warn|info|debug, got '" + level + "'");
     });
+
+    mod.def("model_defaults", [](const std::string & path) {
+        GgufFile f(path);
+        return defaults_dict(read_generation_defaults(f));
+    }, py::arg("path"), "The generation defaults recorded in a GGUF file (reads its metadata only).");
 
     mod.def("list_devices", [] {
         py::list out;
@@ -219,33 +219,28 @@ PYBIND11_MODULE(_core, mod) {
 
     py::class_<Model, std::shared_ptr<Model>>(mod, "Model")
         .def(py::init([](const std::string & path, const std::string & device, int n_threads, const std::string & mmproj,
-                         int cpu_repack, int fuse_qkv) {
+                         std::vector<std::string> extra_files, bool cpu_repack, std::optional<bool> fuse_qkv, bool warmup,
+                         const std::string & vision_flash_attn, std::optional<bool> vision_pad_heads) {
             ModelParams p;
-            p.fuse_qkv = fuse_qkv;
             p.device = device;
             p.n_threads = n_threads;
             p.mmproj = mmproj;
+            p.extra_files = std::move(extra_files);
             p.cpu_repack = cpu_repack;
+            p.fuse_qkv = fuse_qkv;
+            p.warmup = warmup;
+            p.vision_flash_attn = vision_flash_attn;
+            p.vision_pad_heads = vision_pad_heads;
             py::gil_scoped_release nogil;
             return Model::load(path, p);
         }), py::arg("path"), py::arg("device") = "auto", py::arg("n_threads") = 0, py::arg("mmproj") = "",
-            py::arg("cpu_repack") = -1, py::arg("fuse_qkv") = -1)
+            py::arg("extra_files") = std::vector<std::string>{}, py::arg("cpu_repack") = true,
+            py::arg("fuse_qkv") = py::none(), py::arg("warmup") = true, py::arg("vision_flash_attn") = "auto",
+            py::arg("vision_pad_heads") = py::none())
         .def_property_readonly("has_vision", &Model::has_vision)
-        .def("encode_image", [](const Model & m, py::array_t<uint8_t, py::array::c_style | py::array::forcecast> rgb,
-                                int max_slice_nums, std::optional<bool> use_image_id, int image_id) {
-            if (rgb.ndim() != 3 || rgb.shape(2) != 3) {
-                throw Error(ErrorKind::InvalidArgument, "image must be an HxWx3 uint8 array");
-            }
-            ImageOptions o;
-            o.max_slice_nums = max_slice_nums;
-            o.use_image_id = use_image_id;
-            o.image_id = image_id;
-            const uint8_t * data = rgb.data();
-            const int h = (int) rgb.shape(0), w = (int) rgb.shape(1);
-            py::gil_scoped_release nogil;
-            return std::const_pointer_cast<ImageChunk>(m.encode_image(data, w, h, o));
-        }, py::arg("rgb"), py::arg("max_slice_nums") = 0, py::arg("use_image_id") = py::none(), py::arg("image_id") = 0)
+        .def("has_component", &Model::has_component, py::arg("kind"))
         .def_property_readonly("info", &model_info)
+        .def_property_readonly("defaults", [](const Model & m) { return defaults_dict(m.defaults()); })
         .def("tokenize", &Model::tokenize, py::arg("text"), py::arg("parse_special") = true,
              py::call_guard<py::gil_scoped_release>())
         .def("detokenize", [](const Model & m, const std::vector<int32_t> & ids, bool skip_special) {
@@ -255,94 +250,7 @@ PYBIND11_MODULE(_core, mod) {
         .def("find_token", [](const Model & m, const std::string & s) { return m.tokenizer().find_token(s); })
         .def_property_readonly("end_of_turn_ids", &Model::end_of_turn_ids)
         .def_property_readonly("chat_template", [](const Model & m) { return m.info().chat_template; })
-        .def_property_readonly("chat_family", [](const Model & m) { return m.chat_template().family(); })
-        .def("render_chat", [](const Model & m, const py::list & messages, bool add_generation_prompt,
-                               std::optional<bool> enable_thinking) {
-            ChatOptions o;
-            o.add_generation_prompt = add_generation_prompt;
-            o.enable_thinking = enable_thinking;
-            return utf8(m.chat_template().render(to_messages(messages), o));
-        }, py::arg("messages"), py::arg("add_generation_prompt") = true, py::arg("enable_thinking") = py::none());
+        .def_property_readonly("chat_family", [](const Model & m) { return m.chat_template().family(); });
 
-    py::class_<Session>(mod, "Session")
-        .def(py::init([](std::shared_ptr<Model> model, int n_ctx, int n_batch, std::optional<uint64_t> seed,
-                         const std::string & kv_type, const std::string & flash_attn) {
-            SessionParams p;
-            p.n_ctx = n_ctx;
-            p.n_batch = n_batch;
-            p.seed = seed;
-            p.kv_type = kv_type;
-            p.flash_attn = flash_attn;
-            py::gil_scoped_release nogil;
-            return std::make_unique<Session>(std::move(model), p);
-        }), py::arg("model"), py::arg("n_ctx") = 4096, py::arg("n_batch") = 512, py::arg("seed") = py::none(),
-            py::arg("kv_type") = "auto", py::arg("flash_attn") = "auto")
-        .def("prefill", py::overload_cast<const std::vector<int32_t> &>(&Session::prefill), py::arg("tokens"),
-             py::call_guard<py::gil_scoped_release>())
-        .def("sync", py::overload_cast<const std::vector<int32_t> &>(&Session::sync), py::arg("tokens"),
-             py::call_guard<py::gil_scoped_release>())
-        .def("prefill_segments", [](Session & s, const py::list & segs) {
-            auto v = to_segments(segs);
-            py::gil_scoped_release nogil;
-            return s.prefill(v);
-        }, py::arg("segments"))
-        .def("sync_segments", [](Session & s, const py::list & segs) {
-            auto v = to_segments(segs);
-            py::gil_scoped_release nogil;
-            return s.sync(v);
-        }, py::arg("segments"))
-        .def("logits", [](Session & s) {
-            const std::vector<float> * l;
-            {
-                py::gil_scoped_release nogil;
-                l = &s.logits();
-            }
-            py::array_t<float> out((py::ssize_t) l->size());
-            std::memcpy(out.mutable_data(), l->data(), l->size() * sizeof(float));
-            return out;
-        })
-        .def("sample", [](Session & s, float temperature, int top_k, float top_p, float min_p, float repeat_penalty,
-                          float presence_penalty, int repeat_last_n) {
-            SamplingParams p = make_sampling(temperature, top_k, top_p, min_p, repeat_penalty, presence_penalty,
-                                             repeat_last_n);
-            py::gil_scoped_release nogil;
-            return s.sample(p);
-        }, py::arg("temperature"), py::arg("top_k"), py::arg("top_p"), py::arg("min_p"), py::arg("repeat_penalty"),
-            py::arg("presence_penalty"), py::arg("repeat_last_n"))
-        .def("begin_generation", [](Session & s, int max_tokens, std::vector<std::string> stop, float temperature,
-                                    int top_k, float top_p, float min_p, float repeat_penalty, float presence_penalty,
-                                    int repeat_last_n, bool stop_at_end_of_turn, bool skip_special) {
-            GenerationParams g;
-            g.max_tokens = max_tokens;
-            g.stop = std::move(stop);
-            g.sampling = make_sampling(temperature, top_k, top_p, min_p, repeat_penalty, presence_penalty, repeat_last_n);
-            g.stop_at_end_of_turn = stop_at_end_of_turn;
-            g.skip_special = skip_special;
-            s.begin_generation(g);
-        }, py::arg("max_tokens"), py::arg("stop"), py::arg("temperature"), py::arg("top_k"), py::arg("top_p"),
-            py::arg("min_p"), py::arg("repeat_penalty"), py::arg("presence_penalty"), py::arg("repeat_last_n"),
-            py::arg("stop_at_end_of_turn"), py::arg("skip_special"))
-        .def("next", [](Session & s) {
-            GenerationStep st;
-            {
-                py::gil_scoped_release nogil;
-                st = s.next();
-            }
-            return py::make_tuple(utf8(st.text), st.token, st.done, stop_reason_name(st.reason));
-        })
-        .def("reset", &Session::reset)
-        .def_property_readonly("n_past", &Session::n_past)
-        .def_property_readonly("n_ctx", &Session::n_ctx)
-        .def_property_readonly("tokens", &Session::tokens)
-        .def_property_readonly("timings", [](const Session & s) {
-            const Timings & t = s.timings();
-            py::dict d;
-            d["prefill_ms"] = t.prefill_ms;
-            d["decode_ms"] = t.decode_ms;
-            d["sample_ms"] = t.sample_ms;
-            d["n_prefill"] = t.n_prefill;
-            d["n_decode"] = t.n_decode;
-            return d;
-        })
-        .def("reset_timings", &Session::reset_timings);
+    bind_session(mod);
 }

@@ -10,31 +10,55 @@ from typing import List, Optional
 from .errors import Error
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _defaults_text(model_path: Optional[str]) -> str:
+    """The generation defaults of the model at ``model_path`` (read from its metadata only)."""
+    if not model_path:
+        return ("Sampling flags left out take the model's own defaults (the reference chat()'s values "
+                "recorded in the GGUF); give -m with --help to see them.")
+    try:
+        from . import _core
+
+        d = _core.model_defaults(model_path)
+    except Exception as e:  # a bad path: say so in the help instead of failing
+        return f"(cannot read the defaults of {model_path}: {e})"
+    s, t = d["sampling"], d["sampling_think"]
+
+    def fmt(c: dict) -> str:
+        return (f"temperature {c['temperature']:g}, top-p {c['top_p']:g}, top-k {c['top_k']}, min-p {c['min_p']:g}, "
+                f"repetition penalty {c['repeat_penalty']:g}")
+
+    think = {None: "the chat template's default", True: "on", False: "off"}[d["enable_thinking"]]
+    return (f"Defaults of {model_path} ({d['source']}): {fmt(s)}; with --think: {fmt(t)}; "
+            f"reasoning {think}; up to {d['max_tokens']} new tokens.")
+
+
+def build_parser(model_path: Optional[str] = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="minicpm-cli",
         description="Run a MiniCPM-V / MiniCPM-o (or Qwen3/Qwen2) GGUF model. The prompt is wrapped in "
         "the model's chat template unless --raw is given.",
+        epilog=_defaults_text(model_path),
     )
     p.add_argument("-m", "--model", help="path to the model .gguf")
     p.add_argument("-p", "--prompt", help="prompt (user message); '-' reads it from stdin")
     p.add_argument("-f", "--file", help="read the prompt from this file")
-    p.add_argument("-n", "--n-predict", type=int, default=512, help="max tokens to generate (-1 = until end of turn)")
+    p.add_argument("-n", "--n-predict", type=int, default=None,
+                   help="max tokens to generate (-1 = until end of turn; default: the model's)")
     p.add_argument("-c", "--ctx-size", type=int, default=4096, help="context size in tokens (default 4096)")
     p.add_argument("-b", "--batch-size", type=int, default=512, help="prompt micro-batch (default 512)")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: from the core count)")
-    p.add_argument("--temp", type=float, default=0.7, help="temperature, 0 = greedy (default 0.7)")
-    p.add_argument("--top-p", type=float, default=0.8, help="top-p (default 0.8)")
-    p.add_argument("--top-k", type=int, default=100, help="top-k, 0 = off (default 100)")
-    p.add_argument("--min-p", type=float, default=0.0, help="min-p (default 0)")
-    p.add_argument("--repeat-penalty", type=float, default=1.05, help="repetition penalty (default 1.05)")
-    p.add_argument("--presence-penalty", type=float, default=0.0, help="presence penalty (default 0)")
+    p.add_argument("--temp", type=float, default=None, help="temperature, 0 = greedy (default: the model's)")
+    p.add_argument("--top-p", type=float, default=None, help="top-p (default: the model's)")
+    p.add_argument("--top-k", type=int, default=None, help="top-k, 0 = off (default: the model's)")
+    p.add_argument("--min-p", type=float, default=None, help="min-p (default: the model's)")
+    p.add_argument("--repeat-penalty", type=float, default=None, help="repetition penalty (default: the model's)")
+    p.add_argument("--presence-penalty", type=float, default=None, help="presence penalty (default: the model's)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
     p.add_argument("--device", default="auto", help="auto | cpu | gpu | cuda | metal | a device name (see --list-devices)")
     p.add_argument("--list-devices", action="store_true", help="list the compute devices and exit")
     p.add_argument("--system", default=None, help="system prompt")
     p.add_argument("--think", dest="enable_thinking", action="store_true", default=None,
-                   help="enable the reasoning template (Qwen3 family)")
+                   help="enable reasoning (Qwen3 family; default: the model's, off for MiniCPM-V/o 4.5 as their chat())")
     p.add_argument("--no-think", dest="enable_thinking", action="store_false", help="disable reasoning")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--raw", action="store_true", help="no chat template: continue the prompt text as is")
@@ -62,8 +86,19 @@ def _timing_line(timings: dict, wall_s: float) -> str:
     )
 
 
+def _model_arg(argv: List[str]) -> Optional[str]:
+    for i, a in enumerate(argv):
+        if a in ("-m", "--model") and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--model="):
+            return a.split("=", 1)[1]
+    return None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    wants_help = any(a in ("-h", "--help") for a in argv)
+    args = build_parser(_model_arg(argv) if wants_help else None).parse_args(argv)
     try:
         return _run(args)
     except Error as e:

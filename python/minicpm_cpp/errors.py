@@ -10,6 +10,7 @@ __all__ = [
     "InvalidArgumentError",
     "ContextFullError",
     "BackendError",
+    "BusyError",
 ]
 
 
@@ -39,3 +40,8 @@ class ContextFullError(Error):
 
 class BackendError(Error, RuntimeError):
     """The compute device failed (allocation, graph compute)."""
+
+
+class BusyError(Error, RuntimeError):
+    """A Session (or ImageEncoder) was called from a second thread while another was inside it.
+    Use one session per thread; sessions on one Model run in parallel."""

@@ -1,9 +1,15 @@
-"""The Pythonic layer over the native core: Model, Session, Tokenizer."""
+"""The Pythonic layer over the native core: Model, Session, Tokenizer.
+
+Behaviour lives in C++ (prompt assembly, defaults, generation); this module converts Python
+inputs (PIL images, paths, data URLs, OpenAI-style content parts) into what the core takes and
+wraps generation in iterators.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+import threading
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -27,11 +33,25 @@ def set_log_level(level: str) -> None:
     _core.set_log_level(level)
 
 
-def _check_path(path: Union[str, os.PathLike]) -> str:
+def _check_path(path: Union[str, os.PathLike], what: str = "model path") -> str:
     p = os.fspath(path)
     if not isinstance(p, str):
-        raise InvalidArgumentError(f"model path must be a str or os.PathLike, got {type(path).__name__}")
+        raise InvalidArgumentError(f"{what} must be a str or os.PathLike, got {type(path).__name__}")
     return p
+
+
+def _opt_bool(value: Any, name: str) -> Optional[bool]:
+    if value is None:
+        return None
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidArgumentError(f"{name} must be True, False or None, got {value!r}")
+    return bool(value)
+
+
+def _count(value: Any, name: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InvalidArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
 
 
 class Tokenizer:
@@ -67,23 +87,30 @@ class Tokenizer:
 
 
 class Model:
-    """Weights loaded once (memory-mapped on the CPU); several sessions can share one model.
+    """Weights loaded once (memory-mapped on the CPU), read-only: any number of sessions, each
+    on its own thread, share one model and run at the same time.
 
     Args:
         path: a GGUF file written by ``minicpm-convert`` (or llama.cpp's converter for the LLM).
         device: ``"auto"`` (a GPU when ggml has one, else the CPU), ``"cpu"``, ``"gpu"``,
             ``"cuda"``, ``"metal"`` or a registry name such as ``"CUDA1"``.
-        n_threads: CPU threads; ``None`` picks from the core count.
+        n_threads: CPU threads of the model's sessions (each may ask for its own);
+            ``None`` picks from the core count.
         mmproj: a separate vision file (llama.cpp's ``mmproj`` layout), when the model file has
             no vision tower.
+        extra_files: more GGUF files holding components of the model.
         cpu_repack: on the CPU, copy the quantized matrices that ggml has interleaved kernels
             for (Q4_0, Q4_K, IQ4_NL, ... depending on the CPU) into that layout at load, like
-            llama.cpp's ``--repack``. ``None`` (default) and ``True``: every such type;
-            ``False``: keep every weight memory-mapped (on AVX-512 builds of ggml this ran
-            Q4_K prompts ~1.6x faster, and decoded up to ~15% slower).
+            llama.cpp's ``--repack`` (default). ``False`` keeps every weight memory-mapped (on
+            AVX-512 builds of ggml this ran Q4_K prompts ~1.6x faster, and decoded up to ~15%
+            slower).
         fuse_qkv: compute each layer's Q, K and V projections as one product over the three
             matrices stored back to back. ``None`` (default): on a GPU, where the three share a
             type; ``True``: also on the CPU (a copy of those weights); ``False``: never.
+        warmup: run the vision encoder once at load (page faults, kernel start-up).
+        vision_flash_attn: ``"auto"`` (where the backend supports it), ``"on"`` or ``"off"``.
+        vision_pad_heads: pad the vision attention heads to a size with fast kernels;
+            ``None``: on GPUs.
     """
 
     def __init__(
@@ -92,44 +119,51 @@ class Model:
         device: str = "auto",
         n_threads: Optional[int] = None,
         mmproj: Optional[Union[str, os.PathLike]] = None,
-        cpu_repack: Optional[bool] = None,
+        cpu_repack: bool = True,
         fuse_qkv: Optional[bool] = None,
+        *,
+        extra_files: Sequence[Union[str, os.PathLike]] = (),
+        warmup: bool = True,
+        vision_flash_attn: str = "auto",
+        vision_pad_heads: Optional[bool] = None,
     ) -> None:
         p = _check_path(path)
-        if n_threads is not None and n_threads < 0:
-            raise InvalidArgumentError(f"n_threads must be >= 0, got {n_threads}")
+        n = 0 if n_threads is None else _count(n_threads, "n_threads")
         self.path = p
-        self.mmproj = _check_path(mmproj) if mmproj is not None else None
-        self._m = _core.Model(p, device, n_threads or 0, self.mmproj or "",
-                              -1 if cpu_repack is None else int(bool(cpu_repack)),
-                              -1 if fuse_qkv is None else int(bool(fuse_qkv)))
+        self.mmproj = _check_path(mmproj, "mmproj") if mmproj is not None else None
+        extra = [_check_path(f, "extra file") for f in extra_files]
+        if not isinstance(cpu_repack, (bool, np.bool_)):
+            raise InvalidArgumentError(f"cpu_repack must be True or False, got {cpu_repack!r}")
+        self._m = _core.Model(
+            p,
+            device,
+            n,
+            self.mmproj or "",
+            extra,
+            bool(cpu_repack),
+            _opt_bool(fuse_qkv, "fuse_qkv"),
+            bool(warmup),
+            vision_flash_attn,
+            _opt_bool(vision_pad_heads, "vision_pad_heads"),
+        )
+        self._encoder: Optional[_core.ImageEncoder] = None
+        self._encoder_lock = threading.Lock()
 
     @property
     def has_vision(self) -> bool:
         """Whether images can be given (a vision tower in the file, or an mmproj file)."""
         return self._m.has_vision
 
-    def encode_image(
-        self,
-        image: Any,
-        *,
-        max_slice_nums: Optional[int] = None,
-        use_image_id: Optional[bool] = None,
-        image_id: int = 0,
-    ) -> "_core.ImageChunk":
-        """Preprocesses and encodes an image (PIL image, path, bytes, data URL or HxWx3 uint8
-        array) into its placeholder tokens and embeddings, ready for a session."""
-        from .image import load_image
-
-        rgb = load_image(image)
-        if max_slice_nums is not None and (not isinstance(max_slice_nums, int) or max_slice_nums < 1):
-            raise InvalidArgumentError(f"max_slice_nums must be an int >= 1, got {max_slice_nums!r}")
-        return self._m.encode_image(rgb, max_slice_nums or 0, use_image_id, image_id)
-
     @property
     def info(self) -> Dict[str, Any]:
         """Architecture and sizes read from the file."""
         return dict(self._m.info)
+
+    @property
+    def defaults(self) -> Dict[str, Any]:
+        """The model's generation defaults: the reference ``chat()``'s values recorded in the
+        file (``enable_thinking``, ``sampling``, ``sampling_think``, ``max_tokens``, ``source``)."""
+        return dict(self._m.defaults)
 
     @property
     def chat_template(self) -> str:
@@ -146,16 +180,42 @@ class Model:
     def detokenize(self, ids: Sequence[int], skip_special: bool = False) -> str:
         return self._m.detokenize(list(ids), skip_special)
 
+    def _with_encoder(self, fn: Callable[[Any], Any]) -> Any:
+        # One encoder state per model for calls outside a session, used under a lock (sessions
+        # have their own and encode in parallel).
+        with self._encoder_lock:
+            if self._encoder is None:
+                self._encoder = _core.ImageEncoder(self._m)
+            return fn(self._encoder)
+
+    def encode_image(
+        self,
+        image: Any,
+        *,
+        max_slice_nums: Optional[int] = None,
+        use_image_id: Optional[bool] = None,
+        image_id: int = 0,
+    ) -> "_core.ImageChunk":
+        """Preprocesses and encodes an image (PIL image, path, bytes, data URL or HxWx3 uint8
+        array) into its placeholder tokens and embeddings, ready for any session. Calls are
+        serialised per model; :meth:`Session.encode_image` runs in parallel across sessions."""
+        from .image import load_image
+
+        rgb = load_image(image)
+        slices = _max_slices(max_slice_nums)
+        uid = _opt_bool(use_image_id, "use_image_id")
+        return self._with_encoder(lambda e: e.encode(rgb, slices, uid, _count(image_id, "image_id")))
+
     def render_chat(
         self,
         messages: Sequence[Message],
         add_generation_prompt: bool = True,
         enable_thinking: Optional[bool] = None,
     ) -> str:
-        """The prompt text the model's chat template gives for ``messages``."""
-        images: list = []
-        text = self._m.render_chat(_normalise_messages(messages, images), add_generation_prompt, enable_thinking)
-        return text.replace(_IMAGE_MARK, "(<image>./</image>)")
+        """The prompt text the model's chat template gives for ``messages`` (images shown as
+        ``(<image>./</image>)``); ``enable_thinking=None`` takes the model's default."""
+        return _core.render_chat(self._m, _normalise_messages(messages), add_generation_prompt,
+                                 _opt_bool(enable_thinking, "enable_thinking"))
 
     def chat_segments(
         self,
@@ -167,26 +227,24 @@ class Model:
     ) -> list:
         """The prompt of ``messages`` as segments: lists of token ids and encoded images, in order.
         Images are numbered 0, 1, ... across the conversation (``<image_id>N</image_id>``)."""
-        images: list = []
-        text = self._m.render_chat(_normalise_messages(messages, images), add_generation_prompt, enable_thinking)
-        parts = text.split(_IMAGE_MARK)
-        segments: list = []
-        for k, chunk in enumerate(parts):
-            if chunk:
-                segments.append(self.tokenize(chunk))
-            if k < len(images):
-                segments.append(
-                    self.encode_image(images[k], max_slice_nums=max_slice_nums, use_image_id=use_image_id, image_id=k)
-                )
-        return segments
+        msgs = _normalise_messages(messages)
+        slices = _max_slices(max_slice_nums)
+        uid = _opt_bool(use_image_id, "use_image_id")
+        think = _opt_bool(enable_thinking, "enable_thinking")
+        segs, _text, _thinking, _prefix = self._with_encoder(
+            lambda e: _core.chat_prompt_with(self._m, e, msgs, add_generation_prompt, think, slices, uid)
+        )
+        return list(segs)
 
     def __repr__(self) -> str:
         i = self._m.info
         return f"Model({self.path!r}, arch={i['arch']}, layers={i['n_layer']}, device={i['device']})"
 
 
-# Stands for an image in rendered chat text until it is replaced by the image's placeholder.
-_IMAGE_MARK = "\ue000minicpm-image\ue001"
+def _max_slices(max_slice_nums: Optional[int]) -> int:
+    if max_slice_nums is None:
+        return 0
+    return _count(max_slice_nums, "max_slice_nums", 1)
 
 
 def _is_image_like(x: Any) -> bool:
@@ -196,58 +254,114 @@ def _is_image_like(x: Any) -> bool:
     return mod.startswith("PIL.")
 
 
-def _normalise_messages(messages: Sequence[Message], images: Optional[list] = None) -> list:
+def _image_part(ref: Any, where: str) -> np.ndarray:
+    from .image import load_image
+
+    if isinstance(ref, Mapping):
+        ref = ref.get("url")
+    if ref is None:
+        raise InvalidArgumentError(f"{where}: image part without an image")
+    return load_image(ref)
+
+
+def _normalise_parts(content: Any, where: str) -> list:
+    """Content -> a list of str and HxWx3 uint8 arrays (the parts the core joins)."""
+    if content is None:
+        return [""]
+    if isinstance(content, str):
+        return [content]
+    if _is_image_like(content):
+        return [_image_part(content, where)]
+    if not isinstance(content, (list, tuple)):
+        raise InvalidArgumentError(f"{where}: content must be a str or a list, got {type(content).__name__}")
+    parts: list = []
+    for j, part in enumerate(content):
+        w = f"{where}, part {j}"
+        if isinstance(part, str):
+            parts.append(part)
+        elif isinstance(part, Mapping):
+            kind = part.get("type")
+            if kind == "text":
+                text = part.get("text", "")
+                if not isinstance(text, str):
+                    raise InvalidArgumentError(f"{w}: text must be a str")
+                parts.append(text)
+            elif kind in ("image_url", "image"):
+                parts.append(_image_part(part.get("image_url", part.get("image")), w))
+            else:
+                raise InvalidArgumentError(f"{w}: unsupported content part type {kind!r}")
+        elif _is_image_like(part):
+            parts.append(_image_part(part, w))
+        else:
+            raise InvalidArgumentError(f"{w}: unsupported content item of type {type(part).__name__}")
+    return parts
+
+
+def _normalise_messages(messages: Sequence[Message]) -> list:
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
         raise InvalidArgumentError("messages must be a list of {'role': ..., 'content': ...} dicts")
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
             raise InvalidArgumentError(f"message {i} must be a dict with 'role' and 'content'")
-        content = m["content"]
-        if isinstance(content, (list, tuple)):
-            # The reference's content list ([image, "text", ...]) or OpenAI-style parts; items are
-            # joined with "\n" as the reference chat() does, images become markers.
-            texts = []
-            for part in content:
-                if isinstance(part, str):
-                    texts.append(part)
-                elif isinstance(part, Mapping) and part.get("type") == "text":
-                    texts.append(str(part.get("text", "")))
-                elif isinstance(part, Mapping) and part.get("type") in ("image_url", "image"):
-                    ref = part.get("image_url", part.get("image"))
-                    if isinstance(ref, Mapping):
-                        ref = ref.get("url")
-                    if images is None:
-                        raise InvalidArgumentError(f"message {i}: images are not accepted here")
-                    images.append(ref)
-                    texts.append(_IMAGE_MARK)
-                elif _is_image_like(part):
-                    if images is None:
-                        raise InvalidArgumentError(f"message {i}: images are not accepted here")
-                    images.append(part)
-                    texts.append(_IMAGE_MARK)
-                else:
-                    raise InvalidArgumentError(f"message {i}: unsupported content item of type {type(part).__name__}")
-            content = "\n".join(texts)
-        elif _is_image_like(content) and not isinstance(content, str):
-            if images is None:
-                raise InvalidArgumentError(f"message {i}: images are not accepted here")
-            images.append(content)
-            content = _IMAGE_MARK
-        d = {"role": str(m["role"]), "content": "" if content is None else str(content)}
+        if not isinstance(m["role"], str):
+            raise InvalidArgumentError(f"message {i}: role must be a str")
+        d = {"role": m["role"], "content": _normalise_parts(m["content"], f"message {i}")}
         if m.get("reasoning_content") is not None:
             d["reasoning_content"] = str(m["reasoning_content"])
         out.append(d)
     return out
 
 
-_SAMPLING_DEFAULTS = dict(
-    temperature=0.7, top_k=100, top_p=0.8, min_p=0.0, repeat_penalty=1.05, presence_penalty=0.0, repeat_last_n=-1
-)
+_SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "presence_penalty", "repeat_last_n")
+
+
+def _sampling(kw: Dict[str, Any]) -> Dict[str, Any]:
+    """Sampling overrides; None (or absent) takes the model's default."""
+    p: Dict[str, Any] = {}
+    for k, v in kw.items():
+        if k not in _SAMPLING_KEYS:
+            raise InvalidArgumentError(f"unknown sampling parameter {k!r} (known: {', '.join(_SAMPLING_KEYS)})")
+        if v is None:
+            continue
+        if k in ("top_k", "repeat_last_n"):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise InvalidArgumentError(f"{k} must be an int, got {v!r}")
+            if not -(2**31) <= int(v) < 2**31:
+                raise InvalidArgumentError(f"{k} is out of range: {v!r}")
+            p[k] = int(v)
+        else:
+            try:
+                p[k] = float(v)
+            except (TypeError, ValueError):
+                raise InvalidArgumentError(f"{k} must be a number, got {v!r}") from None
+    return p
+
+
+def _max_tokens(value: Optional[int]) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidArgumentError(f"max_tokens must be an int or None, got {type(value).__name__}")
+    if value < -1:
+        raise InvalidArgumentError(f"max_tokens must be >= 0, or -1 for no limit, got {value}")
+    return int(min(value, 2**31 - 1))
+
+
+def _stops(stop: Optional[Union[str, Sequence[str]]]) -> List[str]:
+    if isinstance(stop, str):
+        stop = [stop]
+    stops = list(stop or [])
+    if not all(isinstance(s, str) for s in stops):
+        raise InvalidArgumentError("stop must be a string or a list of strings")
+    return stops
 
 
 class Session:
-    """A conversation state (KV cache) over a :class:`Model`.
+    """A conversation state (KV cache, compute buffers, sampler) over a :class:`Model`.
+
+    Sessions on one model run in parallel, one per thread; one session is used from one thread
+    at a time (a second thread gets :class:`~minicpm_cpp.errors.BusyError`).
 
     Args:
         model: a :class:`Model`, or a path to load one (then ``device``/``n_threads`` apply).
@@ -256,8 +370,12 @@ class Session:
         n_batch: prompt tokens evaluated per graph (micro-batch).
         kv_type: ``"auto"`` (F32 for all-F32 models, else F16), ``"f16"`` or ``"f32"``.
         flash_attn: ``"auto"``, ``"on"`` or ``"off"``.
-        device, n_threads, mmproj: passed to :class:`Model` when ``model`` is a path
-            (``mmproj``: a separate vision file in llama.cpp's layout).
+        n_threads: CPU threads of this session; ``None``: the model's.
+        eval_callback: ``fn(name, array)`` called with every named intermediate of the graphs
+            (``"llm:attn_norm-3"``, ``"vision:vit_features"``), for debugging; slow.
+        eval_filter: only names containing this string.
+        profile_ops: print a per-op time table after each graph evaluation.
+        device, mmproj: passed to :class:`Model` when ``model`` is a path.
     """
 
     def __init__(
@@ -269,18 +387,29 @@ class Session:
         n_batch: int = 512,
         kv_type: str = "auto",
         flash_attn: str = "auto",
-        device: str = "auto",
         n_threads: Optional[int] = None,
+        eval_callback: Optional[Callable[[str, np.ndarray], None]] = None,
+        eval_filter: str = "",
+        profile_ops: bool = False,
+        device: str = "auto",
         mmproj: Optional[Union[str, os.PathLike]] = None,
     ) -> None:
         if not isinstance(model, Model):
             model = Model(model, device=device, n_threads=n_threads, mmproj=mmproj)
         elif mmproj is not None:
             raise InvalidArgumentError("mmproj is given when loading a Model; pass it to Model(...)")
-        if seed is not None and (not isinstance(seed, int) or seed < 0):
-            raise InvalidArgumentError(f"seed must be a non-negative int or None, got {seed!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
+            raise InvalidArgumentError(f"seed must be an int in [0, 2**64) or None, got {seed!r}")
+        n_ctx = _count(n_ctx, "n_ctx", 1)
+        n_batch = _count(n_batch, "n_batch", 1)
+        if n_ctx >= 2**31 or n_batch >= 2**31:
+            raise InvalidArgumentError("n_ctx and n_batch must be < 2**31")
+        threads = 0 if n_threads is None else _count(n_threads, "n_threads")
+        if eval_callback is not None and not callable(eval_callback):
+            raise InvalidArgumentError("eval_callback must be callable")
         self.model = model
-        self._s = _core.Session(model._m, n_ctx, n_batch, seed, kv_type, flash_attn)
+        self._s = _core.Session(model._m, n_ctx, n_batch, seed, kv_type, flash_attn, threads,
+                                eval_callback, eval_filter, bool(profile_ops))
         self.last_stop_reason: Optional[str] = None
         self._n_images = 0
 
@@ -302,10 +431,10 @@ class Session:
             raise InvalidArgumentError("prefill() needs text, tokens or an image")
         segments: list = []
         if image is not None:
-            chunk = self.model.encode_image(
-                image, max_slice_nums=max_slice_nums, use_image_id=use_image_id, image_id=self._n_images
+            segments.append(
+                self.encode_image(image, max_slice_nums=max_slice_nums, use_image_id=use_image_id,
+                                  image_id=self._n_images)
             )
-            segments.append(chunk)
         if text is not None:
             if not isinstance(text, str):
                 raise InvalidArgumentError(f"text must be a str, got {type(text).__name__}")
@@ -317,9 +446,52 @@ class Session:
             self._n_images += 1
         return n
 
+    def encode_image(
+        self,
+        image: Any,
+        *,
+        max_slice_nums: Optional[int] = None,
+        use_image_id: Optional[bool] = None,
+        image_id: int = 0,
+    ) -> "_core.ImageChunk":
+        """Encodes an image with this session's vision encoder (see :meth:`Model.encode_image`)."""
+        from .image import load_image
+
+        rgb = load_image(image)
+        return self._s.encode_image(rgb, _max_slices(max_slice_nums), _opt_bool(use_image_id, "use_image_id"),
+                                    _count(image_id, "image_id"))
+
     def logits(self) -> np.ndarray:
         """Float32 logits of the last evaluated position, shape ``(n_vocab,)``."""
         return self._s.logits()
+
+    def set_capture(self, hidden: bool = True, logits: bool = False) -> None:
+        """Keep, for every position evaluated from now on, its last-layer hidden state (after
+        the final norm, as transformers' ``hidden_states[-1]``) and/or its logits."""
+        self._s.set_capture(bool(hidden), bool(logits))
+
+    def _range(self, start: int, end: Optional[int]) -> tuple:
+        n = self.n_past
+        end = n if end is None else end
+        start, end = _count(start, "start"), _count(end, "end")
+        if start > end or end > n:
+            raise InvalidArgumentError(f"range [{start}, {end}) is outside the context of {n} positions")
+        return start, end - start
+
+    def hidden_states(self, start: int = 0, end: Optional[int] = None) -> np.ndarray:
+        """Float32 ``(end - start, n_embd)``: the captured hidden states of context positions
+        ``[start, end)`` (see :meth:`set_capture`)."""
+        return self._s.hidden_states(*self._range(start, end))
+
+    def position_logits(self, start: int = 0, end: Optional[int] = None) -> np.ndarray:
+        """Float32 ``(end - start, n_vocab)``: the captured logits of positions ``[start, end)``."""
+        return self._s.position_logits(*self._range(start, end))
+
+    def remove(self, start: int, end: int) -> None:
+        """Removes context positions ``[start, end)``; the positions after them keep their RoPE
+        positions (a windowed cache), and the next tokens continue after the last one."""
+        first, n = self._range(start, end)
+        self._s.remove(first, first + n)
 
     def tokenize(self, text: str, parse_special: bool = True) -> List[int]:
         return self.model.tokenize(text, parse_special)
@@ -346,8 +518,13 @@ class Session:
         return list(self._s.tokens)
 
     @property
+    def positions(self) -> List[int]:
+        """The RoPE position of each context entry (consecutive unless :meth:`remove` cut some)."""
+        return list(self._s.positions)
+
+    @property
     def timings(self) -> Dict[str, float]:
-        """Accumulated prefill/decode/sampling times (ms) and token counts."""
+        """Accumulated prefill/decode/sampling/image-encoding times (ms) and counts."""
         return dict(self._s.timings)
 
     def reset_timings(self) -> None:
@@ -356,19 +533,18 @@ class Session:
     # -- generation --------------------------------------------------------------------------
     def sample(self, **sampling: Any) -> int:
         """Samples one token from the current logits (without adding it to the context)."""
-        p = _sampling(sampling)
-        return self._s.sample(**p)
+        return self._s.sample(_sampling(sampling))
 
     def generate(
         self,
-        max_tokens: int = 256,
-        temperature: float = 0.7,
-        top_p: float = 0.8,
-        top_k: int = 100,
-        min_p: float = 0.0,
-        repeat_penalty: float = 1.05,
-        presence_penalty: float = 0.0,
-        repeat_last_n: int = -1,
+        max_tokens: Optional[int] = None,
+        temperature: Optional[float] = None,
+        top_p: Optional[float] = None,
+        top_k: Optional[int] = None,
+        min_p: Optional[float] = None,
+        repeat_penalty: Optional[float] = None,
+        presence_penalty: Optional[float] = None,
+        repeat_last_n: Optional[int] = None,
         stop: Optional[Union[str, Sequence[str]]] = None,
         stream: bool = False,
         skip_special: bool = True,
@@ -376,49 +552,23 @@ class Session:
     ) -> Union[str, Iterator[str]]:
         """Generates text after the current context.
 
-        Stops at an end-of-turn token (``<|im_end|>``, eos), a ``stop`` string (not included),
-        ``max_tokens`` (``-1``: no limit) or a full context; ``last_stop_reason`` says which.
-        ``temperature=0`` is greedy. Returns the text, or with ``stream=True`` an iterator of
-        text pieces as they are produced.
+        Every argument left at ``None`` takes the model's default (:attr:`Model.defaults`: the
+        reference ``chat()``'s sampling values). Stops at an end-of-turn token (``<|im_end|>``,
+        eos), a ``stop`` string (not included), ``max_tokens`` (``-1``: no limit) or a full
+        context; ``last_stop_reason`` says which. ``temperature=0`` is greedy. Returns the text,
+        or with ``stream=True`` an iterator of text pieces as they are produced.
         """
-        if isinstance(stop, str):
-            stop = [stop]
-        stops = list(stop or [])
-        if not all(isinstance(s, str) for s in stops):
-            raise InvalidArgumentError("stop must be a string or a list of strings")
-        if not isinstance(max_tokens, int):
-            raise InvalidArgumentError(f"max_tokens must be an int, got {type(max_tokens).__name__}")
-        p = _sampling(
-            dict(
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                min_p=min_p,
-                repeat_penalty=repeat_penalty,
-                presence_penalty=presence_penalty,
-                repeat_last_n=repeat_last_n,
-            )
-        )
+        p = _sampling(dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                           repeat_penalty=repeat_penalty, presence_penalty=presence_penalty,
+                           repeat_last_n=repeat_last_n))
         self.last_stop_reason = None
-        self._s.begin_generation(
-            max_tokens,
-            stops,
-            p["temperature"],
-            p["top_k"],
-            p["top_p"],
-            p["min_p"],
-            p["repeat_penalty"],
-            p["presence_penalty"],
-            p["repeat_last_n"],
-            stop_at_end_of_turn,
-            skip_special,
-        )
-        it = self._steps()
-        if stream:
-            return it
-        return "".join(it)
+        self._s.begin_generation(_max_tokens(max_tokens), _stops(stop), p, stop_at_end_of_turn, skip_special)
+        it = self._steps("")
+        return it if stream else "".join(it)
 
-    def _steps(self) -> Iterator[str]:
+    def _steps(self, prefix: str) -> Iterator[str]:
+        if prefix:
+            yield prefix
         while True:
             text, _tok, done, reason = self._s.next()
             if text:
@@ -426,6 +576,22 @@ class Session:
             if done:
                 self.last_stop_reason = reason
                 return
+
+    def chat_prompt(
+        self,
+        messages: Sequence[Message],
+        *,
+        enable_thinking: Optional[bool] = None,
+        add_generation_prompt: bool = True,
+        max_slice_nums: Optional[int] = None,
+        use_image_id: Optional[bool] = None,
+    ) -> Dict[str, Any]:
+        """The prompt :meth:`chat` would evaluate: ``{"segments", "text", "thinking", "answer_prefix"}``
+        (segments: token-id lists and encoded images, in order)."""
+        segs, text, thinking, prefix = self._s.chat_prompt(
+            _normalise_messages(messages), add_generation_prompt, _opt_bool(enable_thinking, "enable_thinking"),
+            _max_slices(max_slice_nums), _opt_bool(use_image_id, "use_image_id"))
+        return {"segments": list(segs), "text": text, "thinking": thinking, "answer_prefix": prefix}
 
     def chat(
         self,
@@ -435,29 +601,35 @@ class Session:
         stream: bool = False,
         max_slice_nums: Optional[int] = None,
         use_image_id: Optional[bool] = None,
-        **generate_kwargs: Any,
+        max_tokens: Optional[int] = None,
+        stop: Optional[Union[str, Sequence[str]]] = None,
+        skip_special: bool = True,
+        stop_at_end_of_turn: bool = True,
+        **sampling: Any,
     ) -> Union[str, Iterator[str]]:
-        """Answers the conversation ``messages`` (``[{"role": "user", "content": "..."}]``).
+        """Answers the conversation ``messages`` (``[{"role": "user", "content": "..."}]``), as
+        the reference ``chat()`` does with the same arguments.
 
         Content may be a list mixing text and images, in the reference's form
-        (``[PIL.Image, "What is in the image?"]``) or OpenAI's
+        (``[PIL.Image, "What is in the image?"]``, items joined with ``"\\n"``) or OpenAI's
         (``[{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}, {"type": "text", ...}]``).
         ``max_slice_nums`` and ``use_image_id`` override the model's image defaults.
 
-        The whole conversation is rendered with the model's chat template; tokens already in
-        the context that match the rendered prompt are reused, so passing the growing history
-        each turn only evaluates the new part. ``enable_thinking`` switches the reasoning
-        template (Qwen3 family). Other keyword arguments go to :meth:`generate`.
+        ``enable_thinking=None`` takes the model's default: ``False`` for MiniCPM-V 4.5 and
+        MiniCPM-o 4.5 (the prompt ends with ``<think>\\n\\n</think>\\n\\n``, as the reference's);
+        sampling values left out take the reference ``chat()``'s for that mode (see
+        :attr:`Model.defaults`). The whole conversation is rendered with the model's chat
+        template; tokens already in the context that match are reused, so passing the growing
+        history each turn only evaluates the new part (images already encoded are reused too).
         """
-        segments = self.model.chat_segments(
-            messages,
-            add_generation_prompt=True,
-            enable_thinking=enable_thinking,
-            max_slice_nums=max_slice_nums,
-            use_image_id=use_image_id,
-        )
-        self._s.sync_segments(segments)
-        return self.generate(stream=stream, **generate_kwargs)
+        p = _sampling(sampling)
+        self.last_stop_reason = None
+        _segs, _text, _thinking, prefix = self._s.begin_chat(
+            _normalise_messages(messages), _opt_bool(enable_thinking, "enable_thinking"),
+            _max_slices(max_slice_nums), _opt_bool(use_image_id, "use_image_id"), _max_tokens(max_tokens),
+            _stops(stop), p, stop_at_end_of_turn, skip_special)
+        it = self._steps(prefix)
+        return it if stream else "".join(it)
 
     def __repr__(self) -> str:
         return f"Session(n_past={self.n_past}, n_ctx={self.n_ctx})"
@@ -472,25 +644,7 @@ def _as_token_list(tokens: Sequence[int]) -> List[int]:
     for t in tokens:
         if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
             raise InvalidArgumentError(f"tokens must be ints, got {type(t).__name__}")
+        if not -(2**31) <= int(t) < 2**31:
+            raise InvalidArgumentError(f"token id {int(t)} is out of range")
         out.append(int(t))
     return out
-
-
-def _sampling(kw: Dict[str, Any]) -> Dict[str, Any]:
-    p = dict(_SAMPLING_DEFAULTS)
-    for k, v in kw.items():
-        if k not in p:
-            raise InvalidArgumentError(f"unknown sampling parameter {k!r} (known: {', '.join(p)})")
-        if v is None:
-            continue
-        p[k] = v
-    for k in ("temperature", "top_p", "min_p", "repeat_penalty", "presence_penalty"):
-        try:
-            p[k] = float(p[k])
-        except (TypeError, ValueError):
-            raise InvalidArgumentError(f"{k} must be a number, got {p[k]!r}") from None
-    for k in ("top_k", "repeat_last_n"):
-        if isinstance(p[k], bool) or not isinstance(p[k], (int, np.integer)):
-            raise InvalidArgumentError(f"{k} must be an int, got {p[k]!r}")
-        p[k] = int(p[k])
-    return p

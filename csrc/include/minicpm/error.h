@@ -14,6 +14,7 @@ enum class ErrorKind {
     InvalidArgument,  // bad parameter from the caller
     ContextFull,      // prompt or generation does not fit the context
     Backend,          // device / backend failure
+    Busy,             // a session (or encoder) used from two threads at once
     Internal,
 };
 

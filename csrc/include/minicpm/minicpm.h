@@ -2,9 +2,16 @@
 //
 //   auto model = minicpm::Model::load("model.gguf", {});
 //   minicpm::Session s(model, {});
-//   s.prefill(model->tokenize("Hello"));
-//   s.begin_generation({});
-//   for (;;) { auto step = s.next(); std::cout << step.text; if (step.done) break; }
+//   std::string answer = s.chat({minicpm::Message::user("Hello")}, {});
+//
+// Thread safety. A Model is immutable after load() and may be shared by any number of
+// sessions on any threads. Everything that changes while computing (KV cache, compute
+// buffers, backend instances, encoder state, sampler and RNG) belongs to one Session (or one
+// ImageEncoder): sessions on one model run at the same time, each from its own thread, with
+// results identical to running them one after the other. One Session (or ImageEncoder) is used
+// from one thread at a time: a call made while another thread is inside it throws
+// Error(Busy) ("session is busy") and changes nothing. Image chunks (ImageChunk) are immutable
+// and can be given to any session.
 #pragma once
 
 #include <cstdint>
@@ -23,15 +30,37 @@ class Tokenizer;
 struct DeviceInfo;
 std::vector<DeviceInfo> list_devices();
 
+// ---- debugging -----------------------------------------------------------------------------
+
+// One named intermediate of a graph ("attn_norm-3", "vit_features"), as it was computed.
+struct TensorDump {
+    std::string          graph;   // "llm", "vision"
+    std::string          name;
+    std::vector<int64_t> shape;   // ggml order (fastest dimension first), trailing 1s dropped
+    std::vector<float>   data;
+};
+
+struct DebugOptions {
+    // Called with every named intermediate whose name contains tensor_filter ("" = all), as
+    // llama.cpp's eval callback. Slow: the graph is evaluated node by node while it is set.
+    std::function<void(const TensorDump &)> on_tensor;
+    std::string                             tensor_filter;
+    bool                                    profile_ops = false;   // per-op time table on stderr after each graph
+};
+
+// ---- model ---------------------------------------------------------------------------------
+
 struct ModelParams {
-    std::string device    = "auto";   // "auto", "cpu", "gpu", "cuda", "metal", or a registry name ("CUDA1")
-    int         n_threads = 0;        // CPU threads; 0 = pick from the core count
-    std::string mmproj;               // optional separate vision file (llama.cpp's mmproj layout)
-    int         cpu_repack = -1;      // CPU only: keep quantized matrices in ggml's repacked layout (a
-                                      // copy instead of the mapped file): -1 default (= 1), 0 never,
-                                      // 1 every type the CPU backend has repacked kernels for
-    int         fuse_qkv = -1;        // one Q|K|V product per layer: -1 auto (on a GPU, when the three
-                                      // share a type), 0 off, 1 also on the CPU (copies them)
+    std::string              device    = "auto";  // "auto", "cpu", "gpu", "cuda", "metal", or a registry name ("CUDA1")
+    int                      n_threads = 0;       // CPU threads of the model's sessions by default; 0 = from the core count
+    std::string              mmproj;              // separate vision file (llama.cpp's mmproj layout)
+    std::vector<std::string> extra_files;         // more files with components (loaded as the mmproj is)
+    bool                     cpu_repack = true;   // CPU: quantized matrices in ggml's repacked layout (a copy instead of
+                                                  // the mapped file) for every type the CPU backend has kernels for
+    std::optional<bool>      fuse_qkv;            // one Q|K|V product per layer; unset: on a GPU where the three share a type
+    bool                     warmup = true;       // run the encoders once at load (page faults, buffer growth)
+    std::string              vision_flash_attn = "auto";   // "auto" (where the backend supports it) | "on" | "off"
+    std::optional<bool>      vision_pad_heads;    // pad attention heads to a fast-kernel size; unset: on GPUs
 };
 
 struct ImageOptions {
@@ -64,6 +93,7 @@ struct ModelInfo {
     std::string model_type;   // minicpm.model_type, e.g. "minicpm-v-4.5"
     std::string name;
     std::string device;
+    std::vector<std::string> components;   // "llm", "vision", ...
     int64_t     n_vocab = 0, n_embd = 0, n_layer = 0, n_head = 0, n_head_kv = 0, head_dim = 0, n_ff = 0;
     int64_t     n_ctx_train = 0;
     float       rope_base = 0, rms_eps = 0;
@@ -73,15 +103,40 @@ struct ModelInfo {
     std::string chat_template;
 };
 
+// Sampling with every value given (what the sampler runs with).
+struct SamplerConfig {
+    float temperature      = 1.0f;   // 0 = greedy
+    int   top_k            = 0;      // 0 = off
+    float top_p            = 1.0f;   // 1 = off
+    float min_p            = 0.0f;   // 0 = off
+    float repeat_penalty   = 1.0f;   // 1 = off; HF semantics: divide positive, multiply negative logits
+    float presence_penalty = 0.0f;   // subtracted once from the logit of every seen token
+    int   repeat_last_n    = -1;     // tokens looked back for penalties; -1 = whole context
+};
+
+// The model's own generation defaults: the reference chat()'s, as the converter recorded them
+// (minicpm.chat.*), else llama.cpp's general.sampling.* keys, else the library's fallback
+// (temperature 0.7, top-p 0.8, top-k 100, repetition penalty 1.05, 2048 new tokens: the
+// values llama.cpp documents for MiniCPM-V). Read in one place (runtime/defaults.cpp).
+struct GenerationDefaults {
+    std::optional<bool> enable_thinking;   // unset: the chat template's own default
+    SamplerConfig       sampling;          // without reasoning
+    SamplerConfig       sampling_think;    // with reasoning enabled
+    int                 max_tokens = 2048;
+    std::string         source;            // where the values come from (for --help and logs)
+};
+
 class Model {
 public:
     // Throws minicpm::Error with a message naming the file and what was wrong.
     static std::shared_ptr<Model> load(const std::string & path, const ModelParams & params);
     ~Model();
 
-    const ModelInfo &  info() const;
-    const Tokenizer &  tokenizer() const;
-    const ChatTemplate & chat_template() const;
+    const ModelInfo &          info() const;
+    const Tokenizer &          tokenizer() const;
+    const ChatTemplate &       chat_template() const;
+    const GenerationDefaults & defaults() const;
+    const ModelParams &        params() const;
 
     std::vector<int32_t> tokenize(const std::string & text, bool parse_special = true) const;
     std::string          detokenize(const std::vector<int32_t> & ids, bool skip_special = false) const;
@@ -89,12 +144,9 @@ public:
     const std::vector<int32_t> & end_of_turn_ids() const;
     bool is_end_of_turn(int32_t id) const;
 
+    bool has_component(const std::string & kind) const;   // "llm", "vision", ...
     // Vision: present when the file (or the mmproj given at load) has a vision tower.
-    bool has_vision() const;
-    // Preprocesses and encodes an RGB8 image (width*height*3 bytes). Thread-safe; throws
-    // Error(Unsupported) without a vision tower, Error(InvalidArgument) for a bad image.
-    std::shared_ptr<const ImageChunk> encode_image(const uint8_t * rgb, int width, int height,
-                                                   const ImageOptions & opts) const;
+    bool has_vision() const { return has_component("vision"); }
 
     struct Impl;
     Impl & impl() const { return *impl_; }
@@ -104,30 +156,91 @@ private:
     std::unique_ptr<Impl> impl_;
 };
 
-struct SessionParams {
-    int         n_ctx    = 4096;
-    int         n_batch  = 512;      // prefill micro-batch
-    std::optional<uint64_t> seed;    // unset = random
-    std::string kv_type  = "auto";   // "auto" (f32 for all-F32 models, else f16), "f16", "f32"
-    std::string flash_attn = "auto"; // "auto" | "on" | "off"
+// The compute state of the vision encoder (backends, scheduler, buffers): one per thread.
+// Sessions have their own; this one is for encoding images outside a session.
+class ImageEncoder {
+public:
+    explicit ImageEncoder(std::shared_ptr<Model> model, int n_threads = 0, DebugOptions debug = {});
+    ~ImageEncoder();
+    ImageEncoder(const ImageEncoder &) = delete;
+    ImageEncoder & operator=(const ImageEncoder &) = delete;
+
+    // Preprocesses and encodes an RGB8 image (width*height*3 bytes). Throws Error(Unsupported)
+    // without a vision tower, Error(InvalidArgument) for a bad image, Error(Busy) when another
+    // thread is inside this encoder.
+    std::shared_ptr<const ImageChunk> encode(const uint8_t * rgb, int width, int height, const ImageOptions & opts);
+
+    struct Impl;
+
+private:
+    std::unique_ptr<Impl> impl_;
 };
 
+// ---- prompts -------------------------------------------------------------------------------
+
+// An RGB8 image, row-major, width * height * 3 bytes.
+struct RgbImage {
+    int                  width = 0, height = 0;
+    std::vector<uint8_t> pixels;
+};
+
+// One part of a message's content. Parts are joined as the reference chat() joins them
+// (text with "\n" between parts; an image stands where it is, as its placeholder).
+struct ContentPart {
+    enum class Type { Text, Image };   // audio and video come with their components
+    Type                            type = Type::Text;
+    std::string                     text;
+    std::shared_ptr<const RgbImage> image;
+
+    static ContentPart make_text(std::string t);
+    static ContentPart make_image(std::shared_ptr<const RgbImage> img);
+};
+
+struct Message {
+    std::string                role;      // "system" | "user" | "assistant" | "tool"
+    std::vector<ContentPart>   content;
+    std::optional<std::string> reasoning_content;
+
+    static Message system(std::string text);
+    static Message user(std::string text);
+    static Message assistant(std::string text);
+};
+
+// ---- generation ----------------------------------------------------------------------------
+
+// Sampling overrides: unset fields take the model's defaults (Model::defaults(), the
+// reasoning set when reasoning is enabled).
 struct SamplingParams {
-    float temperature      = 0.7f;   // 0 = greedy
-    int   top_k            = 100;    // 0 = off
-    float top_p            = 0.8f;   // 1 = off
-    float min_p            = 0.0f;   // 0 = off
-    float repeat_penalty   = 1.05f;  // 1 = off; HF semantics: divide positive, multiply negative logits
-    float presence_penalty = 0.0f;   // subtracted once from the logit of every seen token
-    int   repeat_last_n    = -1;     // tokens looked back for penalties; -1 = whole context
+    std::optional<float> temperature, top_p, min_p, repeat_penalty, presence_penalty;
+    std::optional<int>   top_k, repeat_last_n;
+
+    SamplerConfig resolve(const SamplerConfig & defaults) const;
 };
 
 struct GenerationParams {
-    int                      max_tokens = 256;   // < 0: until end of turn or context full
+    std::optional<int>       max_tokens;          // unset: the model's default; < 0: until end of turn or context full
     SamplingParams           sampling;
-    std::vector<std::string> stop;               // stop strings (not included in the output)
+    std::vector<std::string> stop;                // stop strings (not included in the output)
     bool                     stop_at_end_of_turn = true;
     bool                     skip_special = true; // leave special tokens out of the text
+    bool                     thinking = false;    // sample with the reasoning defaults (chat() sets it)
+};
+
+struct ChatParams {
+    std::optional<bool> enable_thinking;   // unset: the model's default (the reference chat()'s)
+    bool                add_generation_prompt = true;
+    int                 max_slice_nums = 0;   // 0 = the model's default
+    std::optional<bool> use_image_id;          // unset = the model's default
+    GenerationParams    generation;
+};
+
+// A chat prompt ready for a session.
+struct ChatPrompt {
+    std::vector<PromptSegment> segments;
+    std::string                text;             // the rendered prompt, images as "(<image>./</image>)"
+    bool                       thinking = false; // reasoning enabled (after defaults)
+    std::string                answer_prefix;    // what the reference puts before the returned answer
+                                                 // ("<think>\n" when the prompt opened a reasoning block)
 };
 
 enum class StopReason { None, EndOfTurn, StopString, MaxTokens, ContextFull };
@@ -141,8 +254,18 @@ struct GenerationStep {
 };
 
 struct Timings {
-    double  prefill_ms = 0, decode_ms = 0, sample_ms = 0;
-    int64_t n_prefill = 0, n_decode = 0;
+    double  prefill_ms = 0, decode_ms = 0, sample_ms = 0, encode_ms = 0;
+    int64_t n_prefill = 0, n_decode = 0, n_images = 0;
+};
+
+struct SessionParams {
+    int         n_ctx    = 4096;
+    int         n_batch  = 512;      // prefill micro-batch
+    int         n_threads = 0;       // CPU threads; 0 = the model's
+    std::optional<uint64_t> seed;    // unset = random
+    std::string kv_type  = "auto";   // "auto" (f32 for all-F32 models, else f16), "f16", "f32"
+    std::string flash_attn = "auto"; // "auto" | "on" | "off"
+    DebugOptions debug;
 };
 
 class Session {
@@ -162,8 +285,31 @@ public:
     int prefill(const std::vector<PromptSegment> & segments);
     int sync(const std::vector<PromptSegment> & segments);
 
+    // Encodes an image with this session's vision encoder (see ImageEncoder::encode).
+    std::shared_ptr<const ImageChunk> encode_image(const uint8_t * rgb, int width, int height, const ImageOptions & opts);
+    // Renders `messages` with the chat template and builds the prompt (images encoded here).
+    ChatPrompt chat_prompt(const std::vector<Message> & messages, const ChatParams & params);
+    // chat_prompt + sync + begin_generation: then call next() until done.
+    ChatPrompt begin_chat(const std::vector<Message> & messages, const ChatParams & params);
+    // The whole answer, as the reference chat() returns it (answer_prefix included).
+    // on_text, when given, receives the pieces as they are generated.
+    std::string chat(const std::vector<Message> & messages, const ChatParams & params,
+                     const std::function<void(const std::string &)> & on_text = {});
+
     // Logits of the last evaluated position (n_vocab floats). Throws if nothing was evaluated.
     const std::vector<float> & logits();
+
+    // Outputs kept per evaluated position from now on: the last-layer hidden state (after the
+    // final norm, as transformers' hidden_states[-1]) and/or the logits. Off by default.
+    void set_capture(bool hidden, bool logits);
+    // [n, n_embd] / [n, n_vocab] row-major for context positions [first, first + n); each must
+    // have been evaluated while capture was on (else Error(InvalidArgument)).
+    std::vector<float> hidden_states(int first, int n) const;
+    std::vector<float> position_logits(int first, int n) const;
+
+    // Removes context positions [first, last): their cache cells are freed and the tokens after
+    // them keep their positions (RoPE phases), as in a windowed cache. Generation state is reset.
+    void remove(int first, int last);
 
     int32_t sample(const SamplingParams & params);
 
@@ -174,6 +320,7 @@ public:
     int  n_past() const;       // tokens in the context (evaluated or pending)
     int  n_ctx() const;
     const std::vector<int32_t> & tokens() const;
+    std::vector<int32_t>         positions() const;   // RoPE position of each context entry
     const Timings & timings() const;
     void reset_timings();
     const std::shared_ptr<Model> & model() const;

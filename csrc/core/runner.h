@@ -1,0 +1,96 @@
+// The one graph runner: every compute graph of the library (the LLM decoder, the vision encoder,
+// and each later component) runs through a GraphRunner, and nothing else creates a scheduler or
+// a ggml context for compute.
+//
+// A runner belongs to one session (its compute state is never shared) and owns:
+//   - a backend scheduler over that session's backends, reserved once with the worst case the
+//     caller declares (the buffer sizes are logged);
+//   - the metadata arena the graphs are built in, sized for `max_nodes`;
+//   - the last graph, kept allocated while the caller's reuse key stays the same, so repeated
+//     evaluations of one shape (decode steps, images of one size) only refresh their inputs;
+//   - state tensors: named tensors in their own device buffer that survive every compute (KV
+//     caches, encoder streaming caches), declared before allocate_state();
+//   - an optional eval callback for debugging (named intermediates, op profiles; core/debug.h).
+//
+// Per call: prepare(key, build) [rebuilds only when the key changed] -> set inputs -> compute().
+// Imitates whisper.cpp's whisper_sched and stable-diffusion.cpp's GGMLRunner.
+#pragma once
+
+#include "core/backend.h"
+
+#include "ggml-backend.h"
+#include "ggml.h"
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace minicpm {
+
+// What identifies a graph's shape: two builds with equal keys must give the same graph.
+using GraphKey = std::vector<int64_t>;
+
+// Builds a graph into `gf`. Tensors made in `ctx` live until the next rebuild, so the builder
+// may store input/output tensor pointers for the caller.
+using GraphBuilder = std::function<void(ggml_context * ctx, ggml_cgraph * gf)>;
+
+class GraphRunner {
+public:
+    // name: for logs and errors ("llm", "vision"). max_nodes: an upper bound on the nodes of any
+    // graph this runner builds (the arena and the scheduler are sized for it).
+    GraphRunner(std::string name, const ComputeBackends & backends, size_t max_nodes);
+    ~GraphRunner();
+    GraphRunner(const GraphRunner &) = delete;
+    GraphRunner & operator=(const GraphRunner &) = delete;
+
+    // Reserves compute memory for the worst-case graph `build` makes (it is not kept) and logs
+    // the buffer size per backend. Throws Error(Backend) with `what_if_fails` when it does not fit.
+    void reserve(const GraphBuilder & build, const std::string & what_if_fails = "");
+
+    // Makes the kept graph the one for `key`: rebuilt (and allocated) only when `key` differs
+    // from the kept graph's. Returns true when it was rebuilt; the caller then takes the new
+    // input tensors the builder stored. Throws Error(Backend) when allocation fails.
+    bool prepare(const GraphKey & key, const GraphBuilder & build);
+    // Computes the kept graph. Throws Error(Backend) on failure (the graph is dropped).
+    void compute();
+    // Drops the kept graph (the next prepare() rebuilds).
+    void invalidate();
+    ggml_cgraph * graph() const { return graph_; }
+
+    // State tensors: declared, then allocated together on the main device (zero-filled).
+    ggml_tensor * add_state(const std::string & name, ggml_type type, const std::vector<int64_t> & shape);
+    void          allocate_state();
+    ggml_tensor * state(const std::string & name) const;   // nullptr when not declared
+    size_t        state_bytes() const;
+    void          clear_state();                          // zero-fills every state tensor
+
+    // Debugging: called for every node the scheduler evaluates (ggml's eval callback
+    // semantics: ask, then observe). Set before compute; nullptr removes it.
+    void set_eval_callback(ggml_backend_sched_eval_callback cb, void * user);
+
+    const std::string &     name() const { return name_; }
+    const ComputeBackends & backends() const { return backends_; }
+    size_t                  compute_buffer_size() const;   // summed over backends
+
+private:
+    ggml_context * new_graph_ctx();
+    void           drop_graph();
+
+    std::string             name_;
+    const ComputeBackends & backends_;
+    size_t                  max_nodes_;
+    ggml_backend_sched_t    sched_ = nullptr;
+    std::vector<uint8_t>    meta_;
+    ggml_context *          graph_ctx_ = nullptr;
+    ggml_cgraph *           graph_ = nullptr;
+    GraphKey                key_;
+    bool                    have_key_ = false;
+    // state tensors
+    ggml_context *                         state_ctx_ = nullptr;
+    ggml_backend_buffer_t                  state_buf_ = nullptr;
+    std::map<std::string, ggml_tensor *>   state_;
+};
+
+} // namespace minicpm

@@ -1,0 +1,101 @@
+// The LLM state of one session: the context (one entry per token or embedding row, with its
+// position and cache cell), the KV cache, the decoder's graph runner, and what the last
+// evaluation produced (logits, captured hidden states).
+//
+// Entries are appended as pending and evaluated in micro-batches by eval_pending(); an entry
+// carries a token id, a tag (0 for text; a content hash for embedding rows, so that prefix
+// reuse compares images too) and, while pending, a reference to its embedding row.
+#pragma once
+
+#include "minicpm/minicpm.h"
+
+#include "core/debug.h"
+#include "core/runner.h"
+#include "models/llm.h"
+#include "runtime/kv_cache.h"
+
+#include <memory>
+#include <vector>
+
+namespace minicpm {
+
+// Where a pending position's embedding comes from (an image chunk row), if not from token_embd.
+struct EmbRef {
+    std::shared_ptr<const ImageChunk> chunk;
+    int32_t                           row = -1;
+};
+
+// Positions to append: parallel arrays (flatten_segments fills them).
+struct PendingRun {
+    std::vector<int32_t>  tokens;
+    std::vector<uint64_t> tags;
+    std::vector<EmbRef>   refs;
+};
+
+// Flattens prompt segments into per-position tokens, tags and embedding references, checking
+// token ids and image chunk sizes against the model.
+PendingRun flatten_segments(const std::vector<PromptSegment> & segs, const LlmHparams & hp);
+
+class LlmContext {
+public:
+    LlmContext(const LlmModel & model, const ComputeBackends & backends, const SessionParams & params);
+
+    size_t size() const { return tokens_.size(); }        // entries (evaluated and pending)
+    size_t n_eval() const { return n_eval_; }             // entries [0, n_eval) are in the cache
+    int    n_ctx() const { return (int) kv_.n_cells; }
+    const std::vector<int32_t> &  tokens() const { return tokens_; }
+    const std::vector<uint64_t> & tags() const { return tags_; }
+    const std::vector<int32_t> &  positions() const { return pos_; }
+
+    // Throws Error(ContextFull) when `extra` more entries do not fit.
+    void check_fits(size_t extra, const char * what) const;
+    // Appends entries as pending, at positions following the last entry's.
+    void append(PendingRun && run, size_t from = 0);
+    void append_token(int32_t token);
+    // Drops entries [n, size()) (their cells are freed).
+    void truncate(size_t n);
+    // Drops entries [first, last); the others keep their positions.
+    void remove(size_t first, size_t last);
+    void clear() { truncate(0); }
+
+    // Evaluates every pending entry; returns how many were evaluated. On failure the pending
+    // entries of the failed micro-batch and after stay pending (nothing half-written counts).
+    size_t eval_pending();
+
+    bool                       logits_valid() const { return logits_valid_; }
+    const std::vector<float> & logits() const { return logits_; }   // of the last evaluated entry
+
+    void set_capture(bool hidden, bool logits) { capture_hidden_ = hidden; capture_logits_ = logits; }
+    // Rows of captured outputs of entries [first, first + n), row-major.
+    std::vector<float> captured_hidden(size_t first, size_t n) const;
+    std::vector<float> captured_logits(size_t first, size_t n) const;
+
+    const LlmModel & model() const { return m_; }
+
+private:
+    void eval_batch(size_t first, int64_t n_tokens);
+    void fill_embeddings(size_t first, int64_t n, std::vector<float> & out) const;
+    void erase_entries(size_t first, size_t last);
+
+    const LlmModel &      m_;
+    SessionParams         params_;
+    bool                  flash_attn_ = false;
+    GraphRunner           runner_;
+    EvalObserver          observer_;
+    KvCache               kv_;
+    LlmGraphInputs        in_;
+
+    std::vector<int32_t>  tokens_;
+    std::vector<uint64_t> tags_;
+    std::vector<int32_t>  pos_;
+    std::vector<int64_t>  cells_;   // -1 while pending
+    std::vector<EmbRef>   refs_;
+    size_t                n_eval_ = 0;
+
+    std::vector<float>    logits_;
+    bool                  logits_valid_ = false;
+    bool                  capture_hidden_ = false, capture_logits_ = false;
+    std::vector<std::vector<float>> hidden_rows_, logit_rows_;   // per entry; empty when not captured
+};
+
+} // namespace minicpm
