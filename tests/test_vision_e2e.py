@@ -254,3 +254,35 @@ def test_llama_cpp_layout_llm_plus_mmproj(tiny_minicpmv45_vision_dir, converted,
         minicpm_cpp.Model(llm, device="cpu", mmproj=other)
     with pytest.raises(minicpm_cpp.FormatError, match="no MiniCPM-V vision encoder"):
         minicpm_cpp.Model(llm, device="cpu", mmproj=llm)
+
+
+@pytest.mark.parametrize("layout", [V45, V26])
+def test_default_chat_is_the_official_chat_default(layout, setup):
+    """Without enable_thinking, chat() builds what the official chat() builds with its defaults:
+    enable_thinking=False for the Qwen3 MiniCPM models, which renders <think>\\n\\n</think>\\n\\n
+    after the assistant header (the Qwen2 V2.6 layout has no such switch). Greedy tokens equal
+    the reference's on that prompt; the sampling defaults are the official chat()'s."""
+    ref, model = setup(layout)
+    rgb = _image(640, 480, 11)
+    msgs = [{"role": "user", "content": [rgb, "What is in the image?"]}]
+    s = minicpm_cpp.Session(model, n_ctx=2048)
+    prompt = s.chat_prompt(msgs)
+    ids = ref.prompt_ids([{"role": "user", "content": "(<image>./</image>)\nWhat is in the image?"}],
+                         [_pieces(rgb, {"max_slice_nums": 9})[1]],
+                         enable_thinking=False if layout == V45 else None)   # V2.6's chat() passes none
+    assert _flatten(prompt["segments"]) == ids
+    if layout == V45:
+        assert prompt["text"].endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+        assert model.defaults["enable_thinking"] is False and not prompt["thinking"]
+        # MiniCPM-V 4.5 chat(): temperature 0.7, top-p 0.8, top-k 100, repetition penalty 1.03.
+        d = model.defaults["sampling"]
+        assert (d["temperature"], d["top_p"], d["top_k"], d["repeat_penalty"]) == pytest.approx((0.7, 0.8, 100, 1.03))
+    else:
+        assert prompt["text"].endswith("<|im_start|>assistant\n")
+    chunk = [x for x in prompt["segments"] if hasattr(x, "embed_pos")][0]
+    pieces, _ = _pieces(rgb, {"max_slice_nums": 9})
+    ref_emb = ref_vision.vision_embeddings(ref.vision, pieces).reshape(-1, ref.vision.config.embed_dim)
+    _, ref_greedy = ref.logits_and_greedy(ids, ref_emb, 12)
+    answer = s.chat(msgs, max_tokens=12, temperature=0, repeat_penalty=1.0, stop_at_end_of_turn=False)
+    assert s.tokens[-12:] == ref_greedy
+    assert answer == model.detokenize(ref_greedy, skip_special=True)

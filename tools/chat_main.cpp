@@ -8,7 +8,7 @@
 // Prints the family on the first line, then the rendered prompt. On an error, prints the
 // message to stderr and exits with status 2.
 #include "core/error.h"
-#include "runtime/chat.h"
+#include "minicpm/chat.h"
 
 #include <cstdio>
 #include <fstream>

@@ -5,7 +5,6 @@
 #include "core/error.h"
 #include "graph/blocks.h"
 #include "model/names.h"
-#include "runtime/kv_cache.h"
 
 #include <algorithm>
 #include <cmath>
@@ -167,7 +166,7 @@ const ComponentType kLlmComponent = {"llm", &llm_present, &llm_load};
 
 size_t llm_graph_max_nodes(const LlmHparams & hp) { return (size_t) std::max<int64_t>(2048, hp.n_layer * 48 + 64); }
 
-void build_llm_graph(ggml_context * ctx, ggml_cgraph * gf, const LlmModel & m, const KvCache & kv,
+void build_llm_graph(ggml_context * ctx, ggml_cgraph * gf, const LlmModel & m, const KvTensors & kv,
                      const LlmGraphParams & p, LlmGraphInputs & in) {
     using namespace graph;
     const LlmHparams & hp = m.hp;

@@ -76,7 +76,12 @@ public:
 
 extern const ComponentType kLlmComponent;
 
-struct KvCache;
+// The cache tensors a forward pass writes and attends: per layer [n_embd_kv, n_cells] (the
+// session's KV cache owns them and decides which cell holds which position).
+struct KvTensors {
+    ggml_type                  type = GGML_TYPE_F16;
+    std::vector<ggml_tensor *> k, v;
+};
 
 // Inputs and outputs of one forward pass over a micro-batch, created by build_llm_graph.
 struct LlmGraphInputs {
@@ -103,7 +108,7 @@ struct LlmGraphParams {
 // Builds the forward graph into gf: keys/values go to the cells kv_idx lists, attention covers
 // cells [0, n_kv) under kq_mask. Intermediates are named per layer ("attn_norm-3", "ffn_out-3",
 // "l_out-3") and at the end ("result_norm", "result_output").
-void build_llm_graph(ggml_context * ctx, ggml_cgraph * gf, const LlmModel & m, const KvCache & kv,
+void build_llm_graph(ggml_context * ctx, ggml_cgraph * gf, const LlmModel & m, const KvTensors & kv,
                      const LlmGraphParams & p, LlmGraphInputs & in);
 
 // An upper bound on the nodes of build_llm_graph.

@@ -97,12 +97,17 @@ GroupIO build_group(ggml_context * ctx, ggml_cgraph * gf, const VisionHparams & 
             v = ggml_reshape_4d(ctx, linear(ctx, cur, L.v_w, L.v_b), hd, hp.n_head, n, n_seq);
         }
         cur = attend(q, k, v, scale);                                                      // [E, n, n_seq]
-        x = ggml_add(ctx, x, linear(ctx, cur, L.o_w, L.o_b));
+        cur = linear(ctx, cur, L.o_w, L.o_b);
+        ggml_format_name(cur, "vit_attn_out-%d", (int) il);
+        x = ggml_add(ctx, x, cur);
 
         cur = layer_norm(ctx, x, L.ln2_w, L.ln2_b, hp.eps);
         cur = linear(ctx, cur, L.fc1_w, L.fc1_b);
         cur = mode.fast_gelu ? ggml_gelu(ctx, cur) : gelu_tanh(ctx, cur);
-        x = ggml_add(ctx, x, linear(ctx, cur, L.fc2_w, L.fc2_b));
+        cur = linear(ctx, cur, L.fc2_w, L.fc2_b);
+        ggml_format_name(cur, "vit_ffn_out-%d", (int) il);
+        x = ggml_add(ctx, x, cur);
+        ggml_format_name(x, "vit_l_out-%d", (int) il);
     }
     x = layer_norm(ctx, x, w.post_ln_w, w.post_ln_b, hp.eps);                              // [E, n, n_seq]
 
@@ -114,6 +119,7 @@ GroupIO build_group(ggml_context * ctx, ggml_cgraph * gf, const VisionHparams & 
 
         ggml_tensor * kv = w.kv_w ? ggml_mul_mat(ctx, w.kv_w, x) : x;
         kv = layer_norm(ctx, kv, w.ln_kv_w, w.ln_kv_b, hp.rs_eps);                       // [D, n, n_seq]
+        ggml_set_name(kv, "rs_kv");
         ggml_tensor * q = layer_norm(ctx, w.query, w.ln_q_w, w.ln_q_b, hp.rs_eps);         // [D, Q], shared
         // Positions go into the keys only (MultiheadAttention(q, kv + pos, kv)).
         ggml_tensor * kq = linear(ctx, q, w.q_w, w.q_b);

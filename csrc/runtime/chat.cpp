@@ -13,7 +13,7 @@
 //           the template); assistant content verbatim; tool results as in qwen3.
 //   qwen2   default system turn as qwen2.5, every role rendered as its own ChatML turn.
 //   chatml  "<|im_start|>{role}\n{content}<|im_end|>\n" per message, no default system.
-#include "runtime/chat.h"
+#include "minicpm/chat.h"
 
 #include "core/error.h"
 

@@ -7,6 +7,8 @@
 // others keep their positions, as windowed caches need.
 #pragma once
 
+#include "models/llm.h"
+
 #include "ggml.h"
 
 #include <cstdint>
@@ -15,12 +17,9 @@
 namespace minicpm {
 
 class GraphRunner;
-struct LlmHparams;
 
-struct KvCache {
-    ggml_type                  type = GGML_TYPE_F16;
+struct KvCache : KvTensors {
     int64_t                    n_cells = 0;
-    std::vector<ggml_tensor *> k, v;          // per layer
     std::vector<int32_t>       cell_pos;      // position held by each cell, -1 when free
     int64_t                    n_used = 0;
 

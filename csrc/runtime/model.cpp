@@ -11,10 +11,12 @@ namespace minicpm {
 
 namespace {
 
-// Loads every component `file` holds into `m`; two files may not bring the same component.
-void load_components(Model::Impl & m, const GgufFile & file, bool first) {
+// Loads every component `file` holds into `m` (only `only` when given); two files may not bring
+// the same component.
+void load_components(Model::Impl & m, const GgufFile & file, bool first, const char * only = nullptr) {
     bool any = false;
     for (const ComponentType & type : component_types()) {
+        if (only && std::string(type.kind) != only) continue;
         if (!type.present(file)) continue;
         auto it = m.components.find(type.kind);
         if (it != m.components.end()) {
@@ -26,6 +28,11 @@ void load_components(Model::Impl & m, const GgufFile & file, bool first) {
         c->set_source(file.path());
         m.components.emplace(type.kind, std::move(c));
         any = true;
+    }
+    if (!any && only && std::string(only) == "vision") {
+        fail(ErrorKind::Format, file.path() + " has no MiniCPM-V vision encoder (expected clip metadata with " +
+                                    key_name(KeyName::CLIP_HAS_MINICPMV_PROJ) + " and tensor " +
+                                    tensor_name(TensorName::V_PATCH_EMBD) + ")");
     }
     if (!any) {
         fail(ErrorKind::Format, file.path() + " holds no component this library runs (" +
@@ -104,7 +111,11 @@ std::shared_ptr<Model> Model::load(const std::string & path, const ModelParams &
     m->chat = ChatTemplate::from_source(f.opt_str(key_name(KeyName::TOKENIZER_CHAT_TEMPLATE)).value_or(""));
 
     m->devices = std::make_unique<Devices>(params.device, params.n_threads);
-    for (size_t i = 0; i < m->files.size(); ++i) load_components(*m, *m->files[i], i == 0);
+    // The mmproj file (llama.cpp's vision file) gives the vision component only.
+    for (size_t i = 0; i < m->files.size(); ++i) {
+        const bool is_mmproj = !params.mmproj.empty() && i == 1;
+        load_components(*m, *m->files[i], i == 0, is_mmproj ? "vision" : nullptr);
+    }
     if (!m->components.count("llm")) fail(ErrorKind::Format, path + " has no LLM");
     const VisionModel * vision = m->vision();
     if (vision && vision->hp.rs_dim != hp.n_embd) {

@@ -9,7 +9,7 @@
 #include "models/llm.h"
 #include "models/vision.h"
 #include "preprocess/tokenizer.h"
-#include "runtime/chat.h"
+#include "minicpm/chat.h"
 
 #include <map>
 #include <memory>

@@ -5,7 +5,7 @@
 #include "core/gguf_file.h"
 #include "core/log.h"
 #include "preprocess/tokenizer.h"
-#include "runtime/chat.h"
+#include "minicpm/chat.h"
 #include "runtime/defaults.h"
 
 #include "bind_common.h"

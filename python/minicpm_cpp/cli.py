@@ -66,7 +66,7 @@ def build_parser(model_path: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--image", action="append", default=[], help="image file (needs a vision model; repeatable)")
     p.add_argument("--mmproj", default=None, help="separate vision file (llama.cpp's mmproj layout)")
     p.add_argument("--max-slice-nums", type=int, default=None, help="max slices per image (default: the model's, 9)")
-    p.add_argument("--no-repack", dest="cpu_repack", action="store_false", default=None,
+    p.add_argument("--no-repack", dest="cpu_repack", action="store_false", default=True,
                    help="CPU: use quantized weights from the mapped file as is (no repacked copy)")
     p.add_argument("--kv-type", default="auto", choices=["auto", "f16", "f32"], help="KV cache type")
     p.add_argument("--flash-attn", default="auto", choices=["auto", "on", "off"], help="flash attention")

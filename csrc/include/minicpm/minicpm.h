@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "minicpm/error.h"
-#include "runtime/chat.h"
+#include "minicpm/chat.h"
 
 namespace minicpm {
 
