@@ -229,21 +229,32 @@ std::vector<int32_t> GgufFile::get_i32_array(const std::string & key) const {
         fail(ErrorKind::Format, "metadata key " + key + " in " + path_ + ": expected an array of integers");
     }
     gguf_type at = gguf_get_arr_type(ctx_, id);
+    if (at != GGUF_TYPE_INT32 && at != GGUF_TYPE_UINT32 && at != GGUF_TYPE_INT8 && at != GGUF_TYPE_UINT8) {
+        // Checked before gguf_get_arr_data, which asserts on an array of strings.
+        fail(ErrorKind::Format, "metadata key " + key + " in " + path_ + ": expected an array of int32, got " +
+                                    gguf_type_name(at));
+    }
     size_t n = gguf_get_arr_n(ctx_, id);
     std::vector<int32_t> out(n);
     const void * data = gguf_get_arr_data(ctx_, id);
     switch (at) {
-        case GGUF_TYPE_INT32:
-        case GGUF_TYPE_UINT32: std::memcpy(out.data(), data, n * 4); break;
+        case GGUF_TYPE_INT32: std::memcpy(out.data(), data, n * 4); break;
+        case GGUF_TYPE_UINT32:
+            for (size_t i = 0; i < n; ++i) {
+                const uint32_t v = ((const uint32_t *) data)[i];
+                if (v > 0x7fffffffu) {
+                    fail(ErrorKind::Format, "metadata key " + key + " in " + path_ + ": element " + std::to_string(i) +
+                                                " = " + std::to_string(v) + " out of int32 range");
+                }
+                out[i] = (int32_t) v;
+            }
+            break;
         case GGUF_TYPE_INT8:
             for (size_t i = 0; i < n; ++i) out[i] = ((const int8_t *) data)[i];
             break;
-        case GGUF_TYPE_UINT8:
+        default:   // GGUF_TYPE_UINT8
             for (size_t i = 0; i < n; ++i) out[i] = ((const uint8_t *) data)[i];
             break;
-        default:
-            fail(ErrorKind::Format, "metadata key " + key + " in " + path_ + ": expected an array of int32, got " +
-                                        gguf_type_name(at));
     }
     return out;
 }
