@@ -71,8 +71,13 @@ public:
         ++n_kv_;
         return kvs_;
     }
-    // Where the KV pairs end (the tensor infos start).
+    // Where the KV pairs end (the tensor infos start), and where the tensor infos end.
     size_t kv_section_end() const { return 24 + kvs_.size(); }
+    size_t tensor_infos_end() const {
+        size_t end = kv_section_end();
+        for (const auto & t : tensors_) end += 8 + t.name.size() + 4 + 8 * t.ne.size() + 4 + 8;
+        return end;
+    }
 
     void kv_u8(const std::string & k, uint8_t v) { kv(k, GGUF_TYPE_UINT8).u8(v); }
     void kv_i8(const std::string & k, int8_t v) { kv(k, GGUF_TYPE_INT8).u8((uint8_t) v); }

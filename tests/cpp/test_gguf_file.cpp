@@ -5,8 +5,8 @@
 #include "gguf_writer.h"
 
 #include "core/gguf_file.h"
-#include "core/log.h"
 
+#include <cstring>
 #include <filesystem>
 
 using minicpm::ErrorKind;
@@ -263,15 +263,16 @@ TEST(truncated_header) {
     }
 }
 
-TEST(truncated_kv_section) {
+TEST(truncated_kv_section_and_tensor_infos) {
     GgufWriter w = two_tensors();
     w.kv_u32("t.u32", 1);
     w.kv_arr_str("t.astr", {"abc", "def"});
     const auto full = w.bytes();
-    // Every cut inside the KV pairs (after the 24-byte header, before the tensor infos).
-    for (size_t keep = 24; keep < w.kv_section_end(); ++keep) {
+    // Every cut after the 24-byte header, inside the KV pairs or the tensor infos.
+    REQUIRE(w.kv_section_end() < w.tensor_infos_end() && w.tensor_infos_end() < full.size());
+    for (size_t keep = 24; keep < w.tensor_infos_end(); ++keep) {
         std::vector<uint8_t> cut(full.begin(), full.begin() + keep);
-        CHECK_BAD_FORMAT("kv_cut" + std::to_string(keep), cut, "not a valid GGUF file");
+        CHECK_BAD_FORMAT("meta_cut" + std::to_string(keep), cut, "not a valid GGUF file");
     }
     GgufWriter more = two_tensors();
     more.n_kv_field = 5;   // 1 written
