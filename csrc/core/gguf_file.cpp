@@ -3,6 +3,7 @@
 #include "error.h"
 #include "log.h"
 
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <sys/stat.h>
@@ -101,10 +102,44 @@ GgufFile::GgufFile(const std::string & path) : path_(path) {
         fail(ErrorKind::Format, path + " is not a valid GGUF file (truncated or corrupt header)" +
                                     (detail.empty() ? std::string() : ": " + detail));
     }
-    map_ = std::make_unique<MappedFile>(path);
+    try {
+        map_ = std::make_unique<MappedFile>(path);
+        read_tensor_infos();
+    } catch (...) {
+        // The destructor does not run for a constructor that throws.
+        gguf_free(ctx_);
+        ctx_ = nullptr;
+        throw;
+    }
+}
 
+namespace {
+
+// Bytes of a tensor of type `type` and shape `ne`, or false when that does not fit in size_t.
+// ggml's reader checks the element count for overflow, but lets some shapes through:
+// [2^32, 2^32] passes, and its byte size wraps around to 0.
+bool tensor_bytes(ggml_type type, const int64_t * ne, size_t & out) {
+    const size_t blck = (size_t) ggml_blck_size(type);
+    const size_t type_size = ggml_type_size(type);
+    if (blck == 0 || ne[0] < 0 || (size_t) ne[0] % blck != 0) return false;
+    const size_t blocks = (size_t) ne[0] / blck;
+    if (type_size != 0 && blocks > SIZE_MAX / type_size) return false;
+    size_t bytes = blocks * type_size;
+    for (int d = 1; d < GGML_MAX_DIMS; ++d) {
+        if (ne[d] < 0) return false;
+        if (ne[d] != 0 && bytes > SIZE_MAX / (size_t) ne[d]) return false;
+        bytes *= (size_t) ne[d];
+    }
+    out = bytes;
+    return true;
+}
+
+} // namespace
+
+void GgufFile::read_tensor_infos() {
     const size_t  data_offset = gguf_get_data_offset(ctx_);
     const int64_t n_tensors   = gguf_get_n_tensors(ctx_);
+    const size_t  file_size   = map_->size();
     tensors_.reserve((size_t) n_tensors);
     for (int64_t i = 0; i < n_tensors; ++i) {
         TensorInfo ti;
@@ -118,10 +153,22 @@ GgufFile::GgufFile(const std::string & path) : path_(path) {
         }
         ti.offset = data_offset + gguf_get_tensor_offset(ctx_, i);
         ti.nbytes = gguf_get_tensor_size(ctx_, i);
-        if (ti.offset + ti.nbytes > map_->size()) {
-            fail(ErrorKind::Format, path + " is truncated: tensor " + ti.name + " needs bytes up to " +
+        size_t want_bytes = 0;
+        if (!tensor_bytes(ti.type, ti.ne, want_bytes)) {
+            fail(ErrorKind::Format, path_ + ": tensor " + ti.name + " has shape " + shape_str(ti.ne, ti.n_dims) +
+                                        " of type " + ggml_type_name(ti.type) +
+                                        ", whose size in bytes does not fit in 64 bits");
+        }
+        if (want_bytes != ti.nbytes) {
+            fail(ErrorKind::Format, path_ + ": tensor " + ti.name + " of shape " + shape_str(ti.ne, ti.n_dims) +
+                                        " has " + std::to_string(ti.nbytes) + " bytes in the GGUF index, expected " +
+                                        std::to_string(want_bytes));
+        }
+        // Written so that it cannot overflow: offset + nbytes may exceed SIZE_MAX.
+        if (ti.offset > file_size || ti.nbytes > file_size - ti.offset) {
+            fail(ErrorKind::Format, path_ + " is truncated: tensor " + ti.name + " needs bytes up to " +
                                         std::to_string(ti.offset + ti.nbytes) + ", file has " +
-                                        std::to_string(map_->size()));
+                                        std::to_string(file_size));
         }
         tensors_.push_back(std::move(ti));
     }
@@ -229,21 +276,32 @@ std::vector<int32_t> GgufFile::get_i32_array(const std::string & key) const {
         fail(ErrorKind::Format, "metadata key " + key + " in " + path_ + ": expected an array of integers");
     }
     gguf_type at = gguf_get_arr_type(ctx_, id);
+    if (at != GGUF_TYPE_INT32 && at != GGUF_TYPE_UINT32 && at != GGUF_TYPE_INT8 && at != GGUF_TYPE_UINT8) {
+        // Checked before gguf_get_arr_data, which asserts on an array of strings.
+        fail(ErrorKind::Format, "metadata key " + key + " in " + path_ + ": expected an array of int32, got " +
+                                    gguf_type_name(at));
+    }
     size_t n = gguf_get_arr_n(ctx_, id);
     std::vector<int32_t> out(n);
     const void * data = gguf_get_arr_data(ctx_, id);
     switch (at) {
-        case GGUF_TYPE_INT32:
-        case GGUF_TYPE_UINT32: std::memcpy(out.data(), data, n * 4); break;
+        case GGUF_TYPE_INT32: std::memcpy(out.data(), data, n * 4); break;
+        case GGUF_TYPE_UINT32:
+            for (size_t i = 0; i < n; ++i) {
+                const uint32_t v = ((const uint32_t *) data)[i];
+                if (v > 0x7fffffffu) {
+                    fail(ErrorKind::Format, "metadata key " + key + " in " + path_ + ": element " + std::to_string(i) +
+                                                " = " + std::to_string(v) + " out of int32 range");
+                }
+                out[i] = (int32_t) v;
+            }
+            break;
         case GGUF_TYPE_INT8:
             for (size_t i = 0; i < n; ++i) out[i] = ((const int8_t *) data)[i];
             break;
-        case GGUF_TYPE_UINT8:
+        default:   // GGUF_TYPE_UINT8
             for (size_t i = 0; i < n; ++i) out[i] = ((const uint8_t *) data)[i];
             break;
-        default:
-            fail(ErrorKind::Format, "metadata key " + key + " in " + path_ + ": expected an array of int32, got " +
-                                        gguf_type_name(at));
     }
     return out;
 }

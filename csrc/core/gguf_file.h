@@ -70,6 +70,9 @@ public:
     const MappedFile & mapping() const { return *map_; }
 
 private:
+    // Fills tensors_ from ctx_, checking each tensor's size and extent against the file.
+    void read_tensor_infos();
+
     std::string                 path_;
     gguf_context *              ctx_ = nullptr;
     std::unique_ptr<MappedFile> map_;

@@ -1,0 +1,195 @@
+// graph::rms_norm, layer_norm, linear, swiglu_mlp and gelu_tanh on the CPU backend against
+// naive references (plain loops in double over the same float inputs). Sizes are small and
+// odd so that no SIMD-friendly size hides a tail bug. Tensors are in ggml order: x [n, rows]
+// has rows of n contiguous values.
+#include "check.h"
+#include "graph_harness.h"
+
+#include "graph/blocks.h"
+
+#include <cmath>
+
+using namespace test_graph;
+namespace graph = minicpm::graph;
+
+namespace {
+
+// x [n, rows] -> y [n, rows], y = (x / sqrt(mean(x^2) + eps)) * w (w may be empty).
+std::vector<double> ref_rms_norm(const std::vector<float> & x, int64_t n, const std::vector<float> & w, float eps) {
+    std::vector<double> y(x.size());
+    for (size_t r = 0; r < x.size() / n; ++r) {
+        const float * row = &x[r * n];
+        double ss = 0;
+        for (int64_t i = 0; i < n; ++i) ss += (double) row[i] * row[i];
+        const double inv = 1.0 / std::sqrt(ss / n + eps);
+        for (int64_t i = 0; i < n; ++i) y[r * n + i] = row[i] * inv * (w.empty() ? 1.0 : w[i]);
+    }
+    return y;
+}
+
+// y = (x - mean) / sqrt(var + eps) * w + b per row, biased variance as torch.nn.LayerNorm.
+std::vector<double> ref_layer_norm(const std::vector<float> & x, int64_t n, const std::vector<float> & w,
+                                   const std::vector<float> & b, float eps) {
+    std::vector<double> y(x.size());
+    for (size_t r = 0; r < x.size() / n; ++r) {
+        const float * row = &x[r * n];
+        double mean = 0, var = 0;
+        for (int64_t i = 0; i < n; ++i) mean += row[i];
+        mean /= n;
+        for (int64_t i = 0; i < n; ++i) var += (row[i] - mean) * (row[i] - mean);
+        const double inv = 1.0 / std::sqrt(var / n + eps);
+        for (int64_t i = 0; i < n; ++i) {
+            y[r * n + i] = (row[i] - mean) * inv * (w.empty() ? 1.0 : w[i]) + (b.empty() ? 0.0 : b[i]);
+        }
+    }
+    return y;
+}
+
+// x [n_in, rows], W [n_in, n_out] (row o holds the n_in weights of output o), b [n_out].
+std::vector<double> ref_linear(const std::vector<double> & x, int64_t n_in, const std::vector<float> & w, int64_t n_out,
+                               const std::vector<float> & b) {
+    const size_t rows = x.size() / n_in;
+    std::vector<double> y(rows * n_out);
+    for (size_t r = 0; r < rows; ++r) {
+        for (int64_t o = 0; o < n_out; ++o) {
+            double acc = b.empty() ? 0.0 : b[o];
+            for (int64_t i = 0; i < n_in; ++i) acc += (double) w[o * n_in + i] * x[r * n_in + i];
+            y[r * n_out + o] = acc;
+        }
+    }
+    return y;
+}
+
+std::vector<double> to_double(const std::vector<float> & v) { return std::vector<double>(v.begin(), v.end()); }
+
+double ref_gelu_tanh(double x) {
+    const double pi = 3.14159265358979323846;
+    return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / pi) * (x + 0.044715 * x * x * x)));
+}
+
+// Tolerances of the f32 paths: ggml reduces a row in f32 (SIMD partial sums), so a sum of n
+// terms of size ~1 is off by up to ~n * 2^-24 relative; with n <= 20 that is < 2e-6, and the
+// normalised values are O(1). 1e-5 absolute leaves a margin for the rsqrt and the products.
+constexpr double kF32Abs = 1e-5;
+
+} // namespace
+
+TEST(rms_norm_with_and_without_weight) {
+    const int64_t n = 13, rows = 5;
+    const float eps = 1e-6f;
+    Random rng(1);
+    const auto x = rng.vec(n * rows, -2.0f, 2.0f), w = rng.vec(n, 0.5f, 1.5f);
+    {
+        CpuGraph g;
+        ggml_tensor * tx = g.input(GGML_TYPE_F32, {n, rows}, x);
+        ggml_tensor * tw = g.input(GGML_TYPE_F32, {n}, w);
+        CHECK_CLOSE("rms_norm with weight", g.compute(graph::rms_norm(g.ctx(), tx, tw, eps)), ref_rms_norm(x, n, w, eps),
+                    kF32Abs, 0.0);
+    }
+    {
+        CpuGraph g;
+        ggml_tensor * tx = g.input(GGML_TYPE_F32, {n, rows}, x);
+        CHECK_CLOSE("rms_norm", g.compute(graph::rms_norm(g.ctx(), tx, nullptr, eps)), ref_rms_norm(x, n, {}, eps),
+                    kF32Abs, 0.0);
+    }
+}
+
+TEST(rms_norm_eps_matters) {
+    // A row of tiny values: the result depends on eps, so an eps dropped or misplaced shows.
+    const int64_t n = 7;
+    const float eps = 1e-4f;
+    std::vector<float> x(n);
+    for (int64_t i = 0; i < n; ++i) x[i] = 1e-3f * (float) (i - 3);
+    CpuGraph g;
+    ggml_tensor * tx = g.input(GGML_TYPE_F32, {n, 1}, x);
+    CHECK_CLOSE("rms_norm tiny row", g.compute(graph::rms_norm(g.ctx(), tx, nullptr, eps)), ref_rms_norm(x, n, {}, eps),
+                kF32Abs, 0.0);
+}
+
+TEST(layer_norm_weight_bias_none) {
+    const int64_t n = 11, rows = 4;
+    const float eps = 1e-5f;
+    Random rng(2);
+    // An offset of 3 so that a missing mean subtraction shows.
+    const auto x = rng.vec(n * rows, 2.0f, 4.0f), w = rng.vec(n, 0.5f, 1.5f), b = rng.vec(n);
+    struct Case {
+        const char * name;
+        bool         with_w, with_b;
+    };
+    for (const Case c : {Case{"layer_norm w+b", true, true}, Case{"layer_norm w", true, false},
+                         Case{"layer_norm b", false, true}, Case{"layer_norm", false, false}}) {
+        CpuGraph g;
+        ggml_tensor * tx = g.input(GGML_TYPE_F32, {n, rows}, x);
+        ggml_tensor * tw = c.with_w ? g.input(GGML_TYPE_F32, {n}, w) : nullptr;
+        ggml_tensor * tb = c.with_b ? g.input(GGML_TYPE_F32, {n}, b) : nullptr;
+        const auto want = ref_layer_norm(x, n, c.with_w ? w : std::vector<float>(), c.with_b ? b : std::vector<float>(), eps);
+        CHECK_CLOSE(c.name, g.compute(graph::layer_norm(g.ctx(), tx, tw, tb, eps)), want, kF32Abs, 0.0);
+    }
+}
+
+TEST(linear_with_and_without_bias) {
+    const int64_t n_in = 11, n_out = 7, rows = 3;
+    Random rng(3);
+    const auto x = rng.vec(n_in * rows), w = rng.vec(n_in * n_out), b = rng.vec(n_out);
+    for (bool with_b : {true, false}) {
+        CpuGraph g;
+        ggml_tensor * tx = g.input(GGML_TYPE_F32, {n_in, rows}, x);
+        ggml_tensor * tw = g.input(GGML_TYPE_F32, {n_in, n_out}, w);
+        ggml_tensor * tb = with_b ? g.input(GGML_TYPE_F32, {n_out}, b) : nullptr;
+        const auto want = ref_linear(to_double(x), n_in, w, n_out, with_b ? b : std::vector<float>());
+        CHECK_CLOSE(with_b ? "linear + bias" : "linear", g.compute(graph::linear(g.ctx(), tx, tw, tb)), want, kF32Abs, 0.0);
+    }
+}
+
+TEST(linear_f16_weight) {
+    // F16 weights (as in the model files): the CPU kernel rounds x to f16 too, so each product
+    // is off by up to 2^-11 relative; a sum of 11 terms |w x| <= 1 is within 11 * 2^-11 ~ 5e-3
+    // in the worst case, ~1e-3 in practice. The reference uses the f16-rounded weights.
+    const int64_t n_in = 11, n_out = 5, rows = 3;
+    Random rng(4);
+    const auto x = rng.vec(n_in * rows), w = round_f16(rng.vec(n_in * n_out));
+    CpuGraph g;
+    ggml_tensor * tx = g.input(GGML_TYPE_F32, {n_in, rows}, x);
+    ggml_tensor * tw = g.input(GGML_TYPE_F16, {n_in, n_out}, w);
+    CHECK_CLOSE("linear f16", g.compute(graph::linear(g.ctx(), tx, tw)), ref_linear(to_double(x), n_in, w, n_out, {}),
+                5e-3, 0.0);
+}
+
+TEST(swiglu_mlp) {
+    const int64_t n_embd = 10, n_ff = 14, rows = 3;
+    Random rng(5);
+    const auto x = rng.vec(n_embd * rows), gate = rng.vec(n_embd * n_ff), up = rng.vec(n_embd * n_ff),
+               down = rng.vec(n_ff * n_embd);
+    CpuGraph g;
+    ggml_tensor * tx = g.input(GGML_TYPE_F32, {n_embd, rows}, x);
+    ggml_tensor * tg = g.input(GGML_TYPE_F32, {n_embd, n_ff}, gate);
+    ggml_tensor * tu = g.input(GGML_TYPE_F32, {n_embd, n_ff}, up);
+    ggml_tensor * td = g.input(GGML_TYPE_F32, {n_ff, n_embd}, down);
+    const auto gv = ref_linear(to_double(x), n_embd, gate, n_ff, {});
+    const auto uv = ref_linear(to_double(x), n_embd, up, n_ff, {});
+    std::vector<double> h(gv.size());
+    for (size_t i = 0; i < h.size(); ++i) h[i] = gv[i] / (1.0 + std::exp(-gv[i])) * uv[i];   // silu(g) * u
+    // Three f32 products of <= 14 terms and a silu: a few 1e-6 on values of size ~1.
+    CHECK_CLOSE("swiglu_mlp", g.compute(graph::swiglu_mlp(g.ctx(), tx, tg, tu, td)), ref_linear(h, n_ff, down, n_embd, {}),
+                kF32Abs, 0.0);
+}
+
+TEST(gelu_tanh_formula) {
+    // A sweep over [-8, 8] plus the far tails. Tolerance: ~1e-6 relative, as an f32 evaluation
+    // of the formula gets, plus 3e-7 * |x| absolute: for x << 0 the result is 0.5 x (1 + tanh),
+    // where 1 + tanh ~ 0 cancels and tanh's own f32 rounding (~6e-8 near -1) is multiplied by
+    // 0.5 |x|. ggml_gelu (an f16 table, ~3e-3 relative) fails this by more than 100x.
+    std::vector<float> x;
+    for (int i = -160; i <= 160; ++i) x.push_back(0.05f * (float) i + 0.013f);
+    for (float t : {-30.0f, -12.0f, 12.0f, 30.0f, 0.0f, 1e-4f, -1e-4f}) x.push_back(t);
+    CpuGraph g;
+    ggml_tensor * tx = g.input(GGML_TYPE_F32, {(int64_t) x.size()}, x);
+    const std::vector<float> got = g.compute(graph::gelu_tanh(g.ctx(), tx));
+    REQUIRE(got.size() == x.size());
+    for (size_t i = 0; i < x.size(); ++i) {
+        const double want = ref_gelu_tanh(x[i]);
+        CHECK_NEAR_AT(got[i], want, 1e-6 * std::fabs(want) + 3e-7 * std::fabs(x[i]), "x = " + std::to_string(x[i]));
+    }
+}
+
+CHECK_MAIN()
