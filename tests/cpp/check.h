@@ -72,6 +72,7 @@ inline const char * kind_name(minicpm::ErrorKind k) {
         case minicpm::ErrorKind::InvalidArgument: return "InvalidArgument";
         case minicpm::ErrorKind::ContextFull: return "ContextFull";
         case minicpm::ErrorKind::Backend: return "Backend";
+        case minicpm::ErrorKind::Busy: return "Busy";
         case minicpm::ErrorKind::Internal: return "Internal";
     }
     return "?";

@@ -106,8 +106,9 @@ public:
 private:
     // One CPU backend for all graphs, with the library's thread count (ggml's default of 4
     // threads spinning on a 2-core machine makes each tiny graph take ~0.1 s).
-    static const minicpm::Backends & cpu_backends() {
-        static const minicpm::Backends backends("cpu", 0);
+    static const minicpm::ComputeBackends & cpu_backends() {
+        static const minicpm::Devices devices("cpu", 0);
+        static const minicpm::ComputeBackends backends(devices, 0);
         return backends;
     }
 

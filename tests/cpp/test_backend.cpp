@@ -7,7 +7,8 @@
 #include <algorithm>
 #include <cctype>
 
-using minicpm::Backends;
+using minicpm::ComputeBackends;
+using minicpm::Devices;
 using minicpm::DeviceInfo;
 using minicpm::ErrorKind;
 
@@ -42,9 +43,12 @@ TEST(list_devices_has_a_cpu) {
 
 TEST(cpu_by_family_and_registry_name) {
     for (const char * name : {"cpu", "CPU", "Cpu"}) {
-        Backends b(name, 2);
+        Devices d(name, 2);
+        CHECK(d.main_is_cpu());
+        CHECK_EQ(d.main_name(), std::string("CPU"));
+        CHECK_EQ(d.n_threads(), 2);
+        ComputeBackends b(d, 0);   // 0: the devices' thread count
         CHECK(b.main_is_cpu());
-        CHECK_EQ(b.main_name(), std::string("CPU"));
         CHECK_EQ(b.n_threads(), 2);
         REQUIRE(b.all().size() == 1);
         CHECK(b.all()[0] == b.cpu());
@@ -61,25 +65,32 @@ TEST(auto_prefers_a_gpu) {
             break;
         }
     }
-    Backends b("auto", 1);
-    CHECK_EQ(b.main_name(), want);
-    CHECK_EQ(b.main_is_cpu(), want == "CPU");
-    CHECK(b.cpu() != nullptr);
+    Devices d("auto", 1);
+    CHECK_EQ(d.main_name(), want);
+    CHECK_EQ(d.main_is_cpu(), want == "CPU");
+    CHECK(d.cpu() != nullptr);
+    ComputeBackends b(d, 1);
+    CHECK(b.cpu() != nullptr && b.main() != nullptr);
 }
 
 TEST(default_thread_count) {
-    Backends b("cpu", 0);   // <= 0: a default from the core count
-    CHECK(b.n_threads() >= 1);
-    CHECK_EQ(b.n_threads(), minicpm::default_n_threads());
+    Devices d("cpu", 0);   // <= 0: a default from the core count
+    CHECK(d.n_threads() >= 1);
+    CHECK_EQ(d.n_threads(), minicpm::default_n_threads());
+    ComputeBackends b(d, 0);
+    CHECK_EQ(b.n_threads(), d.n_threads());
     b.set_n_threads(3);
     CHECK_EQ(b.n_threads(), 3);
+    ComputeBackends other(d, 5);   // a session with its own count
+    CHECK_EQ(other.n_threads(), 5);
+    CHECK(other.cpu() != b.cpu());   // its own backend instance
 }
 
 TEST(unknown_device_lists_available_ones) {
     const auto devices = minicpm::list_devices();
     for (const char * name : {"no-such-device", "cuda7x", "CPU1x"}) {
         try {
-            Backends b(name, 1);
+            Devices b(name, 1);
             check::report(__FILE__, __LINE__, std::string("device '") + name + "' was accepted");
         } catch (const minicpm::Error & e) {
             CHECK(e.kind() == ErrorKind::InvalidArgument);
@@ -92,7 +103,7 @@ TEST(unknown_device_lists_available_ones) {
             }
         }
     }
-    CHECK_THROWS_KIND_MSG(Backends("definitely-not-a-backend", 1), ErrorKind::InvalidArgument, "available devices: ");
+    CHECK_THROWS_KIND_MSG(Devices("definitely-not-a-backend", 1), ErrorKind::InvalidArgument, "available devices: ");
 }
 
 TEST(gpu_request_without_gpu) {
@@ -102,10 +113,10 @@ TEST(gpu_request_without_gpu) {
     const bool has_gpu = std::any_of(devices.begin(), devices.end(),
                                      [](const DeviceInfo & d) { return d.type == "gpu" || d.type == "igpu"; });
     if (has_gpu) return;
-    CHECK_THROWS_KIND_MSG(Backends("gpu", 1), ErrorKind::InvalidArgument, "CPU (cpu)");
+    CHECK_THROWS_KIND_MSG(Devices("gpu", 1), ErrorKind::InvalidArgument, "CPU (cpu)");
     bool has_cuda = false;
     for (const auto & d : devices) has_cuda |= lower(d.name).rfind("cuda", 0) == 0;
-    if (!has_cuda) CHECK_THROWS_KIND_MSG(Backends("cuda", 1), ErrorKind::InvalidArgument, "not found");
+    if (!has_cuda) CHECK_THROWS_KIND_MSG(Devices("cuda", 1), ErrorKind::InvalidArgument, "not found");
 }
 
 CHECK_MAIN()
