@@ -96,7 +96,7 @@ def bench_ours(args: argparse.Namespace) -> Dict[str, Any]:
     t0 = time.perf_counter()
     fuse = {"auto": None, "on": True, "off": False}[args.fuse_qkv]
     model = minicpm_cpp.Model(args.model, device=args.device, n_threads=args.threads, fuse_qkv=fuse,
-                              cpu_repack={"auto": None, "on": True, "off": False}[args.repack])
+                              cpu_repack=args.repack != "off")
     load_s = time.perf_counter() - t0
     info = model.info
     devices_model = minicpm_cpp.list_devices()
@@ -317,7 +317,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--kv-type", choices=("auto", "f16", "f32"), default="auto")
     p.add_argument("--fuse-qkv", choices=("auto", "on", "off"), default="auto",
                    help="minicpm.cpp: one Q|K|V product per layer (auto: on GPUs)")
-    p.add_argument("--repack", choices=("auto", "on", "off"), default="auto",
+    p.add_argument("--repack", choices=("on", "off"), default="on",
                    help="minicpm.cpp on the CPU: repacked weight layout (Model(cpu_repack=...))")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up run (both runtimes)")
