@@ -5,6 +5,7 @@
 #include "vision.h"
 
 #include "core/error.h"
+#include "core/hash.h"
 #include "core/log.h"
 #include "graph/blocks.h"
 #include "model/names.h"
@@ -320,19 +321,6 @@ std::vector<float> VisionEncoder::encode(const std::vector<const ImageSlice *> &
     }
     return out;
 }
-
-namespace {
-
-uint64_t fnv1a(const void * data, size_t n, uint64_t h = 1469598103934665603ull) {
-    const auto * p = (const uint8_t *) data;
-    for (size_t i = 0; i < n; ++i) {
-        h ^= p[i];
-        h *= 1099511628211ull;
-    }
-    return h;
-}
-
-} // namespace
 
 std::shared_ptr<const ImageChunk> encode_image_chunk(VisionEncoder & enc, const Tokenizer & tok, const uint8_t * rgb,
                                                      int width, int height, const ImageOptions & opts) {

@@ -3,6 +3,7 @@
 // generator, the RNG and the timings; the public methods guard against use from two threads.
 #include "model_impl.h"
 
+#include "core/hash.h"
 #include "runtime/busy.h"
 #include "runtime/generator.h"
 #include "runtime/llm_context.h"
@@ -25,14 +26,6 @@ double now_ms() {
     return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
 }
 
-uint64_t fnv1a(const void * data, size_t n, uint64_t h = 1469598103934665603ull) {
-    const auto * p = (const uint8_t *) data;
-    for (size_t i = 0; i < n; ++i) {
-        h ^= p[i];
-        h *= 1099511628211ull;
-    }
-    return h;
-}
 
 const VisionModel & need_vision(const Model & model) {
     const VisionModel * v = model.impl().vision();
