@@ -24,6 +24,7 @@ import numpy as np
 from gguf import GGML_QUANT_VERSION, GGUFWriter
 
 from .checkpoint import Checkpoint, ConvertError, load_config, open_checkpoint
+from .defaults import chat_defaults, write_chat_defaults
 from .llm import PlannedTensor, detect, plan_tensors, write_metadata
 from .names import key_name
 from .quant import ENCODINGS, OUTTYPES, encode_rows, tensor_bytes
@@ -336,6 +337,9 @@ def convert(
         say(f"converting {spec.source} from {hf_dir} ({ckpt.description if ckpt else 'no weights'}) to {out}")
         for note in spec.notices:
             say(note)
+        chat, chat_notes = chat_defaults(spec.model_type, hf_dir)
+        for note in chat_notes:
+            say(note)
 
         vspec: Optional[VisionSpec] = None
         wants_vision = not vocab_only and (mm_out is not None or not llm_only)
@@ -369,6 +373,7 @@ def convert(
 
         def main_keys(writer: GGUFWriter) -> None:
             write_metadata(writer, spec, name or hf_dir.resolve().name)
+            write_chat_defaults(writer, chat)
             if not vocab_only:
                 writer.add_uint32(key_name("GENERAL_FILE_TYPE"), out_type.file_type)
                 if out_type.quantized:
@@ -425,7 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
             "the resampler queries and its sin-cos table are F32, and a quantized --outtype keeps the vision "
             "matrices F16 unless --vision-outtype asks otherwise. For llama.cpp, use --llm-only together with "
             "--mmproj: llama.cpp loads the LLM file and takes the vision part from the mmproj file "
-            "(llama-mtmd-cli -m OUTFILE --mmproj MMPROJ)."
+            "(llama-mtmd-cli -m OUTFILE --mmproj MMPROJ). The reference chat()'s generation defaults (sampling "
+            "with and without reasoning, enable_thinking, max_new_tokens) are recorded in OUTFILE, the default-mode "
+            "sampling also as llama.cpp's general.sampling.* keys; minicpm-cli -m OUTFILE --help shows them."
         ),
     )
     p.add_argument("model_dir", type=Path, help="Hugging Face checkpoint directory (config.json, safetensors, tokenizer files)")
