@@ -49,10 +49,12 @@ if (_REPO / "convert" / "names.py").is_file():
     from convert import llm as convert_llm  # noqa: E402
     from convert.names import key_name, tensor_name  # noqa: E402
     from convert.tokenizer import add_tokenizer  # noqa: E402
+    from convert.writer import write_padding  # noqa: E402
 else:  # the installed package carries the converter
     from minicpm_cpp.convert import llm as convert_llm  # noqa: E402
     from minicpm_cpp.convert.names import key_name, tensor_name  # noqa: E402
     from minicpm_cpp.convert.tokenizer import add_tokenizer  # noqa: E402
+    from minicpm_cpp.convert.writer import write_padding  # noqa: E402
 
 Q = GGMLQuantizationType
 
@@ -453,7 +455,7 @@ def write_gguf(
         written = 0
         next_report = time.perf_counter() + 2.0
         for i, t in enumerate(tensors):
-            fout.write(b"\0" * (-fout.tell() % align))
+            write_padding(fout, fout.tell(), align)
             pool.write(fout, t)
             written += t.nbytes
             if not quiet and time.perf_counter() >= next_report:
@@ -461,7 +463,7 @@ def write_gguf(
                 print(f"  {i + 1}/{len(tensors)} tensors, {written / 1e9:.2f} GB, {written / 1e9 / dt:.2f} GB/s",
                       file=sys.stderr)
                 next_report += 2.0
-        fout.write(b"\0" * (-fout.tell() % align))
+        write_padding(fout, fout.tell(), align)
         fout.flush()
     finally:
         writer.close()

@@ -17,19 +17,20 @@ import os
 import sys
 import tempfile
 from collections import defaultdict
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 from gguf import GGML_QUANT_VERSION, GGUFWriter
 
 from .checkpoint import Checkpoint, ConvertError, load_config, open_checkpoint
+from .defaults import chat_defaults, write_chat_defaults
 from .llm import PlannedTensor, detect, plan_tensors, write_metadata
 from .names import key_name
 from .quant import ENCODINGS, OUTTYPES, encode_rows, tensor_bytes
 from .tokenizer import add_tokenizer
 from .vision import VISION_OUTTYPES, VisionSpec, detect_vision, has_vision, plan_vision, vision_qtypes, write_vision_metadata
+from .writer import Progress, atomic_output, padding, write_padding
 
 __all__ = ["convert", "main", "ConvertError", "STOP_TOKENS"]
 
@@ -55,60 +56,6 @@ def _stderr(msg: str) -> None:
     print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
 
 
-class _Progress:
-    """tqdm over tensors when installed, else a plain counter on stderr."""
-
-    def __init__(self, total: int, enabled: bool, desc: str = "converting", prog: str = PROG):
-        self.total, self.enabled, self.done = total, enabled and total > 0, 0
-        self.prog = prog
-        self._bar = None
-        if not self.enabled:
-            return
-        try:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, unit="tensor", desc=desc, file=sys.stderr, leave=True)
-        except ImportError:
-            self._bar = None
-
-    def step(self, name: str) -> None:
-        self.done += 1
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.set_postfix_str(name, refresh=False)
-            self._bar.update(1)
-        else:
-            sys.stderr.write(f"\r{self.prog}: [{self.done}/{self.total}] {name:<40}")
-            if self.done == self.total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-@contextmanager
-def _atomic_output(out: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``out``; rename it to ``out`` on success, delete it otherwise."""
-    fd, name = tempfile.mkstemp(prefix=f"{out.name}.tmp-", dir=str(out.parent))
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        yield tmp
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-
-
 def _resolve_output(out_path: Optional[PathLike], hf_dir: Path, outtype: str, vocab_only: bool, force: bool) -> Path:
     if out_path is None:
         stem = hf_dir.resolve().name or "model"
@@ -124,13 +71,6 @@ def _resolve_output(out_path: Optional[PathLike], hf_dir: Path, outtype: str, vo
     return out
 
 
-def write_padding(fout, n: int, align: int) -> None:
-    """Zero bytes after `n` bytes so that the next write starts on an `align` boundary."""
-    extra = -n % align
-    if extra:
-        fout.write(b"\0" * extra)
-
-
 def _write_tensor_data(
     writer: GGUFWriter, ckpt: Checkpoint, plan: Sequence[PlannedTensor], types: Sequence, progress: bool
 ) -> None:
@@ -144,7 +84,7 @@ def _write_tensor_data(
 
     pad_to(fout.tell())
     data_start, offset = fout.tell(), 0
-    bar = _Progress(len(plan), progress)
+    bar = Progress(len(plan), progress, desc="converting", prog=PROG)
     try:
         for p, qtype in zip(plan, types):
             if fout.tell() - data_start != offset:
@@ -167,7 +107,7 @@ def _write_tensor_data(
             if written != expected:
                 raise RuntimeError(f"internal error: {p.gguf_name} has {written} bytes, expected {expected}")
             pad_to(written)
-            offset += written + (-written % align)
+            offset += written + padding(written, align)
             bar.step(p.gguf_name)
     finally:
         bar.close()
@@ -397,6 +337,9 @@ def convert(
         say(f"converting {spec.source} from {hf_dir} ({ckpt.description if ckpt else 'no weights'}) to {out}")
         for note in spec.notices:
             say(note)
+        chat, chat_notes = chat_defaults(spec.model_type, hf_dir)
+        for note in chat_notes:
+            say(note)
 
         vspec: Optional[VisionSpec] = None
         wants_vision = not vocab_only and (mm_out is not None or not llm_only)
@@ -430,6 +373,7 @@ def convert(
 
         def main_keys(writer: GGUFWriter) -> None:
             write_metadata(writer, spec, name or hf_dir.resolve().name)
+            write_chat_defaults(writer, chat)
             if not vocab_only:
                 writer.add_uint32(key_name("GENERAL_FILE_TYPE"), out_type.file_type)
                 if out_type.quantized:
@@ -438,7 +382,7 @@ def convert(
                 write_vision_metadata(writer, vspec)
             _add_tokenizer(writer, hf_dir, spec.hparams.n_vocab)
 
-        with _atomic_output(out) as tmp:
+        with atomic_output(out) as tmp:
             _write_gguf(tmp, spec.arch, main_keys, ckpt, main_plan, types, progress)
             if mm_out is not None:
                 assert vspec is not None
@@ -453,7 +397,7 @@ def convert(
                         writer.add_uint32(key_name("GENERAL_QUANT_VERSION"), GGML_QUANT_VERSION)
                     write_vision_metadata(writer, vspec)
 
-                with _atomic_output(mm_out) as mm_tmp:
+                with atomic_output(mm_out) as mm_tmp:
                     _write_gguf(mm_tmp, _MMPROJ_ARCH, mm_keys, ckpt, vplan, mm_types, progress)
     finally:
         if ckpt is not None:
@@ -486,7 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
             "the resampler queries and its sin-cos table are F32, and a quantized --outtype keeps the vision "
             "matrices F16 unless --vision-outtype asks otherwise. For llama.cpp, use --llm-only together with "
             "--mmproj: llama.cpp loads the LLM file and takes the vision part from the mmproj file "
-            "(llama-mtmd-cli -m OUTFILE --mmproj MMPROJ)."
+            "(llama-mtmd-cli -m OUTFILE --mmproj MMPROJ). The reference chat()'s generation defaults (sampling "
+            "with and without reasoning, enable_thinking, max_new_tokens) are recorded in OUTFILE, the default-mode "
+            "sampling also as llama.cpp's general.sampling.* keys; minicpm-cli -m OUTFILE --help shows them."
         ),
     )
     p.add_argument("model_dir", type=Path, help="Hugging Face checkpoint directory (config.json, safetensors, tokenizer files)")

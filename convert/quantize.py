@@ -46,8 +46,8 @@ from gguf import quants as gguf_quants
 from minicpm_cpp.errors import Error, FileError, FormatError, InvalidArgumentError
 
 from .gguf_raw import GGUF_MAGIC, GGUFParseError, RawGGUF, encode_u32, raw_kv, write_header
-from .hf_to_gguf import _atomic_output, _Progress, write_padding
 from .names import TENSORS, key_name, tensor_name
+from .writer import Progress, atomic_output, write_padding
 
 __all__ = [
     "QUANT_TYPES",
@@ -493,7 +493,7 @@ def _write_data(fout, data: np.memmap, tensors: Sequence[_Tensor], align: int, q
         write_padding(fout, n, align)
 
     pad(fout.tell())
-    bar = _Progress(len(tensors), progress, desc="quantizing", prog=PROG)
+    bar = Progress(len(tensors), progress, desc="quantizing", prog=PROG)
     try:
         for t in tensors:
             raw = data[t.offset : t.offset + t.nbytes]
@@ -635,7 +635,7 @@ def quantize(
         infos.append((t.name, t.ne, int(t.dst), nbytes))
     quantizer = _Quantizer(int(threads))
     try:
-        with _atomic_output(dst) as tmp:
+        with atomic_output(dst) as tmp:
             with open(tmp, "wb") as fout:
                 write_header(fout, list(kvs.values()), infos, reader.alignment)
                 _write_data(fout, reader.map, tensors, reader.alignment, quantizer, progress)

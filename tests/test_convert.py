@@ -335,6 +335,80 @@ def test_converter_spells_no_gguf_name_itself():
                 assert not hits, f"{path.name}:{node.lineno}: literal {node.value!r} spells {hits}"
 
 
+def _sibling_imports(path: Path, modules) -> set:
+    """The converter modules ``path`` imports (at the top or inside a function): relative imports
+    and absolute ones through ``minicpm_cpp.convert`` or the source tree's ``convert``."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1:
+                base = node.module or ""
+            elif node.level == 0 and node.module and node.module.split(".")[0] in ("minicpm_cpp", "convert"):
+                parts = node.module.split(".")
+                parts = parts[2:] if parts[:2] == ["minicpm_cpp", "convert"] else parts[1:] if parts[0] == "convert" else None
+                if parts is None:
+                    continue
+                base = ".".join(parts)
+            else:
+                continue
+            if base:
+                found.add(base.split(".")[0])
+            else:  # from . import x, y
+                found |= {a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                parts = a.name.split(".")
+                if parts[:2] == ["minicpm_cpp", "convert"] and len(parts) > 2:
+                    found.add(parts[2])
+                elif parts[0] == "convert" and len(parts) > 1:
+                    found.add(parts[1])
+    return found & set(modules)
+
+
+def _import_graph():
+    modules = {p.stem: p for p in _converter_sources() if p.stem not in ("__init__", "__main__")}
+    return {m: _sibling_imports(p, modules) - {m} for m, p in modules.items()}
+
+
+def _find_cycle(graph):
+    """One import cycle of ``graph`` as a list of modules, or None."""
+    state, stack = {}, []
+
+    def visit(m):
+        state[m] = "open"
+        stack.append(m)
+        for dep in sorted(graph[m]):
+            if state.get(dep) == "open":
+                return stack[stack.index(dep):] + [dep]
+            if dep not in state:
+                cycle = visit(dep)
+                if cycle:
+                    return cycle
+        state[m] = "done"
+        stack.pop()
+        return None
+
+    for m in sorted(graph):
+        if m not in state:
+            cycle = visit(m)
+            if cycle:
+                return cycle
+    return None
+
+
+def test_converter_imports_have_no_cycle():
+    """One direction between the converter's modules: hf_to_gguf may use quantize (for --outtype
+    q4_k_m), quantize never imports hf_to_gguf; both write through writer, which imports neither."""
+    graph = _import_graph()
+    assert {"hf_to_gguf", "quantize", "writer", "llm", "names"} <= set(graph)
+    assert "hf_to_gguf" not in graph["quantize"]
+    assert {"writer", "quantize"} <= graph["hf_to_gguf"] and "writer" in graph["quantize"]
+    assert graph["writer"] == set()
+    assert _find_cycle(graph) is None, f"import cycle: {' -> '.join(_find_cycle(graph))}"
+    # The checker itself sees a cycle when there is one, lazy imports included.
+    assert _find_cycle({**graph, "writer": {"quantize"}}) == ["quantize", "writer", "quantize"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Tensors and metadata, per layout and output type
 # ---------------------------------------------------------------------------------------------
