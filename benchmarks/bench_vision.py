@@ -10,8 +10,8 @@ Each test encodes ``1 + --reps`` images of that size (same size, different pixel
 the first image after the model is loaded, ``warm`` the median of the ``--reps`` further ones.
 
 minicpm.cpp: ``Model.encode_image`` (preprocessing + vision tower + resampler, everything an
-image costs before the LLM), timed around the call; the cold image includes graph reservation
-and first-use costs.
+image costs before the LLM), timed around the call, with a freshly loaded model per test; the
+cold image includes graph reservation and first-use costs.
 
 llama.cpp: one ``llama-mtmd-cli`` process per test, given all ``1 + --reps`` images of the test
 (``--image`` repeated) in one prompt. llama-mtmd-cli encodes the pieces one after the other and
@@ -167,23 +167,27 @@ def speed_ratio(ours_ms: Optional[float], llama_ms: Optional[float]) -> Optional
 
 
 def run_ours(args) -> dict:
+    """One freshly loaded model per test (as llama.cpp's one process per test), so that each
+    test's cold image is the first one after loading."""
     import minicpm_cpp
 
-    t0 = time.perf_counter()
-    model = minicpm_cpp.Model(args.llm, device=args.device, n_threads=args.threads, mmproj=args.mmproj)
-    load_s = time.perf_counter() - t0
-    out = {"runtime": "minicpm.cpp", "device": model.info["device"], "load_s": load_s, "tests": []}
+    out = {"runtime": "minicpm.cpp", "tests": []}
     for name, side in SIZES.items():
         images = [test_image(side, seed) for seed in range(1 + args.reps)]
+        t0 = time.perf_counter()
+        model = minicpm_cpp.Model(args.llm, device=args.device, n_threads=args.threads, mmproj=args.mmproj)
+        load_s = time.perf_counter() - t0
+        out["device"] = model.info["device"]
         times, pieces = [], None
         for img in images:
             t = time.perf_counter()
             chunk = model.encode_image(img)
             times.append((time.perf_counter() - t) * 1000)
             pieces = chunk.n_slices
+        del model, chunk
         out["tests"].append({"test": name, "pieces": pieces, "cold_ms": times[0],
                              "warm_ms": statistics.median(times[1:]) if times[1:] else None,
-                             "warm_samples_ms": times[1:]})
+                             "warm_samples_ms": times[1:], "load_s": load_s})
     return out
 
 
