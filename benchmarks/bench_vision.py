@@ -224,7 +224,8 @@ def parse_piece_times(log: str) -> List[float]:
 def split_images(piece_ms: Sequence[float], n_images: int) -> List[List[float]]:
     """Per-piece times of ``n_images`` images of one size, in order, as one list per image."""
     if n_images < 1 or not piece_ms or len(piece_ms) % n_images:
-        raise ValueError(f"{len(piece_ms)} piece times do not split into {n_images} images of the same size")
+        raise ValueError(f"{len(piece_ms)} piece times do not split into {n_images} images of the same size "
+                         "(no encode times in the log, or llama-mtmd-cli did not take every --image)")
     k = len(piece_ms) // n_images
     return [list(piece_ms[i * k:(i + 1) * k]) for i in range(n_images)]
 
@@ -249,6 +250,8 @@ def chat_template_args(requested: Optional[str], file_has_template: bool) -> Lis
 
 
 def llama_command(args, image_paths: Sequence[str], file_has_template: bool, query_num: int) -> List[str]:
+    # --image repeated: every llama-mtmd-cli version appends each one (recent ones also take a
+    # comma-separated list, and warn, wrongly, that only the last repeated value is used).
     # Context for every image's embeddings and markers, plus the prompt.
     n_ctx = len(image_paths) * MAX_PIECES * (query_num + 8) + 512
     n_ctx = -(-n_ctx // 256) * 256

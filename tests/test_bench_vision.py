@@ -45,6 +45,18 @@ decoding image batch 1/1, n_tokens_batch = 64
 image decoded (batch 1/1) in 14 ms
 """
 
+# As llama-mtmd-cli (llama.cpp of llama-cpp-python 0.3.36) printed it for a 448x448 image then a
+# 1344x1344 one (an excerpt: the overview and first slice of the second).
+LOG_REAL = """\
+0.01.712.329 I main: loading model: /tmp/tiny-llm-tok.gguf
+0.02.423.179 I encoding mtmd batch, n_chunks = 1 (done = 1, total = 23)
+0.03.391.150 I mtmd batch encoding done in 968 ms
+0.04.363.154 I encoding mtmd batch, n_chunks = 1 (done = 3, total = 23)
+0.04.792.016 I mtmd batch encoding done in 428 ms
+0.04.794.401 I encoding mtmd batch, n_chunks = 1 (done = 5, total = 23)
+0.04.867.318 I mtmd batch encoding done in 73 ms
+"""
+
 # Older llama.cpp (mtmd-helper), one line per piece.
 LOG_SLICE = """\
 encoding image slice...
@@ -64,6 +76,10 @@ image decoded (batch 1/1) in 19 ms
 
 def test_parse_batch_log():
     assert bv.parse_piece_times(LOG_BATCH) == [120.0, 80.0]
+
+
+def test_parse_real_log():
+    assert bv.parse_piece_times(LOG_REAL) == [968.0, 428.0, 73.0]
 
 
 def test_parse_slice_log():
