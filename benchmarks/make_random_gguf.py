@@ -12,14 +12,15 @@ file is 16 GB). Memory stays bounded by the buffers (``--pool-mib`` per type).
 Examples::
 
     python benchmarks/make_random_gguf.py /tmp/q17-f16.gguf --preset qwen3-1.7b --type f16 \\
-        --tokenizer-dir path/to/minicpm-o-4_5
+        --tokenizer-dir tests/assets/tokenizer/minicpm-o-4_5
     python benchmarks/make_random_gguf.py /tmp/q8b-q8.gguf --preset qwen3-8b --type q8_0 --vocab 151936
     python benchmarks/make_random_gguf.py /tmp/tiny.gguf --hidden 512 --layers 4 --heads 8 \\
         --kv-heads 4 --head-dim 64 --ffn 1536 --vocab 151748 --type q4_k_m
 
 Without ``--tokenizer-dir`` a minimal byte-level vocabulary is written (256 byte tokens, the
 Qwen special tokens, padding up to the vocabulary size): enough to load and benchmark with
-token ids, not to tokenize text well.
+token ids, not to tokenize text well, and without the image tokens that
+``bench_vision.py`` needs.
 
 Adding a type: one ``BlockType`` entry (how to fill random blocks) and one ``Recipe`` entry
 (which type each tensor takes, and the ``general.file_type`` value).

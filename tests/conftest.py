@@ -1,4 +1,4 @@
-"""Shared fixtures: the shared assets, tiny random checkpoints, and their GGUF conversions.
+"""Shared fixtures: the test assets (``tests/assets/``), tiny random checkpoints, and their GGUF conversions.
 
 The checkpoints are built once per test session (a few seconds each) under pytest's
 temporary directory; ``converted(dir, outtype)`` converts a checkpoint once per
@@ -16,38 +16,36 @@ import tiny_models
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    try:
-        return tiny_models.shared_dir()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
+def assets_dir() -> Path:
+    """``tests/assets/``: tokenizers, llama.cpp's vocab test files, chat templates, media."""
+    return tiny_models.assets_dir()
 
 
 @pytest.fixture(scope="session")
-def tokenizer_dir(shared_dir: Path) -> Path:
-    return shared_dir / tiny_models.TOKENIZER_SUBDIR
+def tokenizer_dir(assets_dir: Path) -> Path:
+    return assets_dir / tiny_models.TOKENIZER_SUBDIR
 
 
 @pytest.fixture(scope="session")
-def tiny_qwen3_dir(tmp_path_factory, shared_dir) -> Path:
+def tiny_qwen3_dir(tmp_path_factory) -> Path:
     """Plain Qwen3ForCausalLM: 2 layers, hidden 128, 4 heads (2 KV), head_dim 32, FFN 256."""
     return tiny_models.make_qwen3(tmp_path_factory.mktemp("tiny-qwen3"))
 
 
 @pytest.fixture(scope="session")
-def tiny_qwen2_dir(tmp_path_factory, shared_dir) -> Path:
+def tiny_qwen2_dir(tmp_path_factory) -> Path:
     """Plain Qwen2ForCausalLM with q/k/v biases, same sizes as tiny_qwen3_dir."""
     return tiny_models.make_qwen2(tmp_path_factory.mktemp("tiny-qwen2"))
 
 
 @pytest.fixture(scope="session")
-def tiny_minicpmv45_dir(tmp_path_factory, shared_dir) -> Path:
+def tiny_minicpmv45_dir(tmp_path_factory) -> Path:
     """MiniCPM-V 4.5 layout (llm.* Qwen3 + dummy vpm.* / resampler.*), same LLM as tiny_qwen3_dir."""
     return tiny_models.make_qwen3(tmp_path_factory.mktemp("tiny-minicpmv45"), minicpm_prefix=True)
 
 
 @pytest.fixture(scope="session")
-def tiny_minicpmo26_dir(tmp_path_factory, shared_dir) -> Path:
+def tiny_minicpmo26_dir(tmp_path_factory) -> Path:
     """MiniCPM-o 2.6 layout (llm.* Qwen2 + dummy vision/audio/TTS tensors), sharded in 2 files."""
     return tiny_models.make_qwen2(tmp_path_factory.mktemp("tiny-minicpmo26"), minicpm_prefix=True, shards=2)
 
@@ -71,7 +69,7 @@ def converted(tmp_path_factory) -> Callable[..., Path]:
 
 
 @pytest.fixture(scope="session")
-def tiny_minicpmv45_vision_dir(tmp_path_factory, shared_dir) -> Path:
+def tiny_minicpmv45_vision_dir(tmp_path_factory) -> Path:
     """MiniCPM-V 4.5 layout with a real tiny vision tower and resampler (bfloat16 weights):
     Qwen3 LLM hidden 256 (2 resampler heads), vision hidden 64, 4 heads, FFN 128, 3 layers stored,
     drop_vision_last_layer true (2 run). See tiny_models.make_minicpmv45."""
@@ -79,7 +77,7 @@ def tiny_minicpmv45_vision_dir(tmp_path_factory, shared_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_minicpmv26_vision_dir(tmp_path_factory, shared_dir) -> Path:
+def tiny_minicpmv26_vision_dir(tmp_path_factory) -> Path:
     """MiniCPM-V 2.6 layout with a real tiny vision tower and resampler (float32 weights):
     Qwen2 LLM hidden 128 (1 resampler head), vision hidden 96, 4 heads, FFN 128, 2 layers,
     drop_vision_last_layer false. See tiny_models.make_minicpmv26."""

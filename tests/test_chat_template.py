@@ -5,7 +5,7 @@ Each template is rendered with jinja2 the way transformers' apply_chat_template 
 `enable_thinking` passed only when the caller sets it) and the C++ rendering must be equal
 byte for byte.
 
-Templates come from the shared assets (Qwen3, Qwen2.5, MiniCPM-o 4.5), plus variants built
+Templates come from ``tests/assets/`` (Qwen3, Qwen2.5, MiniCPM-o 4.5), plus variants built
 here: a Qwen2.5 template with another default system text, Qwen3 templates that default
 enable_thinking to false or open a think block in the generation prompt (when thinking is
 not switched off, or always), a Qwen2-style
@@ -13,8 +13,6 @@ template (default system turn, every role as its own turn) and plain ChatML.
 """
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
@@ -23,27 +21,11 @@ from jinja2.exceptions import TemplateError  # noqa: E402
 from jinja2.ext import loopcontrols  # noqa: E402
 from jinja2.sandbox import ImmutableSandboxedEnvironment  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _shared_dir():
-    candidates = []
-    if os.environ.get("MINICPM_SHARED_DIR"):
-        candidates.append(Path(os.environ["MINICPM_SHARED_DIR"]))
-    candidates += [REPO / "shared", REPO.parent / "shared"]
-    for c in candidates:
-        if (c / "assets" / "templates").is_dir():
-            return c
-    return None
-
-
-SHARED = _shared_dir()
+import tiny_models  # noqa: E402
 
 
 def _read_asset(rel):
-    if SHARED is None or not (SHARED / rel).is_file():
-        pytest.skip(f"shared asset {rel} not available (set MINICPM_SHARED_DIR)")
-    return (SHARED / rel).read_text(encoding="utf-8")
+    return (tiny_models.assets_dir() / rel).read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,16 +68,16 @@ GEN_PROMPT_OFF = (
 
 
 def _qwen3():
-    return _read_asset("assets/templates/Qwen-Qwen3-0.6B.jinja")
+    return _read_asset("templates/Qwen-Qwen3-0.6B.jinja")
 
 
 def _minicpm_o45():
-    text = _read_asset("assets/tokenizer/minicpm-o-4_5/tokenizer_config.json")
+    text = _read_asset("tokenizer/minicpm-o-4_5/tokenizer_config.json")
     return json.loads(text)["chat_template"]
 
 
 def _qwen25():
-    return _read_asset("assets/templates/Qwen-Qwen2.5-7B-Instruct.jinja")
+    return _read_asset("templates/Qwen-Qwen2.5-7B-Instruct.jinja")
 
 
 def _qwen25_other_default():

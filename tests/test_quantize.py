@@ -163,14 +163,14 @@ def expected_small(qtype: str):
 
 
 @pytest.fixture(scope="module")
-def big_dir(tmp_path_factory, shared_dir):
+def big_dir(tmp_path_factory):
     return tiny_models.make_qwen3(
         tmp_path_factory.mktemp("q-big"), layers=BIG_LAYERS, hidden=256, heads=4, kv_heads=2, head_dim=64, ffn=768
     )
 
 
 @pytest.fixture(scope="module")
-def small_dir(tmp_path_factory, shared_dir):
+def small_dir(tmp_path_factory):
     return tiny_models.make_qwen3(tmp_path_factory.mktemp("q-small"), tie=True, seed=3)
 
 

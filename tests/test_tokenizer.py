@@ -40,12 +40,7 @@ NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
 def _vocab_cases():
     """llama.cpp's ggml-vocab-qwen2.gguf.inp/.out: the text written before each separator,
     one line of ids per case in .out."""
-    try:
-        base = tiny_models.shared_dir() / "assets" / "vocab" / "ggml-vocab-qwen2.gguf"
-    except FileNotFoundError:
-        return None, []
-    if not base.with_suffix(".gguf.inp").is_file():
-        return None, []
+    base = tiny_models.assets_dir() / "vocab" / "ggml-vocab-qwen2.gguf"
     with open(base.with_suffix(".gguf.inp"), encoding="utf-8", newline="") as f:
         inp = f.read()
     with open(base.with_suffix(".gguf.out"), encoding="utf-8", newline="") as f:
@@ -86,8 +81,6 @@ def hf(tokenizer_dir):
 
 @pytest.fixture(scope="module")
 def qwen2_vocab():
-    if VOCAB_GGUF is None:
-        pytest.skip("llama.cpp's ggml-vocab-qwen2.gguf test vectors are not in shared/")
     return minicpm_cpp.Tokenizer(str(VOCAB_GGUF))
 
 
@@ -215,7 +208,7 @@ def test_encode_speed(ours):
 # llama.cpp's test vectors
 
 
-@pytest.mark.parametrize("i", range(len(VOCAB_CASES)) if VOCAB_CASES else [pytest.param(-1, marks=pytest.mark.skip(reason="no vectors"))])
+@pytest.mark.parametrize("i", range(len(VOCAB_CASES)))
 def test_llama_cpp_qwen2_vectors(qwen2_vocab, i):
     text, want = VOCAB_CASES[i]
     assert qwen2_vocab.encode(text) == want, repr(text)
@@ -223,8 +216,6 @@ def test_llama_cpp_qwen2_vectors(qwen2_vocab, i):
 
 
 def test_llama_cpp_vector_count():
-    if VOCAB_GGUF is None:
-        pytest.skip("no vectors")
     assert len(VOCAB_CASES) >= 40
 
 

@@ -1,6 +1,6 @@
 """Tiny random checkpoints for tests: Qwen3 / Qwen2, plain or in the MiniCPM layout.
 
-Every checkpoint has the real MiniCPM-o 4.5 tokenizer (copied from the shared assets) and a
+Every checkpoint has the real MiniCPM-o 4.5 tokenizer (copied from ``tests/assets/``) and a
 vocabulary of 151748 rows, so tokenizer and chat-template code runs on real data while the
 network stays a few hundred thousand parameters besides the embeddings. Weights are random
 with a fixed seed and scaled so activations and logits are well spread: norm weights around
@@ -31,7 +31,8 @@ from typing import Dict, Optional, Union
 
 VOCAB_SIZE = 151748
 REPO_DIR = Path(__file__).resolve().parents[1]
-TOKENIZER_SUBDIR = Path("assets") / "tokenizer" / "minicpm-o-4_5"
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+TOKENIZER_SUBDIR = Path("tokenizer") / "minicpm-o-4_5"
 
 # Token ids of the MiniCPM-o 4.5 tokenizer written into configs, as the real ones have them.
 _BOS_ID, _EOS_ID = 151643, 151645
@@ -63,21 +64,15 @@ LLM_CONFIG_FIELDS = (
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def shared_dir() -> Path:
-    """The shared/ directory: $MINICPM_SHARED_DIR, else ``<repo>/../shared`` (or ``<repo>/shared``)."""
-    env = os.environ.get("MINICPM_SHARED_DIR")
-    candidates = [Path(env)] if env else [REPO_DIR.parent / "shared", REPO_DIR / "shared"]
-    for path in candidates:
-        if (path / TOKENIZER_SUBDIR).is_dir():
-            return path
-    raise FileNotFoundError(
-        f"shared assets not found at {candidates[0]} (expected {TOKENIZER_SUBDIR} inside); "
-        "put shared/ beside the repository or set MINICPM_SHARED_DIR"
-    )
+def assets_dir() -> Path:
+    """The test assets that are part of the repository: ``tests/assets/`` (see its README.md)."""
+    if not (ASSETS_DIR / TOKENIZER_SUBDIR).is_dir():
+        raise FileNotFoundError(f"test assets missing: {ASSETS_DIR / TOKENIZER_SUBDIR} (incomplete checkout?)")
+    return ASSETS_DIR
 
 
 def tokenizer_dir() -> Path:
-    return shared_dir() / TOKENIZER_SUBDIR
+    return assets_dir() / TOKENIZER_SUBDIR
 
 
 def copy_tokenizer(dst: PathLike) -> None:
