@@ -158,3 +158,41 @@ def test_model_shared_by_many_sessions_is_kept_alive(tiny_qwen3_dir, converted):
 def test_list_devices_has_cpu():
     devs = minicpm_cpp.list_devices()
     assert any(d["type"] == "cpu" for d in devs)
+
+
+def test_chat_text_never_becomes_an_image_slot(model):
+    """The reference's image marker typed into user text stays text (no image slot, nothing lost)."""
+    s = minicpm_cpp.Session(model, n_ctx=256)
+    text = "Look: (<image>./</image>) and <image>./</image>!"
+    p = s.chat_prompt([{"role": "user", "content": text}])
+    assert all(isinstance(seg, list) for seg in p["segments"])
+    assert text in p["text"]
+    ids = [t for seg in p["segments"] for t in seg]
+    assert model.detokenize(ids).count("<image>./</image>") == 2
+
+
+def test_chat_rejects_bad_text_with_a_clear_error(model):
+    s = minicpm_cpp.Session(model, n_ctx=64)
+    with pytest.raises(minicpm_cpp.InvalidArgumentError, match="surrogate"):
+        s.chat([{"role": "user", "content": "bad \ud800 text"}], max_tokens=1)
+    with pytest.raises(minicpm_cpp.InvalidArgumentError, match="max_tokens"):
+        s.chat([{"role": "user", "content": "hi"}], max_tokens=-5)
+    with pytest.raises(minicpm_cpp.InvalidArgumentError, match="role"):
+        s.chat([{"role": "robot", "content": "hi"}], max_tokens=1)
+    with pytest.raises(minicpm_cpp.InvalidArgumentError, match="unknown sampling parameter"):
+        s.chat([{"role": "user", "content": "hi"}], max_tokens=1, temprature=0.5)
+
+
+def test_generation_defaults_come_from_the_model(model):
+    """Sampling values left out are the model's (Model.defaults), not constants of the binding:
+    greedy via the model's defaults equals an explicit greedy run."""
+    d = model.defaults
+    assert set(d) == {"enable_thinking", "sampling", "sampling_think", "max_tokens", "source"}
+    s = minicpm_cpp.Session(model, n_ctx=128, seed=3)
+    s.prefill("Hello")
+    a = s.generate(max_tokens=5, temperature=0)
+    s.reset()
+    s.prefill("Hello")
+    b = s.generate(max_tokens=5, temperature=0, repeat_penalty=d["sampling"]["repeat_penalty"],
+                   top_k=d["sampling"]["top_k"], top_p=d["sampling"]["top_p"])
+    assert a == b
