@@ -2,7 +2,7 @@
 // logits after every prompt must be equal bit for bit, the generated text identical. Meant to
 // run under ThreadSanitizer (configure with -DMINICPM_SANITIZE=thread -DMINICPM_BUILD_EXAMPLES=ON):
 //
-//   minicpm-concurrency-check MODEL.gguf [--mmproj FILE] [--sessions 8] [--rounds 3]
+//   minicpm-concurrency-check MODEL.gguf [--mmproj FILE] [--sessions 8] [--rounds 3] [--device cpu]
 //
 // Exit status 0 when every concurrent round equals the serial run, 1 otherwise.
 #include "minicpm/minicpm.h"
@@ -74,7 +74,7 @@ bool same(const Result & a, const Result & b) {
 
 int main(int argc, char ** argv) {
     if (argc < 2) {
-        std::fprintf(stderr, "usage: %s MODEL.gguf [--mmproj FILE] [--sessions N] [--rounds N]\n", argv[0]);
+        std::fprintf(stderr, "usage: %s MODEL.gguf [--mmproj FILE] [--sessions N] [--rounds N] [--device D]\n", argv[0]);
         return 2;
     }
     minicpm::ModelParams mp;
@@ -86,6 +86,7 @@ int main(int argc, char ** argv) {
         if (a == "--mmproj") mp.mmproj = argv[i + 1];
         else if (a == "--sessions") n_sessions = std::atoi(argv[i + 1]);
         else if (a == "--rounds") rounds = std::atoi(argv[i + 1]);
+        else if (a == "--device") mp.device = argv[i + 1];
     }
     try {
         auto model = minicpm::Model::load(argv[1], mp);
