@@ -227,13 +227,13 @@ def with_generation_config(src: Path, dst: Path, gc) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_minicpmo45_dir(tmp_path_factory, shared_dir) -> Path:
+def tiny_minicpmo45_dir(tmp_path_factory, assets_dir) -> Path:
     """MiniCPM-o 4.5 layout: architectures MiniCPMO, version 4.5, Qwen3 LLM (1 layer)."""
     return tiny_models.make_qwen3(tmp_path_factory.mktemp("tiny-minicpmo45"), layers=1, minicpm_prefix=True, model="o4.5")
 
 
 @pytest.fixture(scope="module")
-def tiny_minicpmv26_dir(tmp_path_factory, shared_dir) -> Path:
+def tiny_minicpmv26_dir(tmp_path_factory, assets_dir) -> Path:
     """MiniCPM-V 2.6 layout: architectures MiniCPMV, version 2.6, Qwen2 LLM (1 layer)."""
     return tiny_models.make_qwen2(tmp_path_factory.mktemp("tiny-minicpmv26"), layers=1, minicpm_prefix=True, model="v2.6")
 
@@ -265,7 +265,7 @@ FAMILIES = {
 def test_family_defaults(request, converted, family):
     fixture, facts, model_type = FAMILIES[family]
     hf_dir = request.getfixturevalue(fixture)
-    # The tiny checkpoints carry the generation_config.json of the shared MiniCPM-o 4.5 assets
+    # The tiny checkpoints carry the generation_config.json of the MiniCPM-o 4.5 test assets
     # (top_p 0.95, top_k 20: the values of MiniCPM-V 4.5's released file too).
     assert json.loads((hf_dir / "generation_config.json").read_text())["top_k"] == 20
     path = converted(hf_dir, "f16")
@@ -307,7 +307,7 @@ def test_plain_checkpoint_without_generation_config_records_nothing(tiny_qwen3_d
 
 
 def test_plain_tiny_checkpoints_take_their_generation_config(tiny_qwen3_dir, tiny_qwen2_dir, converted):
-    """The shared generation_config.json (Qwen3's released values: do_sample, temperature 0.6,
+    """The test assets' generation_config.json (Qwen3's released values: do_sample, temperature 0.6,
     top_k 20, top_p 0.95; no repetition_penalty, so transformers' 1.0)."""
     facts = dict(source="generation_config.json", enable_thinking=None, max_new_tokens=None,
                  sampling=(0.6, 0.95, 20, 1.0), sampling_think=None)

@@ -8,6 +8,8 @@
 
 #include "runtime/prompt.h"
 
+#include "bind_common.h"
+
 #include <pybind11/functional.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -19,14 +21,9 @@
 
 namespace py = pybind11;
 using namespace minicpm;
+using minicpm_py::utf8;
 
 namespace {
-
-py::str utf8(const std::string & s) {
-    PyObject * o = PyUnicode_DecodeUTF8(s.data(), (Py_ssize_t) s.size(), "replace");
-    if (!o) throw py::error_already_set();
-    return py::reinterpret_steal<py::str>(o);
-}
 
 std::string text_of(const py::handle & h, const std::string & what) {
     if (!py::isinstance<py::str>(h)) {

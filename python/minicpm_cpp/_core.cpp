@@ -20,15 +20,10 @@
 
 namespace py = pybind11;
 using namespace minicpm;
+using minicpm_py::utf8;
 using minicpm_py::PyTokenizer;
 
 namespace {
-
-py::str utf8(const std::string & s) {
-    PyObject * o = PyUnicode_DecodeUTF8(s.data(), (Py_ssize_t) s.size(), "replace");
-    if (!o) throw py::error_already_set();
-    return py::reinterpret_steal<py::str>(o);
-}
 
 const char * error_class(ErrorKind k) {
     switch (k) {

@@ -6,6 +6,8 @@
 #include "core/gguf_file.h"
 #include "preprocess/tokenizer.h"
 
+#include <pybind11/pybind11.h>
+
 #include <memory>
 #include <string>
 
@@ -20,5 +22,12 @@ struct PyTokenizer {
         tok  = std::make_unique<minicpm::Tokenizer>(minicpm::Tokenizer::from_gguf(file->ctx(), path));
     }
 };
+
+// Text from the core as a Python str (invalid UTF-8 replaced, never an exception).
+inline pybind11::str utf8(const std::string & s) {
+    PyObject * o = PyUnicode_DecodeUTF8(s.data(), (Py_ssize_t) s.size(), "replace");
+    if (!o) throw pybind11::error_already_set();
+    return pybind11::reinterpret_steal<pybind11::str>(o);
+}
 
 } // namespace minicpm_py

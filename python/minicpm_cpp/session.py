@@ -199,12 +199,8 @@ class Model:
         """Preprocesses and encodes an image (PIL image, path, bytes, data URL or HxWx3 uint8
         array) into its placeholder tokens and embeddings, ready for any session. Calls are
         serialised per model; :meth:`Session.encode_image` runs in parallel across sessions."""
-        from .image import load_image
-
-        rgb = load_image(image)
-        slices = _max_slices(max_slice_nums)
-        uid = _opt_bool(use_image_id, "use_image_id")
-        return self._with_encoder(lambda e: e.encode(rgb, slices, uid, _count(image_id, "image_id")))
+        args = _image_args(image, max_slice_nums, use_image_id, image_id)
+        return self._with_encoder(lambda e: e.encode(*args))
 
     def render_chat(
         self,
@@ -245,6 +241,14 @@ def _max_slices(max_slice_nums: Optional[int]) -> int:
     if max_slice_nums is None:
         return 0
     return _count(max_slice_nums, "max_slice_nums", 1)
+
+
+def _image_args(image: Any, max_slice_nums: Optional[int], use_image_id: Optional[bool], image_id: int) -> tuple:
+    """(rgb, max_slice_nums, use_image_id, image_id) as the native encoders take them."""
+    from .image import load_image
+
+    return (load_image(image), _max_slices(max_slice_nums), _opt_bool(use_image_id, "use_image_id"),
+            _count(image_id, "image_id"))
 
 
 def _is_image_like(x: Any) -> bool:
@@ -455,11 +459,7 @@ class Session:
         image_id: int = 0,
     ) -> "_core.ImageChunk":
         """Encodes an image with this session's vision encoder (see :meth:`Model.encode_image`)."""
-        from .image import load_image
-
-        rgb = load_image(image)
-        return self._s.encode_image(rgb, _max_slices(max_slice_nums), _opt_bool(use_image_id, "use_image_id"),
-                                    _count(image_id, "image_id"))
+        return self._s.encode_image(*_image_args(image, max_slice_nums, use_image_id, image_id))
 
     def logits(self) -> np.ndarray:
         """Float32 logits of the last evaluated position, shape ``(n_vocab,)``."""
