@@ -4,6 +4,7 @@
 #include "core/runner.h"
 #include "models/llm.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace minicpm {
@@ -19,6 +20,7 @@ void KvCache::init(const LlmHparams & hp, int64_t n_cells_, ggml_type type_, Gra
     }
     cell_pos.assign((size_t) n_cells, -1);
     n_used = 0;
+    first_free = 0;
 }
 
 std::vector<int64_t> KvCache::assign(const std::vector<int32_t> & positions) {
@@ -28,13 +30,15 @@ std::vector<int64_t> KvCache::assign(const std::vector<int32_t> & positions) {
     }
     std::vector<int64_t> cells;
     cells.reserve(positions.size());
-    for (int64_t c = 0; c < n_cells && cells.size() < positions.size(); ++c) {
+    // Decode appends one token per step: start at the hint instead of cell 0.
+    for (int64_t c = first_free; c < n_cells && cells.size() < positions.size(); ++c) {
         if (cell_pos[(size_t) c] < 0) {
             cell_pos[(size_t) c] = positions[cells.size()];
             cells.push_back(c);
         }
     }
     n_used += (int64_t) cells.size();
+    if (!cells.empty()) first_free = cells.back() + 1;
     return cells;
 }
 
@@ -42,11 +46,13 @@ void KvCache::release(int64_t cell) {
     if (cell < 0 || cell >= n_cells || cell_pos[(size_t) cell] < 0) return;
     cell_pos[(size_t) cell] = -1;
     --n_used;
+    first_free = std::min(first_free, cell);
 }
 
 void KvCache::clear() {
     cell_pos.assign((size_t) n_cells, -1);
     n_used = 0;
+    first_free = 0;
 }
 
 int64_t KvCache::extent() const {

@@ -22,6 +22,7 @@ struct KvCache : KvTensors {
     int64_t                    n_cells = 0;
     std::vector<int32_t>       cell_pos;      // position held by each cell, -1 when free
     int64_t                    n_used = 0;
+    int64_t                    first_free = 0;   // no free cell below this one (a search hint)
 
     // Declares the cache tensors in `runner` (call runner.allocate_state() afterwards).
     void init(const LlmHparams & hp, int64_t n_cells, ggml_type type, GraphRunner & runner);
