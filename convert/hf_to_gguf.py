@@ -29,6 +29,7 @@ from .llm import PlannedTensor, detect, plan_tensors, write_metadata
 from .names import key_name
 from .quant import ENCODINGS, OUTTYPES, encode_rows, tensor_bytes
 from .tokenizer import add_tokenizer
+from .audio import AUDIO_OUTTYPES, AudioSpec, audio_qtypes, detect_audio, has_audio, plan_audio, write_audio_metadata
 from .vision import VISION_OUTTYPES, VisionSpec, detect_vision, has_vision, plan_vision, vision_qtypes, write_vision_metadata
 from .writer import Progress, atomic_output, padding, write_padding
 
@@ -232,6 +233,8 @@ def _convert_then_quantize(
     llm_only: bool,
     mmproj: Optional[PathLike],
     vision_outtype: str,
+    audio_out: Optional[PathLike],
+    audio_outtype: str,
 ) -> Path:
     """--outtype q4_k_m and the like: convert losslessly to a temporary file beside the output,
     then quantize it with :mod:`.quantize` (llama.cpp's per-tensor mix, ggml's kernels)."""
@@ -254,19 +257,26 @@ def _convert_then_quantize(
         inter = _lossless_outtype(ckpt)
     finally:
         ckpt.close()
-    # The vision part: F16 unless asked otherwise (also in the mmproj file).
+    if audio_outtype not in AUDIO_OUTTYPES:
+        raise ConvertError(f"unknown audio output type {audio_outtype!r}; choose one of {', '.join(AUDIO_OUTTYPES)}")
+    # The vision and audio parts: F16 unless asked otherwise (also in their own files).
     vision_t = "f16" if vision_outtype == "auto" else vision_outtype
+    audio_t = "f16" if audio_outtype == "auto" else audio_outtype
+    if audio_t != vision_t and audio_outtype != "auto" and vision_outtype != "auto":
+        raise ConvertError("a quantized --outtype takes one type for the encoders: give --vision-outtype and "
+                           "--audio-outtype the same value (or leave one auto)")
+    enc_t = vision_t if vision_outtype != "auto" else audio_t
     fd, tmp_name = tempfile.mkstemp(prefix=f"{out.name}.{inter}-", suffix=".gguf", dir=str(out.parent))
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         convert(
             hf_dir, tmp, inter, force=True, name=name or hf_dir.resolve().name, progress=progress, log=say,
-            llm_only=llm_only, mmproj=mmproj, vision_outtype=vision_t,
+            llm_only=llm_only, mmproj=mmproj, vision_outtype=vision_t, audio_out=audio_out, audio_outtype=audio_t,
         )
         say(f"quantizing to {outtype.upper()}")
         try:
-            result = quantize(tmp, out, outtype, encoder_type=vision_t, force=force, progress=progress, log=say)
+            result = quantize(tmp, out, outtype, encoder_type=enc_t, force=force, progress=progress, log=say)
         except Error as e:
             raise ConvertError(str(e)) from None
     finally:
@@ -291,6 +301,8 @@ def convert(
     llm_only: bool = False,
     mmproj: Optional[PathLike] = None,
     vision_outtype: str = "auto",
+    audio_out: Optional[PathLike] = None,
+    audio_outtype: str = "auto",
 ) -> Path:
     """Convert the checkpoint in ``hf_dir`` to a GGUF file and return its path.
 
@@ -299,7 +311,10 @@ def convert(
     tokenizer without tensors. For a MiniCPM-V/o checkpoint the file also holds the vision
     tower and resampler unless ``llm_only``; ``mmproj`` names a second file to write them to in
     llama.cpp's mmproj convention. ``vision_outtype`` ("auto" follows ``outtype`` but keeps the
-    vision matrices F16 for quantized outtypes) sets the vision matrices' type. Notices go to
+    vision matrices F16 for quantized outtypes) sets the vision matrices' type. A MiniCPM-o
+    checkpoint's audio encoder and projector go into the file too (unless ``llm_only``);
+    ``audio_out`` names a second file for them alone, ``audio_outtype`` sets their matrices'
+    type as ``vision_outtype`` does for vision. Notices go to
     ``log`` (stderr by default). Raises :class:`ConvertError` for anything wrong with the
     checkpoint or the output paths.
     """
@@ -308,14 +323,19 @@ def convert(
     if outtype in quantize_outtypes():
         return _convert_then_quantize(
             hf_dir, out_path, outtype, force=force, vocab_only=vocab_only, name=name, progress=progress, say=say,
-            llm_only=llm_only, mmproj=mmproj, vision_outtype=vision_outtype,
+            llm_only=llm_only, mmproj=mmproj, vision_outtype=vision_outtype, audio_out=audio_out,
+            audio_outtype=audio_outtype,
         )
     if outtype not in OUTTYPES:
         raise ConvertError(f"unknown output type {outtype!r}; choose one of {', '.join(all_outtypes())}")
     if vision_outtype not in VISION_OUTTYPES:
         raise ConvertError(f"unknown vision output type {vision_outtype!r}; choose one of {', '.join(VISION_OUTTYPES)}")
+    if audio_outtype not in AUDIO_OUTTYPES:
+        raise ConvertError(f"unknown audio output type {audio_outtype!r}; choose one of {', '.join(AUDIO_OUTTYPES)}")
     if mmproj is not None and vocab_only:
         raise ConvertError("--mmproj cannot be combined with --vocab-only (an mmproj file is all tensors)")
+    if audio_out is not None and vocab_only:
+        raise ConvertError("--audio-out cannot be combined with --vocab-only (an audio file is all tensors)")
     out_type = OUTTYPES[outtype]
     config = load_config(hf_dir)
     out = _resolve_output(out_path, hf_dir, outtype, vocab_only, force)
@@ -324,6 +344,11 @@ def convert(
         mm_out = _resolve_output(mmproj, hf_dir, outtype, False, force)
         if mm_out.resolve() == out.resolve():
             raise ConvertError(f"--mmproj {mm_out} is the same file as the output")
+    au_out: Optional[Path] = None
+    if audio_out is not None:
+        au_out = _resolve_output(audio_out, hf_dir, outtype, False, force)
+        if au_out.resolve() == out.resolve() or (mm_out is not None and au_out.resolve() == mm_out.resolve()):
+            raise ConvertError(f"--audio-out {au_out} is the same file as another output")
 
     ckpt: Optional[Checkpoint] = None
     try:
@@ -350,25 +375,46 @@ def convert(
         if mm_out is not None and vspec is None:
             raise ConvertError(f"--mmproj: {hf_dir} has no vision tower to write (init_vision false, or no vpm.* tensors)")
 
+        aspec: Optional[AudioSpec] = None
+        wants_audio = not vocab_only and (au_out is not None or not llm_only)
+        if spec.prefix and wants_audio and has_audio(config, names):
+            aspec = detect_audio(config, spec)
+            for note in aspec.notices:
+                say(note)
+        if au_out is not None and aspec is None:
+            raise ConvertError(f"--audio-out: {hf_dir} has no audio encoder to write (init_audio false, or no apm.* "
+                               "tensors)")
+
         plan: List[PlannedTensor] = []
         vplan: List[PlannedTensor] = []
+        aplan: List[PlannedTensor] = []
         types: List = []
         if not vocab_only:
             assert ckpt is not None
             plan, notes = plan_tensors(spec, ckpt)
             if vspec is not None:
                 vplan, vnotes = plan_vision(vspec, ckpt, outtype, vision_outtype)
-                used = {p.hf_name for p in plan} | {p.hf_name for p in vplan}
-                used |= {n for n in ckpt.names() if n.startswith(("vpm.", "resampler."))}
-                notes = [n for n in notes if not n.startswith("skipped ")] + list(vnotes)
+                notes += list(vnotes)
+                if llm_only:
+                    notes.append(f"--llm-only: the vision tower and resampler ({len(vplan)} tensors) go to {mm_out} only")
+            if aspec is not None:
+                aplan, anotes = plan_audio(aspec, ckpt, outtype, audio_outtype)
+                notes += list(anotes)
+                if llm_only:
+                    notes.append(f"--llm-only: the audio encoder and projector ({len(aplan)} tensors) go to {au_out} only")
+            if vspec is not None or aspec is not None:
+                used = {p.hf_name for p in plan + vplan + aplan}
+                if vspec is not None:
+                    used |= {n for n in ckpt.names() if n.startswith(("vpm.", "resampler."))}
+                if aspec is not None:
+                    used |= {n for n in ckpt.names() if n.startswith(("apm.", "audio_projection_layer."))}
+                notes = [n for n in notes if not n.startswith("skipped ")]
                 left = _skipped_notice(ckpt, used, spec.prefix)
                 if left:
                     notes.append(left)
-                if llm_only:
-                    notes.append(f"--llm-only: the vision tower and resampler ({len(vplan)} tensors) go to {mm_out} only")
             for note in notes:
                 say(note)
-        main_plan = plan + (vplan if (vspec is not None and not llm_only) else [])
+        main_plan = plan + ([] if llm_only else vplan + aplan)
         types = _pick_types(main_plan, out_type, say)
 
         def main_keys(writer: GGUFWriter) -> None:
@@ -380,6 +426,8 @@ def convert(
                     writer.add_uint32(key_name("GENERAL_QUANT_VERSION"), GGML_QUANT_VERSION)
             if vspec is not None and not llm_only:
                 write_vision_metadata(writer, vspec)
+            if aspec is not None and not llm_only:
+                write_audio_metadata(writer, aspec)
             _add_tokenizer(writer, hf_dir, spec.hparams.n_vocab)
 
         with atomic_output(out) as tmp:
@@ -399,6 +447,21 @@ def convert(
 
                 with atomic_output(mm_out) as mm_tmp:
                     _write_gguf(mm_tmp, _MMPROJ_ARCH, mm_keys, ckpt, vplan, mm_types, progress)
+            if au_out is not None:
+                assert aspec is not None
+                au_types = [p.qtype for p in aplan]
+                a_weight_t, _ = audio_qtypes(outtype, audio_outtype)
+
+                def au_keys(writer: GGUFWriter) -> None:
+                    writer.add_string(key_name("GENERAL_NAME"), name or hf_dir.resolve().name)
+                    writer.add_description(f"audio encoder for {spec.model_type}")
+                    writer.add_uint32(key_name("GENERAL_FILE_TYPE"), _file_type_of(a_weight_t))
+                    if ENCODINGS[a_weight_t].quantized:
+                        writer.add_uint32(key_name("GENERAL_QUANT_VERSION"), GGML_QUANT_VERSION)
+                    write_audio_metadata(writer, aspec)
+
+                with atomic_output(au_out) as au_tmp:
+                    _write_gguf(au_tmp, _MMPROJ_ARCH, au_keys, ckpt, aplan, au_types, progress)
     finally:
         if ckpt is not None:
             ckpt.close()
@@ -406,9 +469,13 @@ def convert(
     what = "vocabulary only" if vocab_only else f"{len(main_plan)} tensors, {outtype}"
     if vspec is not None and not llm_only:
         what += f", with vision ({len(vplan)} tensors)"
+    if aspec is not None and not llm_only:
+        what += f", with audio ({len(aplan)} tensors)"
     say(f"wrote {out} ({spec.arch}, {what}, {size / 2**20:.1f} MiB)")
     if mm_out is not None:
         say(f"wrote {mm_out} (mmproj, {len(vplan)} tensors, {mm_out.stat().st_size / 2**20:.1f} MiB)")
+    if au_out is not None:
+        say(f"wrote {au_out} (audio, {len(aplan)} tensors, {au_out.stat().st_size / 2**20:.1f} MiB)")
     return out
 
 
@@ -420,7 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
             "(or a plain Qwen3ForCausalLM / Qwen2ForCausalLM one) to GGUF. One file holds the language model and "
             "tokenizer in llama.cpp's layout plus, for MiniCPM-V/o, the vision tower (SigLIP, only the layers the "
             "model runs: drop_vision_last_layer is applied) and the resampler, under clip.cpp's MiniCPM-V tensor "
-            "names and clip.* keys. Audio and TTS tensors are skipped with a notice."
+            "names and clip.* keys, and for MiniCPM-o the Whisper audio encoder and its projector under llama.cpp mtmd's "
+            "audio names (a.*, mm.a.*) with clip.audio.* / minicpm.audio.* keys. TTS tensors are skipped with a notice."
         ),
         epilog=(
             "The output is written to OUTFILE.tmp-XXXX beside OUTFILE and renamed when complete; on any error "
@@ -428,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
             "1-D tensors (norms, biases) are always F32; with q8_0, a matrix whose row length is not a multiple "
             "of 32 is written as F16 (with a notice). Vision: the patch embedding is F16 (F32 with f32), "
             "the resampler queries and its sin-cos table are F32, and a quantized --outtype keeps the vision "
-            "matrices F16 unless --vision-outtype asks otherwise. For llama.cpp, use --llm-only together with "
+            "matrices F16 unless --vision-outtype asks otherwise (the audio encoder likewise, --audio-outtype). For llama.cpp, use --llm-only together with "
             "--mmproj: llama.cpp loads the LLM file and takes the vision part from the mmproj file "
             "(llama-mtmd-cli -m OUTFILE --mmproj MMPROJ). The reference chat()'s generation defaults (sampling "
             "with and without reasoning, enable_thinking, max_new_tokens) are recorded in OUTFILE, the default-mode "
@@ -463,8 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--llm-only",
         action="store_true",
         help=(
-            "leave the vision tower and resampler out of OUTFILE, so it loads in llama.cpp (whose loader refuses "
-            "tensors it does not know); combine with --mmproj to keep the vision part in its own file"
+            "leave the vision tower, resampler and audio encoder out of OUTFILE, so it loads in llama.cpp (whose "
+            "loader refuses tensors it does not know); combine with --mmproj / --audio-out to keep them in their "
+            "own files"
         ),
     )
     p.add_argument(
@@ -486,6 +555,22 @@ def build_parser() -> argparse.ArgumentParser:
             "quantized)"
         ),
     )
+    p.add_argument(
+        "--audio-out",
+        type=Path,
+        default=None,
+        metavar="AUDIO",
+        help=(
+            "also write the audio encoder and projector (MiniCPM-o) to AUDIO, a file of their own (architecture "
+            "clip, clip.audio.* keys); load it with minicpm-cli --audio-model AUDIO or Model(..., audio=AUDIO)"
+        ),
+    )
+    p.add_argument(
+        "--audio-outtype",
+        choices=list(AUDIO_OUTTYPES),
+        default="auto",
+        help="type of the audio encoder and projector matrices (default auto: as --outtype, but F16 when quantized)",
+    )
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     return p
 
@@ -504,6 +589,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             llm_only=args.llm_only,
             mmproj=args.mmproj,
             vision_outtype=args.vision_outtype,
+            audio_out=args.audio_out,
+            audio_outtype=args.audio_outtype,
         )
     except ConvertError as e:
         raise SystemExit(f"{PROG}: error: {e}") from None

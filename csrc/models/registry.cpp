@@ -1,13 +1,14 @@
 // The components the library knows, in load order. A new component adds its ComponentType here
 // (an explicit list: self-registering statics would be dropped from a static library).
 #include "core/component.h"
+#include "models/audio.h"
 #include "models/llm.h"
 #include "models/vision.h"
 
 namespace minicpm {
 
 const std::vector<ComponentType> & component_types() {
-    static const std::vector<ComponentType> types = {kLlmComponent, kVisionComponent};
+    static const std::vector<ComponentType> types = {kLlmComponent, kVisionComponent, kAudioComponent};
     return types;
 }
 

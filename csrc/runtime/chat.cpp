@@ -285,6 +285,16 @@ ChatTemplate ChatTemplate::from_source(const std::string & jinja_source) {
     } else {
         return t;
     }
+    // use_tts_template (MiniCPM-o 4.5): the first literal after the test is what it adds.
+    const size_t tts_at = src.find("use_tts_template");
+    if (tts_at != std::string::npos) {
+        for (const SourcePiece & piece : pieces) {
+            if (piece.offset > tts_at && piece.literal && !piece.text.empty()) {
+                t.tts_text_ = piece.text;
+                break;
+            }
+        }
+    }
     t.tool_as_user_       = tool_response;
     t.has_default_system_ = has_default;
     t.default_system_     = has_default ? default_system : std::string();
@@ -318,6 +328,14 @@ ChatTemplate ChatTemplate::from_source(const std::string & jinja_source) {
         }
     }
     return t;
+}
+
+std::string ChatTemplate::tts_prefix(const std::string & model_type) const {
+    if (!tts_text_.empty()) return tts_text_;
+    // MiniCPM-o 2.6's generation prefix for speech: <|spk_bos|><|spk|><|spk_eos|><|tts_bos|>
+    // (its default_tts_chat_template).
+    if (model_type == "minicpm-o-2.6") return "<|spk_bos|><|spk|><|spk_eos|><|tts_bos|>";
+    return "";
 }
 
 std::string ChatTemplate::render(const std::vector<ChatMessage> & messages, const ChatOptions & opts) const {

@@ -81,6 +81,9 @@ GenerationStep Generator::next(LlmContext & ctx, const Model & model, std::mt199
     n_generated_++;
 
     if (params_.stop_at_end_of_turn && model.is_end_of_turn(id)) return finish(step, StopReason::EndOfTurn);
+    for (int32_t st : params_.stop_tokens) {
+        if (id == st) return finish(step, StopReason::EndOfTurn);
+    }
 
     held_ += decoder_->push(id);
     for (const auto & st : params_.stop) {

@@ -46,7 +46,7 @@ std::string out_of_range(int32_t t, int64_t n_vocab) {
 PendingRun flatten_segments(const std::vector<PromptSegment> & segs, const LlmHparams & hp) {
     PendingRun run;
     for (const auto & seg : segs) {
-        if (!seg.image) {
+        if (!seg.media) {
             for (int32_t t : seg.tokens) {
                 if (t < 0 || t >= hp.n_vocab) fail(ErrorKind::InvalidArgument, out_of_range(t, hp.n_vocab));
             }
@@ -55,9 +55,9 @@ PendingRun flatten_segments(const std::vector<PromptSegment> & segs, const LlmHp
             run.refs.resize(run.tokens.size());
             continue;
         }
-        const ImageChunk & c = *seg.image;
+        const ImageChunk & c = *seg.media;
         if (c.n_embd != hp.n_embd || c.embeddings.size() != c.embed_pos.size() * (size_t) hp.n_embd) {
-            fail(ErrorKind::InvalidArgument, "image embeddings of width " + std::to_string(c.n_embd) +
+            fail(ErrorKind::InvalidArgument, "media embeddings of width " + std::to_string(c.n_embd) +
                                                  " do not match the LLM width " + std::to_string(hp.n_embd));
         }
         for (int32_t t : c.tokens) {
@@ -69,10 +69,10 @@ PendingRun flatten_segments(const std::vector<PromptSegment> & segs, const LlmHp
         run.refs.resize(run.tokens.size());
         for (size_t j = 0; j < c.embed_pos.size(); ++j) {
             const int32_t p = c.embed_pos[j];
-            if (p < 0 || (size_t) p >= c.tokens.size()) fail(ErrorKind::InvalidArgument, "image embedding position out of range");
+            if (p < 0 || (size_t) p >= c.tokens.size()) fail(ErrorKind::InvalidArgument, "media embedding position out of range");
             // A non-zero tag per row, from the content hash, so that context reuse compares images too.
             run.tags[base + (size_t) p] = (c.hash ^ (0x9e3779b97f4a7c15ull * (j + 1))) | 1ull;
-            run.refs[base + (size_t) p] = {seg.image, (int32_t) j};
+            run.refs[base + (size_t) p] = {seg.media, (int32_t) j};
         }
     }
     return run;

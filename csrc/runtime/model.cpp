@@ -29,6 +29,11 @@ void load_components(Model::Impl & m, const GgufFile & file, bool first, const c
         m.components.emplace(type.kind, std::move(c));
         any = true;
     }
+    if (!any && only && std::string(only) == "audio") {
+        fail(ErrorKind::Format, file.path() + " has no MiniCPM-o audio encoder (expected " +
+                                    key_name(KeyName::CLIP_HAS_AUDIO) + " and tensor " + tensor_name(TensorName::A_CONV1) +
+                                    ", or a llama.cpp-omni audio file: architecture whisper, encoder.conv1.weight)");
+    }
     if (!any && only && std::string(only) == "vision") {
         fail(ErrorKind::Format, file.path() + " has no MiniCPM-V vision encoder (expected clip metadata with " +
                                     key_name(KeyName::CLIP_HAS_MINICPMV_PROJ) + " and tensor " +
@@ -36,7 +41,7 @@ void load_components(Model::Impl & m, const GgufFile & file, bool first, const c
     }
     if (!any) {
         fail(ErrorKind::Format, file.path() + " holds no component this library runs (" +
-                                    (first ? "expected an LLM: general.architecture qwen3 or qwen2" : "LLM, vision") + ")");
+                                    (first ? "expected an LLM: general.architecture qwen3 or qwen2" : "LLM, vision, audio") + ")");
     }
 }
 
@@ -95,6 +100,7 @@ std::shared_ptr<Model> Model::load(const std::string & path, const ModelParams &
     if (params.n_threads < 0) fail(ErrorKind::InvalidArgument, "n_threads must be >= 0, got " + std::to_string(params.n_threads));
     std::vector<std::string> paths = {path};
     if (!params.mmproj.empty()) paths.push_back(params.mmproj);
+    if (!params.audio.empty()) paths.push_back(params.audio);
     paths.insert(paths.end(), params.extra_files.begin(), params.extra_files.end());
     // Open and validate every file before any device memory is touched.
     for (const auto & p : paths) m->files.push_back(std::make_unique<GgufFile>(p));
@@ -111,16 +117,25 @@ std::shared_ptr<Model> Model::load(const std::string & path, const ModelParams &
     m->chat = ChatTemplate::from_source(f.opt_str(key_name(KeyName::TOKENIZER_CHAT_TEMPLATE)).value_or(""));
 
     m->devices = std::make_unique<Devices>(params.device, params.n_threads);
-    // The mmproj file (llama.cpp's vision file) gives the vision component only.
+    // The mmproj file (llama.cpp's vision file) gives the vision component only, the audio file
+    // the audio component only.
+    const size_t i_mmproj = params.mmproj.empty() ? 0 : 1;
+    const size_t i_audio = params.audio.empty() ? 0 : 1 + (params.mmproj.empty() ? 0 : 1);
     for (size_t i = 0; i < m->files.size(); ++i) {
-        const bool is_mmproj = !params.mmproj.empty() && i == 1;
-        load_components(*m, *m->files[i], i == 0, is_mmproj ? "vision" : nullptr);
+        const char * only = i == 0 ? nullptr : i == i_mmproj ? "vision" : i == i_audio ? "audio" : nullptr;
+        load_components(*m, *m->files[i], i == 0, only);
     }
     if (!m->components.count("llm")) fail(ErrorKind::Format, path + " has no LLM");
     const VisionModel * vision = m->vision();
     if (vision && vision->hp.rs_dim != hp.n_embd) {
         fail(ErrorKind::Format, "vision resampler of " + vision->source() + " outputs width " +
                                     std::to_string(vision->hp.rs_dim) + ", the LLM of " + path + " expects " +
+                                    std::to_string(hp.n_embd));
+    }
+    const AudioModel * audio = m->audio();
+    if (audio && audio->hp.proj_dim != hp.n_embd) {
+        fail(ErrorKind::Format, "audio projector of " + audio->source() + " outputs width " +
+                                    std::to_string(audio->hp.proj_dim) + ", the LLM of " + path + " expects " +
                                     std::to_string(hp.n_embd));
     }
     set_end_of_turn(*m, f);
@@ -131,6 +146,10 @@ std::shared_ptr<Model> Model::load(const std::string & path, const ModelParams &
         // throwaway compute state: sessions then start warm.
         ComputeBackends backends(*m->devices, 0);
         VisionEncoder(*vision, backends).warm_up();
+    }
+    if (audio && params.warmup) {
+        ComputeBackends backends(*m->devices, 0);
+        AudioEncoder(*audio, backends).warm_up();
     }
     const ModelInfo & info = m->info;
     MINICPM_LOG_INFO("loaded %s: %s, %lld layers, n_embd %lld, vocab %lld, %.1f MiB of weights on %s (%.1f MiB repacked); "

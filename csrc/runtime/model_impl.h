@@ -6,6 +6,7 @@
 #include "core/backend.h"
 #include "core/component.h"
 #include "core/gguf_file.h"
+#include "models/audio.h"
 #include "models/llm.h"
 #include "models/vision.h"
 #include "preprocess/tokenizer.h"
@@ -33,6 +34,10 @@ struct Model::Impl {
     const VisionModel * vision() const {
         auto it = components.find("vision");
         return it == components.end() ? nullptr : static_cast<const VisionModel *>(it->second.get());
+    }
+    const AudioModel * audio() const {
+        auto it = components.find("audio");
+        return it == components.end() ? nullptr : static_cast<const AudioModel *>(it->second.get());
     }
 };
 

@@ -1,7 +1,10 @@
 #include "prompt.h"
 
 #include "core/error.h"
+#include "preprocess/tokenizer.h"
 
+#include <algorithm>
+#include <cmath>
 #include <string>
 
 namespace minicpm {
@@ -20,6 +23,49 @@ ContentPart ContentPart::make_image(std::shared_ptr<const RgbImage> img) {
     return p;
 }
 
+ContentPart ContentPart::make_audio(std::shared_ptr<const AudioPcm> pcm) {
+    ContentPart p;
+    p.type = Type::Audio;
+    p.audio = std::move(pcm);
+    return p;
+}
+
+void check_audio(const AudioPcm & pcm, const std::string & what) {
+    if (pcm.sample_rate != kAudioRate) {
+        fail(ErrorKind::InvalidArgument, what + ": sample rate " + std::to_string(pcm.sample_rate) +
+                                             " Hz; the audio encoder takes 16000 Hz mono PCM (resample first)");
+    }
+    if (pcm.samples.empty()) fail(ErrorKind::InvalidArgument, what + ": the audio is empty (0 samples)");
+    if (pcm.samples.size() > (size_t) kMaxAudioSeconds * kAudioRate) {
+        fail(ErrorKind::InvalidArgument, what + ": " + std::to_string(pcm.samples.size() / kAudioRate) +
+                                             " s of audio is over the limit of " + std::to_string(kMaxAudioSeconds) + " s");
+    }
+    for (size_t i = 0; i < pcm.samples.size(); ++i) {
+        if (!std::isfinite(pcm.samples[i])) {
+            fail(ErrorKind::InvalidArgument, what + ": sample " + std::to_string(i) + " is not finite (NaN or inf)");
+        }
+    }
+}
+
+std::vector<int32_t> audio_placeholder_tokens(const Tokenizer & tok, int64_t n_tokens, std::vector<int32_t> * embed_pos) {
+    const int32_t start = tok.find_token("<|audio_start|>");
+    const int32_t unk = tok.find_token("<unk>");
+    const int32_t end = tok.find_token("<|audio_end|>");
+    if (start < 0 || unk < 0 || end < 0) {
+        fail(ErrorKind::Unsupported, "the vocabulary lacks <|audio_start|>, <unk> or <|audio_end|>: not a MiniCPM-o "
+                                     "tokenizer");
+    }
+    std::vector<int32_t> ids;
+    ids.reserve((size_t) n_tokens + 2);
+    ids.push_back(start);
+    for (int64_t i = 0; i < n_tokens; ++i) {
+        if (embed_pos) embed_pos->push_back((int32_t) ids.size());
+        ids.push_back(unk);
+    }
+    ids.push_back(end);
+    return ids;
+}
+
 namespace {
 
 Message text_message(const char * role, std::string text) {
@@ -32,11 +78,14 @@ Message text_message(const char * role, std::string text) {
 // How the reference shows an image in the prompt text (MiniCPM-V's chat() marker).
 constexpr const char * kImageText = "(<image>./</image>)";
 
-// A marker for image slots that no message contains, so that user text can never become an
-// image slot (the reference's own "<image>./</image>" marker would).
-std::string pick_marker(const std::vector<Message> & messages) {
+// How the reference shows audio in the prompt text (MiniCPM-o's chat() marker).
+constexpr const char * kAudioText = "(<audio>./</audio>)";
+
+// A marker for media slots that no message contains, so that user text can never become a
+// media slot (the reference's own "<image>./</image>" marker would).
+std::string pick_marker(const std::vector<Message> & messages, const char * kind) {
     for (unsigned k = 0;; ++k) {
-        const std::string m = "\x01minicpm-image-" + std::to_string(k) + "\x02";
+        const std::string m = std::string("\x01minicpm-") + kind + "-" + std::to_string(k) + "\x02";
         bool used = false;
         for (const auto & msg : messages) {
             for (const auto & part : msg.content) used = used || part.text.find(m) != std::string::npos;
@@ -46,28 +95,52 @@ std::string pick_marker(const std::vector<Message> & messages) {
     }
 }
 
+// One audio piece: samples [begin, begin + n) of a clip.
+struct AudioPiece {
+    std::shared_ptr<const AudioPcm> clip;
+    size_t                          begin = 0, n = 0;
+};
+
 struct Rendered {
     std::string                                  text;     // with markers
-    std::string                                  marker;
+    std::string                                  marker, audio_marker;
     std::vector<std::shared_ptr<const RgbImage>> images;   // in order
+    std::vector<AudioPiece>                      audio;    // in order
     bool                                         thinking = false;
+    bool                                         tts = false;
 };
 
 Rendered render(const Model & model, const std::vector<Message> & messages, const ChatParams & params) {
     if (messages.empty()) fail(ErrorKind::InvalidArgument, "chat: the message list is empty");
     Rendered r;
-    r.marker = pick_marker(messages);
+    r.marker = pick_marker(messages, "image");
+    r.audio_marker = pick_marker(messages, "audio");
+    // The reference chat() joins the items of a content list with "\n" ("" in omni mode).
+    const std::string sep = params.omni_mode ? "" : "\n";
     std::vector<ChatMessage> msgs;
     for (size_t i = 0; i < messages.size(); ++i) {
         const Message & m = messages[i];
         ChatMessage cm;
         cm.role = m.role;
         cm.reasoning_content = m.reasoning_content;
-        // The reference chat() joins the items of a content list with "\n".
         for (size_t j = 0; j < m.content.size(); ++j) {
             const ContentPart & part = m.content[j];
-            if (j > 0) cm.content += '\n';
-            if (part.type == ContentPart::Type::Text) {
+            if (j > 0) cm.content += sep;
+            if (part.type == ContentPart::Type::Audio) {
+                const std::string what = "message " + std::to_string(i) + ", part " + std::to_string(j);
+                if (!part.audio) fail(ErrorKind::InvalidArgument, what + ": audio part without audio");
+                check_audio(*part.audio, what);
+                // Clips over 30 s: each 30 s piece is its own audio item (own placeholder group),
+                // joined as items are. (The reference encodes the pieces separately but gives the
+                // clip one placeholder group, and raises on the mismatch.)
+                const size_t n = part.audio->samples.size();
+                for (size_t b = 0; b < n; b += kAudioPieceSamples) {
+                    if (b > 0) cm.content += sep;
+                    cm.content += r.audio_marker;
+                    r.audio.push_back(AudioPiece{part.audio, b, std::min(kAudioPieceSamples, n - b)});
+                }
+                r.tts = true;
+            } else if (part.type == ContentPart::Type::Text) {
                 cm.content += part.text;
             } else if (part.type == ContentPart::Type::Image) {
                 if (!part.image) {
@@ -86,7 +159,9 @@ Rendered render(const Model & model, const std::vector<Message> & messages, cons
     o.add_generation_prompt = params.add_generation_prompt;
     o.enable_thinking = params.enable_thinking ? params.enable_thinking : model.defaults().enable_thinking;
     r.thinking = o.enable_thinking.value_or(false);
+    if (params.use_tts_template) r.tts = *params.use_tts_template;
     r.text = model.chat_template().render(msgs, o);
+    if (r.tts && params.add_generation_prompt) r.text += model.chat_template().tts_prefix(model.info().model_type);
     return r;
 }
 
@@ -103,42 +178,74 @@ Message Message::assistant(std::string text) { return text_message("assistant", 
 
 std::string render_chat_text(const Model & model, const std::vector<Message> & messages, const ChatParams & params) {
     Rendered r = render(model, messages, params);
-    return replace_all(r.text, r.marker, kImageText);
+    return replace_all(replace_all(r.text, r.marker, kImageText), r.audio_marker, kAudioText);
 }
 
 ChatPrompt build_chat_prompt(const Model & model, const std::vector<Message> & messages, const ChatParams & params,
-                             const ImageEncodeFn & encode) {
+                             const ImageEncodeFn & encode, const AudioEncodeFn & encode_audio) {
     Rendered r = render(model, messages, params);
     if (!r.images.empty() && !model.has_vision()) {
         fail(ErrorKind::Unsupported, "model " + model.info().path + " has no vision encoder: convert the MiniCPM-V "
                                      "checkpoint with its vision tower, or load a separate mmproj file");
     }
+    if (!r.audio.empty() && !model.has_audio()) {
+        fail(ErrorKind::Unsupported, "model " + model.info().path + " has no audio encoder: convert a MiniCPM-o "
+                                     "checkpoint with its audio encoder, or load a separate audio file");
+    }
+    if (!r.audio.empty() && !encode_audio) {
+        fail(ErrorKind::Unsupported, "messages with audio: build the prompt with a Session (it owns the audio encoder)");
+    }
     ChatPrompt out;
     out.thinking = r.thinking;
-    out.text = replace_all(r.text, r.marker, kImageText);
+    out.tts = r.tts;
+    out.text = replace_all(replace_all(r.text, r.marker, kImageText), r.audio_marker, kAudioText);
+    if (r.tts) {
+        const int32_t tts_eos = model.tokenizer().find_token("<|tts_eos|>");
+        if (tts_eos >= 0) out.stop_tokens.push_back(tts_eos);
+    }
     // V4.5's chat() returns "<think>\n" + the answer when its template opened a reasoning block.
     const std::string think_open = "<think>\n";
     if (params.add_generation_prompt && r.text.size() >= think_open.size() &&
         r.text.compare(r.text.size() - think_open.size(), think_open.size(), think_open) == 0) {
         out.answer_prefix = think_open;
     }
-    size_t begin = 0, k = 0;
+    // The reference pads every audio piece of the chat to the longest one.
+    int64_t batch_frames = 0;
+    for (const auto & a : r.audio) batch_frames = std::max(batch_frames, audio_mel_frames(a.n));
+    // o4.5's processor deletes every <|listen|> id from the tokenised prompt (MiniCPMOProcessor._convert).
+    const int32_t listen = model.info().model_type == "minicpm-o-4.5" ? model.tokenizer().find_token("<|listen|>") : -1;
+    auto text_tokens = [&](const std::string & piece) {
+        std::vector<int32_t> ids = model.tokenize(piece, true);
+        if (listen >= 0) ids.erase(std::remove(ids.begin(), ids.end(), listen), ids.end());
+        return ids;
+    };
+    size_t begin = 0, k_img = 0, k_aud = 0;
     for (;;) {
-        const size_t at = r.text.find(r.marker, begin);
+        const size_t at_img = r.text.find(r.marker, begin);
+        const size_t at_aud = r.text.find(r.audio_marker, begin);
+        const size_t at = std::min(at_img, at_aud);
         const std::string piece = r.text.substr(begin, at == std::string::npos ? std::string::npos : at - begin);
-        if (!piece.empty()) out.segments.push_back(PromptSegment{model.tokenize(piece, true), nullptr});
+        if (!piece.empty()) out.segments.push_back(PromptSegment{text_tokens(piece), nullptr});
         if (at == std::string::npos) break;
-        if (k >= r.images.size()) fail(ErrorKind::Internal, "chat template repeated an image slot");
-        ImageOptions io;
-        io.max_slice_nums = params.max_slice_nums;
-        io.use_image_id = params.use_image_id;
-        io.image_id = (int) k;
-        out.segments.push_back(PromptSegment{{}, encode(*r.images[k], io)});
-        ++k;
-        begin = at + r.marker.size();
+        if (at == at_img) {
+            if (k_img >= r.images.size()) fail(ErrorKind::Internal, "chat template repeated an image slot");
+            ImageOptions io;
+            io.max_slice_nums = params.max_slice_nums;
+            io.use_image_id = params.use_image_id;
+            io.image_id = (int) k_img;
+            out.segments.push_back(PromptSegment{{}, encode(*r.images[k_img], io)});
+            ++k_img;
+            begin = at + r.marker.size();
+        } else {
+            if (k_aud >= r.audio.size()) fail(ErrorKind::Internal, "chat template repeated an audio slot");
+            const AudioPiece & a = r.audio[k_aud];
+            out.segments.push_back(PromptSegment{{}, encode_audio(a.clip->samples.data() + a.begin, a.n, batch_frames)});
+            ++k_aud;
+            begin = at + r.audio_marker.size();
+        }
     }
-    if (k != r.images.size()) {
-        fail(ErrorKind::Internal, "chat template dropped " + std::to_string(r.images.size() - k) + " image(s)");
+    if (k_img != r.images.size() || k_aud != r.audio.size()) {
+        fail(ErrorKind::Internal, "chat template dropped a media slot");
     }
     return out;
 }

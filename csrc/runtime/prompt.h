@@ -7,16 +7,30 @@
 #include "minicpm/minicpm.h"
 
 #include <functional>
+#include <string>
 #include <memory>
 #include <vector>
 
 namespace minicpm {
 
 using ImageEncodeFn = std::function<std::shared_ptr<const ImageChunk>(const RgbImage &, const ImageOptions &)>;
+// One audio piece (<= 30 s of 16 kHz samples) of a chat whose longest piece has `batch_frames`
+// mel frames (the reference encodes a chat's audio as one padded batch).
+using AudioEncodeFn = std::function<std::shared_ptr<const AudioChunk>(const float * pcm, size_t n, int64_t batch_frames)>;
 
-// Throws Error(InvalidArgument) for bad messages; images go through `encode` in order.
+// Throws Error(InvalidArgument) for bad messages; images and audio pieces go through `encode` /
+// `encode_audio` in order.
 ChatPrompt build_chat_prompt(const Model & model, const std::vector<Message> & messages, const ChatParams & params,
-                             const ImageEncodeFn & encode);
+                             const ImageEncodeFn & encode, const AudioEncodeFn & encode_audio = {});
+
+// 16 kHz samples per audio piece: the reference splits longer clips into 30 s pieces.
+constexpr size_t kAudioPieceSamples = 30 * 16000;
+// Checks a clip for the audio encoder (rate, length, finite samples); `what` names it in errors.
+void check_audio(const AudioPcm & pcm, const std::string & what);
+// Mel frames of n samples (ceil(n / 160)).
+inline int64_t audio_mel_frames(size_t n) { return (int64_t) ((n + 159) / 160); }
+// The placeholder tokens of one audio piece: <|audio_start|> <unk> x n_tokens <|audio_end|>.
+std::vector<int32_t> audio_placeholder_tokens(const Tokenizer & tok, int64_t n_tokens, std::vector<int32_t> * embed_pos);
 
 // The rendered text only (images as "(<image>./</image>)"), without encoding anything.
 std::string render_chat_text(const Model & model, const std::vector<Message> & messages, const ChatParams & params);

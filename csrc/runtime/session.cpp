@@ -9,6 +9,8 @@
 #include "runtime/llm_context.h"
 #include "runtime/prompt.h"
 #include "runtime/sampler.h"
+#include "preprocess/audio_mel.h"
+#include "preprocess/tokenizer.h"
 
 #include <algorithm>
 #include <atomic>
@@ -36,8 +38,17 @@ const VisionModel & need_vision(const Model & model) {
     return *v;
 }
 
-// The images a session encoded last, so that a conversation passed again each turn does not
-// encode its images again. Keyed by pixels, size and options.
+const AudioModel & need_audio(const Model & model) {
+    const AudioModel * a = model.impl().audio();
+    if (!a) {
+        fail(ErrorKind::Unsupported, "model " + model.info().path + " has no audio encoder: convert a MiniCPM-o "
+                                     "checkpoint with its audio encoder, or load a separate audio file");
+    }
+    return *a;
+}
+
+// The media a session encoded last, so that a conversation passed again each turn does not
+// encode its images and audio again. Keyed by content and options.
 class ImageChunkCache {
 public:
     std::shared_ptr<const ImageChunk> find(uint64_t key) const {
@@ -100,7 +111,9 @@ struct Session::Impl {
     ComputeBackends        backends;
     LlmContext             ctx;
     std::unique_ptr<VisionEncoder> vision;   // created at the first image
+    std::unique_ptr<AudioEncoder>  audio;    // created at the first audio clip
     ImageChunkCache        image_cache;
+    ImageChunkCache        audio_cache;
     Generator              gen;
     std::mt19937_64        rng;
     Timings                timings;
@@ -189,15 +202,62 @@ struct Session::Impl {
         return chunk;
     }
 
+    AudioEncoder & audio_encoder() {
+        if (!audio) audio = std::make_unique<AudioEncoder>(need_audio(*model), backends, params.debug);
+        return *audio;
+    }
+
+    // One audio piece (<= 30 s) of a chat whose longest piece has batch_frames mel frames.
+    std::shared_ptr<const AudioChunk> encode_audio_piece(const float * pcm, size_t n, int64_t batch_frames) {
+        const int64_t meta[2] = {(int64_t) n, batch_frames};
+        const uint64_t key = fnv1a(meta, sizeof(meta), fnv1a(pcm, n * sizeof(float)));
+        if (auto hit = audio_cache.find(key)) return hit;
+        const double t0 = now_ms();
+        AudioEncoder & enc = audio_encoder();
+        const AudioHparams & hp = enc.hparams();
+        const MelFeatures mel = log_mel_clip(pcm, n, backends.n_threads());
+        auto chunk = std::make_shared<MediaChunk>();
+        chunk->kind = MediaChunk::Kind::Audio;
+        chunk->embeddings = enc.encode(mel.data.data(), mel.n_frames, batch_frames, hp.chunk_frames > 0);
+        const int64_t n_tok = (int64_t) (chunk->embeddings.size() / (size_t) hp.proj_dim);
+        chunk->tokens = audio_placeholder_tokens(model->tokenizer(), n_tok, &chunk->embed_pos);
+        chunk->n_embd = hp.proj_dim;
+        chunk->n_pieces = 1;
+        chunk->n_samples = (int64_t) n;
+        chunk->hash = key;
+        timings.audio_ms += now_ms() - t0;
+        timings.n_audio += 1;
+        audio_cache.put(key, chunk);
+        return chunk;
+    }
+
+    std::vector<std::shared_ptr<const AudioChunk>> encode_audio(const AudioPcm & pcm) {
+        check_audio(pcm, "audio");
+        need_audio(*model);
+        const size_t n = pcm.samples.size();
+        int64_t batch = 0;
+        for (size_t b = 0; b < n; b += kAudioPieceSamples) batch = std::max(batch, audio_mel_frames(std::min(kAudioPieceSamples, n - b)));
+        std::vector<std::shared_ptr<const AudioChunk>> out;
+        for (size_t b = 0; b < n; b += kAudioPieceSamples) {
+            out.push_back(encode_audio_piece(pcm.samples.data() + b, std::min(kAudioPieceSamples, n - b), batch));
+        }
+        return out;
+    }
+
     ChatPrompt chat_prompt(const std::vector<Message> & messages, const ChatParams & params) {
-        return build_chat_prompt(*model, messages, params, [&](const RgbImage & img, const ImageOptions & o) {
-            if (img.width <= 0 || img.height <= 0 || img.pixels.size() != (size_t) img.width * (size_t) img.height * 3) {
-                fail(ErrorKind::InvalidArgument, "image of " + std::to_string(img.width) + "x" + std::to_string(img.height) +
-                                                     " has " + std::to_string(img.pixels.size()) +
-                                                     " bytes, expected width * height * 3");
-            }
-            return encode_image(img.pixels.data(), img.width, img.height, o);
-        });
+        return build_chat_prompt(
+            *model, messages, params,
+            [&](const RgbImage & img, const ImageOptions & o) {
+                if (img.width <= 0 || img.height <= 0 ||
+                    img.pixels.size() != (size_t) img.width * (size_t) img.height * 3) {
+                    fail(ErrorKind::InvalidArgument, "image of " + std::to_string(img.width) + "x" +
+                                                         std::to_string(img.height) + " has " +
+                                                         std::to_string(img.pixels.size()) +
+                                                         " bytes, expected width * height * 3");
+                }
+                return encode_image(img.pixels.data(), img.width, img.height, o);
+            },
+            [&](const float * pcm, size_t n, int64_t batch_frames) { return encode_audio_piece(pcm, n, batch_frames); });
     }
 
     void begin_generation(GenerationParams p) {
@@ -212,6 +272,7 @@ struct Session::Impl {
         sync(prompt.segments);
         GenerationParams g = params.generation;
         g.thinking = prompt.thinking;
+        g.stop_tokens.insert(g.stop_tokens.end(), prompt.stop_tokens.begin(), prompt.stop_tokens.end());
         begin_generation(g);
         return prompt;
     }
@@ -267,6 +328,11 @@ std::shared_ptr<const ImageChunk> Session::encode_image(const uint8_t * rgb, int
                                                         const ImageOptions & opts) {
     MINICPM_SESSION_GUARD;
     return impl_->encode_image(rgb, width, height, opts);
+}
+
+std::vector<std::shared_ptr<const AudioChunk>> Session::encode_audio(const AudioPcm & pcm) {
+    MINICPM_SESSION_GUARD;
+    return impl_->encode_audio(pcm);
 }
 
 ChatPrompt Session::chat_prompt(const std::vector<Message> & messages, const ChatParams & params) {
@@ -357,6 +423,7 @@ void Session::reset() {
     MINICPM_SESSION_GUARD;
     impl_->ctx.clear();
     impl_->gen.end();
+    if (impl_->audio) impl_->audio->reset_stream();
 }
 
 int  Session::n_past() const { return (int) impl_->ctx.size(); }

@@ -1,8 +1,8 @@
 // Python bindings of Session, ImageEncoder and chat prompts: conversion and validation only.
 //
 // Messages arrive normalised by session.py: a list of dicts {"role": str, "content": list of
-// parts, "reasoning_content": str | None}, each part a str or an HxWx3 uint8 numpy array (an
-// RGB image). Sampling overrides arrive as a dict whose missing or None values take the
+// parts, "reasoning_content": str | None}, each part a str, an HxWx3 uint8 numpy array (an
+// RGB image) or a 1-D float32 numpy array (16 kHz mono audio). Sampling overrides arrive as a dict whose missing or None values take the
 // model's defaults.
 #include "minicpm/minicpm.h"
 
@@ -54,6 +54,17 @@ std::shared_ptr<const RgbImage> to_rgb(const py::handle & h, const std::string &
     return img;
 }
 
+std::shared_ptr<const AudioPcm> to_pcm(const py::handle & h, const std::string & what) {
+    auto a = py::reinterpret_borrow<py::array>(h);
+    if (a.ndim() != 1 || !a.dtype().is(py::dtype::of<float>())) {
+        throw Error(ErrorKind::InvalidArgument, what + " must be a 1-D float32 array (16 kHz mono PCM)");
+    }
+    auto arr = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(h);
+    auto pcm = std::make_shared<AudioPcm>();
+    pcm->samples.assign(arr.data(), arr.data() + arr.size());
+    return pcm;
+}
+
 std::vector<Message> to_messages(const py::list & messages) {
     std::vector<Message> out;
     size_t i = 0;
@@ -69,6 +80,8 @@ std::vector<Message> to_messages(const py::list & messages) {
         for (const auto & part : content.cast<py::list>()) {
             const std::string pw = where + " part " + std::to_string(j++);
             if (py::isinstance<py::str>(part)) m.content.push_back(ContentPart::make_text(text_of(part, pw)));
+            else if (py::isinstance<py::array>(part) && py::reinterpret_borrow<py::array>(part).ndim() == 1)
+                m.content.push_back(ContentPart::make_audio(to_pcm(part, pw)));
             else m.content.push_back(ContentPart::make_image(to_rgb(part, pw)));
         }
         if (d.contains("reasoning_content") && !d["reasoning_content"].is_none()) {
@@ -109,8 +122,11 @@ GenerationParams to_generation(std::optional<int> max_tokens, std::vector<std::s
 }
 
 ChatParams to_chat_params(std::optional<bool> enable_thinking, bool add_generation_prompt, int max_slice_nums,
-                          std::optional<bool> use_image_id) {
+                          std::optional<bool> use_image_id, std::optional<bool> use_tts_template = std::nullopt,
+                          bool omni_mode = false) {
     ChatParams c;
+    c.use_tts_template = use_tts_template;
+    c.omni_mode = omni_mode;
     c.enable_thinking = enable_thinking;
     c.add_generation_prompt = add_generation_prompt;
     c.max_slice_nums = max_slice_nums;
@@ -124,7 +140,7 @@ std::vector<PromptSegment> to_segments(const py::list & segs) {
     for (const auto & item : segs) {
         PromptSegment seg;
         if (py::isinstance<ImageChunk>(item)) {
-            seg.image = item.cast<std::shared_ptr<ImageChunk>>();
+            seg.media = item.cast<std::shared_ptr<ImageChunk>>();
         } else {
             try {
                 seg.tokens = item.cast<std::vector<int32_t>>();
@@ -140,10 +156,10 @@ std::vector<PromptSegment> to_segments(const py::list & segs) {
 py::tuple prompt_tuple(const ChatPrompt & p) {
     py::list segs;
     for (const auto & s : p.segments) {
-        if (s.image) segs.append(std::const_pointer_cast<ImageChunk>(s.image));
+        if (s.media) segs.append(std::const_pointer_cast<ImageChunk>(s.media));
         else segs.append(py::cast(s.tokens));
     }
-    return py::make_tuple(segs, utf8(p.text), p.thinking, utf8(p.answer_prefix));
+    return py::make_tuple(segs, utf8(p.text), p.thinking, utf8(p.answer_prefix), p.tts);
 }
 
 py::array_t<float> rows(const std::vector<float> & v, size_t n, size_t width) {
@@ -200,11 +216,12 @@ void bind_session(py::module_ & mod) {
         }, py::arg("rgb"), py::arg("max_slice_nums") = 0, py::arg("use_image_id") = py::none(), py::arg("image_id") = 0);
 
     mod.def("render_chat", [](const Model & m, const py::list & messages, bool add_generation_prompt,
-                              std::optional<bool> enable_thinking) {
+                              std::optional<bool> enable_thinking, std::optional<bool> use_tts_template, bool omni_mode) {
         auto msgs = to_messages(messages);
-        return utf8(render_chat_text(m, msgs, to_chat_params(enable_thinking, add_generation_prompt, 0, std::nullopt)));
+        return utf8(render_chat_text(
+            m, msgs, to_chat_params(enable_thinking, add_generation_prompt, 0, std::nullopt, use_tts_template, omni_mode)));
     }, py::arg("model"), py::arg("messages"), py::arg("add_generation_prompt") = true,
-        py::arg("enable_thinking") = py::none());
+        py::arg("enable_thinking") = py::none(), py::arg("use_tts_template") = py::none(), py::arg("omni_mode") = false);
 
     mod.def("chat_prompt_with", [](const Model & m, ImageEncoder & enc, const py::list & messages,
                                    bool add_generation_prompt, std::optional<bool> enable_thinking, int max_slice_nums,
@@ -259,10 +276,23 @@ void bind_session(py::module_ & mod) {
                 return s.encode_image(d, w, h, o);
             }, rgb, max_slice_nums, use_image_id, image_id);
         }, py::arg("rgb"), py::arg("max_slice_nums") = 0, py::arg("use_image_id") = py::none(), py::arg("image_id") = 0)
+        .def("encode_audio", [](Session & s, const py::array & pcm) {
+            auto a = to_pcm(pcm, "audio");
+            std::vector<std::shared_ptr<const AudioChunk>> chunks;
+            {
+                py::gil_scoped_release nogil;
+                chunks = s.encode_audio(*a);
+            }
+            py::list out;
+            for (auto & c : chunks) out.append(std::const_pointer_cast<ImageChunk>(c));
+            return out;
+        }, py::arg("pcm"))
         .def("chat_prompt", [](Session & s, const py::list & messages, bool add_generation_prompt,
-                               std::optional<bool> enable_thinking, int max_slice_nums, std::optional<bool> use_image_id) {
+                               std::optional<bool> enable_thinking, int max_slice_nums, std::optional<bool> use_image_id,
+                               std::optional<bool> use_tts_template, bool omni_mode) {
             auto msgs = to_messages(messages);
-            const ChatParams cp = to_chat_params(enable_thinking, add_generation_prompt, max_slice_nums, use_image_id);
+            const ChatParams cp = to_chat_params(enable_thinking, add_generation_prompt, max_slice_nums, use_image_id,
+                                                 use_tts_template, omni_mode);
             ChatPrompt p;
             {
                 py::gil_scoped_release nogil;
@@ -270,13 +300,14 @@ void bind_session(py::module_ & mod) {
             }
             return prompt_tuple(p);
         }, py::arg("messages"), py::arg("add_generation_prompt") = true, py::arg("enable_thinking") = py::none(),
-            py::arg("max_slice_nums") = 0, py::arg("use_image_id") = py::none())
+            py::arg("max_slice_nums") = 0, py::arg("use_image_id") = py::none(), py::arg("use_tts_template") = py::none(),
+            py::arg("omni_mode") = false)
         .def("begin_chat", [](Session & s, const py::list & messages, std::optional<bool> enable_thinking,
                               int max_slice_nums, std::optional<bool> use_image_id, std::optional<int> max_tokens,
                               std::vector<std::string> stop, const py::dict & sampling, bool stop_at_end_of_turn,
-                              bool skip_special) {
+                              bool skip_special, std::optional<bool> use_tts_template, bool omni_mode) {
             auto msgs = to_messages(messages);
-            ChatParams cp = to_chat_params(enable_thinking, true, max_slice_nums, use_image_id);
+            ChatParams cp = to_chat_params(enable_thinking, true, max_slice_nums, use_image_id, use_tts_template, omni_mode);
             cp.generation = to_generation(max_tokens, std::move(stop), sampling, stop_at_end_of_turn, skip_special);
             ChatPrompt p;
             {
@@ -286,7 +317,7 @@ void bind_session(py::module_ & mod) {
             return prompt_tuple(p);
         }, py::arg("messages"), py::arg("enable_thinking"), py::arg("max_slice_nums"), py::arg("use_image_id"),
             py::arg("max_tokens"), py::arg("stop"), py::arg("sampling"), py::arg("stop_at_end_of_turn"),
-            py::arg("skip_special"))
+            py::arg("skip_special"), py::arg("use_tts_template") = py::none(), py::arg("omni_mode") = false)
         .def("logits", [](Session & s) {
             std::vector<float> l;
             {
@@ -341,6 +372,8 @@ void bind_session(py::module_ & mod) {
             d["n_prefill"] = t.n_prefill;
             d["n_decode"] = t.n_decode;
             d["n_images"] = t.n_images;
+            d["audio_ms"] = t.audio_ms;
+            d["n_audio"] = t.n_audio;
             return d;
         })
         .def("reset_timings", &Session::reset_timings);

@@ -196,7 +196,12 @@ PYBIND11_MODULE(_core, mod) {
         }, py::arg("messages"), py::arg("add_generation_prompt") = true, py::arg("enable_thinking") = py::none())
         .def_property_readonly("family", &ChatTemplate::family);
 
+    // Images and audio clips ready for the LLM (MediaChunk; the Python name is historical).
     py::class_<ImageChunk, std::shared_ptr<ImageChunk>>(mod, "ImageChunk")
+        .def_property_readonly("kind", [](const ImageChunk & c) {
+            return c.kind == MediaChunk::Kind::Audio ? "audio" : "image";
+        })
+        .def_property_readonly("n_samples", [](const ImageChunk & c) { return c.n_samples; })
         .def_property_readonly("tokens", [](const ImageChunk & c) { return c.tokens; })
         .def_property_readonly("embed_pos", [](const ImageChunk & c) { return c.embed_pos; })
         .def_property_readonly("n_tokens", [](const ImageChunk & c) { return c.tokens.size(); })
@@ -208,6 +213,10 @@ PYBIND11_MODULE(_core, mod) {
             return out;
         })
         .def("__repr__", [](const ImageChunk & c) {
+            if (c.kind == MediaChunk::Kind::Audio) {
+                return "AudioChunk(tokens=" + std::to_string(c.tokens.size()) + ", samples=" + std::to_string(c.n_samples) +
+                       ", audio_tokens=" + std::to_string(c.embed_pos.size()) + ")";
+            }
             return "ImageChunk(tokens=" + std::to_string(c.tokens.size()) + ", slices=" + std::to_string(c.n_slices) +
                    ", grid=" + std::to_string(c.cols) + "x" + std::to_string(c.rows) + ")";
         });
@@ -215,7 +224,8 @@ PYBIND11_MODULE(_core, mod) {
     py::class_<Model, std::shared_ptr<Model>>(mod, "Model")
         .def(py::init([](const std::string & path, const std::string & device, int n_threads, const std::string & mmproj,
                          std::vector<std::string> extra_files, bool cpu_repack, std::optional<bool> fuse_qkv, bool warmup,
-                         const std::string & vision_flash_attn, std::optional<bool> vision_pad_heads) {
+                         const std::string & vision_flash_attn, std::optional<bool> vision_pad_heads,
+                         const std::string & audio) {
             ModelParams p;
             p.device = device;
             p.n_threads = n_threads;
@@ -226,13 +236,15 @@ PYBIND11_MODULE(_core, mod) {
             p.warmup = warmup;
             p.vision_flash_attn = vision_flash_attn;
             p.vision_pad_heads = vision_pad_heads;
+            p.audio = audio;
             py::gil_scoped_release nogil;
             return Model::load(path, p);
         }), py::arg("path"), py::arg("device") = "auto", py::arg("n_threads") = 0, py::arg("mmproj") = "",
             py::arg("extra_files") = std::vector<std::string>{}, py::arg("cpu_repack") = true,
             py::arg("fuse_qkv") = py::none(), py::arg("warmup") = true, py::arg("vision_flash_attn") = "auto",
-            py::arg("vision_pad_heads") = py::none())
+            py::arg("vision_pad_heads") = py::none(), py::arg("audio") = "")
         .def_property_readonly("has_vision", &Model::has_vision)
+        .def_property_readonly("has_audio", &Model::has_audio)
         .def("has_component", &Model::has_component, py::arg("kind"))
         .def_property_readonly("info", &model_info)
         .def_property_readonly("defaults", [](const Model & m) { return defaults_dict(m.defaults()); })

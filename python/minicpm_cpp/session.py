@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import numpy as np
 
 from . import _core
-from .errors import InvalidArgumentError
+from .errors import FileError, InvalidArgumentError
 
 __all__ = ["Model", "Session", "Tokenizer", "ChatTemplate", "list_devices", "set_log_level"]
 
@@ -98,6 +98,11 @@ class Model:
             ``None`` picks from the core count.
         mmproj: a separate vision file (llama.cpp's ``mmproj`` layout), when the model file has
             no vision tower.
+        audio: a separate audio encoder file (``minicpm-convert --audio-out``, or llama.cpp-omni's
+            ``audio/MiniCPM-o-4_5-audio-F16.gguf``), when the model file has no audio encoder.
+            ``path`` may also be a directory in llama.cpp-omni's release layout: its LLM file and
+            ``audio/`` file are loaded from there (see :func:`find_model_files`; pass the vision
+            file as ``mmproj`` explicitly).
         extra_files: more GGUF files holding components of the model.
         cpu_repack: on the CPU, copy the quantized matrices that ggml has interleaved kernels
             for (Q4_0, Q4_K, IQ4_NL, ... depending on the CPU) into that layout at load, like
@@ -126,11 +131,18 @@ class Model:
         warmup: bool = True,
         vision_flash_attn: str = "auto",
         vision_pad_heads: Optional[bool] = None,
+        audio: Optional[Union[str, os.PathLike]] = None,
     ) -> None:
+        if os.path.isdir(os.fspath(path)):
+            found = find_model_files(path)
+            path = found["model"]
+            if audio is None and found.get("audio"):
+                audio = found["audio"]
         p = _check_path(path)
         n = 0 if n_threads is None else _count(n_threads, "n_threads")
         self.path = p
         self.mmproj = _check_path(mmproj, "mmproj") if mmproj is not None else None
+        self.audio = _check_path(audio, "audio file") if audio is not None else None
         extra = [_check_path(f, "extra file") for f in extra_files]
         if not isinstance(cpu_repack, (bool, np.bool_)):
             raise InvalidArgumentError(f"cpu_repack must be True or False, got {cpu_repack!r}")
@@ -145,6 +157,7 @@ class Model:
             bool(warmup),
             vision_flash_attn,
             _opt_bool(vision_pad_heads, "vision_pad_heads"),
+            self.audio or "",
         )
         self._encoder: Optional[_core.ImageEncoder] = None
         self._encoder_lock = threading.Lock()
@@ -153,6 +166,11 @@ class Model:
     def has_vision(self) -> bool:
         """Whether images can be given (a vision tower in the file, or an mmproj file)."""
         return self._m.has_vision
+
+    @property
+    def has_audio(self) -> bool:
+        """Whether audio can be given (a MiniCPM-o audio encoder in the file, or an audio file)."""
+        return self._m.has_audio
 
     @property
     def info(self) -> Dict[str, Any]:
@@ -207,11 +225,16 @@ class Model:
         messages: Sequence[Message],
         add_generation_prompt: bool = True,
         enable_thinking: Optional[bool] = None,
+        use_tts_template: Optional[bool] = None,
+        omni_mode: bool = False,
     ) -> str:
         """The prompt text the model's chat template gives for ``messages`` (images shown as
-        ``(<image>./</image>)``); ``enable_thinking=None`` takes the model's default."""
+        ``(<image>./</image>)``, audio as ``(<audio>./</audio>)``); ``enable_thinking=None`` takes
+        the model's default, ``use_tts_template=None`` switches the speech template on when a
+        message holds audio (as the reference ``chat()``)."""
         return _core.render_chat(self._m, _normalise_messages(messages), add_generation_prompt,
-                                 _opt_bool(enable_thinking, "enable_thinking"))
+                                 _opt_bool(enable_thinking, "enable_thinking"),
+                                 _opt_bool(use_tts_template, "use_tts_template"), bool(omni_mode))
 
     def chat_segments(
         self,
@@ -227,7 +250,7 @@ class Model:
         slices = _max_slices(max_slice_nums)
         uid = _opt_bool(use_image_id, "use_image_id")
         think = _opt_bool(enable_thinking, "enable_thinking")
-        segs, _text, _thinking, _prefix = self._with_encoder(
+        segs, _text, _thinking, _prefix, _tts = self._with_encoder(
             lambda e: _core.chat_prompt_with(self._m, e, msgs, add_generation_prompt, think, slices, uid)
         )
         return list(segs)
@@ -235,6 +258,34 @@ class Model:
     def __repr__(self) -> str:
         i = self._m.info
         return f"Model({self.path!r}, arch={i['arch']}, layers={i['n_layer']}, device={i['device']})"
+
+
+def find_model_files(directory: Union[str, os.PathLike]) -> Dict[str, Optional[str]]:
+    """The files of a model directory in llama.cpp-omni's release layout: the LLM GGUF at the
+    top (``MiniCPM-o-4_5-Q4_K_M.gguf``; when several, the one whose name says Q4_K_M, else F16,
+    else the first by name), ``audio/*audio*.gguf`` and ``vision/*vision*.gguf``. Only the
+    LLM, audio and vision files are used; ``tts/`` and ``token2wav-gguf/`` are not read here.
+    Returns ``{"model", "audio", "vision"}`` (``None`` where absent)."""
+    d = os.fspath(directory)
+    top = sorted(f for f in os.listdir(d) if f.lower().endswith(".gguf") and os.path.isfile(os.path.join(d, f)))
+    if not top:
+        raise FileError(f"{d}: no .gguf model file in this directory")
+
+    def pick(names: List[str]) -> str:
+        for want in ("q4_k_m", "f16"):
+            for n in names:
+                if want in n.lower():
+                    return n
+        return names[0]
+
+    def sub(name: str, word: str) -> Optional[str]:
+        sd = os.path.join(d, name)
+        if not os.path.isdir(sd):
+            return None
+        fs = sorted(f for f in os.listdir(sd) if f.lower().endswith(".gguf") and word in f.lower())
+        return os.path.join(sd, pick(fs)) if fs else None
+
+    return {"model": os.path.join(d, pick(top)), "audio": sub("audio", "audio"), "vision": sub("vision", "vision")}
 
 
 def _max_slices(max_slice_nums: Optional[int]) -> int:
@@ -253,9 +304,30 @@ def _image_args(image: Any, max_slice_nums: Optional[int], use_image_id: Optiona
 
 def _is_image_like(x: Any) -> bool:
     if isinstance(x, np.ndarray):
-        return True
+        return x.ndim != 1
     mod = type(x).__module__ or ""
     return mod.startswith("PIL.")
+
+
+# File name endings taken as audio when a content item is a path (str or os.PathLike).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".mp4", ".webm", ".mka", ".wma",
+                    ".aiff", ".aif")
+
+
+def _is_audio_path(x: Any) -> bool:
+    if isinstance(x, os.PathLike):
+        x = os.fspath(x)
+    if not isinstance(x, str) or len(x) > 4096 or "\n" in x:
+        return False
+    return x.lower().endswith(AUDIO_EXTENSIONS) and os.path.isfile(x)
+
+
+def _audio_part(ref: Any, where: str) -> np.ndarray:
+    from .audio import load_audio
+
+    if ref is None:
+        raise InvalidArgumentError(f"{where}: audio part without audio")
+    return load_audio(ref, name=where)
 
 
 def _image_part(ref: Any, where: str) -> np.ndarray:
@@ -269,9 +341,15 @@ def _image_part(ref: Any, where: str) -> np.ndarray:
 
 
 def _normalise_parts(content: Any, where: str) -> list:
-    """Content -> a list of str and HxWx3 uint8 arrays (the parts the core joins)."""
+    """Content -> a list of str, HxWx3 uint8 arrays (images) and 1-D float32 arrays (16 kHz
+    audio): the parts the core joins. A 1-D float array is audio, as in the reference; a str
+    that names an existing audio file (by its ending, see AUDIO_EXTENSIONS) is read as audio."""
     if content is None:
         return [""]
+    if isinstance(content, np.ndarray) and content.ndim == 1:
+        return [_audio_part(content, where)]
+    if _is_audio_path(content):
+        return [_audio_part(content, where)]
     if isinstance(content, str):
         return [content]
     if _is_image_like(content):
@@ -281,7 +359,11 @@ def _normalise_parts(content: Any, where: str) -> list:
     parts: list = []
     for j, part in enumerate(content):
         w = f"{where}, part {j}"
-        if isinstance(part, str):
+        if isinstance(part, np.ndarray) and part.ndim == 1:
+            parts.append(_audio_part(part, w))
+        elif _is_audio_path(part):
+            parts.append(_audio_part(part, w))
+        elif isinstance(part, str):
             parts.append(part)
         elif isinstance(part, Mapping):
             kind = part.get("type")
@@ -292,10 +374,15 @@ def _normalise_parts(content: Any, where: str) -> list:
                 parts.append(text)
             elif kind in ("image_url", "image"):
                 parts.append(_image_part(part.get("image_url", part.get("image")), w))
+            elif kind in ("input_audio", "audio_url", "audio"):
+                parts.append(_audio_part(part, w))
             else:
                 raise InvalidArgumentError(f"{w}: unsupported content part type {kind!r}")
         elif _is_image_like(part):
             parts.append(_image_part(part, w))
+        elif isinstance(part, os.PathLike):
+            raise InvalidArgumentError(f"{w}: {os.fspath(part)!r} is not an audio file this library reads "
+                                       f"(endings {', '.join(AUDIO_EXTENSIONS)}) or does not exist")
         else:
             raise InvalidArgumentError(f"{w}: unsupported content item of type {type(part).__name__}")
     return parts
@@ -585,13 +672,22 @@ class Session:
         add_generation_prompt: bool = True,
         max_slice_nums: Optional[int] = None,
         use_image_id: Optional[bool] = None,
+        use_tts_template: Optional[bool] = None,
+        omni_mode: bool = False,
     ) -> Dict[str, Any]:
-        """The prompt :meth:`chat` would evaluate: ``{"segments", "text", "thinking", "answer_prefix"}``
-        (segments: token-id lists and encoded images, in order)."""
-        segs, text, thinking, prefix = self._s.chat_prompt(
+        """The prompt :meth:`chat` would evaluate: ``{"segments", "text", "thinking", "answer_prefix", "tts"}``
+        (segments: token-id lists and encoded images / audio pieces, in order)."""
+        segs, text, thinking, prefix, tts = self._s.chat_prompt(
             _normalise_messages(messages), add_generation_prompt, _opt_bool(enable_thinking, "enable_thinking"),
-            _max_slices(max_slice_nums), _opt_bool(use_image_id, "use_image_id"))
-        return {"segments": list(segs), "text": text, "thinking": thinking, "answer_prefix": prefix}
+            _max_slices(max_slice_nums), _opt_bool(use_image_id, "use_image_id"),
+            _opt_bool(use_tts_template, "use_tts_template"), bool(omni_mode))
+        return {"segments": list(segs), "text": text, "thinking": thinking, "answer_prefix": prefix, "tts": tts}
+
+    def encode_audio(self, audio: Any) -> list:
+        """Encodes audio (a 1-D float array at 16 kHz, a path, bytes, a data URL or an
+        ``input_audio`` part) as :meth:`chat` does: one chunk per 30 s piece, each with its
+        placeholder tokens and embeddings."""
+        return list(self._s.encode_audio(_audio_part(audio, "audio")))
 
     def chat(
         self,
@@ -605,6 +701,8 @@ class Session:
         stop: Optional[Union[str, Sequence[str]]] = None,
         skip_special: bool = True,
         stop_at_end_of_turn: bool = True,
+        use_tts_template: Optional[bool] = None,
+        omni_mode: bool = False,
         **sampling: Any,
     ) -> Union[str, Iterator[str]]:
         """Answers the conversation ``messages`` (``[{"role": "user", "content": "..."}]``), as
@@ -615,6 +713,13 @@ class Session:
         (``[{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}, {"type": "text", ...}]``).
         ``max_slice_nums`` and ``use_image_id`` override the model's image defaults.
 
+        Audio (MiniCPM-o): a 1-D float numpy array (16 kHz mono, as ``librosa.load(path,
+        sr=16000, mono=True)`` gives), a path to an audio file, or an OpenAI ``input_audio``
+        part. As in the reference, a message with audio switches the speech template on
+        (``use_tts_template``: the prompt ends with ``<|tts_bos|>`` and the answer stops at
+        ``<|tts_eos|>``); clips over 30 s are encoded as consecutive 30 s pieces, each with its
+        own placeholder group. ``omni_mode`` joins parts with ``""`` instead of ``"\\n"``.
+
         ``enable_thinking=None`` takes the model's default: ``False`` for MiniCPM-V 4.5 and
         MiniCPM-o 4.5 (the prompt ends with ``<think>\\n\\n</think>\\n\\n``, as the reference's);
         sampling values left out take the reference ``chat()``'s for that mode (see
@@ -624,10 +729,11 @@ class Session:
         """
         p = _sampling(sampling)
         self.last_stop_reason = None
-        _segs, _text, _thinking, prefix = self._s.begin_chat(
+        _segs, _text, _thinking, prefix, _tts = self._s.begin_chat(
             _normalise_messages(messages), _opt_bool(enable_thinking, "enable_thinking"),
             _max_slices(max_slice_nums), _opt_bool(use_image_id, "use_image_id"), _max_tokens(max_tokens),
-            _stops(stop), p, stop_at_end_of_turn, skip_special)
+            _stops(stop), p, stop_at_end_of_turn, skip_special, _opt_bool(use_tts_template, "use_tts_template"),
+            bool(omni_mode))
         it = self._steps(prefix)
         return it if stream else "".join(it)
 

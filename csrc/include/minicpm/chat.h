@@ -31,6 +31,11 @@ public:
     // "qwen3", "qwen2.5", "chatml", ...: for logs and tests.
     const std::string & family() const { return family_; }
 
+    // What the speech template (use_tts_template) adds after the generation prompt: the
+    // template's own text when it has the switch (o4.5: "<|tts_bos|>"), else MiniCPM-o 2.6's
+    // speech prefix for that model type, else "".
+    std::string tts_prefix(const std::string & model_type) const;
+
 private:
     // What the generation prompt opens with after "<|im_start|>assistant\n" in thinking mode.
     enum class ThinkOpener { Never, UnlessOff, Always };
@@ -43,6 +48,7 @@ private:
     std::optional<bool> thinking_default_;             // template's own default for enable_thinking, if any
     bool                empty_think_when_off_ = false; // "<think>\n\n</think>\n\n" when thinking is off
     ThinkOpener         think_opener_ = ThinkOpener::Never;
+    std::string         tts_text_;                     // output of the template's use_tts_template branch
 };
 
 } // namespace minicpm

@@ -54,6 +54,7 @@ struct ModelParams {
     std::string              device    = "auto";  // "auto", "cpu", "gpu", "cuda", "metal", or a registry name ("CUDA1")
     int                      n_threads = 0;       // CPU threads of the model's sessions by default; 0 = from the core count
     std::string              mmproj;              // separate vision file (llama.cpp's mmproj layout)
+    std::string              audio;               // separate audio encoder file (ours, or llama.cpp-omni's audio GGUF)
     std::vector<std::string> extra_files;         // more files with components (loaded as the mmproj is)
     bool                     cpu_repack = true;   // CPU: quantized matrices in ggml's repacked layout (a copy instead of
                                                   // the mapped file) for every type the CPU backend has kernels for
@@ -69,22 +70,31 @@ struct ImageOptions {
     int                 image_id = 0;          // N of <image_id>N</image_id>
 };
 
-// An image ready for the LLM: its placeholder tokens and the embeddings that replace the
-// placeholder positions (overview first, then slices row-major; n_query rows each).
-struct ImageChunk {
+// An image or an audio clip ready for the LLM: its placeholder tokens and the embeddings that
+// replace the placeholder positions (images: overview first, then slices row-major, n_query
+// rows each; audio: one row per audio token, 30 s pieces in order).
+struct MediaChunk {
+    enum class Kind { Image, Audio };
+    Kind                 kind = Kind::Image;
     std::vector<int32_t> tokens;
     std::vector<int32_t> embed_pos;    // indices into tokens, one per embedding row
     std::vector<float>   embeddings;   // embed_pos.size() * n_embd
     int64_t              n_embd = 0;
     uint64_t             hash = 0;     // identifies the content, for context reuse
+    // images
     int                  cols = 0, rows = 0;   // slice grid (0 x 0: not sliced)
     int                  n_slices = 0;         // encoded pieces, overview included
+    // audio
+    int                  n_pieces = 0;         // 30 s pieces, each with its own placeholder group
+    int64_t              n_samples = 0;        // 16 kHz samples of the clip
 };
+using ImageChunk = MediaChunk;
+using AudioChunk = MediaChunk;
 
-// A piece of a prompt: text tokens, or an image.
+// A piece of a prompt: text tokens, or an image / audio chunk.
 struct PromptSegment {
     std::vector<int32_t>              tokens;
-    std::shared_ptr<const ImageChunk> image;   // when set, tokens are ignored
+    std::shared_ptr<const MediaChunk> media;   // when set, tokens are ignored
 };
 
 struct ModelInfo {
@@ -147,6 +157,8 @@ public:
     bool has_component(const std::string & kind) const;   // "llm", "vision", ...
     // Vision: present when the file (or the mmproj given at load) has a vision tower.
     bool has_vision() const { return has_component("vision"); }
+    // Audio: present when the file (or the audio file given at load) has a MiniCPM-o audio encoder.
+    bool has_audio() const { return has_component("audio"); }
 
     struct Impl;
     Impl & impl() const { return *impl_; }
@@ -184,16 +196,29 @@ struct RgbImage {
     std::vector<uint8_t> pixels;
 };
 
+// Mono float PCM. The audio encoder takes 16 kHz (what the reference feeds its feature
+// extractor: librosa.load(sr=16000)); decoding and resampling media is the caller's job (the
+// Python layer does it). Clips longer than kMaxAudioSeconds are refused.
+struct AudioPcm {
+    std::vector<float> samples;
+    int                sample_rate = 16000;
+};
+constexpr int kAudioRate = 16000;
+constexpr int kMaxAudioSeconds = 3600;
+
 // One part of a message's content. Parts are joined as the reference chat() joins them
 // (text with "\n" between parts; an image stands where it is, as its placeholder).
+// Audio stands as its placeholder group(s): one per 30 s piece, each piece encoded as its own item.
 struct ContentPart {
-    enum class Type { Text, Image };   // audio and video come with their components
+    enum class Type { Text, Image, Audio };   // video comes with its component
     Type                            type = Type::Text;
     std::string                     text;
     std::shared_ptr<const RgbImage> image;
+    std::shared_ptr<const AudioPcm> audio;
 
     static ContentPart make_text(std::string t);
     static ContentPart make_image(std::shared_ptr<const RgbImage> img);
+    static ContentPart make_audio(std::shared_ptr<const AudioPcm> pcm);
 };
 
 struct Message {
@@ -221,6 +246,7 @@ struct GenerationParams {
     std::optional<int>       max_tokens;          // unset: the model's default; < 0: until end of turn or context full
     SamplingParams           sampling;
     std::vector<std::string> stop;                // stop strings (not included in the output)
+    std::vector<int32_t>     stop_tokens;         // more tokens that end the answer (not included), e.g. <|tts_eos|>
     bool                     stop_at_end_of_turn = true;
     bool                     skip_special = true; // leave special tokens out of the text
     bool                     thinking = false;    // sample with the reasoning defaults (chat() sets it)
@@ -231,6 +257,10 @@ struct ChatParams {
     bool                add_generation_prompt = true;
     int                 max_slice_nums = 0;   // 0 = the model's default
     std::optional<bool> use_image_id;          // unset = the model's default
+    // The speech template (o4.5: "<|tts_bos|>" after the generation prompt, the answer cut at
+    // <|tts_eos|>). Unset: on when a message holds audio, as the reference chat() switches it.
+    std::optional<bool> use_tts_template;
+    bool                omni_mode = false;     // join content parts with "" instead of "\n" (reference omni_mode)
     GenerationParams    generation;
 };
 
@@ -241,6 +271,8 @@ struct ChatPrompt {
     bool                       thinking = false; // reasoning enabled (after defaults)
     std::string                answer_prefix;    // what the reference puts before the returned answer
                                                  // ("<think>\n" when the prompt opened a reasoning block)
+    bool                       tts = false;      // rendered with the speech template
+    std::vector<int32_t>       stop_tokens;      // what ends the answer besides end of turn (<|tts_eos|> with tts)
 };
 
 enum class StopReason { None, EndOfTurn, StopString, MaxTokens, ContextFull };
@@ -255,7 +287,8 @@ struct GenerationStep {
 
 struct Timings {
     double  prefill_ms = 0, decode_ms = 0, sample_ms = 0, encode_ms = 0;
-    int64_t n_prefill = 0, n_decode = 0, n_images = 0;
+    double  audio_ms = 0;    // log-mel + audio encoder
+    int64_t n_prefill = 0, n_decode = 0, n_images = 0, n_audio = 0;
 };
 
 struct SessionParams {
@@ -287,6 +320,10 @@ public:
 
     // Encodes an image with this session's vision encoder (see ImageEncoder::encode).
     std::shared_ptr<const ImageChunk> encode_image(const uint8_t * rgb, int width, int height, const ImageOptions & opts);
+    // Encodes a 16 kHz mono clip as chat() does (log-mel, Whisper encoder with the 1 s block
+    // mask, projector, pooling): one chunk per 30 s piece. Throws Error(Unsupported) without an
+    // audio encoder, Error(InvalidArgument) for empty, non-finite, too long or not-16 kHz audio.
+    std::vector<std::shared_ptr<const AudioChunk>> encode_audio(const AudioPcm & pcm);
     // Renders `messages` with the chat template and builds the prompt (images encoded here).
     ChatPrompt chat_prompt(const std::vector<Message> & messages, const ChatParams & params);
     // chat_prompt + sync + begin_generation: then call next() until done.
