@@ -55,3 +55,44 @@ MelFeatures log_mel_clip(const float * pcm, size_t n, int) {
     return out;
 }
 }
+namespace minicpm {
+// TEMPORARY whole-buffer version without sliding (replaced by the exact incremental one).
+static MelFeatures raw_mel(const std::vector<float> & x, bool floor_mode) {
+    static const std::vector<double> fb = filters();
+    const long L = (long) x.size();
+    const int T = (int) (L / 160);
+    std::vector<double> win(400), pw(201), logm((size_t) 80 * T);
+    for (int i = 0; i < 400; ++i) win[i] = 0.5 - 0.5 * std::cos(2 * M_PI * i / 400.0);
+    double mx = -1e30;
+    for (int t = 0; t < T; ++t) {
+        for (int k = 0; k < 201; ++k) {
+            double re = 0, im = 0;
+            for (int i = 0; i < 400; ++i) { long j = (long) t * 160 + i - 200; if (j < 0) j = -j; if (j >= L) j = 2 * (L - 1) - j;
+                const double v = x[j] * win[i]; re += v * std::cos(2 * M_PI * k * i / 400.0); im -= v * std::sin(2 * M_PI * k * i / 400.0); }
+            pw[k] = re * re + im * im;
+        }
+        for (int m = 0; m < 80; ++m) { double s = 0; for (int k = 0; k < 201; ++k) s += fb[m * 201 + k] * pw[k];
+            const double l = std::log10(std::max(s, 1e-10)); logm[(size_t) m * T + t] = l; mx = std::max(mx, l); }
+    }
+    MelFeatures out; out.n_frames = T; out.data.resize((size_t) 80 * T);
+    for (size_t i = 0; i < out.data.size(); ++i) out.data[i] = (float) ((std::max(logm[i], floor_mode ? -10.0 : mx - 8.0) + 4.0) / 4.0);
+    return out;
+}
+StreamingMel::StreamingMel(StreamingMelConfig c) : cfg_(c) {}
+void StreamingMel::reset() { buf_.clear(); emitted_ = 0; }
+MelFeatures StreamingMel::push(const float * pcm, size_t n, bool is_last) {
+    buf_.insert(buf_.end(), pcm, pcm + n);
+    MelFeatures full = raw_mel(buf_, buf_.size() < 5 * 16000);
+    const long stable = std::min<long>(full.n_frames, ((long) buf_.size() - 200) / 160 + 1);
+    const long r = cfg_.cnn_redundancy_ms * 16 / 160;
+    const long core_end = emitted_ + cfg_.chunk_ms / 10;
+    MelFeatures out;
+    if (stable >= core_end + r || is_last) {
+        const long s = std::max(0L, emitted_ - r), e = std::min<long>(core_end + r, full.n_frames);
+        out.n_frames = (int) std::max(0L, e - s); out.data.resize((size_t) 80 * out.n_frames);
+        for (int m = 0; m < 80; ++m) for (long t = s; t < e; ++t) out.data[(size_t) m * out.n_frames + (t - s)] = full.data[(size_t) m * full.n_frames + t];
+        emitted_ = core_end;
+    }
+    return out;
+}
+}

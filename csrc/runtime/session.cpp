@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <deque>
 #include <random>
@@ -118,6 +119,18 @@ struct Session::Impl {
     std::mt19937_64        rng;
     Timings                timings;
     std::atomic<bool>      busy{false};
+
+    // Streaming audio input (see Session::begin_audio_stream).
+    struct AudioStreamState {
+        bool                          active = false;
+        std::unique_ptr<StreamingMel> mel;
+        std::vector<float>            pending;            // samples not yet cut into a chunk
+        int64_t                       chunks = 0;         // chunks encoded in this turn
+        bool                          any_chunk = false;  // a chunk was encoded in this session
+        bool                          answered = false;   // a streamed answer was generated
+        bool                          completed = true;   // ... and it ended at a terminator
+        bool                          responding = false; // the last generation is a streamed answer
+    } stream;
 
     Impl(std::shared_ptr<Model> m, const SessionParams & p)
         : model(std::move(m)), params(p), backends(*model->impl().devices, p.n_threads),
@@ -244,6 +257,111 @@ struct Session::Impl {
         return out;
     }
 
+    // The reference's chunk sizes: 1035 ms first (aligned to the hop), then 1000 ms.
+    static constexpr size_t kFirstChunk = 16560, kChunk = 16000;
+
+    void begin_audio_stream() {
+        if (stream.active) fail(ErrorKind::InvalidArgument, "an audio stream is already open: end_audio_stream() first");
+        AudioEncoder & enc = audio_encoder();
+        drop_pending_terminator();
+        // The turn's opening: streaming_prefill's prompt for the first piece of a user turn.
+        std::string open = "<|im_start|>user\n";
+        if (stream.answered) open = (stream.completed ? "<|im_end|>\n" : "<|tts_eos|><|im_end|>\n") + open;
+        prefill({PromptSegment{model->tokenize(open, true), nullptr}});
+        // Every turn starts a new streaming processor and an empty encoder cache.
+        stream.mel = std::make_unique<StreamingMel>(StreamingMelConfig{});
+        enc.reset_stream();
+        stream.pending.clear();
+        stream.chunks = 0;
+        stream.active = true;
+    }
+
+    // A generated terminator (<|tts_eos|>, <|im_end|>) is pending, not evaluated: the reference
+    // never feeds it back either, so the next prompt continues without it.
+    void drop_pending_terminator() {
+        gen.end();
+        const size_t n = ctx.size();
+        if (n > ctx.n_eval() && n > 0) ctx.truncate(n - 1);
+    }
+
+    int encode_stream_chunk(const float * pcm, size_t n, bool is_last) {
+        AudioEncoder & enc = audio_encoder();
+        const double t0 = now_ms();
+        const MelFeatures mel = stream.mel->push(pcm, n, is_last);
+        std::vector<float> emb;
+        const int64_t c = mel.n_frames > 0 ? AudioHparams::encoder_frames(mel.n_frames) : 0;
+        if (c >= enc.hparams().pool_step) emb = enc.encode_stream(mel.data.data(), mel.n_frames);
+        // streaming_prefill drops the encoder cache after the first user piece of a session.
+        if (!stream.any_chunk) enc.reset_stream();
+        stream.any_chunk = true;
+        stream.chunks += 1;
+        timings.audio_ms += now_ms() - t0;
+        if (emb.empty()) return 0;   // a tail too short for one audio token
+        auto chunk = std::make_shared<MediaChunk>();
+        chunk->kind = MediaChunk::Kind::Audio;
+        chunk->n_embd = enc.hparams().proj_dim;
+        chunk->embeddings = std::move(emb);
+        const int64_t n_tok = (int64_t) (chunk->embeddings.size() / (size_t) chunk->n_embd);
+        chunk->tokens = audio_placeholder_tokens(model->tokenizer(), n_tok, &chunk->embed_pos);
+        chunk->n_pieces = 1;
+        chunk->n_samples = (int64_t) n;
+        const int64_t meta[2] = {(int64_t) n, stream.chunks};
+        chunk->hash = fnv1a(meta, sizeof(meta), fnv1a(chunk->embeddings.data(), chunk->embeddings.size() * sizeof(float)));
+        timings.n_audio += 1;
+        return prefill({PromptSegment{{}, chunk}});
+    }
+
+    int push_audio(const float * pcm, size_t n) {
+        if (!stream.active) fail(ErrorKind::InvalidArgument, "no audio stream is open: call begin_audio_stream() first");
+        if (n > 0 && !pcm) fail(ErrorKind::InvalidArgument, "push_audio: null samples");
+        for (size_t i = 0; i < n; ++i) {
+            if (!std::isfinite(pcm[i])) {
+                fail(ErrorKind::InvalidArgument, "push_audio: sample " + std::to_string(i) + " is not finite (NaN or inf)");
+            }
+        }
+        stream.pending.insert(stream.pending.end(), pcm, pcm + n);
+        int added = 0;
+        size_t at = 0;
+        for (;;) {
+            const size_t need = stream.chunks == 0 ? kFirstChunk : kChunk;
+            if (stream.pending.size() - at < need) break;
+            added += encode_stream_chunk(stream.pending.data() + at, need, false);
+            at += need;
+        }
+        stream.pending.erase(stream.pending.begin(), stream.pending.begin() + (std::ptrdiff_t) at);
+        return added;
+    }
+
+    int end_audio_stream() {
+        if (!stream.active) fail(ErrorKind::InvalidArgument, "no audio stream is open");
+        int added = 0;
+        if (!stream.pending.empty() || stream.chunks == 0) {
+            std::vector<float> last = std::move(stream.pending);
+            // A first piece shorter than 1035 ms is left-padded with zeros (streaming_prefill).
+            if (stream.chunks == 0 && last.size() < kFirstChunk) last.insert(last.begin(), kFirstChunk - last.size(), 0.0f);
+            added = encode_stream_chunk(last.data(), last.size(), true);
+        }
+        stream.pending.clear();
+        stream.active = false;
+        return added;
+    }
+
+    void begin_stream_response(GenerationParams p) {
+        if (stream.active) end_audio_stream();
+        // streaming_generate's bos_input.
+        std::string bos = "<|im_end|>\n<|im_start|>assistant\n";
+        const bool think = model->defaults().enable_thinking.value_or(false) || p.thinking;
+        if (!think && model->info().arch == "qwen3") bos += "<think>\n\n</think>\n\n";
+        bos += "<|tts_bos|>";
+        prefill({PromptSegment{model->tokenize(bos, true), nullptr}});
+        const int32_t tts_eos = model->tokenizer().find_token("<|tts_eos|>");
+        if (tts_eos >= 0) p.stop_tokens.push_back(tts_eos);
+        begin_generation(p);
+        stream.answered = true;
+        stream.completed = false;
+        stream.responding = true;
+    }
+
     ChatPrompt chat_prompt(const std::vector<Message> & messages, const ChatParams & params) {
         return build_chat_prompt(
             *model, messages, params,
@@ -281,6 +399,10 @@ struct Session::Impl {
         double eval_ms = 0, sample_ms = 0;
         const size_t n_eval_before = ctx.n_eval();
         GenerationStep step = gen.next(ctx, *model, rng, eval_ms, sample_ms);
+        if (step.done && stream.responding) {
+            stream.completed = step.reason == StopReason::EndOfTurn;
+            stream.responding = false;
+        }
         timings.sample_ms += sample_ms;
         const size_t evaluated = ctx.n_eval() - std::min(ctx.n_eval(), n_eval_before);
         if (evaluated == 1) {
@@ -334,6 +456,28 @@ std::vector<std::shared_ptr<const AudioChunk>> Session::encode_audio(const Audio
     MINICPM_SESSION_GUARD;
     return impl_->encode_audio(pcm);
 }
+
+void Session::begin_audio_stream() {
+    MINICPM_SESSION_GUARD;
+    impl_->begin_audio_stream();
+}
+
+int Session::push_audio(const float * pcm, size_t n) {
+    MINICPM_SESSION_GUARD;
+    return impl_->push_audio(pcm, n);
+}
+
+int Session::end_audio_stream() {
+    MINICPM_SESSION_GUARD;
+    return impl_->end_audio_stream();
+}
+
+void Session::begin_stream_response(const GenerationParams & params) {
+    MINICPM_SESSION_GUARD;
+    impl_->begin_stream_response(params);
+}
+
+bool Session::audio_stream_active() const { return impl_->stream.active; }
 
 ChatPrompt Session::chat_prompt(const std::vector<Message> & messages, const ChatParams & params) {
     MINICPM_SESSION_GUARD;
@@ -424,6 +568,7 @@ void Session::reset() {
     impl_->ctx.clear();
     impl_->gen.end();
     if (impl_->audio) impl_->audio->reset_stream();
+    impl_->stream = Impl::AudioStreamState{};
 }
 
 int  Session::n_past() const { return (int) impl_->ctx.size(); }

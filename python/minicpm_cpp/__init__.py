@@ -18,13 +18,15 @@ from .errors import (
     InvalidArgumentError,
     UnsupportedError,
 )
-from .session import ChatTemplate, Model, Session, Tokenizer, list_devices, set_log_level
+from .session import AudioStream, ChatTemplate, Model, Session, Tokenizer, find_model_files, list_devices, set_log_level
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Model",
     "Session",
+    "AudioStream",
+    "find_model_files",
     "Tokenizer",
     "ChatTemplate",
     "list_devices",

@@ -287,6 +287,20 @@ void bind_session(py::module_ & mod) {
             for (auto & c : chunks) out.append(std::const_pointer_cast<ImageChunk>(c));
             return out;
         }, py::arg("pcm"))
+        .def("begin_audio_stream", &Session::begin_audio_stream, py::call_guard<py::gil_scoped_release>())
+        .def("push_audio", [](Session & s, const py::array & pcm) {
+            auto a = to_pcm(pcm, "audio chunk");
+            py::gil_scoped_release nogil;
+            return s.push_audio(a->samples.data(), a->samples.size());
+        }, py::arg("pcm"))
+        .def("end_audio_stream", &Session::end_audio_stream, py::call_guard<py::gil_scoped_release>())
+        .def("begin_stream_response", [](Session & s, std::optional<int> max_tokens, std::vector<std::string> stop,
+                                         const py::dict & sampling, bool skip_special) {
+            GenerationParams g = to_generation(max_tokens, std::move(stop), sampling, true, skip_special);
+            py::gil_scoped_release nogil;
+            s.begin_stream_response(g);
+        }, py::arg("max_tokens"), py::arg("stop"), py::arg("sampling"), py::arg("skip_special"))
+        .def_property_readonly("audio_stream_active", &Session::audio_stream_active)
         .def("chat_prompt", [](Session & s, const py::list & messages, bool add_generation_prompt,
                                std::optional<bool> enable_thinking, int max_slice_nums, std::optional<bool> use_image_id,
                                std::optional<bool> use_tts_template, bool omni_mode) {

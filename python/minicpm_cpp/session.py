@@ -737,8 +737,79 @@ class Session:
         it = self._steps(prefix)
         return it if stream else "".join(it)
 
+    def audio_stream(self) -> "AudioStream":
+        """Opens a user turn whose audio arrives in pieces (MiniCPM-o 4.5 simplex streaming, as
+        the reference's ``streaming_prefill``). See :class:`AudioStream`."""
+        self._s.begin_audio_stream()
+        return AudioStream(self)
+
     def __repr__(self) -> str:
         return f"Session(n_past={self.n_past}, n_ctx={self.n_ctx})"
+
+
+class AudioStream:
+    """Streaming audio input for one user turn.
+
+    >>> stream = s.audio_stream()
+    >>> for chunk in microphone():          # float32 16 kHz, any size
+    ...     stream.push(chunk)              # log-mel + encoder run per 1 s; embeddings enter the context
+    >>> print(stream.respond())             # the answer (``stream=True`` yields pieces)
+
+    The session cuts the audio into the reference's chunks (1035 ms first, then 1000 ms): each
+    goes through the exact streaming log-mel (``StreamingMelProcessorExact``), the Whisper
+    encoder with the turn's K/V cache, and is prefilled as its own
+    ``<|audio_start|><unk>x10<|audio_end|>`` group (o4.5), the turn opened with
+    ``<|im_start|>user\\n``. :meth:`finish` encodes the ragged rest; :meth:`respond` (which calls
+    it) adds ``<|im_end|>\\n<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n<|tts_bos|>`` as
+    the reference's ``streaming_generate`` does and generates until ``<|tts_eos|>`` or the end
+    of turn. A later :meth:`Session.audio_stream` continues the conversation.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self.n_tokens = 0
+
+    @property
+    def active(self) -> bool:
+        return bool(self._session._s.audio_stream_active)
+
+    def push(self, chunk: Any) -> int:
+        """Adds audio (1-D float array at 16 kHz, or anything :func:`load_audio` reads); returns
+        the LLM tokens added to the context by the chunks completed so far."""
+        from .audio import load_audio
+
+        pcm = load_audio(chunk, name="audio chunk") if not isinstance(chunk, np.ndarray) else \
+            np.ascontiguousarray(chunk, dtype=np.float32)
+        if pcm.ndim != 1:
+            raise InvalidArgumentError(f"audio chunk must be 1-D (mono), got shape {pcm.shape}")
+        n = self._session._s.push_audio(pcm)
+        self.n_tokens += n
+        return n
+
+    def finish(self) -> int:
+        """Encodes what is left of the turn's audio (no-op when already finished)."""
+        if not self.active:
+            return 0
+        n = self._session._s.end_audio_stream()
+        self.n_tokens += n
+        return n
+
+    def respond(
+        self,
+        max_tokens: Optional[int] = None,
+        *,
+        stream: bool = False,
+        stop: Optional[Union[str, Sequence[str]]] = None,
+        skip_special: bool = True,
+        **sampling: Any,
+    ) -> Union[str, Iterator[str]]:
+        """Finishes the turn and generates the answer (sampling defaults: the model's)."""
+        self.finish()
+        s = self._session
+        s.last_stop_reason = None
+        s._s.begin_stream_response(_max_tokens(max_tokens), _stops(stop), _sampling(sampling), skip_special)
+        it = s._steps("")
+        return it if stream else "".join(it)
 
 
 def _as_token_list(tokens: Sequence[int]) -> List[int]:

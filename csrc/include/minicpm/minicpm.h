@@ -324,6 +324,22 @@ public:
     // mask, projector, pooling): one chunk per 30 s piece. Throws Error(Unsupported) without an
     // audio encoder, Error(InvalidArgument) for empty, non-finite, too long or not-16 kHz audio.
     std::vector<std::shared_ptr<const AudioChunk>> encode_audio(const AudioPcm & pcm);
+    // Streaming audio input, as the reference's simplex streaming (streaming_prefill): a user
+    // turn whose 16 kHz audio arrives in pieces of any size. The session cuts it into the
+    // reference's chunks (1035 ms first, then 1000 ms), runs the streaming log-mel and the
+    // encoder with its cache of the turn's earlier chunks, and prefills each chunk as
+    // <|audio_start|><unk>x10<|audio_end|> (o4.5), the turn opened with "<|im_start|>user\n"
+    // (after a streamed answer: "<|im_end|>\n<|im_start|>user\n"). end_audio_stream() encodes
+    // the ragged rest (a stream shorter than the first chunk is left-padded with zeros, as the
+    // reference pads it); begin_stream_response() adds the assistant prompt of
+    // streaming_generate and starts generation (stopping at <|tts_eos|>). Each returns the
+    // tokens added.
+    void begin_audio_stream();
+    int  push_audio(const float * pcm, size_t n);
+    int  end_audio_stream();
+    void begin_stream_response(const GenerationParams & params);
+    bool audio_stream_active() const;
+
     // Renders `messages` with the chat template and builds the prompt (images encoded here).
     ChatPrompt chat_prompt(const std::vector<Message> & messages, const ChatParams & params);
     // chat_prompt + sync + begin_generation: then call next() until done.
