@@ -16,8 +16,10 @@ from .errors import (
     FileError,
     FormatError,
     InvalidArgumentError,
+    MissingDependencyError,
     UnsupportedError,
 )
+from .audio import MAX_AUDIO_SECONDS, SAMPLE_RATE, load_audio
 from .session import ChatTemplate, Model, Session, Tokenizer, list_devices, set_log_level
 
 __version__ = "0.1.0"
@@ -37,4 +39,8 @@ __all__ = [
     "ContextFullError",
     "BackendError",
     "BusyError",
+    "MissingDependencyError",
+    "load_audio",
+    "SAMPLE_RATE",
+    "MAX_AUDIO_SECONDS",
 ]
