@@ -16,8 +16,10 @@ from .errors import (
     FileError,
     FormatError,
     InvalidArgumentError,
+    MissingDependencyError,
     UnsupportedError,
 )
+from .audio import MAX_AUDIO_SECONDS, SAMPLE_RATE, load_audio
 from .session import AudioStream, ChatTemplate, Model, Session, Tokenizer, find_model_files, list_devices, set_log_level
 
 __version__ = "0.1.0"
@@ -39,4 +41,8 @@ __all__ = [
     "ContextFullError",
     "BackendError",
     "BusyError",
+    "MissingDependencyError",
+    "load_audio",
+    "SAMPLE_RATE",
+    "MAX_AUDIO_SECONDS",
 ]

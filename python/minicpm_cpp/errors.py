@@ -11,6 +11,7 @@ __all__ = [
     "ContextFullError",
     "BackendError",
     "BusyError",
+    "MissingDependencyError",
 ]
 
 
@@ -45,3 +46,7 @@ class BackendError(Error, RuntimeError):
 class BusyError(Error, RuntimeError):
     """A Session (or ImageEncoder) was called from a second thread while another was inside it.
     Use one session per thread; sessions on one Model run in parallel."""
+
+
+class MissingDependencyError(Error, ImportError):
+    """An optional Python package that this input needs is not installed; the message names it."""
