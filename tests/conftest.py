@@ -82,3 +82,18 @@ def tiny_minicpmv26_vision_dir(tmp_path_factory) -> Path:
     Qwen2 LLM hidden 128 (1 resampler head), vision hidden 96, 4 heads, FFN 128, 2 layers,
     drop_vision_last_layer false. See tiny_models.make_minicpmv26."""
     return tiny_models.make_minicpmv26(tmp_path_factory.mktemp("tiny-minicpmv26-vision"))
+
+
+@pytest.fixture(scope="session")
+def tiny_minicpmo45_dir(tmp_path_factory) -> Path:
+    """MiniCPM-o 4.5 layout: the LLM and vision of tiny_minicpmv45_vision_dir plus a real tiny
+    Whisper encoder (d_model 64, 4 heads, FFN 256, 2 layers) and projector, pool step 5 (bfloat16).
+    See tiny_models.make_minicpmo45."""
+    return tiny_models.make_minicpmo45(tmp_path_factory.mktemp("tiny-minicpmo45"))
+
+
+@pytest.fixture(scope="session")
+def tiny_minicpmo26_dir_audio(tmp_path_factory) -> Path:
+    """MiniCPM-o 2.6 layout: the Qwen2 LLM and vision of tiny_minicpmv26_vision_dir plus the audio
+    encoder of tiny_minicpmo45_dir, pool step 2 (float32). See tiny_models.make_minicpmo26."""
+    return tiny_models.make_minicpmo26(tmp_path_factory.mktemp("tiny-minicpmo26-audio"))

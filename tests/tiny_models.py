@@ -523,3 +523,174 @@ def load_reference_vision(path: PathLike):
     import ref_minicpmv_vision
 
     return ref_minicpmv_vision.load_from_dir(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# MiniCPM-o with a real (tiny, random) audio encoder
+# ---------------------------------------------------------------------------------------------
+
+# The tiny Whisper encoder of make_minicpmo45 / make_minicpmo26: real geometry (80 mel bins,
+# 1500 positions = 30 s), small widths. The FFN must be 4 * d_model: the official projector's
+# input size is encoder_ffn_dim // 4.
+DEFAULT_AUDIO = {
+    "d_model": 64,
+    "encoder_attention_heads": 4,
+    "encoder_ffn_dim": 256,
+    "encoder_layers": 2,
+    "num_mel_bins": 80,
+    "max_source_positions": 1500,
+}
+
+
+def _audio_sizes(audio: Optional[Dict[str, object]]) -> Dict[str, int]:
+    sizes = dict(DEFAULT_AUDIO)
+    if audio:
+        unknown = set(audio) - set(DEFAULT_AUDIO)
+        if unknown:
+            raise ValueError(f"unknown audio sizes {sorted(unknown)}; known: {sorted(DEFAULT_AUDIO)}")
+        sizes.update(audio)
+    sizes = {k: int(v) for k, v in sizes.items()}
+    if sizes["encoder_ffn_dim"] != 4 * sizes["d_model"]:
+        raise ValueError("encoder_ffn_dim must be 4 * d_model (the projector input is encoder_ffn_dim // 4)")
+    return sizes
+
+
+def _audio_components(hidden: int, sizes: Dict[str, int]) -> Dict[str, tuple]:
+    """Every apm.* / audio_projection_layer.* tensor, with the names and shapes of transformers'
+    WhisperEncoder (built on the meta device) under ``apm.``, plus the projector."""
+    import torch
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    cfg = WhisperConfig(**sizes)
+    with torch.device("meta"):
+        shapes = {"apm." + k: tuple(v.shape) for k, v in WhisperEncoder(cfg).state_dict().items()}
+    d = sizes["d_model"]
+    shapes.update(
+        {
+            "audio_projection_layer.linear1.weight": (hidden, sizes["encoder_ffn_dim"] // 4),
+            "audio_projection_layer.linear1.bias": (hidden,),
+            "audio_projection_layer.linear2.weight": (hidden, hidden),
+            "audio_projection_layer.linear2.bias": (hidden,),
+        }
+    )
+    assert shapes["apm.conv1.weight"] == (d, sizes["num_mel_bins"], 3)
+    return shapes
+
+
+def _init_audio_tensor(name: str, shape, gen, torch):
+    """Random values for an audio parameter: O(1) activations through convs, layers, projector.
+
+    Log-mel inputs are about [-1, 1.5]; q/k are scaled up so that attention is far from uniform
+    (masks and cache offsets then change the result visibly)."""
+    if name.endswith("embed_positions.weight"):
+        return 0.5 * torch.randn(shape, generator=gen)
+    if "layer_norm" in name and name.endswith(".weight"):
+        return 0.75 + 0.5 * torch.rand(shape, generator=gen)
+    if name.endswith(".bias"):
+        return 0.2 * torch.randn(shape, generator=gen)
+    if name.endswith("conv1.weight") or name.endswith("conv2.weight"):
+        fan_in = shape[1] * shape[2]
+        return (1.5 / math.sqrt(fan_in)) * torch.randn(shape, generator=gen)
+    fan_in = shape[-1]
+    if "q_proj" in name or "k_proj" in name:
+        scale = 1.5
+    elif "out_proj" in name or "fc2" in name:
+        scale = 0.5
+    else:
+        scale = 1.0
+    return (scale / math.sqrt(fan_in)) * torch.randn(shape, generator=gen)
+
+
+def _audio_config_json(sizes: Dict[str, int], dtype: str) -> Dict[str, object]:
+    """config.json ``audio_config``: the Whisper fields as released MiniCPM-o configs carry them
+    (decoder fields included, ``num_hidden_layers`` too: llama.cpp-omni's convert_apm.py reads it)."""
+    return {
+        "model_type": "whisper",
+        "architectures": ["MiniCPMWhisperEncoder"],
+        "d_model": sizes["d_model"],
+        "encoder_attention_heads": sizes["encoder_attention_heads"],
+        "encoder_ffn_dim": sizes["encoder_ffn_dim"],
+        "encoder_layers": sizes["encoder_layers"],
+        "num_hidden_layers": sizes["encoder_layers"],
+        "decoder_attention_heads": sizes["encoder_attention_heads"],
+        "decoder_ffn_dim": sizes["encoder_ffn_dim"],
+        "decoder_layers": sizes["encoder_layers"],
+        "num_mel_bins": sizes["num_mel_bins"],
+        "max_source_positions": sizes["max_source_positions"],
+        "max_target_positions": 448,
+        "vocab_size": 51865,
+        "activation_function": "gelu",
+        "scale_embedding": False,
+        "dropout": 0.0,
+        "attention_dropout": 0.0,
+        "activation_dropout": 0.0,
+        "encoder_layerdrop": 0.0,
+        "decoder_layerdrop": 0.0,
+        "torch_dtype": dtype,
+    }
+
+
+def _add_audio(path: Path, audio: Optional[Dict[str, object]], extra_config: Dict[str, object], seed: int) -> Path:
+    """Replace the dummy apm.* / audio_projection_layer.* stand-ins of a MiniCPM-o checkpoint by
+    a real random encoder and projector, and write the audio fields into config.json."""
+    import torch
+
+    cfg = json.loads((path / "config.json").read_text())
+    dtype = str(cfg["torch_dtype"])
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    sizes = _audio_sizes(audio)
+
+    state = load_state_dict(path)
+    state = {k: v for k, v in state.items() if not k.startswith(("apm.", "audio_projection_layer."))}
+    gen = torch.Generator().manual_seed(seed + 2000)
+    for k, s in _audio_components(int(cfg["hidden_size"]), sizes).items():
+        state[k] = _init_audio_tensor(k, s, gen, torch).to(torch_dtype).contiguous()
+
+    index = path / "model.safetensors.index.json"
+    shards = len(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else 1
+    for f in list(path.glob("model*.safetensors")) + ([index] if index.is_file() else []):
+        f.unlink()
+    _save_weights(path, state, shards)
+
+    cfg["audio_config"] = _audio_config_json(sizes, dtype)
+    cfg.update({"init_audio": True, "audio_chunk_length": 1.0})
+    cfg.update(extra_config)
+    (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return path
+
+
+def make_minicpmo45(path: PathLike, audio: Optional[Dict[str, object]] = None, **kw) -> Path:
+    """MiniCPM-o 4.5 shape: the Qwen3 LLM and vision tower of :func:`make_minicpmv45` (hidden
+    256, 4 heads, 2 KV heads, head_dim 64, FFN 512; bfloat16 unless ``dtype="float32"``), a real
+    random Whisper encoder ``apm.*`` (:data:`DEFAULT_AUDIO`: d_model 64, 4 heads, FFN 256, 2
+    layers, 80 mel bins, 1500 positions), ``audio_projection_layer.linear1/linear2``
+    ([256, 64] / [256, 256] with biases), ``audio_pool_step`` 5, ``audio_chunk_length`` 1.0, the
+    dummy ``tts.*`` stand-in kept. ``audio`` overrides encoder sizes."""
+    for k, v in {"hidden": 256, "heads": 4, "kv_heads": 2, "head_dim": 64, "ffn": 512, "dtype": "bfloat16"}.items():
+        kw.setdefault(k, v)
+    seed = int(kw.get("seed", 0))
+    path = make_minicpm(path, "o4.5", **kw)
+    extra = {
+        "audio_pool_step": 5,
+        "stream_input": False,
+        "listen_speak_type": "asr",
+        "vision_batch_size": 16,
+        "use_image_id": True,
+    }
+    return _add_audio(Path(path), audio, extra, seed)
+
+
+def make_minicpmo26(path: PathLike, audio: Optional[Dict[str, object]] = None, **kw) -> Path:
+    """MiniCPM-o 2.6 shape: the Qwen2 LLM (q/k/v biases, hidden 128) and vision tower of
+    :func:`make_minicpmv26` (float32 unless ``dtype`` says otherwise), the audio encoder of
+    :func:`make_minicpmo45` with ``audio_pool_step`` 2 (25 tokens/s) and ``chunk_input`` true
+    (o2.6's get_omni_embedding then fills all audio groups from the concatenated embeddings)."""
+    kw.setdefault(
+        "vision",
+        {"hidden_size": 96, "num_attention_heads": 4, "intermediate_size": 128, "num_hidden_layers": 2, "drop_vision_last_layer": False},
+    )
+    seed = int(kw.get("seed", 0))
+    path = make_minicpm(path, "o2.6", **kw)
+    extra = {"audio_pool_step": 2, "stream_input": False, "chunk_input": True, "use_image_id": True}
+    return _add_audio(Path(path), audio, extra, seed)
