@@ -649,7 +649,8 @@ def build_prompt_ids(tokenizer_dir: PathLike, msgs: List[Dict[str, object]], ena
 
     ``audio_rule="per_item"`` is this runtime's rule: every audio item and every 30 s piece of
     it is its own encoder item with its own ``<|audio_start|><unk>*N<|audio_end|>`` group (the
-    groups of one item's pieces follow each other where its marker was), filled by ``"zip"``.
+    pieces of one item joined as items are, "\\n" or "" in omni mode), filled by ``"zip"``
+    (o2.6: each piece keeps chat()'s per-second groups of 25, filled in order).
     """
     if model not in _MARKERS:
         raise ValueError(f"model must be one of {sorted(_MARKERS)}, got {model!r}")
@@ -667,7 +668,7 @@ def build_prompt_ids(tokenizer_dir: PathLike, msgs: List[Dict[str, object]], ena
     if audio_rule == "per_item":
         chunk_input = False
     if fill is None:
-        fill = "concat" if (model == "o2.6" and chunk_input and audio_rule == "official") else "zip"
+        fill = "concat" if (model == "o2.6" and (chunk_input or audio_rule == "per_item")) else "zip"
 
     tts = bool(use_tts_template)
     images, audios, parts = [], [], []
@@ -711,10 +712,13 @@ def build_prompt_ids(tokenizer_dir: PathLike, msgs: List[Dict[str, object]], ena
         sources = _merge_same_message(audios, parts) if (merge_audio_from_same_content or model == "o2.6") else list(audios)
         sources = [p for s in sources for p in split_pieces(s)]
     else:
+        # Each piece is an item of its own: joined as items are; o2.6 keeps its per-second groups
+        # (chat()'s chunk_input) filled in order.
         phs, sources = [], []
+        piece_join = "" if omni_mode else "\n"
         for a in audios:
             pieces = split_pieces(a)
-            phs.append("".join(audio_placeholder(len(p), pool) for p in pieces))
+            phs.append(piece_join.join(audio_placeholder(len(p), pool, chunk_input=(model == "o2.6")) for p in pieces))
             sources.extend(pieces)
 
     pattern = "(" + "|".join(re.escape(m).replace(r"\.", ".") for m in (image_mark, audio_mark)) + ")"

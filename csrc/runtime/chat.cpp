@@ -331,11 +331,10 @@ ChatTemplate ChatTemplate::from_source(const std::string & jinja_source) {
 }
 
 std::string ChatTemplate::tts_prefix(const std::string & model_type) const {
-    if (!tts_text_.empty()) return tts_text_;
     // MiniCPM-o 2.6's generation prefix for speech: <|spk_bos|><|spk|><|spk_eos|><|tts_bos|>
     // (its default_tts_chat_template).
     if (model_type == "minicpm-o-2.6") return "<|spk_bos|><|spk|><|spk_eos|><|tts_bos|>";
-    return "";
+    return tts_text_;
 }
 
 std::string ChatTemplate::render(const std::vector<ChatMessage> & messages, const ChatOptions & opts) const {

@@ -47,7 +47,10 @@ void check_audio(const AudioPcm & pcm, const std::string & what) {
     }
 }
 
-std::vector<int32_t> audio_placeholder_tokens(const Tokenizer & tok, int64_t n_tokens, std::vector<int32_t> * embed_pos) {
+bool audio_groups_per_second(const Model & model) { return model.info().model_type == "minicpm-o-2.6"; }
+
+std::vector<int32_t> audio_placeholder_tokens(const Tokenizer & tok, int64_t n_tokens, std::vector<int32_t> * embed_pos,
+                                              int64_t group) {
     const int32_t start = tok.find_token("<|audio_start|>");
     const int32_t unk = tok.find_token("<unk>");
     const int32_t end = tok.find_token("<|audio_end|>");
@@ -55,14 +58,20 @@ std::vector<int32_t> audio_placeholder_tokens(const Tokenizer & tok, int64_t n_t
         fail(ErrorKind::Unsupported, "the vocabulary lacks <|audio_start|>, <unk> or <|audio_end|>: not a MiniCPM-o "
                                      "tokenizer");
     }
+    if (group <= 0) group = std::max<int64_t>(n_tokens, 1);
     std::vector<int32_t> ids;
-    ids.reserve((size_t) n_tokens + 2);
-    ids.push_back(start);
-    for (int64_t i = 0; i < n_tokens; ++i) {
-        if (embed_pos) embed_pos->push_back((int32_t) ids.size());
-        ids.push_back(unk);
-    }
-    ids.push_back(end);
+    ids.reserve((size_t) n_tokens + 2 * (size_t) (n_tokens / group + 1));
+    int64_t done = 0;
+    do {
+        const int64_t k = std::min(group, n_tokens - done);
+        ids.push_back(start);
+        for (int64_t i = 0; i < k; ++i) {
+            if (embed_pos) embed_pos->push_back((int32_t) ids.size());
+            ids.push_back(unk);
+        }
+        ids.push_back(end);
+        done += k;
+    } while (done < n_tokens);
     return ids;
 }
 
@@ -160,8 +169,14 @@ Rendered render(const Model & model, const std::vector<Message> & messages, cons
     o.enable_thinking = params.enable_thinking ? params.enable_thinking : model.defaults().enable_thinking;
     r.thinking = o.enable_thinking.value_or(false);
     if (params.use_tts_template) r.tts = *params.use_tts_template;
-    r.text = model.chat_template().render(msgs, o);
-    if (r.tts && params.add_generation_prompt) r.text += model.chat_template().tts_prefix(model.info().model_type);
+    const bool o26 = model.info().model_type == "minicpm-o-2.6";
+    // MiniCPM-o 2.6's chat() renders speech prompts with its default_tts_chat_template: plain
+    // ChatML turns (no default system turn) and its own generation prefix.
+    r.text = (r.tts && o26) ? ChatTemplate().render(msgs, ChatOptions{false, std::nullopt}) : model.chat_template().render(msgs, o);
+    if (r.tts && params.add_generation_prompt) {
+        if (o26) r.text += "<|im_start|>assistant\n";
+        r.text += model.chat_template().tts_prefix(model.info().model_type);
+    }
     return r;
 }
 
@@ -199,7 +214,9 @@ ChatPrompt build_chat_prompt(const Model & model, const std::vector<Message> & m
     out.thinking = r.thinking;
     out.tts = r.tts;
     out.text = replace_all(replace_all(r.text, r.marker, kImageText), r.audio_marker, kAudioText);
-    if (r.tts) {
+    // o4.5's chat() cuts the answer at the first <|tts_eos|>; o2.6's removes every one (a special
+    // token, which the streamed text leaves out anyway).
+    if (r.tts && model.info().model_type != "minicpm-o-2.6") {
         const int32_t tts_eos = model.tokenizer().find_token("<|tts_eos|>");
         if (tts_eos >= 0) out.stop_tokens.push_back(tts_eos);
     }

@@ -29,8 +29,13 @@ constexpr size_t kAudioPieceSamples = 30 * 16000;
 void check_audio(const AudioPcm & pcm, const std::string & what);
 // Mel frames of n samples (ceil(n / 160)).
 inline int64_t audio_mel_frames(size_t n) { return (int64_t) ((n + 159) / 160); }
-// The placeholder tokens of one audio piece: <|audio_start|> <unk> x n_tokens <|audio_end|>.
-std::vector<int32_t> audio_placeholder_tokens(const Tokenizer & tok, int64_t n_tokens, std::vector<int32_t> * embed_pos);
+// The placeholder tokens of one audio piece: <|audio_start|> <unk> x n_tokens <|audio_end|>, or
+// with group > 0 one such group per `group` tokens (MiniCPM-o 2.6's chat() chunk_input: a group
+// per second of audio, the last one shorter).
+std::vector<int32_t> audio_placeholder_tokens(const Tokenizer & tok, int64_t n_tokens, std::vector<int32_t> * embed_pos,
+                                              int64_t group = 0);
+// Whether the model's chat() gives audio per-second placeholder groups (MiniCPM-o 2.6).
+bool audio_groups_per_second(const Model & model);
 
 // The rendered text only (images as "(<image>./</image>)"), without encoding anything.
 std::string render_chat_text(const Model & model, const std::vector<Message> & messages, const ChatParams & params);

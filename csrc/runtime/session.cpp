@@ -233,7 +233,8 @@ struct Session::Impl {
         chunk->kind = MediaChunk::Kind::Audio;
         chunk->embeddings = enc.encode(mel.data.data(), mel.n_frames, batch_frames, hp.chunk_frames > 0);
         const int64_t n_tok = (int64_t) (chunk->embeddings.size() / (size_t) hp.proj_dim);
-        chunk->tokens = audio_placeholder_tokens(model->tokenizer(), n_tok, &chunk->embed_pos);
+        const int64_t group = audio_groups_per_second(*model) ? hp.pooled(AudioHparams::encoder_frames(100)) : 0;
+        chunk->tokens = audio_placeholder_tokens(model->tokenizer(), n_tok, &chunk->embed_pos, group);
         chunk->n_embd = hp.proj_dim;
         chunk->n_pieces = 1;
         chunk->n_samples = (int64_t) n;
@@ -261,6 +262,10 @@ struct Session::Impl {
     static constexpr size_t kFirstChunk = 16560, kChunk = 16000;
 
     void begin_audio_stream() {
+        if (audio_groups_per_second(*model)) {
+            fail(ErrorKind::Unsupported, "streaming audio input follows MiniCPM-o 4.5's streaming_prefill; MiniCPM-o 2.6 "
+                                         "takes audio through chat()");
+        }
         if (stream.active) fail(ErrorKind::InvalidArgument, "an audio stream is already open: end_audio_stream() first");
         AudioEncoder & enc = audio_encoder();
         drop_pending_terminator();

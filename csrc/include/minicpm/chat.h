@@ -31,9 +31,9 @@ public:
     // "qwen3", "qwen2.5", "chatml", ...: for logs and tests.
     const std::string & family() const { return family_; }
 
-    // What the speech template (use_tts_template) adds after the generation prompt: the
-    // template's own text when it has the switch (o4.5: "<|tts_bos|>"), else MiniCPM-o 2.6's
-    // speech prefix for that model type, else "".
+    // What the speech template (use_tts_template) adds after the generation prompt: MiniCPM-o
+    // 2.6's speech prefix for that model type, else the template's own text for the switch
+    // (o4.5: "<|tts_bos|>"), else "".
     std::string tts_prefix(const std::string & model_type) const;
 
 private:
