@@ -26,6 +26,12 @@ What the official code does, and what is kept here:
   cnn_redundancy_ms=20. ``pad_first_chunk`` adds the callers' rule (streaming_prefill and the
   duplex prefill both left-pad a first chunk shorter than 1035 ms with zeros).
 
+``dtype=torch.float64`` runs the same steps in double (with the float32 window and filters):
+not the reference, but the exact value of its arithmetic. Where the clamp is off (streaming,
+under 5 s), bins near the 1e-10 floor in an otherwise loud frame carry the float32 STFT's
+rounding noise (up to ~3e-4 on the features for real speech), which no other float32 or
+double implementation reproduces; such outputs are checked against float64.
+
 One deliberate difference: the official streaming processor switches the mode of the
 feature extractor it shares with the offline path (so an offline call made after a
 streaming session can inherit floor mode); here each use owns its extractor.
@@ -50,19 +56,22 @@ class RefAudioFeatureExtractor(WhisperFeatureExtractor):
     """WhisperFeatureExtractor with MiniCPMAAudioProcessor's two clamp modes (torch path)."""
 
     def __init__(self, dynamic_log_norm: bool = True, dynamic_range_db: float = 8.0,
-                 log_floor_db: float = -10.0, **kwargs):
+                 log_floor_db: float = -10.0, dtype: torch.dtype = torch.float32, **kwargs):
         kwargs.setdefault("return_attention_mask", True)
         super().__init__(**kwargs)
+        self.dtype = dtype
         self.dynamic_log_norm = dynamic_log_norm
         self.dynamic_range_db = float(dynamic_range_db)
         self.log_floor_db = float(log_floor_db)
 
     def _torch_extract_fbank_features(self, waveform: np.ndarray, device: str = "cpu") -> np.ndarray:
-        wave = torch.from_numpy(waveform).to(device, torch.float32)    # [batch, samples]
-        window = torch.hann_window(self.n_fft, device=device)
+        # float64 (a check of the arithmetic, not the reference) keeps the float32 window and
+        # filters and only computes in double.
+        wave = torch.from_numpy(waveform).to(device, torch.float32).to(self.dtype)   # [batch, samples]
+        window = torch.hann_window(self.n_fft, device=device).to(self.dtype)
         spec = torch.stft(wave, n_fft=self.n_fft, hop_length=self.hop_length, window=window, return_complex=True)
         power = spec[..., :-1].abs() ** 2                             # [batch, 201, frames]
-        filters = torch.from_numpy(self.mel_filters).to(device, torch.float32)   # [201, 80]
+        filters = torch.from_numpy(self.mel_filters).to(device, torch.float32).to(self.dtype)   # [201, 80]
         log_spec = torch.clamp(filters.T @ power, min=1e-10).log10()  # [batch, 80, frames]
         if self.dynamic_log_norm:
             # One maximum per batch item, over all its bins and frames.
@@ -70,10 +79,10 @@ class RefAudioFeatureExtractor(WhisperFeatureExtractor):
             log_spec = torch.maximum(log_spec, peak - self.dynamic_range_db)
         else:
             log_spec = torch.maximum(log_spec, torch.tensor(self.log_floor_db, dtype=log_spec.dtype))
-        return ((log_spec + 4.0) / 4.0).cpu().numpy()
+        return ((log_spec + 4.0) / 4.0).cpu().float().numpy()
 
 
-_offline_extractor = RefAudioFeatureExtractor()
+_offline_extractors = {}
 
 
 def pieces(pcm: np.ndarray) -> List[np.ndarray]:
@@ -83,11 +92,14 @@ def pieces(pcm: np.ndarray) -> List[np.ndarray]:
     return [pcm[i:i + PIECE_SAMPLES] for i in range(0, len(pcm), PIECE_SAMPLES)]
 
 
-def offline_features(pcm: np.ndarray) -> List[np.ndarray]:
+def offline_features(pcm: np.ndarray, dtype: torch.dtype = torch.float32) -> List[np.ndarray]:
     """Chat-path features of one clip: per 30 s piece, float32 [80, ceil(len(piece) / 160)]."""
+    if dtype not in _offline_extractors:
+        _offline_extractors[dtype] = RefAudioFeatureExtractor(dtype=dtype)
+    extractor = _offline_extractors[dtype]
     out = []
     for piece in pieces(np.asarray(pcm)):
-        feats = _offline_extractor(piece, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding="max_length",
+        feats = extractor(piece, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding="max_length",
                                    return_attention_mask=True)
         n = int(feats["attention_mask"].sum(dim=1)[0])
         out.append(feats["input_features"][0, :, :n].numpy().astype(np.float32))
@@ -99,8 +111,8 @@ class StreamingMelRef:
 
     def __init__(self, chunk_ms: int = 1000, first_chunk_ms: int = 1035, cnn_redundancy_ms: int = 0,
                  sliding_window: bool = True, slide_trigger_s: float = 30.0, slide_stride_s: float = 10.0,
-                 pad_first_chunk: bool = True):
-        self.extractor = RefAudioFeatureExtractor()
+                 pad_first_chunk: bool = True, dtype: torch.dtype = torch.float32):
+        self.extractor = RefAudioFeatureExtractor(dtype=dtype)
         self.chunk_frames = int(round(chunk_ms * SAMPLE_RATE / 1000)) // HOP
         self.first_chunk_samples = max(HOP, int(round(first_chunk_ms * SAMPLE_RATE / 1000)) // HOP * HOP)
         self.pad_target = int(first_chunk_ms * SAMPLE_RATE / 1000)   # streaming_prefill's left-pad length
@@ -171,4 +183,4 @@ class StreamingMelRef:
 
 def mel_filters() -> np.ndarray:
     """The extractor's filter bank as torch uses it: float32 [80, 201]."""
-    return _offline_extractor.mel_filters.T.astype(np.float32)
+    return RefAudioFeatureExtractor().mel_filters.T.astype(np.float32)

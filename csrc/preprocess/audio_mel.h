@@ -74,7 +74,9 @@ struct StreamingMelConfig {
 // unconditionally when is_last; otherwise nothing. The clamp is dynamic from 5 s of
 // buffered audio on; before, none. The analysed signal is the first 30 s of the buffer
 // (WhisperFeatureExtractor truncates; only reachable without the sliding window or with a
-// push longer than 20 s).
+// push of more than 10 s). As in the reference, one push emits at most one chunk and moves
+// the chunk pointer by one chunk: push chunk-sized pieces (next_chunk_samples()), since the
+// frames of a longer push come out over later pushes or, once slid out, never.
 //
 // A stream is one object, used from one thread at a time.
 class StreamingMel {
