@@ -115,6 +115,7 @@ py::dict defaults_dict(const GenerationDefaults & g) {
 
 // Bindings of other components, one file each (_bind_*.cpp).
 void bind_image(py::module_ & mod);
+void bind_audio_mel(py::module_ & mod);
 void bind_vision(py::module_ & mod);
 void bind_quant(py::module_ & mod);
 void bind_session(py::module_ & mod);
@@ -134,6 +135,7 @@ PYBIND11_MODULE(_core, mod) {
     });
 
     bind_image(mod);
+    bind_audio_mel(mod);
     bind_vision(mod);
     bind_quant(mod);
 

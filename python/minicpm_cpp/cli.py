@@ -63,8 +63,13 @@ def build_parser(model_path: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--raw", action="store_true", help="no chat template: continue the prompt text as is")
     p.add_argument("-i", "--interactive", action="store_true", help="interactive multi-turn chat")
-    p.add_argument("--image", action="append", default=[], help="image file (needs a vision model; repeatable)")
+    p.add_argument("--image", action=_MediaAction, default=[], help="image file (needs a vision model; repeatable)")
+    p.add_argument("--audio", action=_MediaAction, default=[],
+                   help="audio file: wav, flac, mp3, ogg, m4a, webm, ... (needs a MiniCPM-o model; repeatable, "
+                        "in the message in the order given together with --image)")
     p.add_argument("--mmproj", default=None, help="separate vision file (llama.cpp's mmproj layout)")
+    p.add_argument("--audio-model", default=None,
+                   help="separate audio encoder file (minicpm-convert --audio-out, or llama.cpp-omni's audio GGUF)")
     p.add_argument("--max-slice-nums", type=int, default=None, help="max slices per image (default: the model's, 9)")
     p.add_argument("--no-repack", dest="cpu_repack", action="store_false", default=True,
                    help="CPU: use quantized weights from the mapped file as is (no repacked copy)")
@@ -75,6 +80,17 @@ def build_parser(model_path: Optional[str] = None) -> argparse.ArgumentParser:
     return p
 
 
+class _MediaAction(argparse.Action):
+    """--image / --audio: appends the path to its own list and ("image"|"audio", path) to
+    args.media, so the message keeps the order given on the command line."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        getattr(namespace, self.dest).append(values)
+        media = getattr(namespace, "media", None) or []
+        media.append((self.dest, values))
+        namespace.media = media
+
+
 def _timing_line(timings: dict, wall_s: float) -> str:
     def rate(n: float, ms: float) -> str:
         return f"{n / (ms / 1000.0):.2f} tok/s" if ms > 0 and n > 0 else "n/a"
@@ -82,7 +98,8 @@ def _timing_line(timings: dict, wall_s: float) -> str:
     return (
         f"prompt: {timings['n_prefill']} tokens in {timings['prefill_ms']:.1f} ms ({rate(timings['n_prefill'], timings['prefill_ms'])})"
         f" | generation: {timings['n_decode']} tokens in {timings['decode_ms']:.1f} ms ({rate(timings['n_decode'], timings['decode_ms'])})"
-        f" | total {wall_s:.2f} s"
+        + (f" | audio: {timings['n_audio']} piece(s) in {timings['audio_ms']:.1f} ms" if timings.get("n_audio") else "")
+        + f" | total {wall_s:.2f} s"
     )
 
 
@@ -135,10 +152,17 @@ def _run(args: argparse.Namespace) -> int:
 
     t_load = time.perf_counter()
     model = Model(args.model, device=args.device, n_threads=args.threads, mmproj=args.mmproj,
-                  cpu_repack=args.cpu_repack)
+                  cpu_repack=args.cpu_repack, audio=args.audio_model)
     if args.image and not model.has_vision:
         print(f"minicpm-cli: error: {args.model} has no vision encoder; convert the checkpoint with its vision "
               "tower or pass --mmproj", file=sys.stderr)
+        return 2
+    if args.audio and not model.has_audio:
+        print(f"minicpm-cli: error: {args.model} has no audio encoder; convert a MiniCPM-o checkpoint with its "
+              "audio encoder or pass --audio-model", file=sys.stderr)
+        return 2
+    if args.audio and args.raw:
+        print("minicpm-cli: error: --audio needs the chat template (drop --raw)", file=sys.stderr)
         return 2
     session = Session(model, n_ctx=args.ctx_size, seed=args.seed, n_batch=args.batch_size,
                       kv_type=args.kv_type, flash_attn=args.flash_attn)
@@ -188,10 +212,12 @@ def _run(args: argparse.Namespace) -> int:
     gen["max_slice_nums"] = args.max_slice_nums
     if prompt is not None:
         content = prompt
-        if args.image:
+        media = getattr(args, "media", None) or []
+        if media:
+            from .audio import load_audio
             from .image import load_image
 
-            content = [load_image(p) for p in args.image] + [prompt]
+            content = [load_image(p) if kind == "image" else load_audio(p, name=p) for kind, p in media] + [prompt]
         messages.append({"role": "user", "content": content})
         t0 = time.perf_counter()
         answer = stream(session.chat(messages, enable_thinking=args.enable_thinking, stream=True, **gen))
