@@ -117,6 +117,7 @@ py::dict defaults_dict(const GenerationDefaults & g) {
 void bind_image(py::module_ & mod);
 void bind_audio_mel(py::module_ & mod);
 void bind_vision(py::module_ & mod);
+void bind_audio(py::module_ & mod);
 void bind_quant(py::module_ & mod);
 void bind_session(py::module_ & mod);
 
@@ -137,6 +138,7 @@ PYBIND11_MODULE(_core, mod) {
     bind_image(mod);
     bind_audio_mel(mod);
     bind_vision(mod);
+    bind_audio(mod);
     bind_quant(mod);
 
     mod.def("set_log_level", [](const std::string & level) {
