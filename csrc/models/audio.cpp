@@ -212,6 +212,8 @@ struct GraphIO {
     ggml_tensor * mask = nullptr;    // [T, T] (offline)
     ggml_tensor * states = nullptr;  // F32 [E, T]
     ggml_tensor * out = nullptr;     // F32 [D, N]
+    ggml_tensor * rows = nullptr;    // I64 [cur] (streaming): cache rows of the new frames
+    ggml_tensor * rows32 = nullptr;  // I32 [cur]: the same, for the position table
 };
 
 // Conv1d(kernel 3, padding 1) as im2col + one product: `x` is [frames, channels] (ggml order),
@@ -307,6 +309,9 @@ struct AudioEncoder::Impl {
     std::unique_ptr<GraphRunner>  stream_runner;   // created at the first streaming chunk (holds the K/V cache)
     std::unique_ptr<EvalObserver> stream_observer;
     int64_t                 cache_len = 0;
+    GraphKey                mask_key;        // what mask_host holds: (T, mel frames, block)
+    std::vector<float>      mask_host;
+    std::vector<ggml_fp16_t> mask_host16;
     GraphIO                 io;
     GraphIO                 sio;
     ggml_type               cache_type;
@@ -338,7 +343,14 @@ struct AudioEncoder::Impl {
         x = ggml_view_2d(ctx, x, hp.n_embd, T, x->nb[1], 0);
         x = ggml_add(ctx, x, ggml_view_2d(ctx, m.w.pos, hp.n_embd, T, m.w.pos->nb[1], 0));
         const int64_t hd = hp.n_embd / hp.n_head;
-        KvSource kv{[&](int, ggml_tensor * k, ggml_tensor * v) { return heads_view(ctx, k, v, hd, hp.n_head); }};
+        // Flash attention's fast kernels take F16 keys and values.
+        KvSource kv{[&](int, ggml_tensor * k, ggml_tensor * v) {
+            if (m.flash) {
+                k = ggml_cast(ctx, k, GGML_TYPE_F16);
+                v = ggml_cast(ctx, v, GGML_TYPE_F16);
+            }
+            return heads_view(ctx, k, v, hd, hp.n_head);
+        }};
         io.states = blocks(ctx, hp, m.w, m.flash, x, io.mask, kv);
         ggml_set_output(io.states);
         ggml_build_forward_expand(gf, io.states);
@@ -358,7 +370,7 @@ struct AudioEncoder::Impl {
         }
         stream_runner->allocate_state();
         stream_runner->reserve([&](ggml_context * ctx, ggml_cgraph * gf) {
-            build_stream(ctx, gf, 104, 52, 0, hp.n_pos - 52);
+            build_stream(ctx, gf, 104, 52, 0);
         }, "audio streaming compute buffers");
         stream_observer = std::make_unique<EvalObserver>("audio-stream", debug);
         stream_observer->attach(*stream_runner);
@@ -366,27 +378,34 @@ struct AudioEncoder::Impl {
     }
 
     // Streaming graph: n_in mel frames; `cur` encoder frames kept from offset `pre` after the
-    // convolutions; written to cache rows [past, past + cur) and attending rows [0, past + cur).
-    void build_stream(ggml_context * ctx, ggml_cgraph * gf, int64_t n_in, int64_t cur, int64_t pre, int64_t past) {
+    // convolutions. Where they go is an input (their cache rows and position rows, `inp_rows`),
+    // and attention runs over the whole cache with a mask hiding the rows not yet written: one
+    // graph serves every chunk of a size (kept allocated; CUDA replays it as a CUDA graph).
+    void build_stream(ggml_context * ctx, ggml_cgraph * gf, int64_t n_in, int64_t cur, int64_t pre) {
         sio = GraphIO{};
         sio.mel = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n_in, hp.n_mel);
         ggml_set_name(sio.mel, "inp_mel");
         ggml_set_input(sio.mel);
+        sio.rows = ggml_new_tensor_1d(ctx, GGML_TYPE_I64, cur);
+        ggml_set_name(sio.rows, "inp_rows");
+        ggml_set_input(sio.rows);
+        sio.rows32 = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, cur);
+        ggml_set_name(sio.rows32, "inp_rows32");
+        ggml_set_input(sio.rows32);
+        sio.mask = mask_type_tensor(ctx, hp.n_pos, cur);
+        ggml_set_name(sio.mask, "inp_audio_mask");
+        ggml_set_input(sio.mask);
         ggml_tensor * x = front_end(ctx, m.w, sio.mel);
         x = ggml_view_2d(ctx, x, hp.n_embd, cur, x->nb[1], (size_t) pre * x->nb[1]);
-        x = ggml_add(ctx, x, ggml_view_2d(ctx, m.w.pos, hp.n_embd, cur, m.w.pos->nb[1], (size_t) past * m.w.pos->nb[1]));
-        const int64_t hd = hp.n_embd / hp.n_head, total = past + cur;
+        x = ggml_add(ctx, x, ggml_get_rows(ctx, m.w.pos, sio.rows32));
+        const int64_t hd = hp.n_embd / hp.n_head;
         GraphRunner & r = *stream_runner;
         KvSource kv{[&](int il, ggml_tensor * k, ggml_tensor * v) {
-            ggml_tensor * kc = r.state("audio_k-" + std::to_string(il));
-            ggml_tensor * vc = r.state("audio_v-" + std::to_string(il));
-            ggml_build_forward_expand(gf, ggml_cpy(ctx, k, ggml_view_2d(ctx, kc, hp.n_embd, cur, kc->nb[1], (size_t) past * kc->nb[1])));
-            ggml_build_forward_expand(gf, ggml_cpy(ctx, v, ggml_view_2d(ctx, vc, hp.n_embd, cur, vc->nb[1], (size_t) past * vc->nb[1])));
-            ggml_tensor * ka = ggml_view_2d(ctx, kc, hp.n_embd, total, kc->nb[1], 0);
-            ggml_tensor * va = ggml_view_2d(ctx, vc, hp.n_embd, total, vc->nb[1], 0);
-            return heads_view(ctx, ka, va, hd, hp.n_head);
+            ggml_tensor * kc = ggml_set_rows(ctx, r.state("audio_k-" + std::to_string(il)), k, sio.rows);
+            ggml_tensor * vc = ggml_set_rows(ctx, r.state("audio_v-" + std::to_string(il)), v, sio.rows);
+            return heads_view(ctx, kc, vc, hd, hp.n_head);
         }};
-        sio.states = blocks(ctx, hp, m.w, m.flash, x, nullptr, kv);
+        sio.states = blocks(ctx, hp, m.w, m.flash, x, sio.mask, kv);
         ggml_set_output(sio.states);
         ggml_build_forward_expand(gf, sio.states);
         const int64_t n_tok = hp.pooled(cur);
@@ -469,13 +488,29 @@ std::vector<float> AudioEncoder::encode(const float * mel, int64_t n_frames, int
     ggml_backend_tensor_set(s.io.mel, in.data(), 0, in.size() * sizeof(float));
     // get_audio_embedding's mask: key j is hidden from row i when j >= the item's MEL length (the
     // reference compares encoder-frame indices with mel lengths) or j lies past row i's block.
-    std::vector<float> mask((size_t) (T * T));
-    const float ninf = -std::numeric_limits<float>::infinity();
-    for (int64_t i = 0; i < T; ++i) {
-        const int64_t end = block ? (i / block + 1) * block : T;
-        for (int64_t j = 0; j < T; ++j) mask[(size_t) (i * T + j)] = (j < n_frames && j < end) ? 0.0f : ninf;
+    // It depends on (T, mel length, block) only: built when that changes. (Uploaded every time:
+    // the allocator may reuse an input's memory once its last reader has run.)
+    const GraphKey mkey = {T, std::min(n_frames, T), block};
+    if (mkey != s.mask_key) {
+        s.mask_host.assign((size_t) (T * T), 0.0f);
+        const float ninf = -std::numeric_limits<float>::infinity();
+        for (int64_t i = 0; i < T; ++i) {
+            const int64_t end = std::min(block ? (i / block + 1) * block : T, n_frames);
+            float * row = s.mask_host.data() + i * T;
+            for (int64_t j = end; j < T; ++j) row[j] = ninf;
+        }
+        s.mask_host16.clear();
+        if (s.io.mask->type == GGML_TYPE_F16) {
+            s.mask_host16.resize(s.mask_host.size());
+            ggml_fp32_to_fp16_row(s.mask_host.data(), s.mask_host16.data(), (int64_t) s.mask_host.size());
+        }
+        s.mask_key = mkey;
     }
-    Impl::set_mask(s.io.mask, mask);
+    if (s.io.mask->type == GGML_TYPE_F16) {
+        ggml_backend_tensor_set(s.io.mask, s.mask_host16.data(), 0, s.mask_host16.size() * sizeof(ggml_fp16_t));
+    } else {
+        ggml_backend_tensor_set(s.io.mask, s.mask_host.data(), 0, s.mask_host.size() * sizeof(float));
+    }
     s.runner.compute();
     s.observer.finish();
     if (states) {
@@ -511,9 +546,22 @@ std::vector<float> AudioEncoder::encode_stream(const float * mel, int64_t n_fram
     // position table.
     if (s.cache_len + C >= s.hp.n_pos) s.cache_len = 0;
     const int64_t past = s.cache_len;
-    s.stream_runner->prepare({n_frames, cur, pre, past},
-                             [&](ggml_context * ctx, ggml_cgraph * gf) { s.build_stream(ctx, gf, n_frames, cur, pre, past); });
+    s.stream_runner->prepare({n_frames, cur, pre},
+                             [&](ggml_context * ctx, ggml_cgraph * gf) { s.build_stream(ctx, gf, n_frames, cur, pre); });
     ggml_backend_tensor_set(s.sio.mel, mel, 0, (size_t) (n_frames * s.hp.n_mel) * sizeof(float));
+    std::vector<int64_t> rows((size_t) cur);
+    std::vector<int32_t> rows32((size_t) cur);
+    for (int64_t i = 0; i < cur; ++i) rows[(size_t) i] = rows32[(size_t) i] = (int32_t) (past + i);
+    ggml_backend_tensor_set(s.sio.rows, rows.data(), 0, rows.size() * sizeof(int64_t));
+    ggml_backend_tensor_set(s.sio.rows32, rows32.data(), 0, rows32.size() * sizeof(int32_t));
+    // The chunk attends to every cached frame and to itself (the reference's all-zero mask over
+    // past + current); rows past that are not written yet.
+    std::vector<float> mask((size_t) (s.hp.n_pos * cur));
+    const float ninf = -std::numeric_limits<float>::infinity();
+    for (int64_t i = 0; i < cur; ++i) {
+        for (int64_t j = 0; j < s.hp.n_pos; ++j) mask[(size_t) (i * s.hp.n_pos + j)] = j < past + cur ? 0.0f : ninf;
+    }
+    Impl::set_mask(s.sio.mask, mask);
     s.stream_runner->compute();
     s.stream_observer->finish();
     s.cache_len = past + cur;

@@ -57,22 +57,22 @@ public:
     }
 
     // (embeddings [N, D], states [C, E])
-    py::tuple encode(const py::handle & mel, int64_t batch_frames, bool chunked) {
+    py::tuple encode(const py::handle & mel, int64_t batch_frames, bool chunked, bool want_states) {
         auto [data, n] = to_mel(mel);
         std::vector<float> states, out;
         {
             py::gil_scoped_release nogil;
-            out = encoder_->encode(data.data(), n, batch_frames, chunked, &states);
+            out = encoder_->encode(data.data(), n, batch_frames, chunked, want_states ? &states : nullptr);
         }
         return py::make_tuple(rows(out, model_->hp.proj_dim), rows(states, model_->hp.n_embd));
     }
 
-    py::tuple encode_stream(const py::handle & mel, bool extra_context, int prefix, int suffix) {
+    py::tuple encode_stream(const py::handle & mel, bool extra_context, int prefix, int suffix, bool want_states) {
         auto [data, n] = to_mel(mel);
         std::vector<float> states, out;
         {
             py::gil_scoped_release nogil;
-            out = encoder_->encode_stream(data.data(), n, extra_context, prefix, suffix, &states);
+            out = encoder_->encode_stream(data.data(), n, extra_context, prefix, suffix, want_states ? &states : nullptr);
         }
         return py::make_tuple(rows(out, model_->hp.proj_dim), rows(states, model_->hp.n_embd));
     }
@@ -110,9 +110,10 @@ void bind_audio(py::module_ & mod) {
         .def(py::init<const std::string &, const std::string &, int>(), py::arg("path"), py::arg("device") = "auto",
              py::arg("n_threads") = 0, py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("hparams", &PyAudioModel::hparams)
-        .def("encode", &PyAudioModel::encode, py::arg("mel"), py::arg("batch_frames") = 0, py::arg("chunked") = true)
+        .def("encode", &PyAudioModel::encode, py::arg("mel"), py::arg("batch_frames") = 0, py::arg("chunked") = true,
+             py::arg("states") = true)
         .def("encode_stream", &PyAudioModel::encode_stream, py::arg("mel"), py::arg("extra_context") = false,
-             py::arg("prefix") = 0, py::arg("suffix") = 0)
+             py::arg("prefix") = 0, py::arg("suffix") = 0, py::arg("states") = true)
         .def("reset_stream", &PyAudioModel::reset_stream)
         .def_property_readonly("stream_frames", &PyAudioModel::stream_frames);
 }
