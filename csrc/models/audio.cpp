@@ -184,7 +184,9 @@ std::unique_ptr<Component> audio_load(const ComponentLoad & in) {
     m->store->load();
     const AudioLayer & L0 = m->w.layers.front();
     m->exact = L0.q_w->type == GGML_TYPE_F32 && L0.fc1_w->type == GGML_TYPE_F32 && m->w.mm1_w->type == GGML_TYPE_F32;
-    if (!m->exact && !in.devices.main_is_cpu()) {
+    // Flash attention wherever the weights are already rounded (F16, quantized): on GPUs and on
+    // the CPU alike (no [T, T] score matrix; ggml's CPU kernel beats the generic products).
+    if (!m->exact) {
         std::vector<uint8_t> buf(8 * ggml_tensor_overhead());
         ggml_init_params ip = {buf.size(), buf.data(), true};
         ggml_context * ctx = ggml_init(ip);

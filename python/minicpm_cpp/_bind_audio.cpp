@@ -23,7 +23,7 @@ namespace {
 
 class PyAudioModel {
 public:
-    PyAudioModel(const std::string & path, const std::string & device, int n_threads) {
+    PyAudioModel(const std::string & path, const std::string & device, int n_threads, bool profile_ops) {
         if (n_threads < 0) throw Error(ErrorKind::InvalidArgument, "n_threads must be >= 0");
         file_ = std::make_unique<GgufFile>(path);
         if (!kAudioComponent.present(*file_)) throw Error(ErrorKind::Format, path + " has no MiniCPM-o audio encoder");
@@ -34,7 +34,9 @@ public:
         auto c = kAudioComponent.load(ComponentLoad{*file_, *devices_, params});
         model_.reset(static_cast<AudioModel *>(c.release()));
         backends_ = std::make_unique<ComputeBackends>(*devices_, n_threads);
-        encoder_ = std::make_unique<AudioEncoder>(*model_, *backends_);
+        DebugOptions debug;
+        debug.profile_ops = profile_ops;
+        encoder_ = std::make_unique<AudioEncoder>(*model_, *backends_, debug);
     }
 
     py::dict hparams() const {
@@ -107,8 +109,8 @@ private:
 
 void bind_audio(py::module_ & mod) {
     py::class_<PyAudioModel>(mod, "AudioModel")
-        .def(py::init<const std::string &, const std::string &, int>(), py::arg("path"), py::arg("device") = "auto",
-             py::arg("n_threads") = 0, py::call_guard<py::gil_scoped_release>())
+        .def(py::init<const std::string &, const std::string &, int, bool>(), py::arg("path"), py::arg("device") = "auto",
+             py::arg("n_threads") = 0, py::arg("profile_ops") = false, py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("hparams", &PyAudioModel::hparams)
         .def("encode", &PyAudioModel::encode, py::arg("mel"), py::arg("batch_frames") = 0, py::arg("chunked") = true,
              py::arg("states") = true)
