@@ -206,11 +206,12 @@ def _stream_compare(o: Omni, chunks, extra=None):
 
 
 def test_encoder_streaming_ragged_chunks_and_reset(omni):
-    """Chunks of 104, 100 and 60 mel frames (52, 50, 30 encoder frames) past 1500 frames: the
-    cache is dropped when cache + chunk >= 1500, positions restart at 0."""
+    """Chunks of 104, 100 and 60 mel frames (52, 50, 30 encoder frames), then 96 (48) so that
+    cache + chunk is exactly 1500: the cache is dropped when cache + chunk >= 1500 (not only past
+    it), positions restart at 0."""
     o = omni(O45)
     mel = ref_audio_mel.offline_features(pcm(30.0, 3))[0]
-    sizes = [104, 100, 60] * 12
+    sizes = [104, 100, 60] * 11 + [96] + [104, 100, 60]
     chunks, at = [], 0
     for n in sizes:
         chunks.append(mel[:, at % 2900 : at % 2900 + n])
@@ -219,8 +220,8 @@ def test_encoder_streaming_ragged_chunks_and_reset(omni):
     print(f"streaming ragged: {len(chunks)} chunks, {resets} reset(s), max rel err {worst:.1e}")
     assert resets == 1 and worst <= RTOL
     k = next(i for i in range(1, len(lens)) if lens[i] < lens[i - 1])
-    assert lens[k - 1] + ref.encoder_frames(sizes[k]) >= 1500 > lens[k - 2] + ref.encoder_frames(sizes[k - 1])
-    assert lens[k] == ref.encoder_frames(sizes[k])
+    assert k == 33 and lens[k - 1] + ref.encoder_frames(sizes[k]) == 1500
+    assert lens[k] == ref.encoder_frames(sizes[k]) == 48
 
 
 def test_encoder_streaming_duplex_context(omni):
