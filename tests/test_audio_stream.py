@@ -243,27 +243,41 @@ def test_stream_past_30_seconds(o45):
 
 @pytest.fixture(scope="module")
 def forced(o45, tmp_path_factory, converted):
-    """The tiny o4.5 checkpoint with two lm_head rows changed so that, after the first stream of
-    test_stream_terminators, greedy decoding gives <|endoftext|> and then <|tts_eos|>: rows
-    r with r . h1 = K, r . h2 = 0 (and the converse) for the final hidden states h1 (the last
-    prompt position) and h2 (<|endoftext|> fed). Hidden states do not depend on lm_head."""
+    """The tiny o4.5 checkpoint with the lm_head rows of <|endoftext|> and <|tts_eos|> replaced so
+    that greedy decoding ends where the tests below need it. Hidden states do not depend on
+    lm_head: from the original model, h_s1 (the last position of the first stream of
+    test_stream_terminators) and h_s2 (<|endoftext|> fed after it), h_c1..h_c3 (the last position
+    of CHAT_MESSAGES and its first two greedy tokens fed); the rows are solved so that
+    <|endoftext|> scores K at h_s1 and <|tts_eos|> K at h_s2 and h_c3, 0 at the others.
+    Streaming then answers <|endoftext|> <|tts_eos|>, chat() t1 t2 <|tts_eos|>."""
     import shutil
 
     from safetensors.torch import load_file, save_file
 
-    x = FORCED_SIGNAL()
-    want = StreamingReference(o45, placeholders="rows")
-    want.push_stream(x)
-    want._feed(BOS)
     llm, tok = o45.ref.llm, o45.ref.tok
     eot, tts_eos = tok.convert_tokens_to_ids("<|endoftext|>"), tok.convert_tokens_to_ids(ref.TTS_EOS)
-    with torch.no_grad():
-        out = llm(inputs_embeds=torch.cat(want.rows)[None], use_cache=True, output_hidden_states=True)
-        h1 = out.hidden_states[-1][0, -1]
-        out2 = llm(torch.tensor([[eot]]), past_key_values=out.past_key_values, use_cache=True, output_hidden_states=True)
-        h2 = out2.hidden_states[-1][0, -1]
-    h = torch.stack([h1, h2], dim=1).double()  # [d, 2]
-    rows = (60.0 * h @ torch.linalg.inv(h.T @ h)).T.float()  # rows[i] . h_j = 60 * delta_ij
+
+    def hidden(rows, feed):
+        with torch.no_grad():
+            out = llm(inputs_embeds=rows[None], use_cache=True, output_hidden_states=True)
+            hs = [out.hidden_states[-1][0, -1]]
+            for t in feed:
+                out = llm(torch.tensor([[t]]), past_key_values=out.past_key_values, use_cache=True,
+                          output_hidden_states=True)
+                hs.append(out.hidden_states[-1][0, -1])
+        return hs
+
+    want = StreamingReference(o45, placeholders="rows")
+    want.push_stream(FORCED_SIGNAL())
+    want._feed(BOS)
+    hs = hidden(torch.cat(want.rows), [eot])
+    r = o45.chat(CHAT_MESSAGES(), n_gen=2)
+    assert not set(r["tokens"]) & {eot, tts_eos}
+    hs += hidden(torch.from_numpy(r["inputs_embeds"]), r["tokens"])
+    h = torch.stack(hs, dim=1).double()                              # [d, 5]
+    k = 60.0
+    target = torch.tensor([[k, 0, 0, 0, 0], [0, k, 0, 0, k]], dtype=torch.float64).T   # [5, 2]
+    rows = (h @ torch.linalg.solve(h.T @ h, target)).T.float()       # rows @ h = target.T
     d = tmp_path_factory.mktemp("tiny-minicpmo45-forced")
     for f in o45.dir.iterdir():
         if f.name != "model.safetensors":
@@ -278,6 +292,24 @@ def forced(o45, tmp_path_factory, converted):
 
 def FORCED_SIGNAL():
     return pcm(1.8, 44, 310.0)
+
+
+def CHAT_MESSAGES():
+    return [{"role": "user", "content": [pcm(1.4, 46, 270.0), "Say something."]}]
+
+
+def test_chat_answer_cut_at_tts_eos(forced):
+    """chat() with audio (o4.5, the speech template): the answer ends at <|tts_eos|>, as the
+    reference's text is cut there (test_audio_e2e's chat tests never meet one)."""
+    from test_audio_e2e import _check_chat
+
+    s = forced.session()
+    s.set_capture(hidden=False, logits=True)
+    answer, r, _ = _check_chat(forced, s, CHAT_MESSAGES(), "forced tts_eos")
+    tts_eos = forced.ref.tok.convert_tokens_to_ids(ref.TTS_EOS)
+    assert r["tokens"][2] == tts_eos and len(r["tokens"]) > 3  # the reference goes on; its text is cut
+    assert s.tokens[-3:] == r["tokens"][:3] and s.last_stop_reason == "end_of_turn"
+    assert answer == forced.ref.tok.decode(r["tokens"][:2]) and answer
 
 
 def test_stream_terminators(forced):
