@@ -36,7 +36,7 @@ import torch
 import minicpm_cpp
 import ref_audio_mel
 import ref_minicpmo_audio as ref
-from test_audio_e2e import O26, O45, RTOL, Omni, pcm, rel
+from test_audio_e2e import RTOL, Omni, pcm, rel
 
 FIRST, CHUNK = 16560, 16000
 BOS = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n<|tts_bos|>"
@@ -71,7 +71,8 @@ class StreamingReference:
         self.stop = {conv(t) for t in TERMINATORS if conv(t) is not None}
 
     def _feed(self, text: str, audio: np.ndarray = None) -> None:
-        ids = [t for t in self.tok(text, add_special_tokens=False).input_ids if t != self.tok.convert_tokens_to_ids(ref.LISTEN)]
+        listen = self.tok.convert_tokens_to_ids(ref.LISTEN)
+        ids = [t for t in self.tok(text, add_special_tokens=False).input_ids if t != listen]
         rows = self.llm.get_input_embeddings()(torch.tensor([ids]))[0].detach().clone()
         if audio is not None:
             start = ids.index(self.tok.convert_tokens_to_ids(ref.AUDIO_START)) + 1
@@ -337,11 +338,16 @@ def test_stream_terminators(forced):
     assert want.ids[n0 : n0 + 1 + len(opening)] == [eot] + opening
 
 
-def test_bad_token_ids_in_the_file(o45):
-    """The converter records tokenizer_config.json's bad_token_ids (MiniCPMOTokenizerFast keeps
-    them as an attribute; transformers' Qwen2TokenizerFast drops them)."""
-    from gguf import GGUFReader
+def test_bad_token_ids_read_by_the_converter(o45, tmp_path):
+    """The converter takes tokenizer_config.json's bad_token_ids (MiniCPMOTokenizerFast keeps
+    them; transformers' Qwen2TokenizerFast drops them) into minicpm.bad_token_ids; the streamed
+    answers above would sample them otherwise."""
+    from minicpm_cpp.convert import ConvertError
+    from minicpm_cpp.convert import hf_to_gguf
 
     want = json.loads((o45.dir / "tokenizer_config.json").read_text())["bad_token_ids"]
-    f = GGUFReader(str(o45.gguf)).fields["minicpm.bad_token_ids"]
-    assert [int(f.parts[i][0]) for i in f.data] == sorted(set(want)) and len(want) > 6000
+    assert hf_to_gguf._bad_token_ids(o45.dir, 151748) == sorted(set(want)) and len(want) > 6000
+    assert hf_to_gguf._bad_token_ids(tmp_path, 151748) == []
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bad_token_ids": [5, 200000]}))
+    with pytest.raises(ConvertError, match="outside the vocabulary"):
+        hf_to_gguf._bad_token_ids(tmp_path, 151748)
