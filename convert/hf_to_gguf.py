@@ -13,6 +13,7 @@ at the end: a failed or interrupted run leaves nothing behind.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -42,7 +43,8 @@ PROG = "minicpm-convert"
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
 # Keys this module asks the name table for (checked by the tests, with llm.KEY_IDS).
-KEY_IDS = ("GENERAL_FILE_TYPE", "GENERAL_QUANT_VERSION", "TOKENIZER_TOKENS", "MINICPM_STOP_TOKENS")
+KEY_IDS = ("GENERAL_FILE_TYPE", "GENERAL_QUANT_VERSION", "TOKENIZER_TOKENS", "MINICPM_STOP_TOKENS",
+           "MINICPM_BAD_TOKEN_IDS")
 
 # general.architecture of a llama.cpp mmproj file.
 _MMPROJ_ARCH = "clip"
@@ -133,6 +135,28 @@ def _add_tokenizer(writer: GGUFWriter, hf_dir: Path, n_vocab: int) -> None:
     stops = _stop_tokens(writer)
     if stops:
         writer.add_array(key_name("MINICPM_STOP_TOKENS"), stops)
+    bad = _bad_token_ids(hf_dir, n_vocab)
+    if bad:
+        writer.add_array(key_name("MINICPM_BAD_TOKEN_IDS"), bad)
+
+
+def _bad_token_ids(hf_dir: Path, n_vocab: int) -> List[int]:
+    """tokenizer_config.json's ``bad_token_ids`` (MiniCPMOTokenizerFast keeps them; the o4.5
+    streaming_generate masks them), checked against the vocabulary; [] when absent."""
+    path = hf_dir / "tokenizer_config.json"
+    if not path.is_file():
+        return []
+    try:
+        ids = json.loads(path.read_text(encoding="utf-8")).get("bad_token_ids") or []
+    except (ValueError, OSError, AttributeError) as e:
+        raise ConvertError(f"tokenizer: cannot read {path}: {e}") from None
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ConvertError(f"tokenizer: bad_token_ids in {path} must be a list of token ids")
+    wrong = [i for i in ids if not 0 <= i < n_vocab]
+    if wrong:
+        raise ConvertError(f"tokenizer: bad_token_ids in {path} holds ids outside the vocabulary of {n_vocab}: "
+                           f"{wrong[:5]}")
+    return sorted(set(ids))
 
 
 def _pick_types(plan: Sequence[PlannedTensor], out_type, say: Callable[[str], None]) -> List:

@@ -460,8 +460,9 @@ void check_mel(const float * mel, int64_t n_frames, const AudioHparams & hp, con
     if (C < hp.pool_step) {
         fail(ErrorKind::InvalidArgument, std::string(what) + ": " + std::to_string(n_frames) + " mel frames give " +
                                              std::to_string(C) + " encoder frames, fewer than the pooling step " +
-                                             std::to_string(hp.pool_step) + " (audio too short: at least " +
-                                             std::to_string((2 * hp.pool_step - 1) * 10 + 1) + " ms)");
+                                             std::to_string(hp.pool_step) + " (audio too short: it takes more than " +
+                                             std::to_string((2 * hp.pool_step - 2) * 10) + " ms, at least " +
+                                             std::to_string((2 * hp.pool_step - 2) * 160 + 1) + " samples at 16 kHz)");
     }
 }
 

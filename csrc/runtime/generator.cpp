@@ -3,6 +3,7 @@
 #include "runtime/sampler.h"
 
 #include <chrono>
+#include <limits>
 
 namespace minicpm {
 
@@ -20,6 +21,11 @@ void Generator::begin(const GenerationParams & params, const SamplerConfig & sam
     validate_sampling(sampler);
     for (const auto & st : params.stop) {
         if (st.empty()) fail(ErrorKind::InvalidArgument, "stop strings must not be empty");
+    }
+    for (int32_t id : params.suppress_tokens) {
+        if (id < 0 || id >= tok.n_tokens()) {
+            fail(ErrorKind::InvalidArgument, "suppressed token id " + std::to_string(id) + " is outside the vocabulary");
+        }
     }
     params_ = params;
     sampler_ = sampler;
@@ -74,7 +80,15 @@ GenerationStep Generator::next(LlmContext & ctx, const Model & model, std::mt199
     const double t1 = now_ms();
     eval_ms = t1 - t0;
     if (!ctx.logits_valid()) fail(ErrorKind::InvalidArgument, "no logits to sample from: the context is empty");
-    const int32_t id = sample_token(ctx.logits().data(), (int64_t) ctx.logits().size(), sampler_, ctx.tokens(), rng);
+    const float * logits = ctx.logits().data();
+    if (!params_.suppress_tokens.empty()) {
+        masked_.assign(ctx.logits().begin(), ctx.logits().end());
+        for (int32_t t : params_.suppress_tokens) {
+            if ((size_t) t < masked_.size()) masked_[(size_t) t] = -std::numeric_limits<float>::infinity();
+        }
+        logits = masked_.data();
+    }
+    const int32_t id = sample_token(logits, (int64_t) ctx.logits().size(), sampler_, ctx.tokens(), rng);
     sample_ms = now_ms() - t1;
     step.token = id;
     ctx.append_token(id);   // pending: evaluated on the next step or the next prefill

@@ -36,6 +36,7 @@ private:
     int                            n_generated_ = 0;
     std::unique_ptr<StreamDecoder> decoder_;
     std::string                    held_;   // text not yet returned (may be the start of a stop string)
+    std::vector<float>             masked_; // the logits with suppress_tokens at -inf
 };
 
 } // namespace minicpm

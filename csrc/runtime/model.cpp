@@ -62,6 +62,18 @@ void set_end_of_turn(Model::Impl & m, const GgufFile & f) {
     for (const auto & s : stop_strs) add(m.tokenizer->find_token(s));
 }
 
+void set_bad_token_ids(Model::Impl & m, const GgufFile & f) {
+    const std::string key = key_name(KeyName::MINICPM_BAD_TOKEN_IDS);
+    if (!f.has_key(key)) return;
+    m.bad_token_ids = f.get_i32_array(key);
+    for (int32_t id : m.bad_token_ids) {
+        if (id < 0 || id >= m.tokenizer->n_tokens()) {
+            fail(ErrorKind::Format, "metadata key " + key + " in " + f.path() + ": token id " + std::to_string(id) +
+                                        " is outside the vocabulary of " + std::to_string(m.tokenizer->n_tokens()));
+        }
+    }
+}
+
 void fill_info(Model::Impl & m, const std::string & path) {
     const GgufFile & f = *m.files.front();
     const LlmModel & llm = m.llm();
@@ -139,6 +151,7 @@ std::shared_ptr<Model> Model::load(const std::string & path, const ModelParams &
                                     std::to_string(hp.n_embd));
     }
     set_end_of_turn(*m, f);
+    set_bad_token_ids(*m, f);
     fill_info(*m, path);
 
     if (vision && params.warmup) {

@@ -29,6 +29,7 @@ struct Model::Impl {
     ChatTemplate                         chat;
     GenerationDefaults                   defaults;
     std::vector<int32_t>                 end_of_turn;
+    std::vector<int32_t>                 bad_token_ids;   // minicpm.bad_token_ids (empty when absent)
 
     const LlmModel &    llm() const { return static_cast<const LlmModel &>(*components.at("llm")); }
     const VisionModel * vision() const {

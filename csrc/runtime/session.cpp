@@ -128,8 +128,6 @@ struct Session::Impl {
         int64_t                       chunks = 0;         // chunks encoded in this turn
         bool                          any_chunk = false;  // a chunk was encoded in this session
         bool                          answered = false;   // a streamed answer was generated
-        bool                          completed = true;   // ... and it ended at a terminator
-        bool                          responding = false; // the last generation is a streamed answer
     } stream;
 
     Impl(std::shared_ptr<Model> m, const SessionParams & p)
@@ -269,9 +267,12 @@ struct Session::Impl {
         if (stream.active) fail(ErrorKind::InvalidArgument, "an audio stream is already open: end_audio_stream() first");
         AudioEncoder & enc = audio_encoder();
         drop_pending_terminator();
-        // The turn's opening: streaming_prefill's prompt for the first piece of a user turn.
+        // The turn's opening: streaming_prefill's prompt for the first piece of a user turn. After
+        // a streamed answer it is "<|tts_eos|><|im_end|>\n<|im_start|>user\n" whatever ended the
+        // answer: streaming_generate never sets llm_generate_completed, and never feeds the
+        // terminator it stopped at.
         std::string open = "<|im_start|>user\n";
-        if (stream.answered) open = (stream.completed ? "<|im_end|>\n" : "<|tts_eos|><|im_end|>\n") + open;
+        if (stream.answered) open = "<|tts_eos|><|im_end|>\n" + open;
         prefill({PromptSegment{model->tokenize(open, true), nullptr}});
         // Every turn starts a new streaming processor and an empty encoder cache.
         stream.mel = std::make_unique<StreamingMel>(StreamingMelConfig{});
@@ -351,6 +352,26 @@ struct Session::Impl {
         return added;
     }
 
+    // What streaming_generate's decoder (ChunkPrefillChunkGenerate) never samples: its forbidden
+    // punctuation, looked up as convert_tokens_to_ids does (a string the vocabulary does not
+    // spell so, as byte-level BPE spells no non-ASCII character, gives the <unk> id), and the
+    // tokenizer's bad_token_ids.
+    std::vector<int32_t> stream_forbidden_tokens() const {
+        static const char * const kForbidden[] = {":", "\xef\xbc\x9a", "\xef\xbc\x9b", "#", "\xe2\x80\x9c",
+                                                  "\xe2\x80\x9d", "\xe2\x80\x98", "\xe2\x80\x99", "@", "*",
+                                                  "\xe3\x80\x90", "\xe3\x80\x91", "\xe3\x80\x8c", "\xe3\x80\x8d",
+                                                  "(", ")", "\xef\xbc\x88", "\xef\xbc\x89", "[", "]", "&", "/", "$"};
+        const Tokenizer & tok = model->tokenizer();
+        const int32_t unk = tok.find_token("<unk>");
+        std::vector<int32_t> out = model->impl().bad_token_ids;
+        for (const char * s : kForbidden) {
+            const int32_t id = tok.find_token(s);
+            if (id >= 0) out.push_back(id);
+            else if (unk >= 0) out.push_back(unk);
+        }
+        return out;
+    }
+
     void begin_stream_response(GenerationParams p) {
         if (stream.active) end_audio_stream();
         // streaming_generate's bos_input.
@@ -359,12 +380,19 @@ struct Session::Impl {
         if (!think && model->info().arch == "qwen3") bos += "<think>\n\n</think>\n\n";
         bos += "<|tts_bos|>";
         prefill({PromptSegment{model->tokenize(bos, true), nullptr}});
+        // streaming_generate's terminators: <|tts_eos|> and <|im_end|> ("</s>", the third, is not
+        // in the vocabulary: <unk>, which is suppressed); <|endoftext|> is sampled as any token.
         const int32_t tts_eos = model->tokenizer().find_token("<|tts_eos|>");
+        const int32_t im_end = model->tokenizer().find_token("<|im_end|>");
         if (tts_eos >= 0) p.stop_tokens.push_back(tts_eos);
+        if (im_end >= 0) {
+            p.stop_tokens.push_back(im_end);
+            p.stop_at_end_of_turn = false;
+        }
+        const std::vector<int32_t> forbidden = stream_forbidden_tokens();
+        p.suppress_tokens.insert(p.suppress_tokens.end(), forbidden.begin(), forbidden.end());
         begin_generation(p);
         stream.answered = true;
-        stream.completed = false;
-        stream.responding = true;
     }
 
     ChatPrompt chat_prompt(const std::vector<Message> & messages, const ChatParams & params) {
@@ -404,10 +432,6 @@ struct Session::Impl {
         double eval_ms = 0, sample_ms = 0;
         const size_t n_eval_before = ctx.n_eval();
         GenerationStep step = gen.next(ctx, *model, rng, eval_ms, sample_ms);
-        if (step.done && stream.responding) {
-            stream.completed = step.reason == StopReason::EndOfTurn;
-            stream.responding = false;
-        }
         timings.sample_ms += sample_ms;
         const size_t evaluated = ctx.n_eval() - std::min(ctx.n_eval(), n_eval_before);
         if (evaluated == 1) {

@@ -761,8 +761,11 @@ class AudioStream:
     ``<|audio_start|><unk>x10<|audio_end|>`` group (o4.5), the turn opened with
     ``<|im_start|>user\\n``. :meth:`finish` encodes the ragged rest; :meth:`respond` (which calls
     it) adds ``<|im_end|>\\n<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n<|tts_bos|>`` as
-    the reference's ``streaming_generate`` does and generates until ``<|tts_eos|>`` or the end
-    of turn. A later :meth:`Session.audio_stream` continues the conversation.
+    the reference's ``streaming_generate`` does and generates until ``<|tts_eos|>`` or
+    ``<|im_end|>``, never sampling what its decoder suppresses (a few punctuation tokens and the
+    tokenizer's ``bad_token_ids``, which the converter records). A later
+    :meth:`Session.audio_stream` continues the conversation, opened with
+    ``<|tts_eos|><|im_end|>\\n<|im_start|>user\\n`` as the reference opens it.
     """
 
     def __init__(self, session: Session) -> None:
@@ -778,10 +781,12 @@ class AudioStream:
         the LLM tokens added to the context by the chunks completed so far."""
         from .audio import load_audio
 
-        pcm = load_audio(chunk, name="audio chunk") if not isinstance(chunk, np.ndarray) else \
-            np.ascontiguousarray(chunk, dtype=np.float32)
-        if pcm.ndim != 1:
-            raise InvalidArgumentError(f"audio chunk must be 1-D (mono), got shape {pcm.shape}")
+        if isinstance(chunk, np.ndarray) and chunk.ndim == 1 and chunk.size == 0 and chunk.dtype.kind == "f":
+            pcm = np.zeros(0, np.float32)  # nothing to add
+        else:
+            # Arrays as load_audio takes them: float32/float64, 1-D, finite (an int16 array is refused,
+            # not cast).
+            pcm = load_audio(chunk, name="audio chunk")
         n = self._session._s.push_audio(pcm)
         self.n_tokens += n
         return n

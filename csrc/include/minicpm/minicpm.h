@@ -247,6 +247,7 @@ struct GenerationParams {
     SamplingParams           sampling;
     std::vector<std::string> stop;                // stop strings (not included in the output)
     std::vector<int32_t>     stop_tokens;         // more tokens that end the answer (not included), e.g. <|tts_eos|>
+    std::vector<int32_t>     suppress_tokens;     // never sampled (their logits are set to -inf first)
     bool                     stop_at_end_of_turn = true;
     bool                     skip_special = true; // leave special tokens out of the text
     bool                     thinking = false;    // sample with the reasoning defaults (chat() sets it)
@@ -329,11 +330,12 @@ public:
     // reference's chunks (1035 ms first, then 1000 ms), runs the streaming log-mel and the
     // encoder with its cache of the turn's earlier chunks, and prefills each chunk as
     // <|audio_start|><unk>x10<|audio_end|> (o4.5), the turn opened with "<|im_start|>user\n"
-    // (after a streamed answer: "<|im_end|>\n<|im_start|>user\n"). end_audio_stream() encodes
+    // (after a streamed answer: "<|tts_eos|><|im_end|>\n<|im_start|>user\n"). end_audio_stream() encodes
     // the ragged rest (a stream shorter than the first chunk is left-padded with zeros, as the
     // reference pads it); begin_stream_response() adds the assistant prompt of
-    // streaming_generate and starts generation (stopping at <|tts_eos|>). Each returns the
-    // tokens added.
+    // streaming_generate and starts generation (stopping at <|tts_eos|> or <|im_end|>; its forbidden
+    // punctuation and the tokenizer's bad_token_ids are never sampled). Each returns the tokens
+    // added.
     void begin_audio_stream();
     int  push_audio(const float * pcm, size_t n);
     int  end_audio_stream();
