@@ -179,23 +179,51 @@ def rel_diff(a: np.ndarray, b: np.ndarray) -> Optional[float]:
     return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) / scale
 
 
+def mel_filters(sr: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = 80) -> np.ndarray:
+    """librosa.filters.mel(sr, n_fft, n_mels) (Slaney scale and area norm): [n_mels, n_fft // 2 + 1],
+    the bank WhisperFeatureExtractor uses (so the PyTorch side needs neither librosa nor us)."""
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+
+    def hz_to_mel(f):
+        f = np.asarray(f, dtype=np.float64)
+        return np.where(f >= min_log_hz, min_log_mel + np.log(np.maximum(f, 1e-10) / min_log_hz) / logstep, f / f_sp)
+
+    def mel_to_hz(m):
+        m = np.asarray(m, dtype=np.float64)
+        return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+    fft_f = np.fft.rfftfreq(n_fft, 1.0 / sr)
+    pts = mel_to_hz(np.linspace(hz_to_mel(0.0), hz_to_mel(sr / 2.0), n_mels + 2))
+    ramps = pts[:, None] - fft_f[None, :]
+    fdiff = np.diff(pts)
+    lower, upper = -ramps[:-2] / fdiff[:-1, None], ramps[2:] / fdiff[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper)) * (2.0 / (pts[2:] - pts[:-2]))[:, None]
+    return weights.astype(np.float32)
+
+
 class Inputs:
-    """The audio and features every runtime gets (made once)."""
+    """The audio and features every runtime gets (made once): our log-mel where the package is
+    installed, else the PyTorch one (the same features to ~1e-5)."""
 
     def __init__(self, args):
-        from minicpm_cpp import _core
-
         self.n_chunks = args.warmup_chunks + args.chunks
         stream_s = self.n_chunks + 2
         self.pcm = test_pcm(max(CLIP_SECONDS, stream_s), seed=args.seed)
         self.clip = self.pcm[: CLIP_SECONDS * SAMPLE_RATE]
         self.clips = [self.clip] + [test_pcm(CLIP_SECONDS, seed=args.seed + 1 + i) for i in range(args.reps)]
-        self.mels = [np.ascontiguousarray(_core.log_mel(c, 0)) for c in self.clips]   # [80, 3000] each
-        pieces = _core.log_mel_pieces(self.pcm, 0)
-        stream_mel = np.concatenate(pieces, axis=1)
+        self.mel_filters = mel_filters()   # [80, 201]
+        try:
+            from minicpm_cpp import _core
+
+            log_mel = lambda pcm: _core.log_mel(pcm, 0)  # noqa: E731
+        except ImportError:
+            log_mel = TorchMel(self.mel_filters, "cpu").offline
+        piece = CLIP_SECONDS * SAMPLE_RATE
+        self.mels = [np.ascontiguousarray(log_mel(c)) for c in self.clips]   # [80, 3000] each
+        stream_mel = np.concatenate([log_mel(self.pcm[i: i + piece]) for i in range(0, len(self.pcm), piece)], axis=1)
         self.chunks = [np.ascontiguousarray(stream_mel[:, CHUNK_FRAMES * k: CHUNK_FRAMES * (k + 1)])
                        for k in range(self.n_chunks)]
-        self.mel_filters = np.asarray(_core.mel_filters(), dtype=np.float32)   # [80, 201]
 
 
 def stream_pushes(first: int, chunk: int, n: int) -> List[Tuple[int, int]]:
@@ -225,6 +253,7 @@ def run_ours(args, inp: Inputs, tests: Sequence[str]) -> dict:
         out["flash_attention"] = bool(m.hparams["flash"])
         return m, time.perf_counter() - t0
 
+    out["ggml_libraries"] = loaded_libraries("libggml")
     if "stream_1s" in tests:
         model, load_s = load()
         times, emb = [], None
@@ -690,6 +719,21 @@ def format_table(rows: List[dict], cols: Sequence[str]) -> str:
             line += f"  error: {r['error']}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def loaded_libraries(prefix: str) -> List[str]:
+    """Shared libraries of this process whose file name starts with ``prefix`` (which ggml build
+    the runtime linked, for the record)."""
+    found: List[str] = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split()[-1]
+                if os.path.basename(path).startswith(prefix) and path not in found:
+                    found.append(path)
+    except OSError:
+        pass
+    return found
 
 
 def machine_info() -> dict:
