@@ -24,8 +24,8 @@ minicpm.cpp: ``minicpm_cpp._core.AudioModel(file, device, n_threads)`` (``encode
 ``encode``, mel in, embeddings out, numpy both ways), ``_core.log_mel`` and
 ``_core.StreamingMel`` (CPU).
 
-PyTorch: the reference computation in plain torch modules with the Hugging Face parameter
-names (MiniCPMWhisperEncoder's layers with ``scaled_dot_product_attention``, the same
+PyTorch (``torch_audio_ref.py``): the reference computation in plain torch modules with the
+Hugging Face parameter names (MiniCPMWhisperEncoder's layers with ``scaled_dot_product_attention``, the same
 MultiModalProjector and AvgPool1d), weights read from the same GGUF file (F16 values upcast
 where the dtype is float32), fp16 on CUDA / fp32 on the CPU (``--torch-dtype``),
 ``torch.inference_mode``, ``cuda.synchronize`` before each clock read; numpy mel in and float32
@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -72,14 +71,14 @@ import tempfile
 import time
 import wave
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 import bench_vision  # noqa: E402  (the GGUF metadata reader and llama-mtmd-cli log parser)
-from make_random_audio import hf_to_gguf_names  # noqa: E402
+from torch_audio_ref import TorchAudio, TorchMel, mel_filters  # noqa: E402
 
 SAMPLE_RATE = 16000
 HOP = 160
@@ -179,23 +178,29 @@ def rel_diff(a: np.ndarray, b: np.ndarray) -> Optional[float]:
     return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) / scale
 
 
+
 class Inputs:
-    """The audio and features every runtime gets (made once)."""
+    """The audio and features every runtime gets (made once): our log-mel where the package is
+    installed, else the PyTorch one (the same features to ~1e-5)."""
 
     def __init__(self, args):
-        from minicpm_cpp import _core
-
         self.n_chunks = args.warmup_chunks + args.chunks
         stream_s = self.n_chunks + 2
         self.pcm = test_pcm(max(CLIP_SECONDS, stream_s), seed=args.seed)
         self.clip = self.pcm[: CLIP_SECONDS * SAMPLE_RATE]
         self.clips = [self.clip] + [test_pcm(CLIP_SECONDS, seed=args.seed + 1 + i) for i in range(args.reps)]
-        self.mels = [np.ascontiguousarray(_core.log_mel(c, 0)) for c in self.clips]   # [80, 3000] each
-        pieces = _core.log_mel_pieces(self.pcm, 0)
-        stream_mel = np.concatenate(pieces, axis=1)
+        self.mel_filters = mel_filters()   # [80, 201]
+        try:
+            from minicpm_cpp import _core
+
+            log_mel = lambda pcm: _core.log_mel(pcm, 0)  # noqa: E731
+        except ImportError:
+            log_mel = TorchMel(self.mel_filters, "cpu").offline
+        piece = CLIP_SECONDS * SAMPLE_RATE
+        self.mels = [np.ascontiguousarray(log_mel(c)) for c in self.clips]   # [80, 3000] each
+        stream_mel = np.concatenate([log_mel(self.pcm[i: i + piece]) for i in range(0, len(self.pcm), piece)], axis=1)
         self.chunks = [np.ascontiguousarray(stream_mel[:, CHUNK_FRAMES * k: CHUNK_FRAMES * (k + 1)])
                        for k in range(self.n_chunks)]
-        self.mel_filters = np.asarray(_core.mel_filters(), dtype=np.float32)   # [80, 201]
 
 
 def stream_pushes(first: int, chunk: int, n: int) -> List[Tuple[int, int]]:
@@ -225,6 +230,7 @@ def run_ours(args, inp: Inputs, tests: Sequence[str]) -> dict:
         out["flash_attention"] = bool(m.hparams["flash"])
         return m, time.perf_counter() - t0
 
+    out["ggml_libraries"] = loaded_libraries("libggml")
     if "stream_1s" in tests:
         model, load_s = load()
         times, emb = [], None
@@ -267,202 +273,7 @@ def run_ours(args, inp: Inputs, tests: Sequence[str]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# PyTorch reference
-
-
-def build_torch_model(meta: dict, n_pos: int):
-    """The reference modules (MiniCPMWhisperEncoder with SDPA attention, MultiModalProjector),
-    parameter names as in the checkpoint (``apm.*``, ``audio_projection_layer.*``)."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    E, H, Fd, L, D = (int(meta[k]) for k in ("n_embd", "n_head", "n_ff", "n_layer", "proj_dim"))
-    eps = float(meta.get("eps") or 1e-5)
-    hd = E // H
-
-    class Attention(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.q_proj, self.k_proj = nn.Linear(E, E), nn.Linear(E, E, bias=False)
-            self.v_proj, self.out_proj = nn.Linear(E, E), nn.Linear(E, E)
-
-        def forward(self, x, mask, past):
-            b, t, _ = x.shape
-            q, k, v = (p(x).view(b, t, H, hd).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
-            if past is not None:
-                k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)   # scale hd ** -0.5
-            return self.out_proj(o.transpose(1, 2).reshape(b, t, E)), (k, v)
-
-    class Layer(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.self_attn = Attention()
-            self.self_attn_layer_norm = nn.LayerNorm(E, eps=eps)
-            self.fc1, self.fc2 = nn.Linear(E, Fd), nn.Linear(Fd, E)
-            self.final_layer_norm = nn.LayerNorm(E, eps=eps)
-
-        def forward(self, x, mask, past):
-            a, kv = self.self_attn(self.self_attn_layer_norm(x), mask, past)
-            x = x + a
-            return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x)))), kv
-
-    class Encoder(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv1d(80, E, 3, padding=1)
-            self.conv2 = nn.Conv1d(E, E, 3, stride=2, padding=1)
-            self.embed_positions = nn.Embedding(n_pos, E)
-            self.layers = nn.ModuleList([Layer() for _ in range(L)])
-            self.layer_norm = nn.LayerNorm(E, eps=eps)
-
-        def forward(self, mel, mask=None, past=None, offset=0):
-            h = F.gelu(self.conv2(F.gelu(self.conv1(mel)))).permute(0, 2, 1)   # [B, C, E]
-            x = h + self.embed_positions.weight[offset: offset + h.shape[1]]
-            cache = []
-            for i, layer in enumerate(self.layers):
-                x, kv = layer(x, mask, None if past is None else past[i])
-                cache.append(kv)
-            return self.layer_norm(x), cache
-
-    class Projector(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.linear1, self.linear2 = nn.Linear(E, D), nn.Linear(D, D)
-
-        def forward(self, x):
-            return self.linear2(F.relu(self.linear1(x)))
-
-    class Audio(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.apm = Encoder()
-            self.audio_projection_layer = Projector()
-
-    return Audio()
-
-
-def torch_state_from_gguf(path: str, n_layer: int) -> Dict[str, np.ndarray]:
-    """The file's tensors under their Hugging Face names, float32 (dequantized where needed)."""
-    from gguf import GGUFReader
-    from gguf.quants import dequantize
-
-    to_hf = {g: h for h, g in hf_to_gguf_names(n_layer).items()}
-    out = {}
-    for t in GGUFReader(path).tensors:
-        hf = to_hf.get(t.name)
-        if hf is None:
-            continue
-        # numpy order (the reverse of ggml's); the caller reshapes to the module's parameter shapes
-        arr = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
-        out[hf] = arr if arr.flags.writeable else arr.copy()   # F32 tensors are views of the read-only map
-    missing = set(to_hf.values()) - set(out)
-    if missing:
-        raise SystemExit(f"bench_audio: {path} lacks {len(missing)} audio tensors (e.g. {sorted(missing)[0]})")
-    return out
-
-
-def block_mask(n: int, block: int, n_mel: int):
-    """get_audio_embedding's mask for one item, as a boolean [1, 1, n, n] (True = attend): key j
-    is visible from row i when j < the item's mel length and j lies before the end of i's block."""
-    import torch
-
-    i = torch.arange(n)[:, None]
-    j = torch.arange(n)[None, :]
-    keep = j < n_mel
-    if block > 0:
-        keep = keep & (j < (i // block + 1) * block)
-    return keep[None, None]
-
-
-class TorchAudio:
-    """The reference on one device and dtype, fed and read as numpy."""
-
-    def __init__(self, path: str, meta: dict, device: str, dtype):
-        import torch
-
-        self.torch = torch
-        self.device, self.dtype = torch.device(device), dtype
-        state = torch_state_from_gguf(path, int(meta["n_layer"]))
-        self.n_pos = state["apm.embed_positions.weight"].shape[0]
-        self.pool = int(meta["pool_step"])
-        chunk = float(meta.get("chunk_length") if meta.get("chunk_length") is not None else 1.0)
-        self.block = int(chunk * 50) if chunk > 0 else 0
-        model = build_torch_model(meta, self.n_pos)
-        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        model.load_state_dict({k: torch.from_numpy(v.reshape(shapes[k])) for k, v in state.items()}, strict=True)
-        self.model = model.to(device=self.device, dtype=dtype).eval()
-        self.enc, self.proj = self.model.apm, self.model.audio_projection_layer
-        self.cache = None
-        self._masks: Dict[Tuple[int, int], object] = {}
-
-    def sync(self):
-        if self.device.type == "cuda":
-            self.torch.cuda.synchronize(self.device)
-
-    def _mel(self, mel: np.ndarray):
-        return self.torch.from_numpy(mel)[None].to(self.device, non_blocking=False).to(self.dtype)
-
-    def _embed(self, states, n_tok: int) -> np.ndarray:
-        x = self.proj(states)                                                   # [1, C, D]
-        x = self.torch.nn.functional.avg_pool1d(x.transpose(1, 2), self.pool, self.pool).transpose(1, 2)
-        return x[0, :n_tok].float().cpu().numpy()
-
-    def encode(self, mel: np.ndarray) -> np.ndarray:
-        """get_audio_embedding of one clip (batch of one)."""
-        with self.torch.inference_mode():
-            n_mel = mel.shape[1]
-            C = (n_mel - 1) // 2 + 1
-            key = (C, n_mel)
-            if key not in self._masks:
-                self._masks[key] = block_mask(C, self.block, n_mel).to(self.device)
-            states, _ = self.enc(self._mel(mel), mask=self._masks[key])
-            out = self._embed(states, (C - self.pool) // self.pool + 1)
-        self.sync()
-        return out
-
-    def encode_stream(self, mel: np.ndarray) -> np.ndarray:
-        """get_audio_embedding_streaming of one chunk, with the per-layer K/V cache."""
-        with self.torch.inference_mode():
-            C = (mel.shape[1] - 1) // 2 + 1
-            past_len = 0 if self.cache is None else int(self.cache[0][0].shape[2])
-            if self.cache is not None and past_len + C >= self.n_pos:
-                self.cache, past_len = None, 0
-            states, self.cache = self.enc(self._mel(mel), past=self.cache, offset=past_len)
-            out = self._embed(states, (C - self.pool) // self.pool + 1)
-        self.sync()
-        return out
-
-
-class TorchMel:
-    """WhisperFeatureExtractor's torch path with MiniCPMAAudioProcessor's dynamic clamp."""
-
-    def __init__(self, filters: np.ndarray, device: str):
-        import torch
-
-        self.torch = torch
-        self.device = torch.device(device)
-        self.filters = torch.from_numpy(filters).to(self.device)                 # [80, 201]
-        self.window = torch.hann_window(N_FFT, device=self.device)
-
-    def features(self, pcm: np.ndarray, pad_to: int = 0, dynamic: bool = True) -> np.ndarray:
-        torch = self.torch
-        with torch.inference_mode():
-            x = torch.from_numpy(pcm).to(self.device)
-            if pad_to > x.shape[0]:
-                x = torch.nn.functional.pad(x, (0, pad_to - x.shape[0]))
-            spec = torch.stft(x, N_FFT, HOP, window=self.window, return_complex=True)
-            power = spec[..., :-1].abs() ** 2                                      # [201, frames]
-            log = torch.clamp(self.filters @ power, min=1e-10).log10()
-            if dynamic:
-                log = torch.maximum(log, log.max() - 8.0)
-            out = ((log + 4.0) / 4.0).cpu().numpy()
-        return out
-
-    def offline(self, pcm: np.ndarray) -> np.ndarray:
-        """One clip <= 30 s: padded to 30 s, clamped over all 3000 frames, trimmed."""
-        return self.features(pcm, pad_to=CLIP_SECONDS * SAMPLE_RATE)[:, : math.ceil(len(pcm) / HOP)]
+# PyTorch reference (torch_audio_ref.py)
 
 
 def torch_device(args) -> str:
@@ -692,6 +503,21 @@ def format_table(rows: List[dict], cols: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def loaded_libraries(prefix: str) -> List[str]:
+    """Shared libraries of this process whose file name starts with ``prefix`` (which ggml build
+    the runtime linked, for the record)."""
+    found: List[str] = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split()[-1]
+                if os.path.basename(path).startswith(prefix) and path not in found:
+                    found.append(path)
+    except OSError:
+        pass
+    return found
+
+
 def machine_info() -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
     try:
@@ -781,7 +607,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{meta['pool_step']}; " + "; ".join(dev))
     print(format_table(rows, cols))
     print(f"cold: first call after load; warm: stream = mean of {args.chunks} chunks after {args.warmup_chunks}, "
-          f"offline/mel_30s = median of {args.reps}. llama.cpp: 1 s and 29 s clips, each one padded 30 s window.")
+          f"offline/mel_30s = median of {args.reps}." + (" llama.cpp: 1 s and 29 s clips, each one padded 30 s window."
+                                                         if "llama_cpp" in res else ""))
     if res.get("agreement_max_rel_diff"):
         print("agreement with PyTorch (max abs diff / max abs): " +
               ", ".join(f"{k} {v:.2e}" for k, v in res["agreement_max_rel_diff"].items() if v is not None))

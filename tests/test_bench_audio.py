@@ -1,7 +1,8 @@
-"""benchmarks/bench_audio.py and make_random_audio.py: the random file (ours and the llama.cpp
-variant), the benchmark's PyTorch reference against tests/ref_minicpmo_audio.py, the report
-helpers, and the whole script end to end on a tiny model on the CPU (minicpm.cpp, PyTorch, and
-llama.cpp through a stand-in llama-mtmd-cli that logs as llama.cpp does)."""
+"""benchmarks/bench_audio.py, torch_audio_ref.py and make_random_audio.py: the random file (ours
+and the llama.cpp variant), the benchmark's PyTorch reference against
+tests/ref_minicpmo_audio.py, the report helpers, and the whole script end to end on a tiny
+model on the CPU (minicpm.cpp, PyTorch, and llama.cpp through a stand-in llama-mtmd-cli that
+logs as llama.cpp does)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import os
 import stat
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,6 +35,7 @@ def _load(name):
 
 ba = _load("bench_audio")
 mra = _load("make_random_audio")
+tar = _load("torch_audio_ref")
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,7 @@ def test_torch_reference_matches_tests_reference(tiny_files):
     ours, _, pt = tiny_files
     meta = ba.audio_meta(str(ours))
     state = torch.load(str(pt))
-    from_gguf = ba.torch_state_from_gguf(str(ours), 2)
+    from_gguf = tar.torch_state_from_gguf(str(ours), 2)
     assert set(from_gguf) == set(state)
     for k, v in state.items():
         assert np.array_equal(from_gguf[k].reshape(v.shape), v.numpy()), k
@@ -106,7 +107,7 @@ def test_torch_reference_matches_tests_reference(tiny_files):
     enc.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("apm.")})
     proj.load_state_dict({k[len("audio_projection_layer."):]: v for k, v in state.items()
                           if k.startswith("audio_projection_layer.")})
-    bench = ba.TorchAudio(str(ours), meta, "cpu", torch.float32)
+    bench = tar.TorchAudio(str(ours), meta, "cpu", torch.float32)
     rng = np.random.default_rng(0)
     mel = (0.5 * rng.standard_normal((80, 230))).astype(np.float32)
 
@@ -129,8 +130,9 @@ def test_torch_reference_matches_tests_reference(tiny_files):
 
 def test_torch_mel_matches_ours():
     core = pytest.importorskip("minicpm_cpp._core")
+    assert np.abs(tar.mel_filters() - np.asarray(core.mel_filters())).max() < 1e-6
     pcm = ba.test_pcm(3.0)
-    tm = ba.TorchMel(np.asarray(core.mel_filters(), np.float32), "cpu")
+    tm = tar.TorchMel(tar.mel_filters(), "cpu")
     got, want = tm.offline(pcm), core.log_mel(pcm)
     assert got.shape == want.shape == (80, 300)
     assert np.abs(got - want).max() < 1e-3
@@ -154,10 +156,10 @@ def test_summary_and_pushes():
 
 
 def test_block_mask():
-    m = ba.block_mask(5, 2, 100)[0, 0]
+    m = tar.block_mask(5, 2, 100)[0, 0]
     assert m.tolist()[0] == [True, True, False, False, False]
     assert m.tolist()[2] == [True, True, True, True, False]
-    assert ba.block_mask(4, 0, 3)[0, 0].tolist()[0] == [True, True, True, False]
+    assert tar.block_mask(4, 0, 3)[0, 0].tolist()[0] == [True, True, True, False]
 
 
 def test_table_and_targets():
