@@ -306,7 +306,9 @@ def test_prompt_rules_long_clip_and_two_audios(tok):
 
     ours = ref.build_prompt_ids(d, msgs, audio_rule="per_item", tokenizer=tok)
     assert [e - s for s, e in ours.audio_bounds] == [300, 13]
-    assert "<|audio_end|>\n<|audio_start|>" in ours.text   # pieces joined as items are
+    assert "<|audio_end|>\n<|audio_start|>" in ours.text  # pieces joined as items are
+    omni = ref.build_prompt_ids(d, msgs, audio_rule="per_item", omni_mode=True, tokenizer=tok)
+    assert "<|audio_end|><|audio_start|>" in omni.text
     ref.fill_audio_rows(torch.zeros((len(ours.ids), 4)), ours.audio_bounds, pieces, ours.fill)
 
     two = [{"role": "user", "content": [_pcm(1.0, 1), _pcm(1.5, 2), "Compare."]}]
