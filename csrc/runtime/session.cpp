@@ -218,6 +218,21 @@ struct Session::Impl {
         return *audio;
     }
 
+    // An audio chunk: its embeddings [n_tok][proj_dim] and placeholder tokens (groups of `group`
+    // tokens, 0 = one group).
+    std::shared_ptr<MediaChunk> audio_chunk(std::vector<float> emb, size_t n_samples, uint64_t hash, int64_t group) {
+        auto chunk = std::make_shared<MediaChunk>();
+        chunk->kind = MediaChunk::Kind::Audio;
+        chunk->n_embd = audio->hparams().proj_dim;
+        chunk->embeddings = std::move(emb);
+        const int64_t n_tok = (int64_t) (chunk->embeddings.size() / (size_t) chunk->n_embd);
+        chunk->tokens = audio_placeholder_tokens(model->tokenizer(), n_tok, &chunk->embed_pos, group);
+        chunk->n_pieces = 1;
+        chunk->n_samples = (int64_t) n_samples;
+        chunk->hash = hash;
+        return chunk;
+    }
+
     // One audio piece (<= 30 s) of a chat whose longest piece has batch_frames mel frames.
     std::shared_ptr<const AudioChunk> encode_audio_piece(const float * pcm, size_t n, int64_t batch_frames) {
         const int64_t meta[2] = {(int64_t) n, batch_frames};
@@ -227,16 +242,8 @@ struct Session::Impl {
         AudioEncoder & enc = audio_encoder();
         const AudioHparams & hp = enc.hparams();
         const MelFeatures mel = log_mel_clip(pcm, n, backends.n_threads());
-        auto chunk = std::make_shared<MediaChunk>();
-        chunk->kind = MediaChunk::Kind::Audio;
-        chunk->embeddings = enc.encode(mel.data.data(), mel.n_frames, batch_frames, hp.chunk_frames > 0);
-        const int64_t n_tok = (int64_t) (chunk->embeddings.size() / (size_t) hp.proj_dim);
         const int64_t group = audio_groups_per_second(*model) ? hp.pooled(AudioHparams::encoder_frames(100)) : 0;
-        chunk->tokens = audio_placeholder_tokens(model->tokenizer(), n_tok, &chunk->embed_pos, group);
-        chunk->n_embd = hp.proj_dim;
-        chunk->n_pieces = 1;
-        chunk->n_samples = (int64_t) n;
-        chunk->hash = key;
+        auto chunk = audio_chunk(enc.encode(mel.data.data(), mel.n_frames, batch_frames, hp.chunk_frames > 0), n, key, group);
         timings.audio_ms += now_ms() - t0;
         timings.n_audio += 1;
         audio_cache.put(key, chunk);
@@ -303,16 +310,9 @@ struct Session::Impl {
         stream.chunks += 1;
         timings.audio_ms += now_ms() - t0;
         if (emb.empty()) return 0;   // a tail too short for one audio token
-        auto chunk = std::make_shared<MediaChunk>();
-        chunk->kind = MediaChunk::Kind::Audio;
-        chunk->n_embd = enc.hparams().proj_dim;
-        chunk->embeddings = std::move(emb);
-        const int64_t n_tok = (int64_t) (chunk->embeddings.size() / (size_t) chunk->n_embd);
-        chunk->tokens = audio_placeholder_tokens(model->tokenizer(), n_tok, &chunk->embed_pos);
-        chunk->n_pieces = 1;
-        chunk->n_samples = (int64_t) n;
         const int64_t meta[2] = {(int64_t) n, stream.chunks};
-        chunk->hash = fnv1a(meta, sizeof(meta), fnv1a(chunk->embeddings.data(), chunk->embeddings.size() * sizeof(float)));
+        const uint64_t hash = fnv1a(meta, sizeof(meta), fnv1a(emb.data(), emb.size() * sizeof(float)));
+        auto chunk = audio_chunk(std::move(emb), n, hash, 0);
         timings.n_audio += 1;
         return prefill({PromptSegment{{}, chunk}});
     }

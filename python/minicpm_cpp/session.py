@@ -1,24 +1,24 @@
 """The Pythonic layer over the native core: Model, Session, Tokenizer.
 
 Behaviour lives in C++ (prompt assembly, defaults, generation); this module converts Python
-inputs (PIL images, paths, data URLs, OpenAI-style content parts) into what the core takes and
-wraps generation in iterators.
+inputs (through content.py: PIL images, audio, paths, data URLs, OpenAI-style content parts) into
+what the core takes and wraps generation in iterators.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
 from . import _core
+from .content import Message, audio_part as _audio_part, normalise_messages as _normalise_messages
 from .errors import FileError, InvalidArgumentError
 
 __all__ = ["Model", "Session", "Tokenizer", "ChatTemplate", "list_devices", "set_log_level"]
 
-Message = Mapping[str, Any]
 
 ChatTemplate = _core.ChatTemplate
 
@@ -300,108 +300,6 @@ def _image_args(image: Any, max_slice_nums: Optional[int], use_image_id: Optiona
 
     return (load_image(image), _max_slices(max_slice_nums), _opt_bool(use_image_id, "use_image_id"),
             _count(image_id, "image_id"))
-
-
-def _is_image_like(x: Any) -> bool:
-    if isinstance(x, np.ndarray):
-        return x.ndim != 1
-    mod = type(x).__module__ or ""
-    return mod.startswith("PIL.")
-
-
-# File name endings taken as audio when a content item is a path (str or os.PathLike).
-AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".mp4", ".webm", ".mka", ".wma",
-                    ".aiff", ".aif")
-
-
-def _is_audio_path(x: Any) -> bool:
-    if isinstance(x, os.PathLike):
-        x = os.fspath(x)
-    if not isinstance(x, str) or len(x) > 4096 or "\n" in x:
-        return False
-    return x.lower().endswith(AUDIO_EXTENSIONS) and os.path.isfile(x)
-
-
-def _audio_part(ref: Any, where: str) -> np.ndarray:
-    from .audio import load_audio
-
-    if ref is None:
-        raise InvalidArgumentError(f"{where}: audio part without audio")
-    return load_audio(ref, name=where)
-
-
-def _image_part(ref: Any, where: str) -> np.ndarray:
-    from .image import load_image
-
-    if isinstance(ref, Mapping):
-        ref = ref.get("url")
-    if ref is None:
-        raise InvalidArgumentError(f"{where}: image part without an image")
-    return load_image(ref)
-
-
-def _normalise_parts(content: Any, where: str) -> list:
-    """Content -> a list of str, HxWx3 uint8 arrays (images) and 1-D float32 arrays (16 kHz
-    audio): the parts the core joins. A 1-D float array is audio, as in the reference; a str
-    that names an existing audio file (by its ending, see AUDIO_EXTENSIONS) is read as audio."""
-    if content is None:
-        return [""]
-    if isinstance(content, np.ndarray) and content.ndim == 1:
-        return [_audio_part(content, where)]
-    if _is_audio_path(content):
-        return [_audio_part(content, where)]
-    if isinstance(content, str):
-        return [content]
-    if _is_image_like(content):
-        return [_image_part(content, where)]
-    if not isinstance(content, (list, tuple)):
-        raise InvalidArgumentError(f"{where}: content must be a str or a list, got {type(content).__name__}")
-    parts: list = []
-    for j, part in enumerate(content):
-        w = f"{where}, part {j}"
-        if isinstance(part, np.ndarray) and part.ndim == 1:
-            parts.append(_audio_part(part, w))
-        elif _is_audio_path(part):
-            parts.append(_audio_part(part, w))
-        elif isinstance(part, str):
-            parts.append(part)
-        elif isinstance(part, Mapping):
-            kind = part.get("type")
-            if kind == "text":
-                text = part.get("text", "")
-                if not isinstance(text, str):
-                    raise InvalidArgumentError(f"{w}: text must be a str")
-                parts.append(text)
-            elif kind in ("image_url", "image"):
-                parts.append(_image_part(part.get("image_url", part.get("image")), w))
-            elif kind in ("input_audio", "audio_url", "audio"):
-                parts.append(_audio_part(part, w))
-            else:
-                raise InvalidArgumentError(f"{w}: unsupported content part type {kind!r}")
-        elif _is_image_like(part):
-            parts.append(_image_part(part, w))
-        elif isinstance(part, os.PathLike):
-            raise InvalidArgumentError(f"{w}: {os.fspath(part)!r} is not an audio file this library reads "
-                                       f"(endings {', '.join(AUDIO_EXTENSIONS)}) or does not exist")
-        else:
-            raise InvalidArgumentError(f"{w}: unsupported content item of type {type(part).__name__}")
-    return parts
-
-
-def _normalise_messages(messages: Sequence[Message]) -> list:
-    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-        raise InvalidArgumentError("messages must be a list of {'role': ..., 'content': ...} dicts")
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
-            raise InvalidArgumentError(f"message {i} must be a dict with 'role' and 'content'")
-        if not isinstance(m["role"], str):
-            raise InvalidArgumentError(f"message {i}: role must be a str")
-        d = {"role": m["role"], "content": _normalise_parts(m["content"], f"message {i}")}
-        if m.get("reasoning_content") is not None:
-            d["reasoning_content"] = str(m["reasoning_content"])
-        out.append(d)
-    return out
 
 
 _SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "presence_penalty", "repeat_last_n")
