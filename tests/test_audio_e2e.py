@@ -258,6 +258,38 @@ def test_encoder_streaming_positions_continue(omni):
     assert rel(second, fresh) > 1e-2 and o.enc.stream_frames == 50
 
 
+@pytest.mark.parametrize("fold", [False, True], ids=["fused_qkv", "folded_norms"])
+def test_encoder_fused_and_folded_graphs(fold, omni, converted):
+    """The GPU graph forms, forced on the CPU: one Q|K|V product per layer (bias with zeros for
+    K), and with fold_norms each LayerNorm's scale/shift inside the next product. At F32 both
+    equal the reference, offline (block mask and full attention) and streaming; at F16 the fold
+    costs at most one more rounding of those matrices."""
+    o = omni(O45)
+    enc = _core.AudioModel(str(o.gguf), "cpu", 0, fuse_qkv=True, fold_norms=fold)
+    assert enc.hparams["fused_qkv"] and enc.hparams["folded_norms"] == fold
+    for k, (seconds, chunked) in enumerate(((1.0, True), (7.3, True), (2.37, False))):
+        mel = _mel(seconds, 20 + k)
+        r = o.audio.forward_batch([mel], chunk_length=1.0 if chunked else -1)
+        c, n = ref.encoder_frames(mel.shape[1]), r["n_tokens"][0]
+        emb, states = enc.encode(mel, mel.shape[1], chunked)
+        assert rel(states, r["states"][0, :c]) <= RTOL and rel(emb, r["pooled"][0, :n]) <= RTOL
+    mel = ref_audio_mel.offline_features(pcm(4.0, 8))[0]
+    s = ref.AudioStreamRef(o.audio)
+    for at in range(0, 400, 100):
+        want = s.process(mel[:, at : at + 100])
+        got, _ = enc.encode_stream(mel[:, at : at + 100])
+        assert rel(got, want) <= RTOL
+    # F16: the folded matrices are rounded once more; the error stays of the unfolded F16's size.
+    f16 = str(converted(o.dir, "f16"))
+    mel = _mel(7.3, 30)
+    want = o.audio.forward_batch([mel])["pooled"][0]
+    plain, _ = _core.AudioModel(f16, "cpu", 0, fuse_qkv=False, fold_norms=False).encode(mel, mel.shape[1], True)
+    this, _ = _core.AudioModel(f16, "cpu", 0, fuse_qkv=True, fold_norms=fold).encode(mel, mel.shape[1], True)
+    e_plain, e_this = rel(plain, want[: plain.shape[0]]), rel(this, want[: this.shape[0]])
+    print(f"F16 embeddings vs F32 reference: plain {e_plain:.1e}, {'folded' if fold else 'fused'} {e_this:.1e}")
+    assert e_this <= max(2.0 * e_plain, 1e-3)
+
+
 # ------------------------------------------------------------------------------ 2. prompts
 
 def _msgs_cases():

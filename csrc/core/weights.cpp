@@ -128,6 +128,39 @@ ggml_tensor * WeightStore::fuse_rows(const std::vector<ggml_tensor *> & parts, c
     return f;
 }
 
+ggml_tensor * WeightStore::derived(const std::string & name, ggml_type type, std::vector<int64_t> shape,
+                                   std::function<void(uint8_t * dst)> fill) {
+    int64_t ne[GGML_MAX_DIMS] = {1, 1, 1, 1};
+    for (size_t i = 0; i < shape.size() && i < GGML_MAX_DIMS; ++i) ne[i] = shape[i];
+    ggml_tensor * t = ggml_new_tensor(ctx_fused_, type, GGML_MAX_DIMS, ne);
+    if (!t) fail(ErrorKind::Internal, "no room for derived tensor " + name);
+    ggml_set_name(t, name.c_str());
+    derived_.push_back({t, std::move(fill)});
+    return t;
+}
+
+void WeightStore::drop(ggml_tensor * t) {
+    Entry * e = find_entry(t);
+    if (!e || e->fused) fail(ErrorKind::Internal, std::string("cannot drop tensor ") + ggml_get_name(t));
+    e->dropped    = true;
+    e->cpu_matmul = false;
+}
+
+std::vector<float> WeightStore::read_f32(const ggml_tensor * t) const {
+    const uint8_t * src = (const uint8_t *) mapped_data(t);
+    const int64_t   n   = ggml_nelements(t);
+    std::vector<float> out((size_t) n);
+    switch (t->type) {
+        case GGML_TYPE_F32: std::memcpy(out.data(), src, (size_t) n * sizeof(float)); break;
+        case GGML_TYPE_F16: ggml_fp16_to_fp32_row((const ggml_fp16_t *) src, out.data(), n); break;
+        case GGML_TYPE_BF16: ggml_bf16_to_fp32_row((const ggml_bf16_t *) src, out.data(), n); break;
+        default:
+            fail(ErrorKind::Format, std::string("tensor ") + ggml_get_name(t) + " must be F32, F16 or BF16, not " +
+                                        ggml_type_name(t->type));
+    }
+    return out;
+}
+
 void WeightStore::load() {
     const uint8_t * base = file_.mapping().data();
     // Fused tensors first (on the compute device, or in CPU memory for a CPU model); their
@@ -139,6 +172,13 @@ void WeightStore::load() {
         if (!buf) fail(ErrorKind::Backend, "cannot allocate " + devices_.main_name() + " memory for fused weights");
         ggml_backend_buffer_set_usage(buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
         buffers_.push_back(buf);
+        for (const Derived & d : derived_) {
+            std::vector<uint8_t> bytes(ggml_nbytes(d.tensor), 0);
+            d.fill(bytes.data());
+            ggml_backend_tensor_set(d.tensor, bytes.data(), 0, bytes.size());
+            if (devices_.main_is_cpu()) bytes_host_ += bytes.size();
+            else bytes_main_ += bytes.size();
+        }
         for (auto & e : entries_) {
             if (!e.fused) continue;
             e.tensor->view_src  = e.fused;
@@ -183,7 +223,7 @@ void WeightStore::load() {
     }
     // Host tensors: use the mapped file in place.
     bool have_host = false;
-    for (auto & e : entries_) have_host = have_host || (e.placement == Placement::Host && !e.buft && !e.fused);
+    for (auto & e : entries_) have_host = have_host || (e.placement == Placement::Host && !e.buft && !e.fused && !e.dropped);
     if (have_host) {
         ggml_backend_buffer_t buf = ggml_backend_dev_buffer_from_host_ptr(
             devices_.cpu(), (void *) base, file_.mapping().size(), file_.mapping().size());
@@ -192,13 +232,13 @@ void WeightStore::load() {
             buf = ggml_backend_alloc_ctx_tensors_from_buft(ctx_host_, ggml_backend_cpu_buffer_type());
             if (!buf) fail(ErrorKind::Backend, "cannot allocate host memory for the weights");
             for (auto & e : entries_) {
-                if (e.placement != Placement::Host || e.buft || e.fused) continue;
+                if (e.placement != Placement::Host || e.buft || e.fused || e.dropped) continue;
                 ggml_backend_tensor_set(e.tensor, base + e.info->offset, 0, e.info->nbytes);
                 bytes_host_ += e.info->nbytes;
             }
         } else {
             for (auto & e : entries_) {
-                if (e.placement != Placement::Host || e.buft || e.fused) continue;
+                if (e.placement != Placement::Host || e.buft || e.fused || e.dropped) continue;
                 if (ggml_backend_tensor_alloc(buf, e.tensor, (void *) (base + e.info->offset)) != GGML_STATUS_SUCCESS) {
                     fail(ErrorKind::Backend, "cannot place tensor " + e.info->name + " in host memory");
                 }
@@ -209,20 +249,39 @@ void WeightStore::load() {
         buffers_.push_back(buf);
     }
     bool have_main = false;
-    for (auto & e : entries_) have_main = have_main || (e.placement == Placement::Main && !e.fused);
+    for (auto & e : entries_) have_main = have_main || (e.placement == Placement::Main && !e.fused && !e.dropped);
     if (have_main) {
-        ggml_backend_buffer_type_t buft = devices_.main_buffer_type();
-        ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors_from_buft(ctx_main_, buft);
-        if (!buf) {
-            fail(ErrorKind::Backend, "cannot allocate " + devices_.main_name() + " memory for the weights of " +
-                                         file_.path());
-        }
-        ggml_backend_buffer_set_usage(buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
-        buffers_.push_back(buf);
+        // Buffers for the tensors that are loaded (fused parts are views, dropped ones unused),
+        // each at most the buffer type's maximum size (Metal limits one buffer).
+        ggml_backend_buffer_type_t buft     = devices_.main_buffer_type();
+        const size_t               align    = ggml_backend_buft_get_alignment(buft);
+        const size_t               max_size = ggml_backend_buft_get_max_size(buft);
+        std::vector<std::pair<std::vector<Entry *>, size_t>> groups(1);
         for (auto & e : entries_) {
-            if (e.placement != Placement::Main || e.fused) continue;
-            ggml_backend_tensor_set(e.tensor, base + e.info->offset, 0, e.info->nbytes);
-            bytes_main_ += e.info->nbytes;
+            if (e.placement != Placement::Main || e.fused || e.dropped) continue;
+            const size_t sz = GGML_PAD(ggml_backend_buft_get_alloc_size(buft, e.tensor), align);
+            if (!groups.back().first.empty() && groups.back().second + sz > max_size) groups.emplace_back();
+            groups.back().first.push_back(&e);
+            groups.back().second += sz;
+        }
+        for (auto & [group, total] : groups) {
+            ggml_backend_buffer_t buf = ggml_backend_buft_alloc_buffer(buft, total);
+            if (!buf) {
+                fail(ErrorKind::Backend, "cannot allocate " + devices_.main_name() + " memory for the weights of " +
+                                             file_.path());
+            }
+            ggml_backend_buffer_set_usage(buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+            buffers_.push_back(buf);
+            uint8_t * addr = (uint8_t *) ggml_backend_buffer_get_base(buf);
+            for (Entry * e : group) {
+                if (ggml_backend_tensor_alloc(buf, e->tensor, addr) != GGML_STATUS_SUCCESS) {
+                    fail(ErrorKind::Backend, "cannot place tensor " + e->info->name + " in " + devices_.main_name() +
+                                                 " memory");
+                }
+                addr += GGML_PAD(ggml_backend_buft_get_alloc_size(buft, e->tensor), align);
+                ggml_backend_tensor_set(e->tensor, e->info->offset + base, 0, e->info->nbytes);
+                bytes_main_ += e->info->nbytes;
+            }
         }
     }
 }

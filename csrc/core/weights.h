@@ -10,6 +10,7 @@
 #include "ggml-backend.h"
 #include "ggml.h"
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,18 @@ public:
     // runs on the CPU with fusion not forced (the mapped file cannot hold them back to back).
     ggml_tensor * fuse_rows(const std::vector<ggml_tensor *> & parts, const std::string & name, bool on_cpu_too);
 
+    // A tensor that is not in the file but computed at load() from tensors that are (a fused
+    // bias, a weight with a LayerNorm's scale folded in): `fill` receives the destination bytes
+    // (ggml_row_size(type, ne0) * rows, zeroed) and may read declared tensors through
+    // mapped_data() / read_f32(). It lives where fused tensors do (the compute device, or CPU
+    // memory for a CPU model).
+    ggml_tensor * derived(const std::string & name, ggml_type type, std::vector<int64_t> shape,
+                          std::function<void(uint8_t * dst)> fill);
+    // A declared tensor that the graphs will not use (a derived one replaces it): load() skips it.
+    void drop(ggml_tensor * t);
+    // A declared float tensor (F32/F16/BF16) of the file as F32 values.
+    std::vector<float> read_f32(const ggml_tensor * t) const;
+
     // Allocates backend memory and copies (or maps) the data of every declared tensor.
     void load();
 
@@ -68,6 +81,11 @@ private:
         ggml_backend_buffer_type_t buft; // set in load(): the CPU extra buffer type it goes to
         ggml_tensor *      fused = nullptr;   // the tensor it is a view of (fuse_rows)
         size_t             fused_offs = 0;
+        bool               dropped = false;   // not loaded (drop)
+    };
+    struct Derived {
+        ggml_tensor *                      tensor;
+        std::function<void(uint8_t * dst)> fill;
     };
     ggml_backend_buffer_type_t repack_type_for(ggml_tensor * t) const;
     Entry * find_entry(const ggml_tensor * t);
@@ -78,6 +96,7 @@ private:
     ggml_context *        ctx_host_ = nullptr;
     ggml_context *        ctx_fused_ = nullptr;   // tensors made by fuse_rows
     std::vector<Entry>    entries_;
+    std::vector<Derived>  derived_;
     std::vector<ggml_backend_buffer_t> buffers_;
     size_t                bytes_main_ = 0;
     size_t                bytes_host_ = 0;

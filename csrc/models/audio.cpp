@@ -172,6 +172,111 @@ AudioWeights AudioWeights::declare(WeightStore & s, const GgufFile & f, const Au
     return w;
 }
 
+namespace {
+
+bool is_float_type(ggml_type t) { return t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16; }
+
+// n F32 values stored as `type` (F32 / F16 / BF16) at dst.
+void store_as(ggml_type type, const float * src, int64_t n, uint8_t * dst) {
+    switch (type) {
+        case GGML_TYPE_F32: std::memcpy(dst, src, (size_t) n * sizeof(float)); break;
+        case GGML_TYPE_F16: ggml_fp32_to_fp16_row(src, (ggml_fp16_t *) dst, n); break;
+        case GGML_TYPE_BF16: ggml_fp32_to_bf16_row(src, (ggml_bf16_t *) dst, n); break;
+        default: fail(ErrorKind::Internal, "audio: cannot store a folded matrix as " + std::string(ggml_type_name(type)));
+    }
+}
+
+// The rows of `mats` (each [n_in, rows_k], F32/F16/BF16) back to back with input column j scaled
+// by g[j] (g empty: unscaled), stored as `type`; and the bias rows' `bias` plus W * b
+// (b empty: nothing added). The matrices are read from the file.
+struct FoldSpec {
+    std::vector<ggml_tensor *> mats;
+    std::vector<ggml_tensor *> biases;   // one per matrix; nullptr = zeros
+    ggml_tensor *              g = nullptr, * b = nullptr;   // the LayerNorm before the product
+};
+
+void fill_folded_matrix(const WeightStore & s, const FoldSpec & f, ggml_type type, uint8_t * dst) {
+    const std::vector<float> g = f.g ? s.read_f32(f.g) : std::vector<float>();
+    size_t offs = 0;
+    for (ggml_tensor * m : f.mats) {
+        std::vector<float> w = s.read_f32(m);
+        const int64_t n_in = m->ne[0], rows = m->ne[1];
+        if (!g.empty()) {
+            for (int64_t r = 0; r < rows; ++r) {
+                float * row = w.data() + r * n_in;
+                for (int64_t j = 0; j < n_in; ++j) row[j] *= g[(size_t) j];
+            }
+        }
+        store_as(type, w.data(), n_in * rows, dst + offs);
+        offs += ggml_row_size(type, n_in) * (size_t) rows;
+    }
+}
+
+void fill_folded_bias(const WeightStore & s, const FoldSpec & f, uint8_t * dst) {
+    float * out = (float *) dst;
+    const std::vector<float> b = f.b ? s.read_f32(f.b) : std::vector<float>();
+    int64_t r0 = 0;
+    for (size_t k = 0; k < f.mats.size(); ++k) {
+        ggml_tensor * m = f.mats[k];
+        const int64_t n_in = m->ne[0], rows = m->ne[1];
+        if (f.biases[k]) {
+            const std::vector<float> c = s.read_f32(f.biases[k]);
+            std::memcpy(out + r0, c.data(), (size_t) rows * sizeof(float));
+        }
+        if (!b.empty()) {
+            const std::vector<float> w = s.read_f32(m);
+            for (int64_t r = 0; r < rows; ++r) {
+                double acc = 0.0;
+                const float * row = w.data() + r * n_in;
+                for (int64_t j = 0; j < n_in; ++j) acc += (double) row[j] * b[(size_t) j];
+                out[r0 + r] += (float) acc;
+            }
+        }
+        r0 += rows;
+    }
+}
+
+} // namespace
+
+bool AudioWeights::fuse(WeightStore & s, const AudioHparams & hp, bool fuse_qkv, bool fold_norms, bool on_cpu) {
+    const int64_t E = hp.n_embd, F = hp.n_ff;
+    const AudioLayer & L0 = layers.front();
+    const ggml_type t = L0.q_w->type;
+    bool fold = fold_norms && is_float_type(t) && L0.fc1_w->type == t;
+    for (const AudioLayer & L : layers) {
+        fold = fold && L.q_w->type == t && L.k_w->type == t && L.v_w->type == t && L.fc1_w->type == t;
+        for (ggml_tensor * v : {L.ln1_w, L.ln1_b, L.ln2_w, L.ln2_b, L.q_b, L.v_b, L.fc1_b}) fold = fold && is_float_type(v->type);
+    }
+    for (size_t il = 0; il < layers.size(); ++il) {
+        AudioLayer & L = layers[il];
+        const std::string p = "a.blk." + std::to_string(il);
+        if (fold) {
+            FoldSpec qkv{{L.q_w, L.k_w, L.v_w}, {L.q_b, nullptr, L.v_b}, L.ln1_w, L.ln1_b};
+            FoldSpec fc1{{L.fc1_w}, {L.fc1_b}, L.ln2_w, L.ln2_b};
+            L.qkv_w = s.derived(p + ".attn_qkv.folded", t, {E, 3 * E},
+                                [&s, qkv, t](uint8_t * d) { fill_folded_matrix(s, qkv, t, d); });
+            L.qkv_b = s.derived(p + ".attn_qkv_b.folded", GGML_TYPE_F32, {3 * E},
+                                [&s, qkv](uint8_t * d) { fill_folded_bias(s, qkv, d); });
+            ggml_tensor * up = s.derived(p + ".ffn_up.folded", t, {E, F},
+                                         [&s, fc1, t](uint8_t * d) { fill_folded_matrix(s, fc1, t, d); });
+            ggml_tensor * up_b = s.derived(p + ".ffn_up_b.folded", GGML_TYPE_F32, {F},
+                                           [&s, fc1](uint8_t * d) { fill_folded_bias(s, fc1, d); });
+            for (ggml_tensor * m : {L.q_w, L.k_w, L.v_w, L.fc1_w}) s.drop(m);
+            L.q_w = L.k_w = L.v_w = nullptr;
+            L.fc1_w = up;
+            L.fc1_b = up_b;
+            L.ln1_w = L.ln1_b = L.ln2_w = L.ln2_b = nullptr;
+        } else if (fuse_qkv) {
+            L.qkv_w = s.fuse_rows({L.q_w, L.k_w, L.v_w}, p + ".attn_qkv.fused", on_cpu);
+            if (!L.qkv_w) continue;
+            FoldSpec qkv{{L.q_w, L.k_w, L.v_w}, {L.q_b, nullptr, L.v_b}, nullptr, nullptr};
+            L.qkv_b = s.derived(p + ".attn_qkv_b.fused", GGML_TYPE_F32, {3 * E},
+                                [&s, qkv](uint8_t * d) { fill_folded_bias(s, qkv, d); });
+        }
+    }
+    return fold;
+}
+
 size_t AudioModel::weight_bytes() const { return store->bytes_on_main() + store->bytes_on_host() + store->bytes_repacked(); }
 
 namespace {
@@ -181,9 +286,15 @@ std::unique_ptr<Component> audio_load(const ComponentLoad & in) {
     m->hp = AudioHparams::from_gguf(in.file);
     m->store = std::make_unique<WeightStore>(in.file, in.devices, (size_t) (m->hp.n_layer * 16 + 16));
     m->w = AudioWeights::declare(*m->store, in.file, m->hp);
-    m->store->load();
     const AudioLayer & L0 = m->w.layers.front();
     m->exact = L0.q_w->type == GGML_TYPE_F32 && L0.fc1_w->type == GGML_TYPE_F32 && m->w.mm1_w->type == GGML_TYPE_F32;
+    // Fewer graph nodes on GPUs, where a pass is bound by per-kernel cost (benchmarks/RESULTS.md).
+    const bool on_gpu = !in.devices.main_is_cpu();
+    const bool fuse = in.params.fuse_qkv.value_or(on_gpu);
+    const bool fold = in.params.audio_fold_norms.value_or(on_gpu);
+    m->folded_norms = m->w.fuse(*m->store, m->hp, fuse, fold, in.params.fuse_qkv.value_or(false) || fold);
+    m->fused_qkv = m->w.layers.front().qkv_w != nullptr;
+    m->store->load();
     // Flash attention wherever the weights are already rounded (F16, quantized): on GPUs and on
     // the CPU alike (no [T, T] score matrix; ggml's CPU kernel beats the generic products).
     if (!m->exact) {
@@ -200,9 +311,10 @@ std::unique_ptr<Component> audio_load(const ComponentLoad & in) {
         m->flash = in.devices.supports_op(o);
         ggml_free(ctx);
     }
-    MINICPM_LOG_INFO("audio: Whisper encoder %lld layers x %lld, pool %lld, %s weights%s%s",
+    MINICPM_LOG_INFO("audio: Whisper encoder %lld layers x %lld, pool %lld, %s weights%s%s%s",
                      (long long) m->hp.n_layer, (long long) m->hp.n_embd, (long long) m->hp.pool_step,
                      m->exact ? "f32" : "reduced-precision", m->flash ? ", flash attention" : "",
+                     m->folded_norms ? ", norms folded" : m->fused_qkv ? ", fused QKV" : "",
                      m->hp.omni_layout ? " (llama.cpp-omni file)" : "");
     return m;
 }
@@ -237,26 +349,46 @@ ggml_tensor * front_end(ggml_context * ctx, const AudioWeights & w, ggml_tensor 
     return cur;
 }
 
-// K and V of one layer for the current frames: [E, n] each.
-struct KvSource {
-    // Returns the keys/values attended ([hd, n_kv, H] views) for the layer's new k/v [E, n].
-    std::function<std::pair<ggml_tensor *, ggml_tensor *>(int il, ggml_tensor * k, ggml_tensor * v)> attend_kv;
+// Attention of one layer: called with the queries q [hd, H, n] and the layer's new keys and
+// values k, v [E, n] (possibly views with a row stride); returns the attention output [E, n].
+struct AttnSource {
+    std::function<ggml_tensor *(int il, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v)> attend;
 };
 
-// The pre-LN blocks and the final LayerNorm over x [E, n] (positions already added).
-ggml_tensor * blocks(ggml_context * ctx, const AudioHparams & hp, const AudioWeights & w, bool flash,
-                     ggml_tensor * x, ggml_tensor * mask, const KvSource & kv) {
+// The pre-LN blocks and the final LayerNorm over x [E, n] (positions already added). Where the
+// layers have a fused Q|K|V matrix, `fused` computes the three as one product; otherwise its
+// row blocks serve as three products. The key bias (zero in the file, W_k b with folded norms)
+// is left out: it adds q . b to every score of a row, which the softmax cancels.
+ggml_tensor * blocks(ggml_context * ctx, const AudioHparams & hp, const AudioWeights & w, ggml_tensor * x,
+                     bool fused, const AttnSource & attn) {
     using namespace graph;
     const int64_t E = hp.n_embd, H = hp.n_head, hd = E / H, n = x->ne[1];
-    const float   scale = 1.0f / std::sqrt((float) hd);
     for (int il = 0; il < (int) hp.n_layer; ++il) {
         const AudioLayer & L = w.layers[(size_t) il];
-        ggml_tensor * cur = layer_norm(ctx, x, L.ln1_w, L.ln1_b, hp.eps);
-        ggml_tensor * q = ggml_reshape_3d(ctx, linear(ctx, cur, L.q_w, L.q_b), hd, H, n);
-        ggml_tensor * k = ggml_mul_mat(ctx, L.k_w, cur);
-        ggml_tensor * v = linear(ctx, cur, L.v_w, L.v_b);
-        auto [kk, vv] = kv.attend_kv(il, k, v);
-        cur = attention(ctx, q, kk, vv, mask, scale, flash);                               // [E, n]
+        ggml_tensor * cur = layer_norm(ctx, x, L.ln1_w, L.ln1_b, hp.eps);   // (plain norm when folded)
+        ggml_tensor * q, * k, * v;
+        if (L.qkv_w && fused) {
+            ggml_tensor * qkv = linear(ctx, cur, L.qkv_w, L.qkv_b);                     // [3E, n]
+            const size_t es = ggml_element_size(qkv);
+            q = ggml_view_3d(ctx, qkv, hd, H, n, hd * es, qkv->nb[1], 0);
+            k = ggml_view_2d(ctx, qkv, E, n, qkv->nb[1], (size_t) E * es);
+            v = ggml_view_2d(ctx, qkv, E, n, qkv->nb[1], (size_t) (2 * E) * es);
+        } else if (L.qkv_w) {
+            auto rows = [&](int part) {
+                return ggml_view_2d(ctx, L.qkv_w, E, E, L.qkv_w->nb[1], L.qkv_w->nb[1] * (size_t) (part * E));
+            };
+            auto bias = [&](int part) {
+                return ggml_view_1d(ctx, L.qkv_b, E, ggml_element_size(L.qkv_b) * (size_t) (part * E));
+            };
+            q = ggml_reshape_3d(ctx, linear(ctx, cur, rows(0), bias(0)), hd, H, n);
+            k = ggml_mul_mat(ctx, rows(1), cur);
+            v = linear(ctx, cur, rows(2), bias(2));
+        } else {
+            q = ggml_reshape_3d(ctx, linear(ctx, cur, L.q_w, L.q_b), hd, H, n);
+            k = ggml_mul_mat(ctx, L.k_w, cur);
+            v = linear(ctx, cur, L.v_w, L.v_b);
+        }
+        cur = attn.attend(il, q, k, v);                                                    // [E, n]
         cur = linear(ctx, cur, L.o_w, L.o_b);
         x = ggml_add(ctx, x, cur);
         cur = layer_norm(ctx, x, L.ln2_w, L.ln2_b, hp.eps);
@@ -271,7 +403,10 @@ ggml_tensor * blocks(ggml_context * ctx, const AudioHparams & hp, const AudioWei
 }
 
 // Projector on the first n_tok * pool_step frames of `states`, then the average of each group of
-// pool_step frames: [D, n_tok].
+// pool_step frames: [D, n_tok]. The sum is p strided views added (one kernel on CUDA) instead
+// of a row reduction over p values (0.7 ms for 30 s on an H200). (Pooling before linear2, which
+// is linear, would save work, but doubled the error of F16-accumulating GPU products: the
+// average of p products is less noisy than one product of the average.)
 ggml_tensor * project_pool(ggml_context * ctx, const AudioHparams & hp, const AudioWeights & w, ggml_tensor * states,
                            int64_t n_tok) {
     using namespace graph;
@@ -279,10 +414,13 @@ ggml_tensor * project_pool(ggml_context * ctx, const AudioHparams & hp, const Au
     ggml_tensor * x = ggml_view_2d(ctx, states, states->ne[0], n_tok * p, states->nb[1], 0);
     x = ggml_relu(ctx, linear(ctx, x, w.mm1_w, w.mm1_b));
     x = linear(ctx, x, w.mm2_w, w.mm2_b);                                                  // [D, n_tok * p]
-    x = ggml_reshape_3d(ctx, x, D, p, n_tok);
-    x = ggml_cont(ctx, ggml_permute(ctx, x, 1, 0, 2, 3));                                  // [p, D, n_tok]
-    x = ggml_scale(ctx, ggml_sum_rows(ctx, x), 1.0f / (float) p);                          // [1, D, n_tok]
-    x = ggml_reshape_2d(ctx, x, D, n_tok);
+    ggml_tensor * sum = nullptr;
+    for (int64_t i = 0; i < p; ++i) {
+        ggml_tensor * part = ggml_view_2d(ctx, x, D, n_tok, x->nb[1] * (size_t) p, x->nb[1] * (size_t) i);
+        sum = sum ? ggml_add(ctx, sum, part) : part;
+    }
+    if (p == 1) sum = ggml_cont(ctx, sum);
+    x = ggml_scale(ctx, sum, 1.0f / (float) p);
     ggml_set_name(x, "audio_embd");
     return x;
 }
@@ -290,9 +428,12 @@ ggml_tensor * project_pool(ggml_context * ctx, const AudioHparams & hp, const Au
 std::pair<ggml_tensor *, ggml_tensor *> heads_view(ggml_context * ctx, ggml_tensor * k, ggml_tensor * v, int64_t hd,
                                                     int64_t H) {
     const int64_t n = k->ne[1];
-    k = ggml_permute(ctx, ggml_reshape_3d(ctx, k, hd, H, n), 0, 2, 1, 3);                  // [hd, n, H]
-    v = ggml_permute(ctx, ggml_reshape_3d(ctx, v, hd, H, n), 0, 2, 1, 3);
-    return {k, v};
+    // (views, so that rows of a fused Q|K|V product work as well as contiguous tensors)
+    auto heads = [&](ggml_tensor * t) {
+        t = ggml_view_3d(ctx, t, hd, H, n, hd * ggml_element_size(t), t->nb[1], 0);
+        return ggml_permute(ctx, t, 0, 2, 1, 3);                                           // [hd, n, H]
+    };
+    return {heads(k), heads(v)};
 }
 
 } // namespace
@@ -313,23 +454,26 @@ struct AudioEncoder::Impl {
     int64_t                 cache_len = 0;
     GraphKey                mask_key;        // what mask_host holds: (T, mel frames, block)
     std::vector<float>      mask_host;
-    std::vector<ggml_fp16_t> mask_host16;
     GraphIO                 io;
     GraphIO                 sio;
     ggml_type               cache_type;
+    // Streaming attention over the written cache rows only, with plain products (CPU): at 800
+    // cached frames 145 ms per chunk against 297 ms for flash attention, whose CPU kernel pays
+    // per query and key (2 threads, benchmarks/RESULTS.md).
+    bool                    span_graphs;
 
     Impl(const AudioModel & model, const ComputeBackends & b, const DebugOptions & d)
         : m(model), hp(model.hp), backends(b), debug(d), runner("audio", b, max_nodes(model.hp)), observer("audio", d),
-          cache_type(model.exact ? GGML_TYPE_F32 : GGML_TYPE_F16) {
-        // The largest offline graph: a 30 s piece (every position row), 1 s chunk mask.
+          cache_type(model.exact ? GGML_TYPE_F32 : GGML_TYPE_F16), span_graphs(b.main_is_cpu()) {
+        // The offline mask lives in the runner's state buffer: uploaded when its shape or the
+        // item's length changes, not at every call (30 s: 4.5 MiB at F16).
         const int64_t T = hp.n_pos;
+        runner.add_state("audio_mask", m.flash ? GGML_TYPE_F16 : GGML_TYPE_F32, {T * T});
+        runner.allocate_state();
+        // The largest offline graph: a 30 s piece (every position row), 1 s chunk mask.
         runner.reserve([&](ggml_context * ctx, ggml_cgraph * gf) { build_offline(ctx, gf, 2 * T, T, hp.pooled(T)); },
                        "audio encoder compute buffers for a 30 s clip");
         observer.attach(runner);
-    }
-
-    ggml_tensor * mask_type_tensor(ggml_context * ctx, int64_t n_kv, int64_t n_q) const {
-        return ggml_new_tensor_2d(ctx, m.flash ? GGML_TYPE_F16 : GGML_TYPE_F32, n_kv, n_q);
     }
 
     // Offline graph: n_in mel frames in, T encoder frames attended, n_tok pooled tokens out.
@@ -338,22 +482,25 @@ struct AudioEncoder::Impl {
         io.mel = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n_in, hp.n_mel);
         ggml_set_name(io.mel, "inp_mel");
         ggml_set_input(io.mel);
-        io.mask = mask_type_tensor(ctx, T, T);
-        ggml_set_name(io.mask, "inp_audio_mask");
-        ggml_set_input(io.mask);
+        ggml_tensor * mask_state = runner.state("audio_mask");
+        io.mask = ggml_view_2d(ctx, mask_state, T, T, (size_t) T * ggml_element_size(mask_state), 0);
+        ggml_set_name(io.mask, "audio_mask");
         ggml_tensor * x = front_end(ctx, m.w, io.mel);
         x = ggml_view_2d(ctx, x, hp.n_embd, T, x->nb[1], 0);
         x = ggml_add(ctx, x, ggml_view_2d(ctx, m.w.pos, hp.n_embd, T, m.w.pos->nb[1], 0));
-        const int64_t hd = hp.n_embd / hp.n_head;
-        // Flash attention's fast kernels take F16 keys and values.
-        KvSource kv{[&](int, ggml_tensor * k, ggml_tensor * v) {
-            if (m.flash) {
+        const int64_t hd = hp.n_embd / hp.n_head, E = hp.n_embd;
+        const float   scale = 1.0f / std::sqrt((float) hd);
+        AttnSource attn{[&](int, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v) {
+            if (m.flash) {   // flash attention's fast kernels take F16 keys and values
                 k = ggml_cast(ctx, k, GGML_TYPE_F16);
                 v = ggml_cast(ctx, v, GGML_TYPE_F16);
             }
-            return heads_view(ctx, k, v, hd, hp.n_head);
+            auto [kk, vv] = heads_view(ctx, k, v, hd, hp.n_head);
+            return graph::attention(ctx, q, kk, vv, io.mask, scale, m.flash);
         }};
-        io.states = blocks(ctx, hp, m.w, m.flash, x, io.mask, kv);
+        // Separate Q, K, V products: at 1500 frames they are compute-bound anyway, and K and V
+        // come out contiguous for their F16 conversion (views of a fused product convert slowly).
+        io.states = blocks(ctx, hp, m.w, x, /*fused=*/false, attn);
         ggml_set_output(io.states);
         ggml_build_forward_expand(gf, io.states);
         if (n_tok > 0) {
@@ -372,7 +519,7 @@ struct AudioEncoder::Impl {
         }
         stream_runner->allocate_state();
         stream_runner->reserve([&](ggml_context * ctx, ggml_cgraph * gf) {
-            build_stream(ctx, gf, 104, 52, 0);
+            build_stream(ctx, gf, 104, 52, 0, span_graphs ? hp.n_pos : 0);
         }, "audio streaming compute buffers");
         stream_observer = std::make_unique<EvalObserver>("audio-stream", debug);
         stream_observer->attach(*stream_runner);
@@ -380,10 +527,12 @@ struct AudioEncoder::Impl {
     }
 
     // Streaming graph: n_in mel frames; `cur` encoder frames kept from offset `pre` after the
-    // convolutions. Where they go is an input (their cache rows and position rows, `inp_rows`),
-    // and attention runs over the whole cache with a mask hiding the rows not yet written: one
-    // graph serves every chunk of a size (kept allocated; CUDA replays it as a CUDA graph).
-    void build_stream(ggml_context * ctx, ggml_cgraph * gf, int64_t n_in, int64_t cur, int64_t pre) {
+    // convolutions. Where they go is an input (their cache rows and position rows, `inp_rows`).
+    // span == 0 (GPUs): attention runs over the whole cache with a mask hiding the rows not yet
+    // written, so one graph serves every chunk of a size (kept allocated; CUDA replays it as a
+    // CUDA graph). span > 0 (CPU): over the first `span` cache rows, all written, without a mask:
+    // the work follows the cache instead of its capacity, for a graph build per chunk.
+    void build_stream(ggml_context * ctx, ggml_cgraph * gf, int64_t n_in, int64_t cur, int64_t pre, int64_t span) {
         sio = GraphIO{};
         sio.mel = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n_in, hp.n_mel);
         ggml_set_name(sio.mel, "inp_mel");
@@ -394,20 +543,29 @@ struct AudioEncoder::Impl {
         sio.rows32 = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, cur);
         ggml_set_name(sio.rows32, "inp_rows32");
         ggml_set_input(sio.rows32);
-        sio.mask = mask_type_tensor(ctx, hp.n_pos, cur);
-        ggml_set_name(sio.mask, "inp_audio_mask");
-        ggml_set_input(sio.mask);
+        if (!span) {
+            sio.mask = ggml_new_tensor_2d(ctx, m.flash ? GGML_TYPE_F16 : GGML_TYPE_F32, hp.n_pos, cur);
+            ggml_set_name(sio.mask, "inp_audio_mask");
+            ggml_set_input(sio.mask);
+        }
         ggml_tensor * x = front_end(ctx, m.w, sio.mel);
         x = ggml_view_2d(ctx, x, hp.n_embd, cur, x->nb[1], (size_t) pre * x->nb[1]);
         x = ggml_add(ctx, x, ggml_get_rows(ctx, m.w.pos, sio.rows32));
         const int64_t hd = hp.n_embd / hp.n_head;
+        const float   scale = 1.0f / std::sqrt((float) hd);
         GraphRunner & r = *stream_runner;
-        KvSource kv{[&](int il, ggml_tensor * k, ggml_tensor * v) {
+        AttnSource attn{[&](int il, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v) {
             ggml_tensor * kc = ggml_set_rows(ctx, r.state("audio_k-" + std::to_string(il)), k, sio.rows);
             ggml_tensor * vc = ggml_set_rows(ctx, r.state("audio_v-" + std::to_string(il)), v, sio.rows);
-            return heads_view(ctx, kc, vc, hd, hp.n_head);
+            if (span) {
+                kc = ggml_view_2d(ctx, kc, kc->ne[0], span, kc->nb[1], 0);
+                vc = ggml_view_2d(ctx, vc, vc->ne[0], span, vc->nb[1], 0);
+            }
+            auto [kk, vv] = heads_view(ctx, kc, vc, hd, hp.n_head);
+            return graph::attention(ctx, q, kk, vv, sio.mask, scale, span ? false : m.flash);
         }};
-        sio.states = blocks(ctx, hp, m.w, m.flash, x, sio.mask, kv);
+        // One Q|K|V product where the weights are fused (50 frames: per-kernel cost dominates).
+        sio.states = blocks(ctx, hp, m.w, x, /*fused=*/true, attn);
         ggml_set_output(sio.states);
         ggml_build_forward_expand(gf, sio.states);
         const int64_t n_tok = hp.pooled(cur);
@@ -491,8 +649,7 @@ std::vector<float> AudioEncoder::encode(const float * mel, int64_t n_frames, int
     ggml_backend_tensor_set(s.io.mel, in.data(), 0, in.size() * sizeof(float));
     // get_audio_embedding's mask: key j is hidden from row i when j >= the item's MEL length (the
     // reference compares encoder-frame indices with mel lengths) or j lies past row i's block.
-    // It depends on (T, mel length, block) only: built when that changes. (Uploaded every time:
-    // the allocator may reuse an input's memory once its last reader has run.)
+    // It depends on (T, mel length, block) only: built and uploaded when that changes.
     const GraphKey mkey = {T, std::min(n_frames, T), block};
     if (mkey != s.mask_key) {
         s.mask_host.assign((size_t) (T * T), 0.0f);
@@ -502,17 +659,8 @@ std::vector<float> AudioEncoder::encode(const float * mel, int64_t n_frames, int
             float * row = s.mask_host.data() + i * T;
             for (int64_t j = end; j < T; ++j) row[j] = ninf;
         }
-        s.mask_host16.clear();
-        if (s.io.mask->type == GGML_TYPE_F16) {
-            s.mask_host16.resize(s.mask_host.size());
-            ggml_fp32_to_fp16_row(s.mask_host.data(), s.mask_host16.data(), (int64_t) s.mask_host.size());
-        }
+        Impl::set_mask(s.runner.state("audio_mask"), s.mask_host);
         s.mask_key = mkey;
-    }
-    if (s.io.mask->type == GGML_TYPE_F16) {
-        ggml_backend_tensor_set(s.io.mask, s.mask_host16.data(), 0, s.mask_host16.size() * sizeof(ggml_fp16_t));
-    } else {
-        ggml_backend_tensor_set(s.io.mask, s.mask_host.data(), 0, s.mask_host.size() * sizeof(float));
     }
     s.runner.compute();
     s.observer.finish();
@@ -549,8 +697,10 @@ std::vector<float> AudioEncoder::encode_stream(const float * mel, int64_t n_fram
     // position table.
     if (s.cache_len + C >= s.hp.n_pos) s.cache_len = 0;
     const int64_t past = s.cache_len;
-    s.stream_runner->prepare({n_frames, cur, pre},
-                             [&](ggml_context * ctx, ggml_cgraph * gf) { s.build_stream(ctx, gf, n_frames, cur, pre); });
+    const int64_t span = s.span_graphs ? past + cur : 0;
+    s.stream_runner->prepare({n_frames, cur, pre, span}, [&](ggml_context * ctx, ggml_cgraph * gf) {
+        s.build_stream(ctx, gf, n_frames, cur, pre, span);
+    });
     ggml_backend_tensor_set(s.sio.mel, mel, 0, (size_t) (n_frames * s.hp.n_mel) * sizeof(float));
     std::vector<int64_t> rows((size_t) cur);
     std::vector<int32_t> rows32((size_t) cur);
@@ -559,12 +709,14 @@ std::vector<float> AudioEncoder::encode_stream(const float * mel, int64_t n_fram
     ggml_backend_tensor_set(s.sio.rows32, rows32.data(), 0, rows32.size() * sizeof(int32_t));
     // The chunk attends to every cached frame and to itself (the reference's all-zero mask over
     // past + current); rows past that are not written yet.
-    std::vector<float> mask((size_t) (s.hp.n_pos * cur));
-    const float ninf = -std::numeric_limits<float>::infinity();
-    for (int64_t i = 0; i < cur; ++i) {
-        for (int64_t j = 0; j < s.hp.n_pos; ++j) mask[(size_t) (i * s.hp.n_pos + j)] = j < past + cur ? 0.0f : ninf;
+    if (s.sio.mask) {
+        std::vector<float> mask((size_t) (s.hp.n_pos * cur));
+        const float ninf = -std::numeric_limits<float>::infinity();
+        for (int64_t i = 0; i < cur; ++i) {
+            for (int64_t j = 0; j < s.hp.n_pos; ++j) mask[(size_t) (i * s.hp.n_pos + j)] = j < past + cur ? 0.0f : ninf;
+        }
+        Impl::set_mask(s.sio.mask, mask);
     }
-    Impl::set_mask(s.sio.mask, mask);
     s.stream_runner->compute();
     s.stream_observer->finish();
     s.cache_len = past + cur;

@@ -46,6 +46,10 @@ struct AudioLayer {
     ggml_tensor * ln1_w, * ln1_b, * ln2_w, * ln2_b;
     ggml_tensor * q_w, * q_b, * k_w, * v_w, * v_b, * o_w, * o_b;
     ggml_tensor * fc1_w, * fc1_b, * fc2_w, * fc2_b;
+    // Optional (AudioWeights::fuse): one Q|K|V product [E, 3E] with its bias [3E] (zeros for
+    // K). With folded norms, ln1 / ln2 are null: their scale and shift live in qkv_w / qkv_b
+    // and fc1_w / fc1_b (W diag(g) and W b + c, computed at load in f32).
+    ggml_tensor * qkv_w = nullptr, * qkv_b = nullptr;
 };
 
 struct AudioWeights {
@@ -56,6 +60,11 @@ struct AudioWeights {
     ggml_tensor * mm1_w = nullptr, * mm1_b = nullptr, * mm2_w = nullptr, * mm2_b = nullptr;
 
     static AudioWeights declare(WeightStore & store, const GgufFile & f, const AudioHparams & hp);
+    // Fewer, larger graph nodes (before store.load()): `fuse_qkv` computes each layer's Q, K and V
+    // as one product; `fold_norms` also folds each block's LayerNorm affine into the product that
+    // follows it (float weights only; one more rounding of those matrices to their type).
+    // Returns whether norms were folded.
+    bool fuse(WeightStore & store, const AudioHparams & hp, bool fuse_qkv, bool fold_norms, bool on_cpu);
 };
 
 // The audio component (read-only, shared by sessions).
@@ -68,6 +77,8 @@ public:
     AudioWeights                 w;
     bool                         exact = true;    // every matrix F32: f32 arithmetic throughout
     bool                         flash = false;   // flash attention (reduced-precision weights, where supported)
+    bool                         fused_qkv = false;
+    bool                         folded_norms = false;
     std::unique_ptr<WeightStore> store;
 };
 

@@ -13,6 +13,7 @@
 
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,13 +24,16 @@ namespace {
 
 class PyAudioModel {
 public:
-    PyAudioModel(const std::string & path, const std::string & device, int n_threads, bool profile_ops) {
+    PyAudioModel(const std::string & path, const std::string & device, int n_threads, bool profile_ops,
+                 std::optional<bool> fuse_qkv, std::optional<bool> fold_norms) {
         if (n_threads < 0) throw Error(ErrorKind::InvalidArgument, "n_threads must be >= 0");
         file_ = std::make_unique<GgufFile>(path);
         if (!kAudioComponent.present(*file_)) throw Error(ErrorKind::Format, path + " has no MiniCPM-o audio encoder");
         ModelParams params;
         params.device = device;
         params.n_threads = n_threads;
+        params.fuse_qkv = fuse_qkv;
+        params.audio_fold_norms = fold_norms;
         devices_ = std::make_unique<Devices>(device, n_threads);
         auto c = kAudioComponent.load(ComponentLoad{*file_, *devices_, params});
         model_.reset(static_cast<AudioModel *>(c.release()));
@@ -54,6 +58,8 @@ public:
         d["omni_layout"] = h.omni_layout;
         d["exact"] = model_->exact;
         d["flash"] = model_->flash;
+        d["fused_qkv"] = model_->fused_qkv;
+        d["folded_norms"] = model_->folded_norms;
         d["device"] = backends_->main_name();
         return d;
     }
@@ -109,8 +115,9 @@ private:
 
 void bind_audio(py::module_ & mod) {
     py::class_<PyAudioModel>(mod, "AudioModel")
-        .def(py::init<const std::string &, const std::string &, int, bool>(), py::arg("path"), py::arg("device") = "auto",
-             py::arg("n_threads") = 0, py::arg("profile_ops") = false, py::call_guard<py::gil_scoped_release>())
+        .def(py::init<const std::string &, const std::string &, int, bool, std::optional<bool>, std::optional<bool>>(),
+             py::arg("path"), py::arg("device") = "auto", py::arg("n_threads") = 0, py::arg("profile_ops") = false,
+             py::arg("fuse_qkv") = py::none(), py::arg("fold_norms") = py::none(), py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("hparams", &PyAudioModel::hparams)
         .def("encode", &PyAudioModel::encode, py::arg("mel"), py::arg("batch_frames") = 0, py::arg("chunked") = true,
              py::arg("states") = true)

@@ -59,6 +59,9 @@ struct ModelParams {
     bool                     cpu_repack = true;   // CPU: quantized matrices in ggml's repacked layout (a copy instead of
                                                   // the mapped file) for every type the CPU backend has kernels for
     std::optional<bool>      fuse_qkv;            // one Q|K|V product per layer; unset: on a GPU where the three share a type
+    std::optional<bool>      audio_fold_norms;    // audio encoder: each LayerNorm's scale and shift folded into the
+                                                  // product after it (fewer GPU kernels; float weights only, one
+                                                  // more rounding of those matrices); unset: on GPUs
     bool                     warmup = true;       // run the encoders once at load (page faults, buffer growth)
     std::string              vision_flash_attn = "auto";   // "auto" (where the backend supports it) | "on" | "off"
     std::optional<bool>      vision_pad_heads;    // pad attention heads to a fast-kernel size; unset: on GPUs
