@@ -93,6 +93,20 @@ int default_n_threads() {
     return (int) std::max(1u, hc > 4 ? hc / 2 : hc);
 }
 
+int max_n_threads() {
+    const unsigned hc = std::thread::hardware_concurrency();
+    return 4 * (int) std::max(1u, hc == 0 ? 4u : hc);
+}
+
+void check_n_threads(int n_threads) {
+    if (n_threads < 0) fail(ErrorKind::InvalidArgument, "n_threads must be >= 0 (0 = from the core count)");
+    if (n_threads > max_n_threads()) {
+        fail(ErrorKind::InvalidArgument, "n_threads " + std::to_string(n_threads) + " is more than " +
+                                             std::to_string(max_n_threads()) + " (4 x the " +
+                                             std::to_string(max_n_threads() / 4) + " cores of this machine)");
+    }
+}
+
 std::vector<DeviceInfo> list_devices() {
     ensure_backends_loaded();
     std::vector<DeviceInfo> out;
@@ -109,6 +123,7 @@ std::vector<DeviceInfo> list_devices() {
 }
 
 Devices::Devices(const std::string & device, int n_threads) {
+    check_n_threads(n_threads);
     ensure_backends_loaded();
     ggml_backend_dev_t dev = pick_device(device);
     if (!dev) {
@@ -141,6 +156,7 @@ std::vector<ggml_backend_buffer_type_t> Devices::cpu_extra_buffer_types() const 
 }
 
 ComputeBackends::ComputeBackends(const Devices & devices, int n_threads) {
+    check_n_threads(n_threads);
     cpu_ = ggml_backend_dev_init(devices.cpu(), nullptr);
     if (!cpu_) fail(ErrorKind::Backend, "failed to initialise the CPU backend");
     if (devices.main_is_cpu()) {
@@ -170,6 +186,7 @@ std::vector<ggml_backend_t> ComputeBackends::all() const {
 }
 
 void ComputeBackends::set_n_threads(int n_threads) {
+    check_n_threads(n_threads);
     n_threads_ = n_threads > 0 ? n_threads : default_n_threads();
     for (ggml_backend_t b : all()) {
         ggml_backend_dev_t dev = ggml_backend_get_device(b);

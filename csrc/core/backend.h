@@ -27,6 +27,10 @@ struct DeviceInfo {
 std::vector<DeviceInfo> list_devices();
 
 int default_n_threads();
+// At most 4 x the hardware threads (more only oversubscribes; 10^5 threads would hang the first
+// graph); n_threads outside [0, max_n_threads()] raise InvalidArgument.
+int  max_n_threads();
+void check_n_threads(int n_threads);
 
 class Devices {
 public:

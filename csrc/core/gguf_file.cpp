@@ -74,12 +74,19 @@ MappedFile::~MappedFile() {
 
 GgufFile::GgufFile(const std::string & path) : path_(path) {
     install_ggml_logger();
+    if (path.find('\0') != std::string::npos) {
+        fail(ErrorKind::InvalidArgument, "model path contains a NUL character");
+    }
     struct stat st {};
     if (stat(path.c_str(), &st) != 0) {
         fail(ErrorKind::File, "model file not found: " + path);
     }
     if (S_ISDIR(st.st_mode)) {
         fail(ErrorKind::File, path + " is a directory, expected a .gguf file");
+    }
+    // Regular files only: a FIFO or a device would block the open() or read forever.
+    if (!S_ISREG(st.st_mode)) {
+        fail(ErrorKind::File, path + " is not a regular file");
     }
     // Check the magic ourselves so a non-GGUF file gets a plain message.
     {

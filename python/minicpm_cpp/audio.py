@@ -58,6 +58,7 @@ from typing import Any, BinaryIO, Optional, Tuple
 
 import numpy as np
 
+from ._files import open_regular, refuse_local
 from .errors import FileError, InvalidArgumentError, MissingDependencyError
 from .image import _file_url_path
 
@@ -299,17 +300,11 @@ def _decode_bytes(data: bytes, name: str) -> np.ndarray:
     return _decode(io.BytesIO(data), name)
 
 
-def _decode_path(path: str, name: Optional[str] = None) -> np.ndarray:
+def _decode_path(path: str, name: Optional[str] = None, allow_local_files: bool = True) -> np.ndarray:
     name = name or path
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError as e:
-        raise FileError(f"{name}: no such audio file") from e
-    except IsADirectoryError as e:
-        raise InvalidArgumentError(f"{name}: is a directory, not an audio file") from e
-    except OSError as e:
-        raise FileError(f"{name}: cannot read audio file: {e}") from e
-    with f:
+    if not allow_local_files:
+        raise refuse_local(name)
+    with open_regular(path, name, "audio") as f:
         if os.fstat(f.fileno()).st_size == 0:
             raise InvalidArgumentError(f"{name}: the file is empty")
         return _decode(f, name)
@@ -360,19 +355,21 @@ def _from_array(arr: np.ndarray, name: str) -> np.ndarray:
     return y
 
 
-def _from_str(src: str, name: Optional[str]) -> np.ndarray:
+def _from_str(src: str, name: Optional[str], allow_local_files: bool = True) -> np.ndarray:
     lowered = src[:16].lower()
     if lowered.startswith("data:"):
         name = name or "data URL"
         return _decode_bytes(_data_url_bytes(src, name), name)
     if lowered.startswith("file://"):
+        if not allow_local_files:
+            raise refuse_local(name or src[:200])
         return _decode_path(_file_url_path(src), name or src)
     if lowered.startswith(("http://", "https://")):
         raise InvalidArgumentError(f"{name or src}: remote audio is not fetched; download the file first")
-    return _decode_path(src, name)
+    return _decode_path(src, name, allow_local_files)
 
 
-def _from_part(part: Mapping, name: str) -> np.ndarray:
+def _from_part(part: Mapping, name: str, allow_local_files: bool = True) -> np.ndarray:
     kind = part.get("type")
     if kind == "input_audio":
         body = part.get("input_audio")
@@ -392,23 +389,25 @@ def _from_part(part: Mapping, name: str) -> np.ndarray:
             ref = ref.get("url")
         if not isinstance(ref, str):
             raise InvalidArgumentError(f"{name}: audio_url part needs {{'url': <str>}}")
-        return _from_str(ref, name)
+        return _from_str(ref, name, allow_local_files)
     if kind == "audio":
         ref = part.get("audio")
         if isinstance(ref, Mapping) and "url" in ref:
             ref = ref["url"]
         if ref is None:
             raise InvalidArgumentError(f"{name}: audio part without audio")
-        return load_audio(ref, name=name)
+        return load_audio(ref, name=name, allow_local_files=allow_local_files)
     raise InvalidArgumentError(
         f"{name}: unsupported content part type {kind!r} (expected 'input_audio', 'audio_url' or 'audio')"
     )
 
 
-def load_audio(src: Any, *, name: Optional[str] = None) -> np.ndarray:
+def load_audio(src: Any, *, name: Optional[str] = None, allow_local_files: bool = True) -> np.ndarray:
     """Decode ``src`` into C-contiguous float32 samples, 1-D, mono at :data:`SAMPLE_RATE` Hz.
 
-    ``name`` labels the input in error messages (a path names itself otherwise).
+    ``name`` labels the input in error messages (a path names itself otherwise). With
+    ``allow_local_files=False`` paths and ``file://`` URLs are refused (one error text, whether
+    or not the file exists).
     See the module documentation for the accepted inputs and the refusals.
     """
     if isinstance(src, np.ndarray):
@@ -416,11 +415,11 @@ def load_audio(src: Any, *, name: Optional[str] = None) -> np.ndarray:
     if isinstance(src, (bytes, bytearray, memoryview)):
         return _decode_bytes(bytes(src), name or "audio bytes")
     if isinstance(src, str):
-        return _from_str(src, name)
+        return _from_str(src, name, allow_local_files)
     if isinstance(src, os.PathLike):
-        return _decode_path(os.fspath(src), name)
+        return _decode_path(os.fspath(src), name, allow_local_files)
     if isinstance(src, Mapping):
-        return _from_part(src, name or f"{src.get('type')} part")
+        return _from_part(src, name or f"{src.get('type')} part", allow_local_files)
     raise InvalidArgumentError(
         f"{name or 'audio'}: expected a path, a file:// or data: URL, encoded bytes, a 1-D float32 array "
         f"or an audio content part, got {type(src).__name__}"

@@ -3,11 +3,62 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import time
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from .errors import Error
+
+I31 = 2**31 - 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (exit code 2), as every other error of the CLI."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _int_in(lo: int, hi: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            v = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be in [{lo}, {hi}], got {v}")
+        return v
+
+    parse.__name__ = what
+    return parse
+
+
+def _float_arg(what: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+        return v
+
+    parse.__name__ = what
+    return parse
+
+
+def _read_prompt_file(path: str) -> str:
+    from ._files import open_regular
+    from .errors import InvalidArgumentError
+
+    with open_regular(path, path, "prompt") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidArgumentError(f"{path}: the prompt file is not UTF-8 text (byte {e.start})") from None
 
 
 def _defaults_text(model_path: Optional[str]) -> str:
@@ -33,7 +84,9 @@ def _defaults_text(model_path: Optional[str]) -> str:
 
 
 def build_parser(model_path: Optional[str] = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from .session import MAX_THREADS
+
+    p = _Parser(
         prog="minicpm-cli",
         description="Run a MiniCPM-V / MiniCPM-o (or Qwen3/Qwen2) GGUF model. The prompt is wrapped in "
         "the model's chat template unless --raw is given.",
@@ -42,18 +95,19 @@ def build_parser(model_path: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("-m", "--model", help="path to the model .gguf")
     p.add_argument("-p", "--prompt", help="prompt (user message); '-' reads it from stdin")
     p.add_argument("-f", "--file", help="read the prompt from this file")
-    p.add_argument("-n", "--n-predict", type=int, default=None,
+    p.add_argument("-n", "--n-predict", type=_int_in(-1, I31, "-n"), default=None,
                    help="max tokens to generate (-1 = until end of turn; default: the model's)")
-    p.add_argument("-c", "--ctx-size", type=int, default=4096, help="context size in tokens (default 4096)")
-    p.add_argument("-b", "--batch-size", type=int, default=512, help="prompt micro-batch (default 512)")
-    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: from the core count)")
-    p.add_argument("--temp", type=float, default=None, help="temperature, 0 = greedy (default: the model's)")
-    p.add_argument("--top-p", type=float, default=None, help="top-p (default: the model's)")
-    p.add_argument("--top-k", type=int, default=None, help="top-k, 0 = off (default: the model's)")
-    p.add_argument("--min-p", type=float, default=None, help="min-p (default: the model's)")
-    p.add_argument("--repeat-penalty", type=float, default=None, help="repetition penalty (default: the model's)")
-    p.add_argument("--presence-penalty", type=float, default=None, help="presence penalty (default: the model's)")
-    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
+    p.add_argument("-c", "--ctx-size", type=_int_in(1, I31, "-c"), default=4096, help="context size in tokens (default 4096)")
+    p.add_argument("-b", "--batch-size", type=_int_in(1, I31, "-b"), default=512, help="prompt micro-batch (default 512)")
+    p.add_argument("-t", "--threads", type=_int_in(0, MAX_THREADS, "-t"), default=None,
+                   help=f"CPU threads, at most {MAX_THREADS} (default: from the core count)")
+    p.add_argument("--temp", type=_float_arg("--temp"), default=None, help="temperature, 0 = greedy (default: the model's)")
+    p.add_argument("--top-p", type=_float_arg("--top-p"), default=None, help="top-p (default: the model's)")
+    p.add_argument("--top-k", type=_int_in(0, I31, "--top-k"), default=None, help="top-k, 0 = off (default: the model's)")
+    p.add_argument("--min-p", type=_float_arg("--min-p"), default=None, help="min-p (default: the model's)")
+    p.add_argument("--repeat-penalty", type=_float_arg("--repeat-penalty"), default=None, help="repetition penalty (default: the model's)")
+    p.add_argument("--presence-penalty", type=_float_arg("--presence-penalty"), default=None, help="presence penalty (default: the model's)")
+    p.add_argument("--seed", type=_int_in(0, 2**64 - 1, "--seed"), default=None, help="sampling seed (default: random)")
     p.add_argument("--device", default="auto", help="auto | cpu | gpu | cuda | metal | a device name (see --list-devices)")
     p.add_argument("--list-devices", action="store_true", help="list the compute devices and exit")
     p.add_argument("--system", default=None, help="system prompt")
@@ -70,13 +124,13 @@ def build_parser(model_path: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--mmproj", default=None, help="separate vision file (llama.cpp's mmproj layout)")
     p.add_argument("--audio-model", default=None,
                    help="separate audio encoder file (minicpm-convert --audio-out, or llama.cpp-omni's audio GGUF)")
-    p.add_argument("--max-slice-nums", type=int, default=None, help="max slices per image (default: the model's, 9)")
+    p.add_argument("--max-slice-nums", type=_int_in(0, 1024, "--max-slice-nums"), default=None, help="max slices per image (default: the model's, 9)")
     p.add_argument("--no-repack", dest="cpu_repack", action="store_false", default=True,
                    help="CPU: use quantized weights from the mapped file as is (no repacked copy)")
     p.add_argument("--kv-type", default="auto", choices=["auto", "f16", "f32"], help="KV cache type")
     p.add_argument("--flash-attn", default="auto", choices=["auto", "on", "off"], help="flash attention")
     p.add_argument("--no-timings", action="store_true", help="do not print the timing line")
-    p.add_argument("-v", "--verbose", action="store_true", help="log loading details")
+    p.add_argument("-v", "--verbose", action="store_true", help="log loading details (and show tracebacks)")
     return p
 
 
@@ -119,11 +173,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return _run(args)
     except Error as e:
-        print(f"minicpm-cli: error: {e}", file=sys.stderr)
+        print(f"minicpm-cli: error: {_one_line(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return 141
+    except Exception as e:  # anything else: one line, the traceback only with -v
+        if args.verbose:
+            raise
+        print(f"minicpm-cli: error: {type(e).__name__}: {_one_line(str(e))} (run with -v for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "(no message)"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -142,8 +208,7 @@ def _run(args: argparse.Namespace) -> int:
 
     prompt = args.prompt
     if args.file:
-        with open(args.file, encoding="utf-8") as f:
-            prompt = f.read()
+        prompt = _read_prompt_file(args.file)
     elif prompt == "-":
         prompt = sys.stdin.read()
     if prompt is None and not args.interactive:

@@ -39,6 +39,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from . import _core
+from ._files import open_regular, refuse_local
 from .errors import FileError, InvalidArgumentError
 
 __all__ = ["MAX_IMAGE_PIXELS", "load_image", "preprocess_image"]
@@ -100,17 +101,11 @@ def _decode_bytes(data: bytes, name: str) -> np.ndarray:
     return _decode(io.BytesIO(data), name)
 
 
-def _decode_path(path: str, name: Optional[str] = None) -> np.ndarray:
+def _decode_path(path: str, name: Optional[str] = None, allow_local_files: bool = True) -> np.ndarray:
     name = name or path
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError as e:
-        raise FileError(f"{name}: no such image file") from e
-    except IsADirectoryError as e:
-        raise InvalidArgumentError(f"{name}: is a directory, not an image file") from e
-    except OSError as e:
-        raise FileError(f"{name}: cannot read image file: {e}") from e
-    with f:
+    if not allow_local_files:
+        raise refuse_local(name)
+    with open_regular(path, name, "image") as f:
         return _decode(f, name)
 
 
@@ -151,10 +146,12 @@ def _from_array(arr: np.ndarray) -> np.ndarray:
     )
 
 
-def load_image(image: Any) -> np.ndarray:
+def load_image(image: Any, *, allow_local_files: bool = True) -> np.ndarray:
     """Decode ``image`` into a C-contiguous uint8 array (height, width, 3), RGB.
 
-    See the module documentation for the accepted inputs and the refusals.
+    See the module documentation for the accepted inputs and the refusals. With
+    ``allow_local_files=False`` paths and ``file://`` URLs are refused (one error text, whether
+    or not the file exists).
     """
     if isinstance(image, np.ndarray):
         return _from_array(image)
@@ -165,12 +162,14 @@ def load_image(image: Any) -> np.ndarray:
         if lowered.startswith("data:"):
             return _decode_bytes(_data_url_bytes(image), "data URL")
         if lowered.startswith("file://"):
+            if not allow_local_files:
+                raise refuse_local(image[:200])
             return _decode_path(_file_url_path(image), image)
         if lowered.startswith(("http://", "https://")):
             raise InvalidArgumentError(f"{image}: remote images are not fetched; download the file first")
-        return _decode_path(image)
+        return _decode_path(image, None, allow_local_files)
     if isinstance(image, os.PathLike):
-        return _decode_path(os.fspath(image))
+        return _decode_path(os.fspath(image), None, allow_local_files)
     try:
         from PIL import Image
     except ImportError:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Unio
 import numpy as np
 
 from . import _core
+from ._files import check_path_text as _check_path_text
 from .content import Message, audio_part as _audio_part, normalise_messages as _normalise_messages
 from .errors import FileError, InvalidArgumentError
 
@@ -34,10 +35,36 @@ def set_log_level(level: str) -> None:
 
 
 def _check_path(path: Union[str, os.PathLike], what: str = "model path") -> str:
-    p = os.fspath(path)
+    try:
+        p = os.fspath(path)
+    except TypeError:
+        raise InvalidArgumentError(f"{what} must be a str or os.PathLike, got {type(path).__name__}") from None
     if not isinstance(p, str):
         raise InvalidArgumentError(f"{what} must be a str or os.PathLike, got {type(path).__name__}")
+    _check_path_text(p, what)
+    _check_text(p, what)
     return p
+
+
+def _check_text(text: str, what: str) -> str:
+    """Text the core takes must be valid Unicode (no lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(f"{what} is not valid Unicode text (it holds a lone surrogate)") from None
+    return text
+
+
+# CPU threads: at most 4 x the cores (more only oversubscribes; 10^5 threads hang the first graph).
+MAX_THREADS = 4 * (os.cpu_count() or 4)
+
+
+def _threads(value: Any, name: str = "n_threads") -> int:
+    n = _count(value, name)
+    if n > MAX_THREADS:
+        raise InvalidArgumentError(f"{name} must be <= {MAX_THREADS} (4 x the {MAX_THREADS // 4} cores of this "
+                                   f"machine), got {n}")
+    return n
 
 
 def _opt_bool(value: Any, name: str) -> Optional[bool]:
@@ -62,7 +89,9 @@ class Tokenizer:
 
     def encode(self, text: str, parse_special: bool = True) -> List[int]:
         """Token ids of ``text``; special tokens written in the text are matched when ``parse_special``."""
-        return self._t.encode(text, parse_special)
+        if not isinstance(text, str):
+            raise InvalidArgumentError(f"text must be a str, got {type(text).__name__}")
+        return self._t.encode(_check_text(text, "text"), parse_special)
 
     def decode(self, ids: Sequence[int], skip_special: bool = False) -> str:
         return self._t.decode(list(ids), skip_special)
@@ -144,7 +173,7 @@ class Model:
             if audio is None and found.get("audio"):
                 audio = found["audio"]
         p = _check_path(path)
-        n = 0 if n_threads is None else _count(n_threads, "n_threads")
+        n = 0 if n_threads is None else _threads(n_threads)
         self.path = p
         self.mmproj = _check_path(mmproj, "mmproj") if mmproj is not None else None
         self.audio = _check_path(audio, "audio file") if audio is not None else None
@@ -199,7 +228,9 @@ class Model:
         return list(self._m.end_of_turn_ids)
 
     def tokenize(self, text: str, parse_special: bool = True) -> List[int]:
-        return self._m.tokenize(text, parse_special)
+        if not isinstance(text, str):
+            raise InvalidArgumentError(f"text must be a str, got {type(text).__name__}")
+        return self._m.tokenize(_check_text(text, "text"), parse_special)
 
     def detokenize(self, ids: Sequence[int], skip_special: bool = False) -> str:
         return self._m.detokenize(list(ids), skip_special)
@@ -349,7 +380,7 @@ def _stops(stop: Optional[Union[str, Sequence[str]]]) -> List[str]:
     stops = list(stop or [])
     if not all(isinstance(s, str) for s in stops):
         raise InvalidArgumentError("stop must be a string or a list of strings")
-    return stops
+    return [_check_text(s, "stop string") for s in stops]
 
 
 class Session:
@@ -371,6 +402,10 @@ class Session:
         eval_filter: only names containing this string.
         profile_ops: print a per-op time table after each graph evaluation.
         device, mmproj: passed to :class:`Model` when ``model`` is a path.
+        allow_local_files: whether message content may name local files (paths, ``file://``
+            URLs); ``True`` for the library and the CLI. A server that takes messages from
+            others sets ``False``: such parts are then refused without touching the file system
+            (one error text whether or not a file exists), and paths in text stay text.
     """
 
     def __init__(
@@ -388,7 +423,11 @@ class Session:
         profile_ops: bool = False,
         device: str = "auto",
         mmproj: Optional[Union[str, os.PathLike]] = None,
+        allow_local_files: bool = True,
     ) -> None:
+        if not isinstance(allow_local_files, (bool, np.bool_)):
+            raise InvalidArgumentError(f"allow_local_files must be True or False, got {allow_local_files!r}")
+        self.allow_local_files = bool(allow_local_files)
         if not isinstance(model, Model):
             model = Model(model, device=device, n_threads=n_threads, mmproj=mmproj)
         elif mmproj is not None:
@@ -399,7 +438,7 @@ class Session:
         n_batch = _count(n_batch, "n_batch", 1)
         if n_ctx >= 2**31 or n_batch >= 2**31:
             raise InvalidArgumentError("n_ctx and n_batch must be < 2**31")
-        threads = 0 if n_threads is None else _count(n_threads, "n_threads")
+        threads = 0 if n_threads is None else _threads(n_threads)
         if eval_callback is not None and not callable(eval_callback):
             raise InvalidArgumentError("eval_callback must be callable")
         self.model = model
@@ -582,7 +621,8 @@ class Session:
         """The prompt :meth:`chat` would evaluate: ``{"segments", "text", "thinking", "answer_prefix", "tts"}``
         (segments: token-id lists and encoded images / audio pieces, in order)."""
         segs, text, thinking, prefix, tts = self._s.chat_prompt(
-            _normalise_messages(messages), add_generation_prompt, _opt_bool(enable_thinking, "enable_thinking"),
+            _normalise_messages(messages, self.allow_local_files), add_generation_prompt,
+            _opt_bool(enable_thinking, "enable_thinking"),
             _max_slices(max_slice_nums), _opt_bool(use_image_id, "use_image_id"),
             _opt_bool(use_tts_template, "use_tts_template"), bool(omni_mode))
         return {"segments": list(segs), "text": text, "thinking": thinking, "answer_prefix": prefix, "tts": tts}
@@ -634,7 +674,7 @@ class Session:
         p = _sampling(sampling)
         self.last_stop_reason = None
         _segs, _text, _thinking, prefix, _tts = self._s.begin_chat(
-            _normalise_messages(messages), _opt_bool(enable_thinking, "enable_thinking"),
+            _normalise_messages(messages, self.allow_local_files), _opt_bool(enable_thinking, "enable_thinking"),
             _max_slices(max_slice_nums), _opt_bool(use_image_id, "use_image_id"), _max_tokens(max_tokens),
             _stops(stop), p, stop_at_end_of_turn, skip_special, _opt_bool(use_tts_template, "use_tts_template"),
             bool(omni_mode))
