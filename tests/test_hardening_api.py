@@ -161,6 +161,25 @@ def test_allow_local_files_off(tmp_path, vlm, assets_dir):
                    max_tokens=1) is not None
 
 
+# ----------------------------------------------------------------------------- limits
+
+def test_extreme_aspect_ratio_image_is_refused_by_patch_count(vlm):
+    """1 x 100000 gives a 14 x 141666 overview in the reference's arithmetic (10,119 patches);
+    the default limit (4096 per piece) refuses it, and the limit is configurable."""
+    tall = np.full((100_000, 1, 3), 128, np.uint8)
+    s = minicpm_cpp.Session(minicpm_cpp.Model(vlm, device="cpu"))
+    with pytest.raises(InvalidArgumentError, match=r"10119 patches, more than the limit of 4096"):
+        s.chat([{"role": "user", "content": [tall, "hi"]}], max_tokens=1)
+    mid = np.full((20_000, 1, 3), 128, np.uint8)   # 14 x 63350: 4525 patches
+    with pytest.raises(InvalidArgumentError, match="4525 patches"):
+        s.chat([{"role": "user", "content": [mid, "hi"]}], max_tokens=1)
+    roomy = minicpm_cpp.Session(minicpm_cpp.Model(vlm, device="cpu", max_image_patches=5000))
+    assert roomy.chat([{"role": "user", "content": [mid, "hi"]}], max_tokens=1) is not None
+    assert s.chat([{"role": "user", "content": [np.full((300, 200, 3), 9, np.uint8), "hi"]}], max_tokens=1) is not None
+    with pytest.raises(InvalidArgumentError, match="max_image_patches"):
+        minicpm_cpp.Model(vlm, device="cpu", max_image_patches=-1)
+
+
 # ------------------------------------------------------------------------------------ CLI
 
 def cli(*args, timeout: float = 120.0):

@@ -323,7 +323,8 @@ std::vector<float> VisionEncoder::encode(const std::vector<const ImageSlice *> &
 }
 
 std::shared_ptr<const ImageChunk> encode_image_chunk(VisionEncoder & enc, const Tokenizer & tok, const uint8_t * rgb,
-                                                     int width, int height, const ImageOptions & opts) {
+                                                     int width, int height, const ImageOptions & opts,
+                                                     int64_t max_patches) {
     const VisionHparams & hp = enc.hparams();
     if (!rgb || width <= 0 || height <= 0) {
         fail(ErrorKind::InvalidArgument, "image must have a positive width and height, got " + std::to_string(width) +
@@ -336,6 +337,7 @@ std::shared_ptr<const ImageChunk> encode_image_chunk(VisionEncoder & enc, const 
     if (opts.image_id < 0) fail(ErrorKind::InvalidArgument, "image_id must be >= 0");
     SliceConfig cfg = hp.slice_config();
     if (opts.max_slice_nums > 0) cfg.max_slice_nums = opts.max_slice_nums;
+    cfg.max_patches = max_patches;
     PreprocessedImage pre = preprocess_image(rgb, width, height, cfg);
 
     std::vector<const ImageSlice *> pieces = {&pre.overview};

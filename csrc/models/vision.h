@@ -133,7 +133,9 @@ private:
 };
 
 // Preprocesses an RGB8 image and encodes it into an ImageChunk (placeholder tokens + embeddings).
+// `max_patches`: per piece, refused beyond (ModelParams::max_image_patches; 0 = no limit).
 std::shared_ptr<const ImageChunk> encode_image_chunk(VisionEncoder & enc, const Tokenizer & tok, const uint8_t * rgb,
-                                                     int width, int height, const ImageOptions & opts);
+                                                     int width, int height, const ImageOptions & opts,
+                                                     int64_t max_patches = 0);
 
 } // namespace minicpm

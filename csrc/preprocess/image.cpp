@@ -426,6 +426,20 @@ PreprocessedImage preprocess_image(const uint8_t * rgb, int width, int height, c
         refine_size(width, height, res.grid, cfg, &rw, &rh);
         check_output_size("refine image", rw, rh);
     }
+    // Attention over one piece grows with the square of its patches: refuse pieces past the limit
+    // before resizing anything.
+    auto check_patches = [&](const char * what, int w, int h) {
+        const int64_t n = (int64_t) (w / cfg.patch_size) * (h / cfg.patch_size);
+        if (cfg.max_patches > 0 && n > cfg.max_patches) {
+            invalid("image of " + size_str(width, height) + ": its " + what + " would be " + size_str(w, h) +
+                    " pixels = " + std::to_string(n) + " patches, more than the limit of " +
+                    std::to_string(cfg.max_patches) + " (max_image_patches; a normal piece has about " +
+                    std::to_string((int64_t) (cfg.scale_resolution / cfg.patch_size) * (cfg.scale_resolution / cfg.patch_size)) +
+                    "): such an extreme aspect ratio costs a quadratic attention over all of them");
+        }
+    };
+    check_patches("overview", ow, oh);
+    if (res.grid.sliced()) check_patches("slices", rw / res.grid.cols, rh / res.grid.rows);
 
     {
         const std::vector<uint8_t> ov = resize_impl(rgb, width, height, ow, oh, -1);

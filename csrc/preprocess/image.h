@@ -18,6 +18,7 @@ struct SliceConfig {
     int   max_slice_nums   = 9;     // 1 = never slice
     float mean[3]          = {0.5f, 0.5f, 0.5f};
     float std[3]           = {0.5f, 0.5f, 0.5f};
+    int64_t max_patches    = 0;     // patches per piece (overview or slice) refused beyond; 0 = no limit
 };
 
 struct SliceGrid {

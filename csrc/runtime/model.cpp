@@ -110,6 +110,10 @@ std::shared_ptr<Model> Model::load(const std::string & path, const ModelParams &
     auto m = std::make_unique<Impl>();
     m->params = params;
     if (params.n_threads < 0) fail(ErrorKind::InvalidArgument, "n_threads must be >= 0, got " + std::to_string(params.n_threads));
+    if (params.max_image_patches < 0) {
+        fail(ErrorKind::InvalidArgument, "max_image_patches must be >= 0 (0 = no limit), got " +
+                                             std::to_string(params.max_image_patches));
+    }
     std::vector<std::string> paths = {path};
     if (!params.mmproj.empty()) paths.push_back(params.mmproj);
     if (!params.audio.empty()) paths.push_back(params.audio);

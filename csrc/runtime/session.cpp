@@ -86,7 +86,7 @@ struct ImageEncoder::Impl {
     std::shared_ptr<const ImageChunk> encode(const uint8_t * rgb, int w, int h, const ImageOptions & opts) {
         const VisionModel & vm = need_vision(*model);
         if (!encoder) encoder = std::make_unique<VisionEncoder>(vm, backends, debug);
-        return encode_image_chunk(*encoder, model->tokenizer(), rgb, w, h, opts);
+        return encode_image_chunk(*encoder, model->tokenizer(), rgb, w, h, opts, model->impl().params.max_image_patches);
     }
 };
 
@@ -206,7 +206,7 @@ struct Session::Impl {
         if (auto hit = image_cache.find(key)) return hit;
         const double t0 = now_ms();
         if (!vision) vision = std::make_unique<VisionEncoder>(need_vision(*model), backends, params.debug);
-        auto chunk = encode_image_chunk(*vision, model->tokenizer(), rgb, w, h, opts);
+        auto chunk = encode_image_chunk(*vision, model->tokenizer(), rgb, w, h, opts, model->impl().params.max_image_patches);
         timings.encode_ms += now_ms() - t0;
         timings.n_images += 1;
         image_cache.put(key, chunk);

@@ -149,6 +149,9 @@ class Model:
             product after it (W diag(g), W b + c, computed at load in float32), so a GPU runs
             fewer kernels per pass. It rounds those matrices once more to their type (F16:
             within 2^-11 relative). ``None`` (default): on GPUs; ``True``: also on the CPU.
+        max_image_patches: refuse an image whose overview or slices would have more patches
+            than this (a normal piece has ~1024; the reference's arithmetic gives extreme aspect
+            ratios such as 1 x 100000 ten thousand, a 10k^2 attention per layer). ``0``: no limit.
     """
 
     def __init__(
@@ -166,6 +169,7 @@ class Model:
         vision_pad_heads: Optional[bool] = None,
         audio: Optional[Union[str, os.PathLike]] = None,
         audio_fold_norms: Optional[bool] = None,
+        max_image_patches: int = 4096,
     ) -> None:
         if os.path.isdir(os.fspath(path)):
             found = find_model_files(path)
@@ -193,6 +197,8 @@ class Model:
             _opt_bool(vision_pad_heads, "vision_pad_heads"),
             self.audio or "",
             _opt_bool(audio_fold_norms, "audio_fold_norms"),
+            _count(min(max_image_patches, 2**62) if isinstance(max_image_patches, int) else max_image_patches,
+                   "max_image_patches"),
         )
         self._encoder: Optional[_core.ImageEncoder] = None
         self._encoder_lock = threading.Lock()
