@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Builds the Python extension with AddressSanitizer + UndefinedBehaviorSanitizer
+# (-DMINICPM_SANITIZE=address,undefined) into the active environment and runs a subset of the
+# Python tests with the sanitizer runtimes preloaded (the interpreter itself is not
+# instrumented). Any report fails the run. It replaces the installed package: run it last, or
+# in a virtual environment of its own.
+#   tests/sanitize/python.sh [pytest args...]    (default: the subset below)
+# Environment: PYTHON (default python), BUILD_DIR (default build-asan-py).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PYTHON="${PYTHON:-python}"
+BUILD_DIR="${BUILD_DIR:-build-asan-py}"
+SAN="address,undefined"
+
+"$PYTHON" -m pip install -q --no-build-isolation --no-deps --force-reinstall \
+    --config-settings=cmake.define.MINICPM_SANITIZE="$SAN" \
+    --config-settings=cmake.build-type=RelWithDebInfo \
+    --config-settings=build-dir="$BUILD_DIR" .
+
+CC_BIN="${CC:-gcc}"
+ASAN_LIB="$("$CC_BIN" -print-file-name=libasan.so)"
+UBSAN_LIB="$("$CC_BIN" -print-file-name=libubsan.so)"
+for lib in "$ASAN_LIB" "$UBSAN_LIB"; do
+    [ -e "$lib" ] || { echo "python.sh: sanitizer runtime $lib not found" >&2; exit 1; }
+done
+
+TESTS=("$@")
+if [ ${#TESTS[@]} -eq 0 ]; then
+    # Parity of the LLM and vision paths, the error and hardening tests, and the fuzz slice.
+    TESTS=(tests/test_errors.py tests/test_hardening_api.py tests/test_llm_parity.py tests/test_vision_e2e.py -q -x)
+    for extra in tests/test_hardening_files.py tests/test_fuzz_slice.py; do
+        [ -e "$extra" ] && TESTS=("$extra" "${TESTS[@]}")
+    done
+fi
+
+# Leak checking is off: the interpreter and torch keep allocations alive at exit by design.
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0:halt_on_error=1:abort_on_error=0:detect_odr_violation=0}"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}"
+LD_PRELOAD="$ASAN_LIB:$UBSAN_LIB${LD_PRELOAD:+:$LD_PRELOAD}" "$PYTHON" -m pytest "${TESTS[@]}"
