@@ -48,6 +48,7 @@ class Worker:
         self.log = open(self.log_path, "ab")
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", "1")
+        env.setdefault("GGML_NO_BACKTRACE", "1")   # no gdb attach on aborts: the assert line is enough
         self.proc = subprocess.Popen([sys.executable, str(HERE / "worker.py"), json.dumps(self.cfg)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.log, env=env, start_new_session=True)
         self.buf = b""
@@ -58,7 +59,13 @@ class Worker:
     def _read(self, timeout):
         end = time.monotonic() + timeout
         fd = self.proc.stdout.fileno()
-        while b"\n" not in self.buf:
+        while True:
+            if b"\n" in self.buf:
+                line, self.buf = self.buf.split(b"\n", 1)
+                try:
+                    return json.loads(line)
+                except ValueError:
+                    continue       # not a protocol line
             left = end - time.monotonic()
             if left <= 0:
                 return None
@@ -69,8 +76,6 @@ class Worker:
             if not chunk:
                 return "eof"
             self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        return json.loads(line)
 
     def kill(self):
         if self.proc and self.proc.poll() is None:

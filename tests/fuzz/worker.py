@@ -8,6 +8,7 @@ nan_weights (non-finite outputs after a mutation that changed weight bytes: garb
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -122,10 +123,23 @@ def media_case(ctx, case, emit):
         if is_audio:
             return [np.asarray(c.embeddings) for c in s.encode_audio(value)], False
         return [np.asarray(s.encode_image(value).embeddings)], False
-    content = [value, "Describe."] if not isinstance(value, str) or is_audio else \
-        [{"type": "image_url", "image_url": {"url": value}}, {"type": "text", "text": "Describe."}]
-    if is_audio and isinstance(value, np.ndarray) and value.ndim != 1:
-        content = [{"type": "input_audio", "input_audio": value}, "Describe."]
+    if is_audio:
+        if isinstance(value, (bytes, str)):
+            data = value if isinstance(value, bytes) else value.encode("utf-8", "surrogatepass")
+            part = {"type": "input_audio", "input_audio": {"data": base64.b64encode(data).decode(), "format": "wav"}}
+            if isinstance(value, str) and not value.startswith("data:"):
+                part = value                       # a path: read as audio by its ending
+        elif isinstance(value, np.ndarray) and value.ndim != 1:
+            part = {"type": "input_audio", "input_audio": value}
+        else:
+            part = value
+    elif isinstance(value, bytes):
+        part = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(value).decode()}}
+    elif isinstance(value, str):
+        part = {"type": "image_url", "image_url": {"url": value}}
+    else:
+        part = value
+    content = [part, "Describe."]
     s.chat([{"role": "user", "content": content}], max_tokens=2)
     return [np.asarray(s.logits())], False
 
@@ -135,7 +149,7 @@ def api_case(ctx, case, emit):
 
     rng = random.Random("api:%d:%d" % (case["seed"], case["idx"]))
     desc, fn = api.api_case(rng)
-    emit({"id": case["id"], "desc": desc, "base": "-", "family": "api", "op": desc.split("(")[0].split(" ")[0]})
+    emit({"id": case["id"], "desc": desc, "base": "-", "family": "api", "op": desc.split("(")[0].split(":")[0].split(" ")[0]})
     return fn(ctx), False
 
 
@@ -151,7 +165,10 @@ def main():
     except Exception:  # noqa: BLE001
         pass
     ctx = Ctx(cfg["bases"], cfg["workdir"], cfg.get("threads", 1))
-    out = sys.stdout
+    # The protocol gets a private copy of stdout; fd 1 (native prints, profile tables) goes to stderr.
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
 
     def emit(obj):
         out.write(json.dumps(obj) + "\n")
