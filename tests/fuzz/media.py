@@ -41,7 +41,8 @@ def _bmp_header(w: int, h: int, bpp=24) -> bytes:
     row = ((w * bpp + 31) // 32) * 4
     size = row * abs(h)
     hdr = b"BM" + struct.pack("<IHHI", (54 + size) & 0xFFFFFFFF, 0, 0, 54)
-    hdr += struct.pack("<IiiHHIIiiII", 40, w, h, 1, bpp, 0, size & 0xFFFFFFFF, 2835, 2835, 0, 0)
+    s32 = lambda v: ((v + 2**31) % 2**32) - 2**31  # noqa: E731 - the header's signed fields wrap
+    hdr += struct.pack("<IiiHHIIiiII", 40, s32(w), s32(h), 1, bpp, 0, size & 0xFFFFFFFF, 2835, 2835, 0, 0)
     return hdr + b"\0" * 64
 
 

@@ -14,7 +14,8 @@ unexpected_exception and nan, with its description and the worker's last stderr 
 mutated GGUF files of crashes/hangs are kept under ``repro/`` (up to ``--keep-mb``).
 
 Outcomes: ok, error (a minicpm_cpp.Error subclass), unexpected_exception, crash, hang, nan,
-and nan_weights (non-finite outputs after a mutation that changed tensor bytes: not a finding).
+nan_weights (non-finite outputs after a mutation that changed tensor bytes: not a finding), and
+harness_error (the case generator itself failed: a bug of this harness).
 """
 
 from __future__ import annotations

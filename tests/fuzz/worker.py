@@ -179,8 +179,13 @@ def main():
         case = json.loads(line)
         fn = {"gguf": gguf_case, "media": media_case, "api": api_case}[case["kind"]]
         res = {"id": case["id"]}
+        started = []
+
+        def emit_desc(obj, started=started):
+            started.append(True)
+            emit(obj)
         try:
-            arrs, touches = fn(ctx, case, emit)
+            arrs, touches = fn(ctx, case, emit_desc)
             if _finite(arrs):
                 res["outcome"] = "ok"
             else:
@@ -192,7 +197,9 @@ def main():
                 raise
             tb = traceback.extract_tb(e.__traceback__)
             where = "%s:%d" % (os.path.basename(tb[-1].filename), tb[-1].lineno) if tb else "?"
-            res.update(outcome="unexpected_exception", exc=type(e).__name__, msg=str(e)[:300], where=where)
+            # an exception before the case was described is a bug of the generator, not a finding
+            res.update(outcome="unexpected_exception" if started else "harness_error", exc=type(e).__name__,
+                       msg=str(e)[:300], where=where)
         f = ctx.workdir / ("case-%d.gguf" % case["id"])
         if f.exists():
             f.unlink()
