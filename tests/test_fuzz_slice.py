@@ -48,7 +48,7 @@ def slice_results(tmp_path_factory):
     import run
 
     out = tmp_path_factory.mktemp("fuzz-slice")
-    args = run.parse_args(["--cases", str(CASES), "--seed", str(SEED), "--jobs", str(JOBS), "--timeout", "30",
+    args = run.parse_args(["--cases", str(CASES), "--seed", str(SEED), "--jobs", str(JOBS), "--timeout", "20",
                            "--out", str(out), "--budget", str(BUDGET_S), "--keep-mb", "256", "--quiet"])
     from bases import build_bases
 
