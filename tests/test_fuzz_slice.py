@@ -33,13 +33,13 @@ BUDGET_S = float(os.environ.get("MINICPM_FUZZ_SLICE_BUDGET", "170"))
 # Remove an entry when its fix lands; a finding that matches none of them fails the slice.
 KNOWN_OPEN = [
     # -- GGUF files: aborts inside ggml instead of a FormatError (tests/fuzz/RESULTS.md, C1-C6)
-    ("crash", "gguf", r"'(qwen3|qwen2|clip\.vision|clip\.audio)\.block_count' \(type \d+\)=",
+    ("crash", "gguf", r"'(qwen3|clip\.vision)\.block_count' \(type \d+\)=",
      "C1 huge/negative block_count: GGML_ASSERT(ctx->mem_buffer != NULL) sizing the layers"),
     ("crash", "gguf", r"'minicpm\.vision\.max_slice_nums' \(type \d+\)=",
      "C2 huge max_slice_nums: GGML_ASSERT(view_src == NULL || ... <= ggml_nbytes(view_src)) at the first image"),
-    ("crash", "gguf", r"'(minicpm\.vision\.scale_resolution|clip\.vision\.image_size)' \(type \d+\)=",
+    ("crash", "gguf", r"'minicpm\.vision\.scale_resolution' \(type \d+\)=",
      "C3 huge/negative scale_resolution: GGML_ASSERT(ggml_nelements(a) == ne0*ne1*ne2) at the first image"),
-    ("crash", "gguf", r"layer_norm_epsilon' \(type \d+\)=(-|nan)",
+    ("crash", "gguf", r"layer_norm_epsilon' \(type \d+\)=-",
      "C4 negative LayerNorm eps: GGML_ASSERT(eps >= 0.0f)"),
     ("crash", "gguf", r"^tensor \S+ type 1 -> 25$",
      "C5 an F16 tensor retyped I16: ggml-cpu ops.cpp fatal error (get_rows) / SIGSEGV (mul_mat)"),
