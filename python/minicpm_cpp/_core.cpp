@@ -190,7 +190,12 @@ PYBIND11_MODULE(_core, mod) {
         .def_property_readonly("n_tokens", [](const PyTokenizer & t) { return t.tok->n_tokens(); });
 
     py::class_<ChatTemplate>(mod, "ChatTemplate")
-        .def(py::init([](const std::string & src) { return ChatTemplate::from_source(src); }), py::arg("source"))
+        .def(py::init([](const py::object & src) {
+            if (!py::isinstance<py::str>(src)) {
+                throw Error(ErrorKind::InvalidArgument, "ChatTemplate source must be a str (a Jinja chat template)");
+            }
+            return ChatTemplate::from_source(src.cast<std::string>());
+        }), py::arg("source"))
         .def("render", [](const ChatTemplate & t, const py::list & messages, bool add_generation_prompt,
                           std::optional<bool> enable_thinking) {
             ChatOptions o;

@@ -35,6 +35,10 @@ def open_regular(path: str, name: str, kind: str) -> BinaryIO:
 
     ``kind`` names what the file should be ("image", "audio") in the messages."""
     check_path_text(path, name)
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(f"{name}: the path is not valid Unicode (a lone surrogate)") from None
     a_kind = ("an " if kind[:1] in "aeiou" else "a ") + kind
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
     try:

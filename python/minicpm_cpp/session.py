@@ -31,7 +31,19 @@ def list_devices() -> List[Dict[str, Any]]:
 
 def set_log_level(level: str) -> None:
     """Native log level: "error", "warn" (default), "info" or "debug"."""
-    _core.set_log_level(level)
+    _core.set_log_level(_str_arg(level, "level"))
+
+
+def _str_arg(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"{name} must be a str, got {type(value).__name__}")
+    return _check_text(value, name)
+
+
+def _bool_arg(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidArgumentError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def _check_path(path: Union[str, os.PathLike], what: str = "model path") -> str:
@@ -171,7 +183,9 @@ class Model:
         audio_fold_norms: Optional[bool] = None,
         max_image_patches: int = 4096,
     ) -> None:
-        if os.path.isdir(os.fspath(path)):
+        device = _str_arg(device, "device")
+        vision_flash_attn = _str_arg(vision_flash_attn, "vision_flash_attn")
+        if os.path.isdir(_check_path(path)):
             found = find_model_files(path)
             path = found["model"]
             if audio is None and found.get("audio"):
@@ -309,7 +323,9 @@ def find_model_files(directory: Union[str, os.PathLike]) -> Dict[str, Optional[s
     else the first by name), ``audio/*audio*.gguf`` and ``vision/*vision*.gguf``. Only the
     LLM, audio and vision files are used; ``tts/`` and ``token2wav-gguf/`` are not read here.
     Returns ``{"model", "audio", "vision"}`` (``None`` where absent)."""
-    d = os.fspath(directory)
+    d = _check_path(directory, "model directory")
+    if not os.path.isdir(d):
+        raise FileError(f"{d}: not a directory (find_model_files takes a model directory)")
     top = sorted(f for f in os.listdir(d) if f.lower().endswith(".gguf") and os.path.isfile(os.path.join(d, f)))
     if not top:
         raise FileError(f"{d}: no .gguf model file in this directory")
@@ -334,7 +350,10 @@ def find_model_files(directory: Union[str, os.PathLike]) -> Dict[str, Optional[s
 def _max_slices(max_slice_nums: Optional[int]) -> int:
     if max_slice_nums is None:
         return 0
-    return _count(max_slice_nums, "max_slice_nums", 1)
+    n = _count(max_slice_nums, "max_slice_nums", 1)
+    if n > 1024:
+        raise InvalidArgumentError(f"max_slice_nums must be <= 1024, got {n}")
+    return n
 
 
 def _image_args(image: Any, max_slice_nums: Optional[int], use_image_id: Optional[bool], image_id: int) -> tuple:
@@ -342,7 +361,14 @@ def _image_args(image: Any, max_slice_nums: Optional[int], use_image_id: Optiona
     from .image import load_image
 
     return (load_image(image), _max_slices(max_slice_nums), _opt_bool(use_image_id, "use_image_id"),
-            _count(image_id, "image_id"))
+            _small_count(image_id, "image_id"))
+
+
+def _small_count(value: Any, name: str) -> int:
+    n = _count(value, name)
+    if n >= 2**31:
+        raise InvalidArgumentError(f"{name} must be < 2**31, got {n}")
+    return n
 
 
 _SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "presence_penalty", "repeat_last_n")
@@ -383,6 +409,8 @@ def _max_tokens(value: Optional[int]) -> Optional[int]:
 def _stops(stop: Optional[Union[str, Sequence[str]]]) -> List[str]:
     if isinstance(stop, str):
         stop = [stop]
+    if stop is not None and not isinstance(stop, (list, tuple)):
+        raise InvalidArgumentError(f"stop must be a string or a list of strings, got {type(stop).__name__}")
     stops = list(stop or [])
     if not all(isinstance(s, str) for s in stops):
         raise InvalidArgumentError("stop must be a string or a list of strings")
@@ -448,8 +476,9 @@ class Session:
         if eval_callback is not None and not callable(eval_callback):
             raise InvalidArgumentError("eval_callback must be callable")
         self.model = model
-        self._s = _core.Session(model._m, n_ctx, n_batch, seed, kv_type, flash_attn, threads,
-                                eval_callback, eval_filter, bool(profile_ops))
+        self._s = _core.Session(model._m, n_ctx, n_batch, seed, _str_arg(kv_type, "kv_type"),
+                                _str_arg(flash_attn, "flash_attn"), threads, eval_callback,
+                                _str_arg(eval_filter, "eval_filter"), bool(profile_ops))
         self.last_stop_reason: Optional[str] = None
         self._n_images = 0
 
@@ -598,7 +627,8 @@ class Session:
                            repeat_penalty=repeat_penalty, presence_penalty=presence_penalty,
                            repeat_last_n=repeat_last_n))
         self.last_stop_reason = None
-        self._s.begin_generation(_max_tokens(max_tokens), _stops(stop), p, stop_at_end_of_turn, skip_special)
+        self._s.begin_generation(_max_tokens(max_tokens), _stops(stop), p,
+                                 _bool_arg(stop_at_end_of_turn, "stop_at_end_of_turn"), _bool_arg(skip_special, "skip_special"))
         it = self._steps("")
         return it if stream else "".join(it)
 
@@ -682,7 +712,8 @@ class Session:
         _segs, _text, _thinking, prefix, _tts = self._s.begin_chat(
             _normalise_messages(messages, self.allow_local_files), _opt_bool(enable_thinking, "enable_thinking"),
             _max_slices(max_slice_nums), _opt_bool(use_image_id, "use_image_id"), _max_tokens(max_tokens),
-            _stops(stop), p, stop_at_end_of_turn, skip_special, _opt_bool(use_tts_template, "use_tts_template"),
+            _stops(stop), p, _bool_arg(stop_at_end_of_turn, "stop_at_end_of_turn"), _bool_arg(skip_special, "skip_special"),
+            _opt_bool(use_tts_template, "use_tts_template"),
             bool(omni_mode))
         it = self._steps(prefix)
         return it if stream else "".join(it)
@@ -762,7 +793,8 @@ class AudioStream:
         self.finish()
         s = self._session
         s.last_stop_reason = None
-        s._s.begin_stream_response(_max_tokens(max_tokens), _stops(stop), _sampling(sampling), skip_special)
+        s._s.begin_stream_response(_max_tokens(max_tokens), _stops(stop), _sampling(sampling),
+                                   _bool_arg(skip_special, "skip_special"))
         it = s._steps("")
         return it if stream else "".join(it)
 
