@@ -3,6 +3,7 @@
 #include "error.h"
 #include "log.h"
 
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -311,6 +312,42 @@ std::vector<int32_t> GgufFile::get_i32_array(const std::string & key) const {
             break;
     }
     return out;
+}
+
+void check_int_range(const GgufFile & f, const std::string & key, int64_t v, int64_t lo, int64_t hi) {
+    if (v < lo || v > hi) {
+        fail(ErrorKind::Format, "metadata key " + key + " in " + f.path() + ": value " + std::to_string(v) +
+                                    " out of range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+    }
+}
+
+namespace {
+
+std::string float_str(float v) {
+    char buf[48];
+    std::snprintf(buf, sizeof(buf), "%.9g", (double) v);
+    return buf;
+}
+
+} // namespace
+
+void check_float_range(const GgufFile & f, const std::string & key, float v, float lo, float hi, bool lo_open) {
+    const bool ok = std::isfinite(v) && (lo_open ? v > lo : v >= lo) && v <= hi;
+    if (!ok) {
+        fail(ErrorKind::Format, "metadata key " + key + " in " + f.path() + ": value " + float_str(v) +
+                                    " out of range " + (lo_open ? "(" : "[") + float_str(lo) + ", " + float_str(hi) +
+                                    "]");
+    }
+}
+
+void check_layer_count(const GgufFile & f, const std::string & key, int64_t n, int64_t max_layers,
+                       const std::string & last_layer_tensor) {
+    check_int_range(f, key, n, 1, max_layers);
+    if (n > (int64_t) f.tensors().size() || !f.find_tensor(last_layer_tensor)) {
+        fail(ErrorKind::Format, "metadata key " + key + " in " + f.path() + ": value " + std::to_string(n) +
+                                    " layers, but the file has no tensor " + last_layer_tensor + " (" +
+                                    std::to_string(f.tensors().size()) + " tensors in all)");
+    }
 }
 
 std::optional<std::string> GgufFile::opt_str(const std::string & key) const {

@@ -82,4 +82,18 @@ private:
 // "[4096, 151748]" for error messages.
 std::string shape_str(const int64_t * ne, int n_dims);
 
+// Checks of hyperparameters read from a file, made before ggml sees them (ggml asserts, and so
+// aborts the process, where a size is out of its range). Each fails with Error(Format) naming
+// the file, the key and the value.
+//
+// lo <= v <= hi.
+void check_int_range(const GgufFile & f, const std::string & key, int64_t v, int64_t lo, int64_t hi);
+// v finite and lo <= v <= hi (lo < v where lo_open).
+void check_float_range(const GgufFile & f, const std::string & key, float v, float lo, float hi, bool lo_open = false);
+// A layer count n read from `key`: n <= max_layers, n no larger than the file's tensor count,
+// and the file holds `last_layer_tensor` (a tensor of layer n - 1). Checked before any
+// per-layer allocation, so a huge count cannot size a ggml context.
+void check_layer_count(const GgufFile & f, const std::string & key, int64_t n, int64_t max_layers,
+                       const std::string & last_layer_tensor);
+
 } // namespace minicpm

@@ -7,6 +7,50 @@
 
 namespace minicpm {
 
+namespace {
+
+// Types of the matrices of products and of get_rows tables: float types, and the quantized
+// weight types for which ggml's CPU backend has a dot-product kernel (vec_dot) and get_rows a
+// conversion. (ggml-cpu is loaded as a backend, not linked, so its type traits are not asked.)
+constexpr ggml_type kWeightTypes[] = {
+    GGML_TYPE_F32,     GGML_TYPE_F16,    GGML_TYPE_BF16,   GGML_TYPE_Q4_0,   GGML_TYPE_Q4_1,   GGML_TYPE_Q5_0,
+    GGML_TYPE_Q5_1,    GGML_TYPE_Q8_0,   GGML_TYPE_Q2_K,   GGML_TYPE_Q3_K,   GGML_TYPE_Q4_K,   GGML_TYPE_Q5_K,
+    GGML_TYPE_Q6_K,    GGML_TYPE_IQ2_XXS, GGML_TYPE_IQ2_XS, GGML_TYPE_IQ3_XXS, GGML_TYPE_IQ1_S, GGML_TYPE_IQ4_NL,
+    GGML_TYPE_IQ3_S,   GGML_TYPE_IQ2_S,  GGML_TYPE_IQ4_XS, GGML_TYPE_IQ1_M,  GGML_TYPE_TQ1_0,  GGML_TYPE_TQ2_0,
+    GGML_TYPE_MXFP4,
+};
+constexpr ggml_type kVectorTypes[] = {GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16};
+
+std::string type_name(ggml_type t) {
+    if ((int) t < 0 || t >= GGML_TYPE_COUNT) return "type " + std::to_string((int) t);
+    const char * n = ggml_type_name(t);
+    return n && *n ? std::string(n) : "type " + std::to_string((int) t);
+}
+
+// A tensor of one row or one column, or no larger than one row: bias- or norm-like.
+bool vector_like(const int64_t * ne) { return ne[1] * ne[2] * ne[3] == 1 || ne[0] == 1; }
+
+} // namespace
+
+bool tensor_type_ok(ggml_type type, TensorRole role) {
+    if (role == TensorRole::Vector) {
+        for (ggml_type t : kVectorTypes) if (t == type) return true;
+        return false;
+    }
+    for (ggml_type t : kWeightTypes) if (t == type) return true;
+    return false;
+}
+
+std::string allowed_types(TensorRole role) {
+    std::string s;
+    if (role == TensorRole::Vector) {
+        for (ggml_type t : kVectorTypes) s += (s.empty() ? "" : ", ") + type_name(t);
+    } else {
+        for (ggml_type t : kWeightTypes) s += (s.empty() ? "" : ", ") + type_name(t);
+    }
+    return s;
+}
+
 WeightStore::WeightStore(const GgufFile & file, const Devices & devices, size_t max_tensors)
     : file_(file), devices_(devices) {
     ggml_init_params params = {ggml_tensor_overhead() * (max_tensors + 8), nullptr, /*no_alloc =*/true};
@@ -56,7 +100,8 @@ WeightStore::~WeightStore() {
     if (ctx_fused_) ggml_free(ctx_fused_);
 }
 
-ggml_tensor * WeightStore::optional(const std::string & name, std::vector<int64_t> shape, Placement p) {
+ggml_tensor * WeightStore::optional(const std::string & name, std::vector<int64_t> shape, Placement p,
+                                    TensorRole role) {
     const TensorInfo * info = file_.find_tensor(name);
     if (!info) {
         return nullptr;
@@ -69,8 +114,16 @@ ggml_tensor * WeightStore::optional(const std::string & name, std::vector<int64_
         fail(ErrorKind::Format, "tensor " + name + ": expected shape " + shape_str(want, (int) shape.size()) +
                                     ", got " + shape_str(info->ne, info->n_dims) + " in " + file_.path());
     }
-    if (info->type == GGML_TYPE_COUNT || ggml_type_size(info->type) == 0) {
+    if ((int) info->type < 0 || info->type >= GGML_TYPE_COUNT || ggml_type_size(info->type) == 0) {
         fail(ErrorKind::Unsupported, "tensor " + name + " has an unsupported type in " + file_.path());
+    }
+    if (role == TensorRole::Auto) {
+        role = p == Placement::Matrix || !vector_like(info->ne) ? TensorRole::Weight : TensorRole::Vector;
+    }
+    if (!tensor_type_ok(info->type, role)) {
+        fail(ErrorKind::Format, "tensor " + name + " in " + file_.path() + " has type " + type_name(info->type) +
+                                    "; allowed for " + (role == TensorRole::Vector ? "a norm, bias, table or kernel" : "a weight matrix") +
+                                    ": " + allowed_types(role));
     }
     ggml_context * ctx = (p == Placement::Host || devices_.main_is_cpu()) ? ctx_host_ : ctx_main_;
     ggml_tensor * t = ggml_new_tensor(ctx, info->type, GGML_MAX_DIMS, info->ne);
@@ -81,8 +134,9 @@ ggml_tensor * WeightStore::optional(const std::string & name, std::vector<int64_
     return t;
 }
 
-ggml_tensor * WeightStore::require(const std::string & name, std::vector<int64_t> shape, Placement p) {
-    ggml_tensor * t = optional(name, shape, p);
+ggml_tensor * WeightStore::require(const std::string & name, std::vector<int64_t> shape, Placement p,
+                                   TensorRole role) {
+    ggml_tensor * t = optional(name, shape, p, role);
     if (!t) {
         fail(ErrorKind::Format, "tensor " + name + " not found in " + file_.path());
     }

@@ -23,6 +23,22 @@ enum class Placement {
     Host,   // always CPU memory (e.g. token embeddings read by get_rows)
 };
 
+// What a tensor is used for, which decides the types it may have (checked at declare time: a
+// tensor whose type was switched to an integer type of the same size would pass the shape and
+// size checks and crash the first graph).
+enum class TensorRole {
+    Auto,    // Vector for a tensor with one row or one column, Weight for anything larger
+    Vector,  // norms, biases, position tables, queries, convolution kernels: F32, F16, BF16
+    Weight,  // the matrix of a product (ggml_mul_mat) or a table read by get_rows: F32, F16,
+             // BF16 or a quantized type with a CPU dot-product kernel (see weight_type_ok)
+};
+
+// Whether `type` may hold a tensor of that role. Never integer types (I8..I64), F64, Q8_1 and
+// Q8_K (activation types, no dot kernel of their own) or removed and unknown types.
+bool tensor_type_ok(ggml_type type, TensorRole role);
+// "F32, F16, BF16" or the list of weight types, for error messages.
+std::string allowed_types(TensorRole role);
+
 class WeightStore {
 public:
     WeightStore(const GgufFile & file, const Devices & devices, size_t max_tensors);
@@ -30,10 +46,14 @@ public:
     WeightStore(const WeightStore &) = delete;
     WeightStore & operator=(const WeightStore &) = delete;
 
-    // Declares a tensor that must exist with exactly this shape (ggml order, ne0 first).
-    ggml_tensor * require(const std::string & name, std::vector<int64_t> shape, Placement p = Placement::Main);
+    // Declares a tensor that must exist with exactly this shape (ggml order, ne0 first) and a
+    // type allowed for its role (TensorRole::Auto: Weight for Placement::Matrix, else from the
+    // shape).
+    ggml_tensor * require(const std::string & name, std::vector<int64_t> shape, Placement p = Placement::Main,
+                          TensorRole role = TensorRole::Auto);
     // Same, but returns nullptr when the file has no such tensor.
-    ggml_tensor * optional(const std::string & name, std::vector<int64_t> shape, Placement p = Placement::Main);
+    ggml_tensor * optional(const std::string & name, std::vector<int64_t> shape, Placement p = Placement::Main,
+                           TensorRole role = TensorRole::Auto);
 
     // Stores already-declared matrices of one type and width back to back in one new tensor
     // [ne0, sum of rows] named `name`, so a single product computes them all (e.g. Q, K and V

@@ -105,13 +105,44 @@ AudioHparams AudioHparams::from_gguf(const GgufFile & f) {
         hp.proj_dim = need_u32(f, key_name(KeyName::CLIP_A_PROJECTION_DIM));
         hp.pool_step = need_u32(f, key_name(KeyName::MINICPM_A_POOL_STEP));
         hp.eps = f.opt_f32(key_name(KeyName::CLIP_A_LN_EPS)).value_or(1e-5f);
+        check_float_range(f, key_name(KeyName::CLIP_A_LN_EPS), hp.eps, 0.0f, 0.1f, /*lo_open =*/true);   // (0, 0.1]
         const float chunk = f.opt_f32(key_name(KeyName::MINICPM_A_CHUNK_LENGTH)).value_or(1.0f);
+        // seconds, [0, 30] (0 or less: no chunk mask; the encoder covers 30 s)
+        check_float_range(f, key_name(KeyName::MINICPM_A_CHUNK_LENGTH), std::max(chunk, 0.0f), 0.0f, 30.0f);
         hp.chunk_frames = chunk > 0 ? (int64_t) (chunk * 50.0f) : 0;   // int(chunk_length * 50)
     }
+    // Sane maxima, checked before ggml sees the values (Whisper-medium: 1024 wide, 24 layers of
+    // 16 heads, n_ff 4096, 1500 positions; pool step 2 or 5).
+    const std::string layer_key = hp.omni_layout ? "encoder_layers" : key_name(KeyName::CLIP_A_BLOCK_COUNT);
+    constexpr int64_t kMaxEmbd = 1 << 16, kMaxLayers = 1024, kMaxHeads = 1024, kMaxPos = 4096, kMaxPool = 100;
+    check_int_range(f, hp.omni_layout ? "d_model" : key_name(KeyName::CLIP_A_EMBEDDING_LENGTH), hp.n_embd, 1, kMaxEmbd);
+    check_int_range(f, hp.omni_layout ? "encoder_attention_heads" : key_name(KeyName::CLIP_A_HEAD_COUNT), hp.n_head, 1,
+                    kMaxHeads);
+    check_int_range(f, hp.omni_layout ? "encoder_ffn_dim" : key_name(KeyName::CLIP_A_FEED_FORWARD_LENGTH), hp.n_ff, 1,
+                    4 * kMaxEmbd);
+    if (!hp.omni_layout) check_int_range(f, key_name(KeyName::CLIP_A_PROJECTION_DIM), hp.proj_dim, 1, kMaxEmbd);
+    // Bounded by the tensors present, before the weight context is sized from it.
+    check_layer_count(f, layer_key, hp.n_layer, kMaxLayers,
+                      audio_tensor(hp.omni_layout, TensorName::A_LN1, (int) std::min<int64_t>(hp.n_layer, kMaxLayers) - 1));
     const TensorInfo * pos = f.find_tensor(audio_tensor(hp.omni_layout, TensorName::A_POS_EMBD));
     if (!pos) fail(ErrorKind::Format, "audio position table " + audio_tensor(hp.omni_layout, TensorName::A_POS_EMBD) +
                                           " not found in " + f.path());
     hp.n_pos = pos->ne[1];
+    // The offline graph attends over all n_pos rows with a [n_pos, n_pos] mask, and the streaming
+    // graph reserves 52 positions: n_pos in [52, 4096] (1500 in every MiniCPM-o).
+    if (hp.n_pos < 52 || hp.n_pos > kMaxPos || pos->n_dims != 2) {
+        fail(ErrorKind::Format, "audio position table " + pos->name + " in " + f.path() + ": shape " +
+                                    shape_str(pos->ne, pos->n_dims) + ", expected [n_embd, n_pos] with n_pos in [52, " +
+                                    std::to_string(kMaxPos) + "]");
+    }
+    // Pooled tokens: at least one per encoder window, so pool_step in [1, min(100, n_pos / 2)].
+    check_int_range(f, hp.omni_layout ? "audio_pool_step" : key_name(KeyName::MINICPM_A_POOL_STEP), hp.pool_step, 1,
+                    std::min<int64_t>(kMaxPool, hp.n_pos / 2));
+    if (hp.chunk_frames > hp.n_pos) {
+        fail(ErrorKind::Format, key_name(KeyName::MINICPM_A_CHUNK_LENGTH) + " in " + f.path() + " gives " +
+                                    std::to_string(hp.chunk_frames) + " frames per chunk, more than the " +
+                                    std::to_string(hp.n_pos) + " encoder positions");
+    }
     if (hp.n_embd % hp.n_head) {
         fail(ErrorKind::Format, f.path() + ": audio width " + std::to_string(hp.n_embd) + " is not divisible by " +
                                     std::to_string(hp.n_head) + " heads");
@@ -139,11 +170,12 @@ AudioWeights AudioWeights::declare(WeightStore & s, const GgufFile & f, const Au
         return s.require(name(t), two_d ? std::vector<int64_t>{1, E} : std::vector<int64_t>{E});
     };
     AudioWeights w;
-    w.conv1_w = s.require(name(TensorName::A_CONV1), {3, M, E});
+    // Convolution kernels and the position table are read as floats.
+    w.conv1_w = s.require(name(TensorName::A_CONV1), {3, M, E}, Placement::Main, TensorRole::Vector);
     w.conv1_b = conv_bias(TensorName::A_CONV1_BIAS);
-    w.conv2_w = s.require(name(TensorName::A_CONV2), {3, E, E});
+    w.conv2_w = s.require(name(TensorName::A_CONV2), {3, E, E}, Placement::Main, TensorRole::Vector);
     w.conv2_b = conv_bias(TensorName::A_CONV2_BIAS);
-    w.pos     = s.require(name(TensorName::A_POS_EMBD), {E, hp.n_pos});
+    w.pos     = s.require(name(TensorName::A_POS_EMBD), {E, hp.n_pos}, Placement::Main, TensorRole::Vector);
     for (int il = 0; il < (int) hp.n_layer; ++il) {
         AudioLayer L;
         L.ln1_w = s.require(name(TensorName::A_LN1, il), {E});

@@ -31,15 +31,34 @@ LlmHparams LlmHparams::from_gguf(const GgufFile & f) {
                                          " (supported: qwen3, qwen2)");
     }
     auto key = [&](KeyName k) { return key_name(k, hp.arch); };
+    // Sane maxima for the sizes (checked before ggml sees them; the tensors' shapes are checked
+    // against these values at declare time). The largest supported models use n_embd 4096,
+    // 36 layers, 32 heads of 128, n_ff 12288 and a 40960 context.
+    constexpr int64_t kMaxEmbd = 1 << 16, kMaxLayers = 1024, kMaxHeads = 1024, kMaxHeadDim = 1024;
+    constexpr int64_t kMaxFf = 1 << 20, kMaxCtx = 1 << 24;
     hp.n_embd    = need_positive(f, key(KeyName::LLM_EMBEDDING_LENGTH));
+    check_int_range(f, key(KeyName::LLM_EMBEDDING_LENGTH), hp.n_embd, 1, kMaxEmbd);
     hp.n_layer   = need_positive(f, key(KeyName::LLM_BLOCK_COUNT));
+    // Bounded by the tensors present: a huge count would size the weight context (ggml_init
+    // asserts when that allocation fails) before any tensor is looked up.
+    check_layer_count(f, key(KeyName::LLM_BLOCK_COUNT), hp.n_layer, kMaxLayers,
+                      tensor_name(TensorName::LLM_ATTN_NORM, (int) std::min<int64_t>(hp.n_layer, kMaxLayers) - 1));
     hp.n_head    = need_positive(f, key(KeyName::LLM_HEAD_COUNT));
+    check_int_range(f, key(KeyName::LLM_HEAD_COUNT), hp.n_head, 1, kMaxHeads);
     hp.n_head_kv = f.has_key(key(KeyName::LLM_HEAD_COUNT_KV)) ? need_positive(f, key(KeyName::LLM_HEAD_COUNT_KV))
                                                               : hp.n_head;
+    check_int_range(f, key(KeyName::LLM_HEAD_COUNT_KV), hp.n_head_kv, 1, hp.n_head);
     hp.n_ff      = need_positive(f, key(KeyName::LLM_FEED_FORWARD_LENGTH));
+    check_int_range(f, key(KeyName::LLM_FEED_FORWARD_LENGTH), hp.n_ff, 1, kMaxFf);
     hp.n_ctx_train = f.opt_u32(key(KeyName::LLM_CONTEXT_LENGTH)).value_or(0);
+    check_int_range(f, key(KeyName::LLM_CONTEXT_LENGTH), hp.n_ctx_train, 0, kMaxCtx);   // 0: unknown
     hp.rms_eps   = f.get_f32(key(KeyName::LLM_RMS_EPS));
     hp.rope_base = f.opt_f32(key(KeyName::LLM_ROPE_FREQ_BASE)).value_or(10000.0f);
+    // Float hyperparameters: finite and in a range where the graph gives numbers (an epsilon of
+    // inf or a base of 1e-45 load fine and give NaN or constant logits). Real files: eps 1e-6 or
+    // 1e-5, base 1e4 to 1e6.
+    check_float_range(f, key(KeyName::LLM_RMS_EPS), hp.rms_eps, 0.0f, 0.1f, /*lo_open =*/true);   // (0, 0.1]
+    check_float_range(f, key(KeyName::LLM_ROPE_FREQ_BASE), hp.rope_base, 1.0f, 1e9f);             // [1, 1e9]
     if (hp.n_embd % hp.n_head != 0 && !f.has_key(key(KeyName::LLM_KEY_LENGTH))) {
         fail(ErrorKind::Format, "cannot derive head_dim in " + f.path() + ": embedding_length " +
                                     std::to_string(hp.n_embd) + " is not a multiple of head_count " +
@@ -47,6 +66,7 @@ LlmHparams LlmHparams::from_gguf(const GgufFile & f) {
     }
     hp.head_dim = f.has_key(key(KeyName::LLM_KEY_LENGTH)) ? need_positive(f, key(KeyName::LLM_KEY_LENGTH))
                                                           : hp.n_embd / hp.n_head;
+    check_int_range(f, key(KeyName::LLM_KEY_LENGTH), hp.head_dim, 1, kMaxHeadDim);
     if (auto vl = f.opt_u32(key(KeyName::LLM_VALUE_LENGTH)); vl && *vl != hp.head_dim) {
         fail(ErrorKind::Unsupported, "value_length " + std::to_string(*vl) + " differs from key_length " +
                                          std::to_string(hp.head_dim) + " in " + f.path());
@@ -59,9 +79,6 @@ LlmHparams LlmHparams::from_gguf(const GgufFile & f) {
         fail(ErrorKind::Format, "head dimension " + std::to_string(hp.head_dim) + " must be even for RoPE in " +
                                     f.path());
     }
-    if (!(hp.rms_eps > 0.0f) || !std::isfinite(hp.rope_base) || hp.rope_base <= 0.0f) {
-        fail(ErrorKind::Format, "invalid rms epsilon or rope base in " + f.path());
-    }
     hp.qk_norm  = hp.arch == "qwen3";
     hp.qkv_bias = hp.arch == "qwen2";
 
@@ -70,7 +87,8 @@ LlmHparams LlmHparams::from_gguf(const GgufFile & f) {
         fail(ErrorKind::Format, "tensor " + tensor_name(TensorName::LLM_TOKEN_EMBD) + " not found in " + f.path());
     }
     hp.n_vocab = emb->ne[1];
-    if (emb->ne[0] != hp.n_embd || hp.n_vocab <= 0) {
+    // Token ids are int32; the table's rows are its vocabulary.
+    if (emb->ne[0] != hp.n_embd || hp.n_vocab <= 0 || hp.n_vocab > INT32_MAX || emb->n_dims != 2) {
         fail(ErrorKind::Format, "tensor " + emb->name + ": expected shape [" + std::to_string(hp.n_embd) +
                                     ", n_vocab], got " + shape_str(emb->ne, emb->n_dims) + " in " + f.path());
     }

@@ -167,43 +167,65 @@ VisionHparams VisionHparams::from_gguf(const GgufFile & f) {
         fail(ErrorKind::Unsupported, "resampler kind '" + *kind + "' in " + path + " is not supported (2d, 3d)");
     }
 
+    // Sane maxima, checked before ggml sees the values (SigLIP-400M: 1152 wide, 27 layers of
+    // 16 heads, n_ff 4304, patch 14, slices of 448 over a 70 x 70 position table, 64 queries).
+    constexpr int64_t kMaxEmbd = 1 << 16, kMaxLayers = 1024, kMaxHeads = 1024, kMaxFf = 1 << 20;
+    constexpr int64_t kMaxPatch = 1024, kMaxImageSize = 4096, kMaxQuery = 4096, kMaxSliceNums = 1024;
+    auto range = [&](KeyName k, int64_t v, int64_t lo, int64_t hi) { check_int_range(f, key_name(k), v, lo, hi); };
     hp.n_embd     = need_positive(f, KeyName::CLIP_V_EMBEDDING_LENGTH);
+    range(KeyName::CLIP_V_EMBEDDING_LENGTH, hp.n_embd, 1, kMaxEmbd);
     hp.n_layer    = need_positive(f, KeyName::CLIP_V_BLOCK_COUNT);
+    // Bounded by the tensors present, before the weight context is sized from it.
+    check_layer_count(f, key_name(KeyName::CLIP_V_BLOCK_COUNT), hp.n_layer, kMaxLayers,
+                      tensor_name(TensorName::V_LN1, (int) std::min<int64_t>(hp.n_layer, kMaxLayers) - 1));
     hp.n_head     = need_positive(f, KeyName::CLIP_V_HEAD_COUNT);
+    range(KeyName::CLIP_V_HEAD_COUNT, hp.n_head, 1, kMaxHeads);
     hp.n_ff       = need_positive(f, KeyName::CLIP_V_FEED_FORWARD_LENGTH);
+    range(KeyName::CLIP_V_FEED_FORWARD_LENGTH, hp.n_ff, 1, kMaxFf);
     hp.patch_size = need_positive(f, KeyName::CLIP_V_PATCH_SIZE);
+    range(KeyName::CLIP_V_PATCH_SIZE, hp.patch_size, 1, kMaxPatch);
     if (hp.n_embd % hp.n_head != 0) {
         fail(ErrorKind::Format, "vision embedding_length " + std::to_string(hp.n_embd) + " is not a multiple of head_count " +
                                     std::to_string(hp.n_head) + " in " + path);
     }
     // Slice side: our key when present, else clip.vision.image_size (448 in mmproj files).
-    hp.image_size = f.has_key(key_name(KeyName::MINICPM_V_SCALE_RESOLUTION))
-                        ? need_positive(f, KeyName::MINICPM_V_SCALE_RESOLUTION)
-                        : need_positive(f, KeyName::CLIP_V_IMAGE_SIZE);
-    if (hp.image_size < hp.patch_size) {
-        fail(ErrorKind::Format, "slice size " + std::to_string(hp.image_size) + " is smaller than the patch size " +
-                                    std::to_string(hp.patch_size) + " in " + path);
+    const KeyName size_key = f.has_key(key_name(KeyName::MINICPM_V_SCALE_RESOLUTION)) ? KeyName::MINICPM_V_SCALE_RESOLUTION
+                                                                                      : KeyName::CLIP_V_IMAGE_SIZE;
+    hp.image_size = need_positive(f, size_key);
+    // The slice side sizes the reserved graphs (side^2 patches per slice, quadratic attention):
+    // in [patch_size, 4096], and no more patches per side than the position table has buckets
+    // (checked below, once the table is read). 10000 on a tiny image took minutes and ~5 GB.
+    if (hp.image_size < hp.patch_size || hp.image_size > kMaxImageSize) {
+        fail(ErrorKind::Format, "metadata key " + key_name(size_key) + " in " + path + ": slice size " +
+                                    std::to_string(hp.image_size) + " out of range [patch size " +
+                                    std::to_string(hp.patch_size) + ", " + std::to_string(kMaxImageSize) + "]");
     }
     hp.eps = f.opt_f32(key_name(KeyName::CLIP_V_LN_EPS)).value_or(1e-6f);
-    if (!(hp.eps > 0.0f) || !std::isfinite(hp.eps)) {
-        fail(ErrorKind::Format, "invalid " + key_name(KeyName::CLIP_V_LN_EPS) + " in " + path);
-    }
+    check_float_range(f, key_name(KeyName::CLIP_V_LN_EPS), hp.eps, 0.0f, 0.1f, /*lo_open =*/true);   // (0, 0.1]
     read_f32_array(f, KeyName::CLIP_V_IMAGE_MEAN, hp.mean, 3);
     read_f32_array(f, KeyName::CLIP_V_IMAGE_STD, hp.std, 3);
+    // Pixels are (x - mean) / std with x in [0, 1]: mean in [-1e3, 1e3], std in [1e-3, 1e3]
+    // (1e-45 or 1e30 give inf or constant inputs). Real files: 0.5 / 0.5.
     for (int c = 0; c < 3; ++c) {
-        if (!std::isfinite(hp.mean[c]) || !(hp.std[c] > 0.0f) || !std::isfinite(hp.std[c])) {
-            fail(ErrorKind::Format, "invalid image mean/std in " + path + " (std must be > 0)");
-        }
+        check_float_range(f, key_name(KeyName::CLIP_V_IMAGE_MEAN) + "[" + std::to_string(c) + "]", hp.mean[c], -1e3f, 1e3f);
+        check_float_range(f, key_name(KeyName::CLIP_V_IMAGE_STD) + "[" + std::to_string(c) + "]", hp.std[c], 1e-3f, 1e3f);
     }
 
     // The position table fixes the bucket grid: n_pos rows = side^2.
     const TensorInfo & pos = need_tensor(f, TensorName::V_POS_EMBD);
     hp.n_pos = pos.ne[1];
     hp.pos_side = (int64_t) std::llround(std::sqrt((double) hp.n_pos));
-    if (pos.ne[0] != hp.n_embd || hp.n_pos <= 0 || hp.pos_side * hp.pos_side != hp.n_pos) {
+    if (pos.ne[0] != hp.n_embd || hp.n_pos <= 0 || hp.pos_side * hp.pos_side != hp.n_pos || pos.n_dims != 2) {
         fail(ErrorKind::Format, "tensor " + pos.name + ": expected [" + std::to_string(hp.n_embd) +
                                     ", side^2] (a square position grid), got " + shape_str(pos.ne, pos.n_dims) + " in " +
                                     path);
+    }
+    // A default slice has at most as many patches per side as the table has buckets (the
+    // reference's 448 / 14 = 32 against 70).
+    if (hp.image_size / hp.patch_size > hp.pos_side) {
+        fail(ErrorKind::Format, "metadata key " + key_name(size_key) + " in " + path + ": slice size " +
+                                    std::to_string(hp.image_size) + " gives " + std::to_string(hp.image_size / hp.patch_size) +
+                                    " patches per side, more than the " + std::to_string(hp.pos_side) + " of " + pos.name);
     }
 
     // Resampler: the width comes from proj (as clip.cpp), the query count from the query tensor.
@@ -219,11 +241,13 @@ VisionHparams VisionHparams::from_gguf(const GgufFile & f) {
     }
     const TensorInfo & query = need_tensor(f, TensorName::RS_QUERY);
     hp.n_query = query.ne[1];
-    if (query.ne[0] != hp.rs_dim || hp.n_query <= 0 || query.n_dims != 2) {
+    if (query.ne[0] != hp.rs_dim || hp.n_query <= 0 || hp.n_query > kMaxQuery || query.n_dims != 2) {
         fail(ErrorKind::Format, "tensor " + query.name + ": expected [" + std::to_string(hp.rs_dim) +
                                     ", n_query], got " + shape_str(query.ne, query.n_dims) + " in " + path);
     }
-    hp.minicpmv_version = (int) f.opt_u32(key_name(KeyName::CLIP_MINICPMV_VERSION)).value_or(0);
+    const int64_t version = f.opt_u32(key_name(KeyName::CLIP_MINICPMV_VERSION)).value_or(0);
+    range(KeyName::CLIP_MINICPMV_VERSION, version, 0, 1 << 20);   // 2 .. 6, 100045
+    hp.minicpmv_version = (int) version;
     // clip.minicpmv_query_num is absent from older mmproj files (clip.cpp then assumes 64 for
     // versions 3, 4, 5, 6, 100045); the query tensor is authoritative, the key must agree.
     if (auto qn = f.opt_u32(key_name(KeyName::CLIP_MINICPMV_QUERY_NUM)); qn && *qn != 0 && *qn != hp.n_query) {
@@ -245,14 +269,12 @@ VisionHparams VisionHparams::from_gguf(const GgufFile & f) {
                                     std::to_string(hp.rs_heads) + " heads in " + path);
     }
     hp.rs_eps = f.opt_f32(key_name(KeyName::MINICPM_RS_LN_EPS)).value_or(1e-6f);
-    if (!(hp.rs_eps > 0.0f) || !std::isfinite(hp.rs_eps)) {
-        fail(ErrorKind::Format, "invalid " + key_name(KeyName::MINICPM_RS_LN_EPS) + " in " + path);
-    }
+    check_float_range(f, key_name(KeyName::MINICPM_RS_LN_EPS), hp.rs_eps, 0.0f, 0.1f, /*lo_open =*/true);   // (0, 0.1]
 
-    hp.max_slice_nums = (int) f.opt_u32(key_name(KeyName::MINICPM_V_MAX_SLICE_NUMS)).value_or(9);
-    if (hp.max_slice_nums <= 0) {
-        fail(ErrorKind::Format, key_name(KeyName::MINICPM_V_MAX_SLICE_NUMS) + " must be > 0 in " + path);
-    }
+    // [1, 1024], as the slicer's own check (the reference's default is 9).
+    const int64_t max_slices = f.opt_u32(key_name(KeyName::MINICPM_V_MAX_SLICE_NUMS)).value_or(9);
+    range(KeyName::MINICPM_V_MAX_SLICE_NUMS, max_slices, 1, kMaxSliceNums);
+    hp.max_slice_nums = (int) max_slices;
     hp.use_image_id = f.opt_bool(key_name(KeyName::MINICPM_V_USE_IMAGE_ID)).value_or(true);
 
     // Legacy mmproj files store fc1 as ffn_down and fc2 as ffn_up (clip.cpp swaps them at load
@@ -288,9 +310,10 @@ void VisionWeights::fuse_qkv(WeightStore & store, bool on_cpu_too) {
 VisionWeights VisionWeights::declare(WeightStore & s, const VisionHparams & hp) {
     VisionWeights w;
     const int64_t E = hp.n_embd, F = hp.n_ff, P = hp.patch_size, D = hp.rs_dim;
-    w.patch_w = s.require(tensor_name(TensorName::V_PATCH_EMBD), {P, P, 3, E});
+    // The convolution kernel, the position table and the queries are read as floats.
+    w.patch_w = s.require(tensor_name(TensorName::V_PATCH_EMBD), {P, P, 3, E}, Placement::Main, TensorRole::Vector);
     w.patch_b = s.require(tensor_name(TensorName::V_PATCH_EMBD_BIAS), {E});
-    w.pos     = s.require(tensor_name(TensorName::V_POS_EMBD), {E, hp.n_pos});
+    w.pos     = s.require(tensor_name(TensorName::V_POS_EMBD), {E, hp.n_pos}, Placement::Main, TensorRole::Vector);
 
     const bool swapped = hp.ffn_swapped;
     const TensorName up_name = swapped ? TensorName::V_FFN_DOWN : TensorName::V_FFN_UP;
@@ -322,7 +345,7 @@ VisionWeights VisionWeights::declare(WeightStore & s, const VisionHparams & hp) 
     w.post_ln_w = s.require(tensor_name(TensorName::V_POST_LN), {E});
     w.post_ln_b = s.require(tensor_name(TensorName::V_POST_LN_BIAS), {E});
 
-    w.query = s.require(tensor_name(TensorName::RS_QUERY), {D, hp.n_query});
+    w.query = s.require(tensor_name(TensorName::RS_QUERY), {D, hp.n_query}, Placement::Main, TensorRole::Vector);
     // kv_proj is nn.Identity in the reference when the vision width equals the resampler width.
     w.kv_w = E == D ? s.optional(tensor_name(TensorName::RS_KV), {E, D}) : s.require(tensor_name(TensorName::RS_KV), {E, D});
     w.q_w  = s.require(tensor_name(TensorName::RS_ATTN_Q), {D, D});
