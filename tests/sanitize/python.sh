@@ -26,11 +26,10 @@ done
 
 TESTS=("$@")
 if [ ${#TESTS[@]} -eq 0 ]; then
-    # Parity of the LLM and vision paths, the error and hardening tests, and the fuzz slice.
-    TESTS=(tests/test_errors.py tests/test_hardening_api.py tests/test_llm_parity.py tests/test_vision_e2e.py -q -x)
-    for extra in tests/test_hardening_files.py tests/test_fuzz_slice.py; do
-        [ -e "$extra" ] && TESTS=("$extra" "${TESTS[@]}")
-    done
+    # LLM parity, vision, the error and API hardening tests, and a smaller fuzz slice.
+    TESTS=(tests/test_errors.py tests/test_hardening_api.py tests/test_llm_parity.py tests/test_fuzz_slice.py
+           tests/test_vision_parity.py -q -x)
+    export MINICPM_FUZZ_SLICE_CASES="${MINICPM_FUZZ_SLICE_CASES:-200}" MINICPM_FUZZ_SLICE_BUDGET="${MINICPM_FUZZ_SLICE_BUDGET:-120}"
 fi
 
 # Leak checking is off: the interpreter and torch keep allocations alive at exit by design.
