@@ -14,7 +14,22 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Unio
 import numpy as np
 
 from . import _core
-from ._files import check_path_text as _check_path_text
+from ._args import (
+    MAX_THREADS,
+    _SAMPLING_KEYS,
+    _bool_arg,
+    _check_path,
+    _check_text,
+    _count,
+    _max_slices,
+    _max_tokens,
+    _opt_bool,
+    _sampling,
+    _small_count,
+    _stops,
+    _str_arg,
+    _threads,
+)
 from .content import Message, audio_part as _audio_part, normalise_messages as _normalise_messages
 from .errors import FileError, InvalidArgumentError
 
@@ -32,65 +47,6 @@ def list_devices() -> List[Dict[str, Any]]:
 def set_log_level(level: str) -> None:
     """Native log level: "error", "warn" (default), "info" or "debug"."""
     _core.set_log_level(_str_arg(level, "level"))
-
-
-def _str_arg(value: Any, name: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidArgumentError(f"{name} must be a str, got {type(value).__name__}")
-    return _check_text(value, name)
-
-
-def _bool_arg(value: Any, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise InvalidArgumentError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
-
-
-def _check_path(path: Union[str, os.PathLike], what: str = "model path") -> str:
-    try:
-        p = os.fspath(path)
-    except TypeError:
-        raise InvalidArgumentError(f"{what} must be a str or os.PathLike, got {type(path).__name__}") from None
-    if not isinstance(p, str):
-        raise InvalidArgumentError(f"{what} must be a str or os.PathLike, got {type(path).__name__}")
-    _check_path_text(p, what)
-    _check_text(p, what)
-    return p
-
-
-def _check_text(text: str, what: str) -> str:
-    """Text the core takes must be valid Unicode (no lone surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidArgumentError(f"{what} is not valid Unicode text (it holds a lone surrogate)") from None
-    return text
-
-
-# CPU threads: at most 4 x the cores (more only oversubscribes; 10^5 threads hang the first graph).
-MAX_THREADS = 4 * (os.cpu_count() or 4)
-
-
-def _threads(value: Any, name: str = "n_threads") -> int:
-    n = _count(value, name)
-    if n > MAX_THREADS:
-        raise InvalidArgumentError(f"{name} must be <= {MAX_THREADS} (4 x the {MAX_THREADS // 4} cores of this "
-                                   f"machine), got {n}")
-    return n
-
-
-def _opt_bool(value: Any, name: str) -> Optional[bool]:
-    if value is None:
-        return None
-    if not isinstance(value, (bool, np.bool_)):
-        raise InvalidArgumentError(f"{name} must be True, False or None, got {value!r}")
-    return bool(value)
-
-
-def _count(value: Any, name: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InvalidArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 class Tokenizer:
@@ -196,15 +152,13 @@ class Model:
         self.mmproj = _check_path(mmproj, "mmproj") if mmproj is not None else None
         self.audio = _check_path(audio, "audio file") if audio is not None else None
         extra = [_check_path(f, "extra file") for f in extra_files]
-        if not isinstance(cpu_repack, (bool, np.bool_)):
-            raise InvalidArgumentError(f"cpu_repack must be True or False, got {cpu_repack!r}")
         self._m = _core.Model(
             p,
             device,
             n,
             self.mmproj or "",
             extra,
-            bool(cpu_repack),
+            _bool_arg(cpu_repack, "cpu_repack"),
             _opt_bool(fuse_qkv, "fuse_qkv"),
             bool(warmup),
             vision_flash_attn,
@@ -347,74 +301,12 @@ def find_model_files(directory: Union[str, os.PathLike]) -> Dict[str, Optional[s
     return {"model": os.path.join(d, pick(top)), "audio": sub("audio", "audio"), "vision": sub("vision", "vision")}
 
 
-def _max_slices(max_slice_nums: Optional[int]) -> int:
-    if max_slice_nums is None:
-        return 0
-    n = _count(max_slice_nums, "max_slice_nums", 1)
-    if n > 1024:
-        raise InvalidArgumentError(f"max_slice_nums must be <= 1024, got {n}")
-    return n
-
-
 def _image_args(image: Any, max_slice_nums: Optional[int], use_image_id: Optional[bool], image_id: int) -> tuple:
     """(rgb, max_slice_nums, use_image_id, image_id) as the native encoders take them."""
     from .image import load_image
 
     return (load_image(image), _max_slices(max_slice_nums), _opt_bool(use_image_id, "use_image_id"),
             _small_count(image_id, "image_id"))
-
-
-def _small_count(value: Any, name: str) -> int:
-    n = _count(value, name)
-    if n >= 2**31:
-        raise InvalidArgumentError(f"{name} must be < 2**31, got {n}")
-    return n
-
-
-_SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "presence_penalty", "repeat_last_n")
-
-
-def _sampling(kw: Dict[str, Any]) -> Dict[str, Any]:
-    """Sampling overrides; None (or absent) takes the model's default."""
-    p: Dict[str, Any] = {}
-    for k, v in kw.items():
-        if k not in _SAMPLING_KEYS:
-            raise InvalidArgumentError(f"unknown sampling parameter {k!r} (known: {', '.join(_SAMPLING_KEYS)})")
-        if v is None:
-            continue
-        if k in ("top_k", "repeat_last_n"):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise InvalidArgumentError(f"{k} must be an int, got {v!r}")
-            if not -(2**31) <= int(v) < 2**31:
-                raise InvalidArgumentError(f"{k} is out of range: {v!r}")
-            p[k] = int(v)
-        else:
-            try:
-                p[k] = float(v)
-            except (TypeError, ValueError):
-                raise InvalidArgumentError(f"{k} must be a number, got {v!r}") from None
-    return p
-
-
-def _max_tokens(value: Optional[int]) -> Optional[int]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InvalidArgumentError(f"max_tokens must be an int or None, got {type(value).__name__}")
-    if value < -1:
-        raise InvalidArgumentError(f"max_tokens must be >= 0, or -1 for no limit, got {value}")
-    return int(min(value, 2**31 - 1))
-
-
-def _stops(stop: Optional[Union[str, Sequence[str]]]) -> List[str]:
-    if isinstance(stop, str):
-        stop = [stop]
-    if stop is not None and not isinstance(stop, (list, tuple)):
-        raise InvalidArgumentError(f"stop must be a string or a list of strings, got {type(stop).__name__}")
-    stops = list(stop or [])
-    if not all(isinstance(s, str) for s in stops):
-        raise InvalidArgumentError("stop must be a string or a list of strings")
-    return [_check_text(s, "stop string") for s in stops]
 
 
 class Session:
@@ -459,9 +351,7 @@ class Session:
         mmproj: Optional[Union[str, os.PathLike]] = None,
         allow_local_files: bool = True,
     ) -> None:
-        if not isinstance(allow_local_files, (bool, np.bool_)):
-            raise InvalidArgumentError(f"allow_local_files must be True or False, got {allow_local_files!r}")
-        self.allow_local_files = bool(allow_local_files)
+        self.allow_local_files = _bool_arg(allow_local_files, "allow_local_files")
         if not isinstance(model, Model):
             model = Model(model, device=device, n_threads=n_threads, mmproj=mmproj)
         elif mmproj is not None:
