@@ -11,6 +11,7 @@ Kaldi module's source file is loaded from there. Nothing here is used by the run
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import sys
 import types
@@ -23,8 +24,10 @@ def _install_torchaudio_stub() -> None:
     root = Path(__file__).resolve().parent / ".ref" / "torchaudio"
     ta = types.ModuleType("torchaudio")
     ta.__path__ = []
+    ta.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None, is_package=True)
     comp = types.ModuleType("torchaudio.compliance")
     comp.__path__ = []
+    comp.__spec__ = importlib.machinery.ModuleSpec("torchaudio.compliance", None, is_package=True)
     ta.compliance = comp
     sys.modules["torchaudio"] = ta
     sys.modules["torchaudio.compliance"] = comp
