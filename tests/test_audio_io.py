@@ -409,6 +409,14 @@ def test_non_finite_samples_in_files():
             load_audio(_sf_bytes(x, rate, "WAV", "FLOAT"))
 
 
+@pytest.mark.parametrize("rate", [8, 999])
+def test_sample_rate_below_minimum(rate):
+    # (fuzz: 1 s of 16 kHz frames declared at 8 Hz is 2000 s of audio to upsample and encode)
+    data = _sf_bytes(np.zeros((16000, 1), np.float32), rate, "WAV", "PCM_16")
+    with pytest.raises(InvalidArgumentError, match=f"sample rate {rate} Hz is below the minimum of 1000 Hz"):
+        load_audio(data)
+
+
 def test_empty_audio_file():
     data = _sf_bytes(np.zeros((0, 2), np.float32), 44100, "WAV", "PCM_16")
     with pytest.raises(InvalidArgumentError, match="no samples"):

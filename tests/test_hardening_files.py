@@ -301,6 +301,22 @@ def test_llm_integer_keys(llm_file, tmp_path, key, value, pattern):
     _expect(_isolated(p, "prefill"), "FormatError", pattern)
 
 
+@pytest.mark.parametrize("value", [0, 2, 10**6])
+def test_llm_partial_rotary_refused(llm_file, tmp_path, value):
+    # The key was written but not read: a partial-rotary (or oversized) count gave wrong logits.
+    p = rewrite(llm_file, tmp_path / "rd.gguf", set_keys={"qwen3.rope.dimension_count": (value, U32)})
+    with pytest.raises(minicpm_cpp.UnsupportedError, match=r"rope\.dimension_count = %d.*full rotary" % value):
+        minicpm_cpp.Model(p, device="cpu")
+
+
+def test_llm_rope_dimension_count_of_the_head_loads(llm_file, tmp_path):
+    # (rewritten with its own value: the rewrite itself must not be what makes the cases above fail)
+    import gguf as g
+    head = g.GGUFReader(str(llm_file)).fields["qwen3.rope.dimension_count"].contents()   # the converter writes head_dim
+    p = rewrite(llm_file, tmp_path / "rd-ok.gguf", set_keys={"qwen3.rope.dimension_count": (head, U32)})
+    minicpm_cpp.Model(p, device="cpu")
+
+
 @pytest.mark.parametrize(
     "key,value,pattern",
     [
@@ -320,3 +336,26 @@ def test_audio_position_table_too_small(omni_files, tmp_path):
     pos = _tensor(audio, "a.position_embd.weight")
     p = rewrite(audio, tmp_path / "apos.gguf", replace_tensors={"a.position_embd.weight": np.ascontiguousarray(pos[:8])})
     _expect(_isolated(llm, "audio", audio=p), "FormatError", r"a\.position_embd\.weight.*n_pos")
+
+
+# ---- tokenizer token types (fuzz: values out of llama.cpp's enum; markers no longer special) ----
+
+
+def test_token_type_out_of_range(llm_file, tmp_path):
+    types = list(gguf.GGUFReader(str(llm_file)).fields["tokenizer.ggml.token_type"].contents())
+    types[5] = 7
+    p = rewrite(llm_file, tmp_path / "tt.gguf", set_keys={"tokenizer.ggml.token_type": (types, ARRAY)})
+    with pytest.raises(minicpm_cpp.FormatError, match=r"token type 7 of token 5"):
+        minicpm_cpp.Model(p, device="cpu")
+
+
+def test_image_markers_not_special(omni_files, tmp_path):
+    # Without token types every marker is a normal token: "<image>" splits into pieces and the
+    # image slots cannot be found. A FormatError naming the key, not an internal error.
+    llm, mmproj, _ = omni_files
+    p = rewrite(llm, tmp_path / "nott.gguf", drop_keys=["tokenizer.ggml.token_type"])
+    m = minicpm_cpp.Model(p, device="cpu", mmproj=mmproj)
+    s = minicpm_cpp.Session(m, n_ctx=512)
+    img = np.full((20, 30, 3), 128, np.uint8)
+    with pytest.raises(minicpm_cpp.FormatError, match=r"tokenizer\.ggml\.token_type"):
+        s.chat([{"role": "user", "content": [img, "hi"]}], max_tokens=1)

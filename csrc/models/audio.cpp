@@ -520,7 +520,7 @@ struct AudioEncoder::Impl {
         ggml_tensor * x = front_end(ctx, m.w, io.mel);
         x = ggml_view_2d(ctx, x, hp.n_embd, T, x->nb[1], 0);
         x = ggml_add(ctx, x, ggml_view_2d(ctx, m.w.pos, hp.n_embd, T, m.w.pos->nb[1], 0));
-        const int64_t hd = hp.n_embd / hp.n_head, E = hp.n_embd;
+        const int64_t hd = hp.n_embd / hp.n_head;
         const float   scale = 1.0f / std::sqrt((float) hd);
         AttnSource attn{[&](int, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v) {
             if (m.flash) {   // flash attention's fast kernels take F16 keys and values

@@ -79,6 +79,13 @@ LlmHparams LlmHparams::from_gguf(const GgufFile & f) {
         fail(ErrorKind::Format, "head dimension " + std::to_string(hp.head_dim) + " must be even for RoPE in " +
                                     f.path());
     }
+    // Qwen2/Qwen3 rotate the whole head; a file asking for partial rotary (or more dimensions
+    // than a head has) describes another network, and ignoring the key would give wrong logits.
+    if (auto rd = f.opt_u32(key(KeyName::LLM_ROPE_DIMENSION_COUNT)); rd && *rd != hp.head_dim) {
+        fail(ErrorKind::Unsupported, key(KeyName::LLM_ROPE_DIMENSION_COUNT) + " = " + std::to_string(*rd) +
+                                         " in " + f.path() + ": only full rotary embeddings (the head dimension, " +
+                                         std::to_string(hp.head_dim) + ") are supported");
+    }
     hp.qk_norm  = hp.arch == "qwen3";
     hp.qkv_bias = hp.arch == "qwen2";
 

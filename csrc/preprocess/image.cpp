@@ -515,12 +515,16 @@ std::vector<int32_t> image_placeholder_tokens(const Tokenizer & tok, SliceGrid g
         } else if ((t == im_end || t == sl_end) && open >= 0) {
             const int64_t n = (int64_t) i - open - 1;
             if (n != n_query) {
-                throw Error(ErrorKind::Internal, "image placeholder: a span holds " + std::to_string(n) +
-                                                     " tokens, expected " + std::to_string(n_query));
+                throw Error(ErrorKind::Format, "image placeholder: a span holds " + std::to_string(n) +
+                                                   " tokens, expected " + std::to_string(n_query) +
+                                                   ": the model's tokenizer does not keep <unk> as a single "
+                                                   "token (check tokenizer.ggml.token_type)");
             }
             for (int64_t j = open + 1; j < (int64_t) i; ++j) {
                 if (out[j] != unk) {
-                    throw Error(ErrorKind::Internal, "image placeholder: <unk> did not encode as one token");
+                    throw Error(ErrorKind::Format, "image placeholder: <unk> did not encode as one token: the model's "
+                                                   "tokenizer does not keep it as a single token (check "
+                                                   "tokenizer.ggml.token_type)");
                 }
                 positions.push_back((int32_t) j);
             }
@@ -530,8 +534,12 @@ std::vector<int32_t> image_placeholder_tokens(const Tokenizer & tok, SliceGrid g
     }
     const int expected_spans = 1 + grid.cols * grid.rows;
     if (spans != expected_spans) {
-        throw Error(ErrorKind::Internal, "image placeholder: found " + std::to_string(spans) +
-                                             " image spans, expected " + std::to_string(expected_spans));
+        // A vocabulary whose markers are not added tokens (tokenizer.ggml.token_type missing or
+        // rewritten) splits "<image>" into pieces: the file is at fault, not the caller.
+        throw Error(ErrorKind::Format, "image placeholder: found " + std::to_string(spans) + " image spans, expected " +
+                                           std::to_string(expected_spans) +
+                                           ": the model's tokenizer does not keep the image markers as single "
+                                           "tokens (check tokenizer.ggml.token_type)");
     }
     if (image_embed_positions) *image_embed_positions = std::move(positions);
     return out;

@@ -176,6 +176,13 @@ Tokenizer::Tokenizer(VocabData data) {
         fail(ErrorKind::Format, "tokenizer: expected " + std::to_string(n) + " token types (one per token), got " +
                                     std::to_string(data.token_types.size()));
     }
+    for (size_t i = 0; i < n; ++i) {
+        const int32_t t = data.token_types[i];
+        if (t < TOKEN_TYPE_UNDEFINED || t > TOKEN_TYPE_BYTE) {
+            fail(ErrorKind::Format, "tokenizer: token type " + std::to_string(t) + " of token " + std::to_string(i) +
+                                        " is not one of llama.cpp's token types (0-6)");
+        }
+    }
     types_ = std::move(data.token_types);
 
     // Raw bytes of each token. Added tokens are stored as their text; the others in the

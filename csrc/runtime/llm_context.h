@@ -66,6 +66,8 @@ public:
     const std::vector<float> & logits() const { return logits_; }   // of the last evaluated entry
 
     void set_capture(bool hidden, bool logits) { capture_hidden_ = hidden; capture_logits_ = logits; }
+    bool capture_hidden() const { return capture_hidden_; }
+    bool capture_logits() const { return capture_logits_; }
     // Rows of captured outputs of entries [first, first + n), row-major.
     std::vector<float> captured_hidden(size_t first, size_t n) const;
     std::vector<float> captured_logits(size_t first, size_t n) const;

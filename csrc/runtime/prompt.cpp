@@ -245,7 +245,7 @@ ChatPrompt build_chat_prompt(const Model & model, const std::vector<Message> & m
         if (!piece.empty()) out.segments.push_back(PromptSegment{text_tokens(piece), nullptr});
         if (at == std::string::npos) break;
         if (at == at_img) {
-            if (k_img >= r.images.size()) fail(ErrorKind::Internal, "chat template repeated an image slot");
+            if (k_img >= r.images.size()) fail(ErrorKind::Format, "the model's chat template repeated an image slot");
             ImageOptions io;
             io.max_slice_nums = params.max_slice_nums;
             io.use_image_id = params.use_image_id;
@@ -254,7 +254,7 @@ ChatPrompt build_chat_prompt(const Model & model, const std::vector<Message> & m
             ++k_img;
             begin = at + r.marker.size();
         } else {
-            if (k_aud >= r.audio.size()) fail(ErrorKind::Internal, "chat template repeated an audio slot");
+            if (k_aud >= r.audio.size()) fail(ErrorKind::Format, "the model's chat template repeated an audio slot");
             const AudioPiece & a = r.audio[k_aud];
             out.segments.push_back(PromptSegment{{}, encode_audio(a.clip->samples.data() + a.begin, a.n, batch_frames)});
             ++k_aud;
@@ -262,7 +262,7 @@ ChatPrompt build_chat_prompt(const Model & model, const std::vector<Message> & m
         }
     }
     if (k_img != r.images.size() || k_aud != r.audio.size()) {
-        fail(ErrorKind::Internal, "chat template dropped a media slot");
+        fail(ErrorKind::Format, "the model's chat template dropped a media slot");
     }
     return out;
 }

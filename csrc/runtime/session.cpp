@@ -418,12 +418,25 @@ struct Session::Impl {
         gen.begin(p, sampler, p.max_tokens.value_or(d.max_tokens), model->tokenizer());
     }
 
-    ChatPrompt begin_chat(const std::vector<Message> & messages, const ChatParams & params) {
+    ChatPrompt begin_chat(const std::vector<Message> & messages, const ChatParams & params_in) {
+        ChatParams params = params_in;
+        if (params.speech) params.use_tts_template = true;
         ChatPrompt prompt = chat_prompt(messages, params);
+        if (params.speech) ctx.set_capture(true, ctx.capture_logits());
         sync(prompt.segments);
         GenerationParams g = params.generation;
         g.thinking = prompt.thinking;
         g.stop_tokens.insert(g.stop_tokens.end(), prompt.stop_tokens.begin(), prompt.stop_tokens.end());
+        if (params.speech) {
+            // streaming_generate's terminators and suppressed tokens (see begin_stream_response).
+            const int32_t im_end = model->tokenizer().find_token("<|im_end|>");
+            if (im_end >= 0) {
+                g.stop_tokens.push_back(im_end);
+                g.stop_at_end_of_turn = false;
+            }
+            const std::vector<int32_t> forbidden = stream_forbidden_tokens();
+            g.suppress_tokens.insert(g.suppress_tokens.end(), forbidden.begin(), forbidden.end());
+        }
         begin_generation(g);
         return prompt;
     }

@@ -20,6 +20,8 @@ from .errors import (
     UnsupportedError,
 )
 from .audio import MAX_AUDIO_SECONDS, SAMPLE_RATE, load_audio
+from .wav import SPEECH_SAMPLE_RATE, AudioChunk, write_wav
+from .speech_prompt import system_prompt
 from .session import AudioStream, ChatTemplate, Model, Session, Tokenizer, find_model_files, list_devices, set_log_level
 
 __version__ = "0.1.0"
@@ -45,4 +47,8 @@ __all__ = [
     "load_audio",
     "SAMPLE_RATE",
     "MAX_AUDIO_SECONDS",
+    "AudioChunk",
+    "write_wav",
+    "SPEECH_SAMPLE_RATE",
+    "system_prompt",
 ]

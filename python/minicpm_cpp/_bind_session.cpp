@@ -50,7 +50,7 @@ std::shared_ptr<const RgbImage> to_rgb(const py::handle & h, const std::string &
     img->height = (int) arr.shape(0);
     img->width = (int) arr.shape(1);
     img->pixels.resize((size_t) arr.size());
-    std::memcpy(img->pixels.data(), arr.data(), img->pixels.size());
+    if (!img->pixels.empty()) std::memcpy(img->pixels.data(), arr.data(), img->pixels.size());
     return img;
 }
 
@@ -179,7 +179,7 @@ DebugOptions to_debug(const py::object & on_tensor, const std::string & filter, 
             py::gil_scoped_acquire gil;
             std::vector<py::ssize_t> shape(t.shape.rbegin(), t.shape.rend());   // numpy order
             py::array_t<float> a(shape);
-            std::memcpy(a.mutable_data(), t.data.data(), t.data.size() * sizeof(float));
+            if (!t.data.empty()) std::memcpy(a.mutable_data(), t.data.data(), t.data.size() * sizeof(float));
             (*fn)(t.graph + ":" + t.name, a);
         };
     }
@@ -319,10 +319,11 @@ void bind_session(py::module_ & mod) {
         .def("begin_chat", [](Session & s, const py::list & messages, std::optional<bool> enable_thinking,
                               int max_slice_nums, std::optional<bool> use_image_id, std::optional<int> max_tokens,
                               std::vector<std::string> stop, const py::dict & sampling, bool stop_at_end_of_turn,
-                              bool skip_special, std::optional<bool> use_tts_template, bool omni_mode) {
+                              bool skip_special, std::optional<bool> use_tts_template, bool omni_mode, bool speech) {
             auto msgs = to_messages(messages);
             ChatParams cp = to_chat_params(enable_thinking, true, max_slice_nums, use_image_id, use_tts_template, omni_mode);
             cp.generation = to_generation(max_tokens, std::move(stop), sampling, stop_at_end_of_turn, skip_special);
+            cp.speech = speech;
             ChatPrompt p;
             {
                 py::gil_scoped_release nogil;
@@ -331,7 +332,8 @@ void bind_session(py::module_ & mod) {
             return prompt_tuple(p);
         }, py::arg("messages"), py::arg("enable_thinking"), py::arg("max_slice_nums"), py::arg("use_image_id"),
             py::arg("max_tokens"), py::arg("stop"), py::arg("sampling"), py::arg("stop_at_end_of_turn"),
-            py::arg("skip_special"), py::arg("use_tts_template") = py::none(), py::arg("omni_mode") = false)
+            py::arg("skip_special"), py::arg("use_tts_template") = py::none(), py::arg("omni_mode") = false,
+            py::arg("speech") = false)
         .def("logits", [](Session & s) {
             std::vector<float> l;
             {
@@ -339,7 +341,7 @@ void bind_session(py::module_ & mod) {
                 l = s.logits();
             }
             py::array_t<float> out((py::ssize_t) l.size());
-            std::memcpy(out.mutable_data(), l.data(), l.size() * sizeof(float));
+            if (!l.empty()) std::memcpy(out.mutable_data(), l.data(), l.size() * sizeof(float));
             return out;
         })
         .def("set_capture", &Session::set_capture, py::arg("hidden"), py::arg("logits"))

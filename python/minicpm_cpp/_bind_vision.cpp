@@ -137,7 +137,7 @@ private:
 
     static py::array_t<float> to_array(const std::vector<float> & v, std::vector<py::ssize_t> shape) {
         py::array_t<float> out(shape);
-        std::memcpy(out.mutable_data(), v.data(), v.size() * sizeof(float));
+        if (!v.empty()) std::memcpy(out.mutable_data(), v.data(), v.size() * sizeof(float));
         return out;
     }
 
@@ -153,7 +153,7 @@ private:
 
 py::array_t<float> to_array_2d(const std::vector<float> & v, int64_t rows, int64_t cols) {
     py::array_t<float> out({(py::ssize_t) rows, (py::ssize_t) cols});
-    std::memcpy(out.mutable_data(), v.data(), v.size() * sizeof(float));
+    if (!v.empty()) std::memcpy(out.mutable_data(), v.data(), v.size() * sizeof(float));
     return out;
 }
 
@@ -177,7 +177,7 @@ void bind_vision(py::module_ & mod) {
         [](int64_t ph, int64_t pw, int64_t side) {
             std::vector<int32_t> ids = navit_position_ids(ph, pw, side);
             py::array_t<int32_t> out((py::ssize_t) ids.size());
-            std::memcpy(out.mutable_data(), ids.data(), ids.size() * sizeof(int32_t));
+            if (!ids.empty()) std::memcpy(out.mutable_data(), ids.data(), ids.size() * sizeof(int32_t));
             return out;
         },
         py::arg("ph"), py::arg("pw"), py::arg("side") = 70,

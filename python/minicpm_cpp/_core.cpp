@@ -218,7 +218,7 @@ PYBIND11_MODULE(_core, mod) {
         .def_property_readonly("n_slices", [](const ImageChunk & c) { return c.n_slices; })
         .def("embeddings", [](const ImageChunk & c) {
             py::array_t<float> out({(py::ssize_t) c.embed_pos.size(), (py::ssize_t) c.n_embd});
-            std::memcpy(out.mutable_data(), c.embeddings.data(), c.embeddings.size() * sizeof(float));
+            if (!c.embeddings.empty()) std::memcpy(out.mutable_data(), c.embeddings.data(), c.embeddings.size() * sizeof(float));
             return out;
         })
         .def("__repr__", [](const ImageChunk & c) {

@@ -62,13 +62,17 @@ from ._files import open_regular, refuse_local
 from .errors import FileError, InvalidArgumentError, MissingDependencyError
 from .image import _file_url_path
 
-__all__ = ["SAMPLE_RATE", "MAX_AUDIO_SECONDS", "load_audio"]
+__all__ = ["SAMPLE_RATE", "MAX_AUDIO_SECONDS", "MIN_SAMPLE_RATE", "load_audio"]
 
 #: Sample rate of the PCM that :func:`load_audio` returns (the MiniCPM-o audio encoder's rate).
 SAMPLE_RATE: int = 16000
 
 #: Longest accepted audio, in seconds (one hour: 230 MB of float32 at 16 kHz).
 MAX_AUDIO_SECONDS: int = 3600
+
+#: Lowest accepted sample rate of a decoded file (telephone audio is 8 kHz). Below it the file is
+#: not speech, and a tiny header could state hours of samples to upsample and encode.
+MIN_SAMPLE_RATE: int = 1000
 
 # librosa.load(res_type="soxr_hq") -> soxr.resample(quality="soxr_hq"), the same setting as "HQ".
 _SOXR_QUALITY = "HQ"
@@ -271,6 +275,8 @@ def _resample(y: np.ndarray, rate: int) -> np.ndarray:
 
 
 def _check_samples(y: np.ndarray, rate: int, name: str) -> None:
+    if rate < MIN_SAMPLE_RATE:
+        raise InvalidArgumentError(f"{name}: sample rate {rate} Hz is below the minimum of {MIN_SAMPLE_RATE} Hz")
     if y.shape[-1] == 0:
         raise InvalidArgumentError(f"{name}: the audio has no samples")
     finite = np.isfinite(y)

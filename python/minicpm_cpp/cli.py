@@ -129,6 +129,14 @@ def build_parser(model_path: Optional[str] = None) -> argparse.ArgumentParser:
                    help="CPU: use quantized weights from the mapped file as is (no repacked copy)")
     p.add_argument("--kv-type", default="auto", choices=["auto", "f16", "f32"], help="KV cache type")
     p.add_argument("--flash-attn", default="auto", choices=["auto", "on", "off"], help="flash attention")
+    p.add_argument("--speak", action="store_true",
+                   help="speak the answer (MiniCPM-o 4.5: TTS talker + Token2Wav, 24 kHz); needs -o")
+    p.add_argument("-o", "--output", default=None, help="with --speak: write the speech to this WAV file")
+    p.add_argument("--ref-audio", default=None,
+                   help="with --speak: clone this voice (audio file; also put in the system prompt, as the reference's "
+                        "audio_assistant mode)")
+    p.add_argument("--tts-steps", type=_int_in(1, 1000, "--tts-steps"), default=10,
+                   help="flow-matching steps of Token2Wav (default 10, the reference's; 5 and 3 are faster)")
     p.add_argument("--no-timings", action="store_true", help="do not print the timing line")
     p.add_argument("-v", "--verbose", action="store_true", help="log loading details (and show tracebacks)")
     return p
@@ -229,6 +237,23 @@ def _run(args: argparse.Namespace) -> int:
     if args.audio and args.raw:
         print("minicpm-cli: error: --audio needs the chat template (drop --raw)", file=sys.stderr)
         return 2
+    if args.speak and (args.raw or args.interactive):
+        print("minicpm-cli: error: --speak works with one prompt (drop --raw / -i)", file=sys.stderr)
+        return 2
+    if args.speak and not args.output:
+        print("minicpm-cli: error: --speak needs -o FILE.wav", file=sys.stderr)
+        return 2
+    if (args.output or args.ref_audio) and not args.speak:
+        print("minicpm-cli: error: -o and --ref-audio go with --speak", file=sys.stderr)
+        return 2
+    voice = None
+    if args.speak:
+        if not model.can_speak:
+            print(f"minicpm-cli: error: {args.model} cannot speak (no TTS talker or Token2Wav in the file); "
+                  "convert a MiniCPM-o 4.5 checkpoint with its assets/token2wav folder", file=sys.stderr)
+            return 2
+        if args.ref_audio:
+            voice = model.voice(args.ref_audio)
     session = Session(model, n_ctx=args.ctx_size, seed=args.seed, n_batch=args.batch_size,
                       kv_type=args.kv_type, flash_attn=args.flash_attn)
     if args.verbose:
@@ -274,6 +299,10 @@ def _run(args: argparse.Namespace) -> int:
     messages = []
     if args.system:
         messages.append({"role": "system", "content": args.system})
+    elif voice is not None:
+        from .speech_prompt import system_prompt
+
+        messages.append(system_prompt(voice, mode="audio_assistant"))
     gen["max_slice_nums"] = args.max_slice_nums
     if prompt is not None:
         content = prompt
@@ -285,6 +314,8 @@ def _run(args: argparse.Namespace) -> int:
             content = [load_image(p) if kind == "image" else load_audio(p, name=p) for kind, p in media] + [prompt]
         messages.append({"role": "user", "content": content})
         t0 = time.perf_counter()
+        if args.speak:
+            return _speak(session, messages, args, gen, voice, stream, timings, t0)
         answer = stream(session.chat(messages, enable_thinking=args.enable_thinking, stream=True, **gen))
         messages.append({"role": "assistant", "content": answer})
         timings(t0)
@@ -309,6 +340,30 @@ def _run(args: argparse.Namespace) -> int:
         answer = stream(session.chat(messages, enable_thinking=args.enable_thinking, stream=True, **gen))
         messages.append({"role": "assistant", "content": answer})
         timings(t0)
+
+
+
+def _speak(session, messages, args, gen, voice, stream, timings, t0) -> int:
+    import numpy as np
+
+    from .wav import AudioChunk, write_wav
+
+    audio = []
+
+    def text_pieces():
+        for ev in session.chat(messages, enable_thinking=args.enable_thinking, stream=True, generate_audio=True,
+                               voice=voice, tts_steps=args.tts_steps, **gen):
+            if isinstance(ev, AudioChunk):
+                audio.append(ev.audio)
+            else:
+                yield ev
+
+    stream(text_pieces())
+    pcm = np.concatenate(audio) if audio else np.zeros(0, np.float32)
+    write_wav(args.output, pcm)
+    print(f"wrote {args.output}: {len(pcm) / 24000:.2f} s of 24 kHz speech", file=sys.stderr)
+    timings(t0)
+    return 0
 
 
 if __name__ == "__main__":

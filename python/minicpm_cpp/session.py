@@ -366,6 +366,7 @@ class Session:
         if eval_callback is not None and not callable(eval_callback):
             raise InvalidArgumentError("eval_callback must be callable")
         self.model = model
+        self._seed_base, self._n_spoken = seed, 0
         self._s = _core.Session(model._m, n_ctx, n_batch, seed, _str_arg(kv_type, "kv_type"),
                                 _str_arg(flash_attn, "flash_attn"), threads, eval_callback,
                                 _str_arg(eval_filter, "eval_filter"), bool(profile_ops))
@@ -573,10 +574,25 @@ class Session:
         stop_at_end_of_turn: bool = True,
         use_tts_template: Optional[bool] = None,
         omni_mode: bool = False,
+        generate_audio: bool = False,
+        voice: Any = None,
+        tts_steps: int = 10,
+        tts_seed: Optional[int] = None,
+        whole_audio: bool = False,
         **sampling: Any,
-    ) -> Union[str, Iterator[str]]:
+    ) -> Any:
         """Answers the conversation ``messages`` (``[{"role": "user", "content": "..."}]``), as
         the reference ``chat()`` does with the same arguments.
+
+        ``generate_audio=True`` (MiniCPM-o 4.5) speaks the answer: returns a
+        :class:`~minicpm_cpp.speech.SpeechResult` (``.text``, ``.audio`` float32 at 24 kHz,
+        ``.sample_rate``), or with ``stream=True`` yields text pieces and
+        :class:`~minicpm_cpp.AudioChunk` objects as each 1 s window is ready. The answer is
+        decoded as the reference's ``streaming_generate`` decodes it (see
+        :mod:`minicpm_cpp.speech`); ``voice`` is a :class:`~minicpm_cpp.Voice` (default: the
+        model's default voice), ``tts_steps`` the flow-matching steps (10, the reference's; 5
+        and 3 are faster), ``whole_audio=True`` synthesises the answer in one piece at the end
+        instead of in windows.
 
         Content may be a list mixing text and images, in the reference's form
         (``[PIL.Image, "What is in the image?"]``, items joined with ``"\\n"``) or OpenAI's
@@ -599,14 +615,48 @@ class Session:
         """
         p = _sampling(sampling)
         self.last_stop_reason = None
-        _segs, _text, _thinking, prefix, _tts = self._s.begin_chat(
-            _normalise_messages(messages, self.allow_local_files), _opt_bool(enable_thinking, "enable_thinking"),
-            _max_slices(max_slice_nums), _opt_bool(use_image_id, "use_image_id"), _max_tokens(max_tokens),
-            _stops(stop), p, _bool_arg(stop_at_end_of_turn, "stop_at_end_of_turn"), _bool_arg(skip_special, "skip_special"),
-            _opt_bool(use_tts_template, "use_tts_template"),
-            bool(omni_mode))
+        speech = _bool_arg(generate_audio, "generate_audio")
+        msgs = _normalise_messages(messages, self.allow_local_files)
+
+        def begin():
+            _segs, _text, _thinking, prefix, _tts = self._s.begin_chat(
+                msgs, _opt_bool(enable_thinking, "enable_thinking"),
+                _max_slices(max_slice_nums), _opt_bool(use_image_id, "use_image_id"), _max_tokens(max_tokens),
+                _stops(stop), p, _bool_arg(stop_at_end_of_turn, "stop_at_end_of_turn"),
+                _bool_arg(skip_special, "skip_special"), _opt_bool(use_tts_template, "use_tts_template"),
+                bool(omni_mode), speech)
+            return prefix, self._s.n_past
+
+        if speech:
+            from . import speech as _speech
+
+            return _speech.speak(self, begin, voice=voice, tts_steps=tts_steps,
+                                 seed=self._tts_seed(tts_seed), stream=_bool_arg(stream, "stream"),
+                                 whole=_bool_arg(whole_audio, "whole_audio"))
+        prefix, _first = begin()
         it = self._steps(prefix)
         return it if stream else "".join(it)
+
+    def _tts_seed(self, seed: Optional[int]) -> int:
+        # Unset: from the session's seed and the count of spoken answers (reproducible with
+        # Session(seed=...)), else random.
+        if seed is None:
+            self._n_spoken += 1
+            if self._seed_base is not None:
+                return int((self._seed_base * 1000003 + self._n_spoken) % 2**63)
+            return int(np.random.default_rng().integers(0, 2**63))
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**63:
+            raise InvalidArgumentError("tts_seed must be an int in [0, 2^63)")
+        return int(seed)
+
+    def _speech_tts(self):
+        """This session's own talker state (the model's talker weights, a compute state per
+        session, as the LLM's)."""
+        t = getattr(self, "_tts", None)
+        if t is None:
+            t = self.model.tts.fork()
+            self._tts = t
+        return t
 
     def audio_stream(self) -> "AudioStream":
         """Opens a user turn whose audio arrives in pieces (MiniCPM-o 4.5 simplex streaming, as

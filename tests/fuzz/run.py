@@ -54,7 +54,7 @@ class Worker:
                                      stdout=subprocess.PIPE, stderr=self.log, env=env, start_new_session=True)
         self.buf = b""
         msg = self._read(120)
-        if not msg or not msg.get("ready"):
+        if not isinstance(msg, dict) or not msg.get("ready"):
             raise RuntimeError("fuzz worker did not start; see %s" % self.log_path)
 
     def _read(self, timeout):

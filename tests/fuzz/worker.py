@@ -155,7 +155,9 @@ def api_case(ctx, case, emit):
 
 def main():
     cfg = json.loads(sys.argv[1])
-    if cfg.get("mem_limit_gb"):
+    # AddressSanitizer reserves terabytes of address space for its shadow memory: an address-space
+    # limit makes every allocation fail, so under a preloaded ASan runtime the limit is left off.
+    if cfg.get("mem_limit_gb") and "libasan" not in os.environ.get("LD_PRELOAD", ""):
         lim = int(cfg["mem_limit_gb"] * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
     import minicpm_cpp as m

@@ -269,6 +269,11 @@ struct ChatParams {
     // <|tts_eos|>). Unset: on when a message holds audio, as the reference chat() switches it.
     std::optional<bool> use_tts_template;
     bool                omni_mode = false;     // join content parts with "" instead of "\n" (reference omni_mode)
+    // An answer to be spoken (MiniCPM-o 4.5), decoded as the reference's streaming_generate
+    // decodes the text it hands to the TTS: the speech template on, <|tts_eos|> and <|im_end|>
+    // end it, its forbidden punctuation and the tokenizer's bad_token_ids are never sampled, and
+    // the last-layer hidden state of every answer token is captured (hidden_states()).
+    bool                speech = false;
     GenerationParams    generation;
 };
 
