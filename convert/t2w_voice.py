@@ -334,7 +334,7 @@ def write_voice_gguf(root: Path, out: Path, weight_type: GGMLQuantizationType = 
     if assets.empty:
         raise ConvertError(f"{root}: neither {S3_FILE} nor {CAMPPLUS_FILE}")
     plan = assets.plan(weight_type)
-    writer = GGUFWriter(str(out), "minicpm-voice")
+    writer = GGUFWriter(str(out), "minicpm-voice-encoders")
     try:
         write_voice_metadata(writer, assets)
         for p in plan:

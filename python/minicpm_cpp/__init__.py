@@ -20,6 +20,7 @@ from .errors import (
     UnsupportedError,
 )
 from .audio import MAX_AUDIO_SECONDS, SAMPLE_RATE, load_audio
+from .voice import Voice
 from .session import AudioStream, ChatTemplate, Model, Session, Tokenizer, find_model_files, list_devices, set_log_level
 
 __version__ = "0.1.0"
@@ -45,4 +46,5 @@ __all__ = [
     "load_audio",
     "SAMPLE_RATE",
     "MAX_AUDIO_SECONDS",
+    "Voice",
 ]
