@@ -428,3 +428,26 @@ def test_prompt_cache_gguf(tmp_path):
     with pytest.raises(minicpm_cpp.FormatError, match="not a llama.cpp-omni prompt cache"):
         _write_prompt_cache(tmp_path / "nospk.gguf", drop="prompt_cache.spk_cb")
         PromptCache.load(tmp_path / "nospk.gguf")
+
+
+@pytest.mark.parametrize("change,msg", [
+    (dict(set_keys={"minicpm.s3tok.head_count": (3, "UINT32")}), "rotary"),
+    (dict(set_keys={"minicpm.s3tok.hop_length": (200, "UINT32")}), "only 16000 Hz"),
+    (dict(set_keys={"minicpm.s3tok.block_count": (5, "UINT32")}), "block_count"),
+    (dict(set_keys={"minicpm.s3tok.fsq_dim": (40, "UINT32")}), "fsq_dim"),
+    (dict(set_keys={"minicpm.s3tok.attn_norm_epsilon": (float("nan"), "FLOAT32")}), "attn_norm_epsilon"),
+    (dict(drop_keys=["minicpm.s3tok.n_mels"]), "n_mels"),
+    (dict(drop_tensors=["s3.blk.1.fsmn.weight"]), "fsmn"),
+    (dict(replace_tensors={"s3.blk.0.fsmn.weight": np.zeros((128, 1, 30), np.float32)}), "fsmn"),
+    (dict(replace_tensors={"s3.blk.0.fsmn.weight": np.zeros((128, 1, 31), np.float16)}), "F32"),
+])
+def test_bad_voice_files(voice_gguf, tmp_path, change, msg):
+    import gguf
+
+    import gguf_edit
+
+    if "set_keys" in change:
+        change = dict(set_keys={k: (v, getattr(gguf.GGUFValueType, t)) for k, (v, t) in change["set_keys"].items()})
+    bad = gguf_edit.rewrite(voice_gguf, tmp_path / "bad.gguf", **change)
+    with pytest.raises(minicpm_cpp.Error, match=msg):
+        _core.S3Tokenizer(str(bad), "cpu", 1)
