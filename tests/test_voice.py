@@ -139,6 +139,19 @@ def test_convert_writes_voice_tensors(tiny_minicpmv45_dir, tmp_path):
     v = model.voice(_speechlike(1.5, 3))
     assert v.tokens.shape[0] == 38 and v.prompt_mel.shape == (76, 80) and v.speaker.shape == (192,)
 
+    # a quantized model keeps the voice encoders F16 (encoder tensors) and the ONNX bytes as they are
+    from minicpm_cpp.convert.quantize import plan_types, quantize
+
+    types = plan_types(out, "q4_k_m")
+    assert types["s3.blk.0.attn_q.weight"].name == "F16" and types["spk.campplus.onnx"].name == "I8"
+    q = tmp_path / "q.gguf"
+    quantize(out, q, "q4_k_m", progress=False, log=lambda m: None)
+    assert _core.gguf_tensor_bytes(str(q), "spk.campplus.onnx") == onnx_bytes
+    pcm = _speechlike(2.0, 8)
+    t16 = _core.S3Tokenizer(str(out), "cpu", 1).tokens(pcm)
+    tq = _core.S3Tokenizer(str(q), "cpu", 1).tokens(pcm)
+    assert tq.shape == t16.shape and (tq == t16).mean() > 0.9
+
 
 def test_convert_without_assets(tiny_minicpmv45_dir, converted):
     path = converted(tiny_minicpmv45_dir)
@@ -439,7 +452,7 @@ def test_prompt_cache_gguf(tmp_path):
     (dict(drop_keys=["minicpm.s3tok.n_mels"]), "n_mels"),
     (dict(drop_tensors=["s3.blk.1.fsmn.weight"]), "fsmn"),
     (dict(replace_tensors={"s3.blk.0.fsmn.weight": np.zeros((128, 1, 30), np.float32)}), "fsmn"),
-    (dict(replace_tensors={"s3.blk.0.fsmn.weight": np.zeros((128, 1, 31), np.float16)}), "F32"),
+    (dict(replace_tensors={"s3.blk.0.fsmn.weight": np.zeros((128, 1, 31), np.int32)}), "fsmn"),
 ])
 def test_bad_voice_files(voice_gguf, tmp_path, change, msg):
     import gguf

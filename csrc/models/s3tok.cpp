@@ -130,13 +130,6 @@ std::unique_ptr<Component> s3_load(const ComponentLoad & in) {
     m->hp = S3Hparams::from_gguf(in.file);
     m->store = std::make_unique<WeightStore>(in.file, in.devices, (size_t) (m->hp.n_layer * 18 + 8));
     m->w = S3Weights::declare(*m->store, m->hp);
-    // The depthwise FSMN taps multiply activations elementwise: F32 only.
-    for (const S3Layer & L : m->w.layers) {
-        if (L.fsmn->type != GGML_TYPE_F32) {
-            fail(ErrorKind::Format, in.file.path() + ": " + std::string(ggml_get_name(L.fsmn)) + " must be F32, got " +
-                                        ggml_type_name(L.fsmn->type));
-        }
-    }
     m->store->load();
     MINICPM_LOG_INFO("s3tok: S3Tokenizer v2, %lld layers x %lld, %lld heads, FSMN %lld, FSQ %lld^%lld",
                      (long long) m->hp.n_layer, (long long) m->hp.n_state, (long long) m->hp.n_head,
@@ -172,6 +165,8 @@ ggml_tensor * fsmn(ggml_context * ctx, ggml_tensor * kernel, ggml_tensor * v, in
     x = ggml_pad_ext(ctx, x, (int) left, (int) right, 0, 0, 0, 0, 0, 0);                  // [T + K - 1, E]
     x = ggml_reshape_3d(ctx, x, T + K - 1, 1, E);
     ggml_tensor * cols = ggml_im2col(ctx, kernel, x, 1, 0, 0, 0, 1, 0, false, GGML_TYPE_F32);   // [K, T, E]
+    // the taps multiply activations elementwise: in f32 (an F16 / BF16 file is widened)
+    if (kernel->type != GGML_TYPE_F32) kernel = ggml_cast(ctx, kernel, GGML_TYPE_F32);
     ggml_tensor * y = ggml_sum_rows(ctx, ggml_mul(ctx, cols, kernel));                     // [1, T, E]
     y = ggml_cont(ctx, ggml_transpose(ctx, ggml_reshape_2d(ctx, y, T, E)));                // [E, T]
     return ggml_add(ctx, y, v);
