@@ -464,3 +464,23 @@ def test_bad_voice_files(voice_gguf, tmp_path, change, msg):
     bad = gguf_edit.rewrite(voice_gguf, tmp_path / "bad.gguf", **change)
     with pytest.raises(minicpm_cpp.Error, match=msg):
         _core.S3Tokenizer(str(bad), "cpu", 1)
+
+
+def test_release_depth_matches_package(tmp_path):
+    """The release's 6 blocks (one 64-wide head here): graph size and parity at full depth."""
+    from s3tokenizer.model_v2 import ModelConfig, S3TokenizerV2
+
+    sizes = dict(n_state=64, n_head=1, n_layer=6)
+    root = tiny_voice.add_voice_assets(tmp_path, seed=5, campplus=False, sizes=sizes)
+    ref = S3TokenizerV2("speech_tokenizer_v2_25hz", ModelConfig(n_mels=128, n_audio_state=64, n_audio_head=1, n_audio_layer=6))
+    ref.init_from_onnx(str(root / "speech_tokenizer_v2_25hz.onnx"))
+    s3 = _core.S3Tokenizer(str(write_voice_gguf(root, tmp_path / "v6.gguf")), "cpu", 2)
+    assert s3.hparams["n_layer"] == 6
+    pcm = _speechlike(2.5, 6)
+    want, mel = _ref_tokens(ref.eval(), pcm)
+    got, proj = s3.tokens_from_mel(mel)
+    with torch.no_grad():
+        hidden, _ = ref.encoder(torch.from_numpy(mel)[None], torch.tensor([mel.shape[1]]))
+        h = ref.quantizer._codebook.project_down(hidden)[0].numpy()
+    assert _rel(proj, h) <= 1e-4
+    assert np.array_equal(got, want)

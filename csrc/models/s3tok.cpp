@@ -33,7 +33,8 @@ float need_f(const GgufFile & f, KeyName k, float lo, float hi, bool lo_open) {
 
 bool s3_present(const GgufFile & f) { return f.find_tensor(tensor_name(TensorName::S3_CONV1)) != nullptr; }
 
-size_t max_nodes(const S3Hparams & hp) { return (size_t) (hp.n_layer * 48 + 64); }
+// Upper bound on the nodes (and tensor objects) of one window graph: about 64 per layer.
+size_t max_nodes(const S3Hparams & hp) { return (size_t) (hp.n_layer * 96 + 128); }
 
 } // namespace
 
