@@ -215,7 +215,7 @@ struct S3Tokenizer::Impl {
     // One window of n_in mel frames -> FSQ projections [fsq_dim, T].
     void build(ggml_context * ctx, ggml_cgraph * gf, int64_t n_in) {
         using namespace graph;
-        const int64_t E = hp.n_state, H = hp.n_head, hd = hp.head_dim(), T = S3Hparams::tokens_of(n_in);
+        const int64_t H = hp.n_head, hd = hp.head_dim(), T = S3Hparams::tokens_of(n_in);
         mel = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n_in, hp.n_mels);
         ggml_set_name(mel, "inp_mel");
         ggml_set_input(mel);
