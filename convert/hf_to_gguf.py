@@ -31,6 +31,7 @@ from .names import key_name
 from .quant import ENCODINGS, OUTTYPES, encode_rows, tensor_bytes
 from .tokenizer import add_tokenizer
 from .audio import AUDIO_OUTTYPES, AudioSpec, audio_qtypes, detect_audio, has_audio, plan_audio, write_audio_metadata
+from .t2w_voice import find_voice_assets, plan_voice, write_voice_metadata
 from .vision import VISION_OUTTYPES, VisionSpec, detect_vision, has_vision, plan_vision, vision_qtypes, write_vision_metadata
 from .writer import Progress, atomic_output, padding, write_padding
 
@@ -409,6 +410,14 @@ def convert(
             raise ConvertError(f"--audio-out: {hf_dir} has no audio encoder to write (init_audio false, or no apm.* "
                                "tensors)")
 
+        # assets/token2wav (MiniCPM-o 4.5): the voice-cloning encoders, in the main file only.
+        voice = find_voice_assets(hf_dir) if spec.prefix and not vocab_only and not llm_only else None
+        voice_plan: List[PlannedTensor] = []
+        if voice is not None:
+            voice_plan, voice_notes = plan_voice(voice, audio_qtypes(outtype, audio_outtype)[0])
+            for note in voice_notes:
+                say(note)
+
         plan: List[PlannedTensor] = []
         vplan: List[PlannedTensor] = []
         aplan: List[PlannedTensor] = []
@@ -438,7 +447,7 @@ def convert(
                     notes.append(left)
             for note in notes:
                 say(note)
-        main_plan = plan + ([] if llm_only else vplan + aplan)
+        main_plan = plan + ([] if llm_only else vplan + aplan) + voice_plan
         types = _pick_types(main_plan, out_type, say)
 
         def main_keys(writer: GGUFWriter) -> None:
@@ -452,6 +461,8 @@ def convert(
                 write_vision_metadata(writer, vspec)
             if aspec is not None and not llm_only:
                 write_audio_metadata(writer, aspec)
+            if voice is not None:
+                write_voice_metadata(writer, voice)
             _add_tokenizer(writer, hf_dir, spec.hparams.n_vocab)
 
         with atomic_output(out) as tmp:

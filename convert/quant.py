@@ -68,6 +68,16 @@ ENCODINGS: Dict[GGMLQuantizationType, Encoding] = {
 }
 
 
+def _encode_bytes(rows: np.ndarray) -> np.ndarray:
+    if rows.dtype not in (np.int8, np.uint8):
+        raise ConvertError("I8 tensors hold raw bytes, not float values")
+    return np.ascontiguousarray(rows).view(np.int8)
+
+
+# Raw bytes (a file embedded as a tensor, e.g. the CAM++ ONNX model of convert/t2w_voice.py).
+ENCODINGS[Q.I8] = Encoding(Q.I8, _encode_bytes)
+
+
 def _default_pick(out: "OutType", tensor_id: str, shape: Sequence[int]) -> Tuple[GGMLQuantizationType, Optional[str]]:
     """The rules shared by every output type.
 

@@ -511,4 +511,20 @@ MelFeatures StreamingMel::flush() {
     return emit(begin, n_full, threshold);
 }
 
+void power_spectrum_400(const double * x, double * power) {
+    const Tables & t = tables();
+    Work           w;
+    for (int m = 0; m < kFftHalf; ++m) w.a[m] = {x[2 * m], x[2 * m + 1]};
+    fft200(t, w);
+    const Cpx * z = w.a;
+    for (int k = 0; k <= kFftHalf; ++k) {   // as frame_log_mel splits the packed transform
+        const Cpx zk = z[k % kFftHalf], zm = conj(z[(kFftHalf - k) % kFftHalf]);
+        const Cpx e = 0.5 * (zk + zm), o = mul_neg_i(0.5 * (zk - zm));
+        const Cpx v = e + t.post[k] * o;
+        power[k] = v.re * v.re + v.im * v.im;
+    }
+}
+
+const double * hann_window_400() { return tables().window; }
+
 } // namespace minicpm

@@ -138,4 +138,11 @@ private:
     std::vector<float>   edges_;
 };
 
+// The FFT of this front end for other log-mel variants of 16 kHz audio (S3Tokenizer's 128-bin
+// features, preprocess/s3_mel.h): the 201-bin power spectrum |X[k]|^2 of one 400-sample frame
+// x (already windowed), in double; and the periodic Hann window of 400 taps as
+// torch.hann_window gives it (float32 values held in double).
+void power_spectrum_400(const double * x, double * power);
+const double * hann_window_400();
+
 } // namespace minicpm

@@ -22,6 +22,7 @@ from .errors import (
 from .audio import MAX_AUDIO_SECONDS, SAMPLE_RATE, load_audio
 from .wav import SPEECH_SAMPLE_RATE, AudioChunk, write_wav
 from .speech_prompt import system_prompt
+from .voice import Voice
 from .session import AudioStream, ChatTemplate, Model, Session, Tokenizer, find_model_files, list_devices, set_log_level
 
 __version__ = "0.1.0"
@@ -51,4 +52,5 @@ __all__ = [
     "write_wav",
     "SPEECH_SAMPLE_RATE",
     "system_prompt",
+    "Voice",
 ]

@@ -118,6 +118,7 @@ void bind_image(py::module_ & mod);
 void bind_audio_mel(py::module_ & mod);
 void bind_vision(py::module_ & mod);
 void bind_audio(py::module_ & mod);
+void bind_s3tok(py::module_ & mod);
 void bind_quant(py::module_ & mod);
 void bind_session(py::module_ & mod);
 
@@ -139,6 +140,7 @@ PYBIND11_MODULE(_core, mod) {
     bind_audio_mel(mod);
     bind_vision(mod);
     bind_audio(mod);
+    bind_s3tok(mod);
     bind_quant(mod);
 
     mod.def("set_log_level", [](const std::string & level) {

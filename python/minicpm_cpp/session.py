@@ -152,6 +152,8 @@ class Model:
         self.mmproj = _check_path(mmproj, "mmproj") if mmproj is not None else None
         self.audio = _check_path(audio, "audio file") if audio is not None else None
         extra = [_check_path(f, "extra file") for f in extra_files]
+        self.extra_files = list(extra)
+        self._device, self._n_threads = device, n
         self._m = _core.Model(
             p,
             device,
@@ -200,6 +202,14 @@ class Model:
     @property
     def end_of_turn_ids(self) -> List[int]:
         return list(self._m.end_of_turn_ids)
+
+    def voice(self, audio: Any, sample_rate: int = 16000) -> "Voice":
+        """A reference voice (MiniCPM-o 4.5 voice cloning) from a recording: a path, bytes or
+        a 1-D float array of 16 kHz samples. See :mod:`minicpm_cpp.voice`."""
+        from .voice import Voice, find_voice_file
+
+        return Voice.from_audio(find_voice_file([self.path, *self.extra_files]), audio, sample_rate,
+                                n_threads=self._n_threads, device=self._device)
 
     def tokenize(self, text: str, parse_special: bool = True) -> List[int]:
         if not isinstance(text, str):
