@@ -32,6 +32,7 @@ from .quant import ENCODINGS, OUTTYPES, encode_rows, tensor_bytes
 from .tokenizer import add_tokenizer
 from .audio import AUDIO_OUTTYPES, AudioSpec, audio_qtypes, detect_audio, has_audio, plan_audio, write_audio_metadata
 from .vision import VISION_OUTTYPES, VisionSpec, detect_vision, has_vision, plan_vision, vision_qtypes, write_vision_metadata
+from .t2w_hift import find_hift, load_hift, plan_hift, write_hift_metadata
 from .writer import Progress, atomic_output, padding, write_padding
 
 __all__ = ["convert", "main", "ConvertError", "STOP_TOKENS"]
@@ -409,6 +410,11 @@ def convert(
             raise ConvertError(f"--audio-out: {hf_dir} has no audio encoder to write (init_audio false, or no apm.* "
                                "tensors)")
 
+        hspec = None   # Token2Wav vocoder (assets/token2wav/hift_original.pt)
+        if not vocab_only and not llm_only and find_hift(hf_dir) is not None:
+            hspec = load_hift(find_hift(hf_dir))
+            say(f"vocoder: {hspec.path} ({len(hspec.ids)} tensors, weight norms folded)")
+
         plan: List[PlannedTensor] = []
         vplan: List[PlannedTensor] = []
         aplan: List[PlannedTensor] = []
@@ -439,6 +445,8 @@ def convert(
             for note in notes:
                 say(note)
         main_plan = plan + ([] if llm_only else vplan + aplan)
+        if hspec is not None:
+            main_plan = main_plan + plan_hift(hspec)
         types = _pick_types(main_plan, out_type, say)
 
         def main_keys(writer: GGUFWriter) -> None:
@@ -452,6 +460,8 @@ def convert(
                 write_vision_metadata(writer, vspec)
             if aspec is not None and not llm_only:
                 write_audio_metadata(writer, aspec)
+            if hspec is not None:
+                write_hift_metadata(writer, hspec)
             _add_tokenizer(writer, hf_dir, spec.hparams.n_vocab)
 
         with atomic_output(out) as tmp:
