@@ -120,6 +120,7 @@ void bind_vision(py::module_ & mod);
 void bind_audio(py::module_ & mod);
 void bind_quant(py::module_ & mod);
 void bind_session(py::module_ & mod);
+void bind_hift(py::module_ & mod);
 
 PYBIND11_MODULE(_core, mod) {
     mod.doc() = "minicpm.cpp native core";
@@ -272,4 +273,5 @@ PYBIND11_MODULE(_core, mod) {
         .def_property_readonly("chat_family", [](const Model & m) { return m.chat_template().family(); });
 
     bind_session(mod);
+    bind_hift(mod);
 }
