@@ -7,7 +7,7 @@ a ``generator.`` key prefix (stripped by ``Token2wav._get_original_vocoder``) an
 parametrized weight norms of current torch (``parametrizations.weight.original0/1``), or the
 older ``weight_g``/``weight_v`` names with ``legacy_norm``.
 
-The F0 predictor's classifier is scaled so that F0 spreads over roughly 0-400 Hz: random weights
+The F0 predictor's classifier is scaled so that F0 spreads over roughly 0-250 Hz, frames on both sides of the threshold: random weights
 of that size would give F0 below the 10 Hz voiced threshold everywhere, and the sine source
 would never be tested.
 """
@@ -43,8 +43,8 @@ def build_reference(seed: int = 0, base_channels: int = 32, f0_channels: int = 1
             else:
                 p.copy_(torch.randn(p.shape, generator=g) / max(1, p[0].numel()) ** 0.5)
         cls = m.f0_predictor.classifier
-        cls.weight.mul_(150.0)
-        cls.bias.fill_(120.0)
+        cls.weight.mul_(1500.0)
+        cls.bias.fill_(60.0)
     return m.eval()
 
 

@@ -579,12 +579,22 @@ VocodeResult Vocoder::vocode(const float * mel, int64_t n_frames, const VocodeOp
     for (float v : opt.noise) {
         if (!std::isfinite(v)) fail(ErrorKind::InvalidArgument, "vocoder: noise holds NaN or infinite values");
     }
+    if (!opt.f0.empty() && (int64_t) opt.f0.size() != n_frames) {
+        fail(ErrorKind::InvalidArgument, "vocoder: f0 must hold one value per mel frame (" + std::to_string(n_frames) + ")");
+    }
+    for (float v : opt.f0) {
+        if (!std::isfinite(v)) fail(ErrorKind::InvalidArgument, "vocoder: f0 holds NaN or infinite values");
+    }
     VocodeResult r;
-    s.f0_runner.prepare({n_frames}, [&](ggml_context * ctx, ggml_cgraph * gf) { s.build_f0(ctx, gf, n_frames); });
-    ggml_backend_tensor_set(s.f0_in, mel, 0, n_in * sizeof(float));
-    s.f0_runner.compute();
-    r.f0.resize((size_t) n_frames);
-    ggml_backend_tensor_get(s.f0_out, r.f0.data(), 0, r.f0.size() * sizeof(float));
+    if (!opt.f0.empty()) {
+        r.f0 = opt.f0;
+    } else {
+        s.f0_runner.prepare({n_frames}, [&](ggml_context * ctx, ggml_cgraph * gf) { s.build_f0(ctx, gf, n_frames); });
+        ggml_backend_tensor_set(s.f0_in, mel, 0, n_in * sizeof(float));
+        s.f0_runner.compute();
+        r.f0.resize((size_t) n_frames);
+        ggml_backend_tensor_get(s.f0_out, r.f0.data(), 0, r.f0.size() * sizeof(float));
+    }
 
     r.source = s.source(r.f0, opt);
     const std::vector<float> spec = s.stft(r.source);

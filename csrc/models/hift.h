@@ -109,6 +109,7 @@ struct VocodeOptions {
     bool                 add_noise = true;     // false: the noise term is zero (deterministic source)
     std::vector<float>   phases;               // empty: drawn
     std::vector<float>   noise;                // empty: drawn
+    std::vector<float>   f0;                   // [n_frames] Hz: replaces the F0 predictor (empty: predicted)
 };
 
 struct VocodeResult {

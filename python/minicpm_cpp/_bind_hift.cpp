@@ -67,7 +67,7 @@ public:
 
     // (wav [L], f0 [T], source [L])
     py::tuple vocode(const py::handle & mel, uint64_t seed, bool add_noise, const py::object & noise,
-                     const py::object & phases) {
+                     const py::object & phases, const py::object & f0) {
         const int64_t n_mel = hift_->hp.n_mel;
         auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(mel);
         if (!a || a.ndim() != 2 || a.shape(0) != n_mel) {
@@ -79,6 +79,7 @@ public:
         opt.add_noise = add_noise;
         opt.noise = floats(noise, "noise");
         opt.phases = floats(phases, "phases");
+        opt.f0 = floats(f0, "f0");
         std::vector<float> in(a.data(), a.data() + a.size());
         VocodeResult r;
         {
@@ -116,5 +117,5 @@ void bind_hift(py::module_ & mod) {
              py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("hparams", &PyVocoder::hparams)
         .def("vocode", &PyVocoder::vocode, py::arg("mel"), py::arg("seed") = 0, py::arg("add_noise") = true,
-             py::arg("noise") = py::none(), py::arg("phases") = py::none());
+             py::arg("noise") = py::none(), py::arg("phases") = py::none(), py::arg("f0") = py::none());
 }
