@@ -284,9 +284,76 @@ def test_bad_input(vocoder):
         vocoder.vocode(np.array([["a"] * 5] * 80))
 
 
-def test_model_without_vocoder(tiny, tmp_path):
-    d, _, _ = tiny
-    out = convert(d, tmp_path / "llm.gguf", "f16", force=True, progress=False, log=lambda m: None, llm_only=True)
-    m = Model(str(out), device="cpu", n_threads=1, warmup=False)
+def test_model_without_vocoder(llm_only):
+    m = Model(str(llm_only), device="cpu", n_threads=1, warmup=False)
     with pytest.raises(UnsupportedError, match="no vocoder"):
         m.vocoder
+
+
+# ---- bad model files: checked before ggml sees them ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def llm_only(tiny, tmp_path_factory):
+    d, _, _ = tiny
+    return convert(d, tmp_path_factory.mktemp("llm") / "llm.gguf", "f16", force=True, progress=False,
+                   log=lambda m: None, llm_only=True)
+
+
+def write_hift_file(spec, path, meta=None, drop=(), retype=None) -> Path:
+    """The vocoder alone in a GGUF file (loaded as an extra file of a model), with changes."""
+    import copy
+
+    from gguf import GGUFWriter
+
+    from minicpm_cpp.convert.t2w_hift import write_hift_metadata
+
+    s = copy.copy(spec)
+    s.meta = dict(spec.meta, **(meta or {}))
+    w = GGUFWriter(str(path), "hift")
+    write_hift_metadata(w, s)
+    for _, name, _ in spec.ids:
+        if name in drop:
+            continue
+        a = spec.tensors[name]
+        w.add_tensor(name, a.astype(np.float16) if name == retype else a)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return Path(path)
+
+
+@pytest.fixture(scope="module")
+def hift_spec(tiny):
+    from minicpm_cpp.convert.t2w_hift import load_hift
+
+    return load_hift(tiny[0] / "assets" / "token2wav" / "hift_original.pt")
+
+
+def test_vocoder_from_an_extra_file(tiny, llm_only, hift_spec, vocoder, tmp_path):
+    extra = write_hift_file(hift_spec, tmp_path / "hift.gguf")
+    m = Model(str(llm_only), device="cpu", n_threads=1, warmup=False, extra_files=[str(extra)])
+    mel = mel_input(5, seed=1)
+    np.testing.assert_array_equal(m.vocoder.vocode(mel, seed=3), vocoder.vocode(mel, seed=3))
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (dict(meta={"upsample_rates": [8, 5]}), "FormatError", "upsample"),
+    (dict(meta={"sampling_rate": 0}), "FormatError", "sample_rate"),
+    (dict(meta={"n_fft": 15}), "FormatError", "even"),
+    (dict(meta={"window": "hamming"}), "UnsupportedError", "window"),
+    (dict(meta={"f0_layers": 6}), "FormatError", "f0"),
+    (dict(meta={"snake_eps": float("nan")}), "FormatError", "snake_eps"),
+    (dict(meta={"resblock_dilation_sizes": [[1, 3, 5], [1, 3], [1, 3, 5]]}), "FormatError", "dilation"),
+    (dict(meta={"source_down_strides": [15, 3, 2]}), "FormatError", "inconsistent"),
+    (dict(meta={"conv_pre_padding": 2}), "FormatError", "conv_pre"),
+    (dict(drop=("hift.rb.3.alpha1",)), "FormatError", "hift.rb.3.alpha1"),
+    (dict(retype="hift.ups.0.weight"), "UnsupportedError", "F32"),
+])
+def test_bad_vocoder_file(llm_only, hift_spec, tmp_path, change, error, match):
+    import minicpm_cpp.errors as errors
+
+    bad = write_hift_file(hift_spec, tmp_path / "bad.gguf", **change)
+    with pytest.raises(getattr(errors, error), match=match):
+        m = Model(str(llm_only), device="cpu", n_threads=1, warmup=False, extra_files=[str(bad)])
+        m.vocoder.vocode(mel_input(4))
