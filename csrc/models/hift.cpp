@@ -335,6 +335,7 @@ struct Vocoder::Impl {
     ggml_tensor *       f0_in = nullptr, * f0_out = nullptr;
     ggml_tensor *       dec_mel = nullptr, * dec_stft = nullptr, * dec_re = nullptr, * dec_im = nullptr;
     std::vector<float>  window;   // periodic Hann [n_fft]
+    std::vector<double> cos_t, sin_t;   // [n_bins][n_fft]: cos / sin(2 pi k n / n_fft)
 
     Impl(const HiftModel & model, const ComputeBackends & b)
         : m(model), hp(model.hp), f0_runner("hift-f0", b, 64 + 16 * (size_t) model.hp.n_f0_layers),
@@ -342,6 +343,16 @@ struct Vocoder::Impl {
         window.resize((size_t) hp.n_fft);
         for (int64_t n = 0; n < hp.n_fft; ++n) {
             window[(size_t) n] = (float) (0.5 - 0.5 * std::cos(2.0 * kPi * (double) n / (double) hp.n_fft));
+        }
+        const int64_t N = hp.n_fft, nb = hp.n_bins();
+        cos_t.resize((size_t) (nb * N));
+        sin_t.resize((size_t) (nb * N));
+        for (int64_t k = 0; k < nb; ++k) {
+            for (int64_t n = 0; n < N; ++n) {
+                const double a = 2.0 * kPi * (double) ((k * n) % N) / (double) N;
+                cos_t[(size_t) (k * N + n)] = std::cos(a);
+                sin_t[(size_t) (k * N + n)] = std::sin(a);
+            }
         }
         const int64_t T = 50;   // 1 s: the size of a streaming window
         f0_runner.reserve([&](ggml_context * ctx, ggml_cgraph * gf) { build_f0(ctx, gf, T); }, "vocoder F0 buffers");
@@ -502,10 +513,10 @@ struct Vocoder::Impl {
             }
             for (int64_t k = 0; k < nb; ++k) {
                 double re = 0.0, im = 0.0;
+                const double * c = cos_t.data() + k * N, * sn = sin_t.data() + k * N;
                 for (int64_t n = 0; n < N; ++n) {
-                    const double a = -2.0 * kPi * (double) ((k * n) % N) / (double) N;
-                    re += frame[(size_t) n] * std::cos(a);
-                    im += frame[(size_t) n] * std::sin(a);
+                    re += frame[(size_t) n] * c[n];
+                    im -= frame[(size_t) n] * sn[n];
                 }
                 out[(size_t) (k * F + f)] = (float) re;
                 out[(size_t) ((nb + k) * F + f)] = (float) im;
@@ -524,8 +535,8 @@ struct Vocoder::Impl {
             for (int64_t n = 0; n < N; ++n) {
                 double v = re[(size_t) f] + ((n % 2) ? -1.0 : 1.0) * re[(size_t) ((nb - 1) * F + f)];
                 for (int64_t k = 1; k < nb - 1; ++k) {
-                    const double a = 2.0 * kPi * (double) ((k * n) % N) / (double) N;
-                    v += 2.0 * ((double) re[(size_t) (k * F + f)] * std::cos(a) - (double) im[(size_t) (k * F + f)] * std::sin(a));
+                    const size_t t = (size_t) (k * N + n);
+                    v += 2.0 * ((double) re[(size_t) (k * F + f)] * cos_t[t] - (double) im[(size_t) (k * F + f)] * sin_t[t]);
                 }
                 v /= (double) N;
                 const double wn = window[(size_t) n];
