@@ -357,3 +357,14 @@ def test_bad_vocoder_file(llm_only, hift_spec, tmp_path, change, error, match):
     with pytest.raises(getattr(errors, error), match=match):
         m = Model(str(llm_only), device="cpu", n_threads=1, warmup=False, extra_files=[str(bad)])
         m.vocoder.vocode(mel_input(4))
+
+
+def test_quantized_model_keeps_the_vocoder(tiny, vocoder, tmp_path):
+    from minicpm_cpp.convert.quantize import quantize
+
+    _, _, out = tiny
+    q = tmp_path / "model-q8_0.gguf"
+    quantize(out, q, "q8_0", force=True, progress=False, log=lambda m: None)
+    m = Model(str(q), device="cpu", n_threads=1, warmup=False)
+    mel = mel_input(5, seed=2)
+    np.testing.assert_array_equal(m.vocoder.vocode(mel, seed=1), vocoder.vocode(mel, seed=1))
