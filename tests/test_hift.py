@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 
 from minicpm_cpp import Model  # noqa: E402
 from minicpm_cpp.convert import convert  # noqa: E402
+from minicpm_cpp.convert.names import tensor_name  # noqa: E402
 from minicpm_cpp.errors import InvalidArgumentError, UnsupportedError  # noqa: E402
 
 TOL = 1e-4
@@ -147,12 +148,12 @@ def test_converter_metadata_and_folding(tiny, tmp_path):
         assert val("minicpm.hift." + key) == pytest.approx(want, rel=1e-6), key
     assert sg.upsample_scale == 480 and sg.sampling_rate == 24000
     # weight norms folded: the tensors are the weights the reference computes at forward time
-    pairs = [("hift.conv_pre.weight", ref.conv_pre.weight), ("hift.ups.1.weight", ref.ups[1].weight),
-             ("hift.f0.conv.4.weight", ref.f0_predictor.condnet[8].weight),
-             ("hift.rb.13.conv1.weight", ref.resblocks[4].convs1[1].weight),
-             ("hift.srb.8.conv2.weight", ref.source_resblocks[2].convs2[2].weight),
-             ("hift.rb.26.alpha2", ref.resblocks[8].activations2[2].alpha),
-             ("hift.source_downs.0.weight", ref.source_downs[0].weight), ("hift.conv_post.weight", ref.conv_post.weight)]
+    pairs = [(tensor_name("HIFT_CONV_PRE"), ref.conv_pre.weight), (tensor_name("HIFT_UP", 1), ref.ups[1].weight),
+             (tensor_name("HIFT_F0_CONV", 4), ref.f0_predictor.condnet[8].weight),
+             (tensor_name("HIFT_RB_CONV1", 13), ref.resblocks[4].convs1[1].weight),
+             (tensor_name("HIFT_SRB_CONV2", 8), ref.source_resblocks[2].convs2[2].weight),
+             (tensor_name("HIFT_RB_ALPHA2", 26), ref.resblocks[8].activations2[2].alpha),
+             (tensor_name("HIFT_SRC_DOWN", 0), ref.source_downs[0].weight), (tensor_name("HIFT_CONV_POST"), ref.conv_post.weight)]
     for name, want in pairs:
         got = spec.tensors[name]
         assert got.dtype == np.float32 and rel(got, want.detach().numpy()) < 1e-6, name
@@ -347,8 +348,8 @@ def test_vocoder_from_an_extra_file(tiny, llm_only, hift_spec, vocoder, tmp_path
     (dict(meta={"resblock_dilation_sizes": [[1, 3, 5], [1, 3], [1, 3, 5]]}), "FormatError", "dilation"),
     (dict(meta={"source_down_strides": [15, 3, 2]}), "FormatError", "inconsistent"),
     (dict(meta={"conv_pre_padding": 2}), "FormatError", "conv_pre"),
-    (dict(drop=("hift.rb.3.alpha1",)), "FormatError", "hift.rb.3.alpha1"),
-    (dict(retype="hift.ups.0.weight"), "UnsupportedError", "F32"),
+    (dict(drop=(tensor_name("HIFT_RB_ALPHA1", 3),)), "FormatError", "rb.3"),
+    (dict(retype=tensor_name("HIFT_UP", 0)), "UnsupportedError", "F32"),
 ])
 def test_bad_vocoder_file(llm_only, hift_spec, tmp_path, change, error, match):
     import minicpm_cpp.errors as errors

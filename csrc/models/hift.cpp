@@ -236,8 +236,10 @@ std::unique_ptr<Component> hift_load(const ComponentLoad & in) {
     m->store = std::make_unique<WeightStore>(in.file, in.devices, count_tensors(m->hp));
     m->w = HiftWeights::declare(*m->store, in.file, m->hp);
     // The graphs compute in F32 (products with the kernels as the second operand need F32).
+    const std::string first = tensor_name(TensorName::HIFT_CONV_PRE);
+    const std::string prefix = first.substr(0, first.find('.') + 1);   // the component's name prefix
     for (const TensorInfo & ti : in.file.tensors()) {
-        if (ti.name.rfind("hift.", 0) == 0 && ti.type != GGML_TYPE_F32) {
+        if (ti.name.rfind(prefix, 0) == 0 && ti.type != GGML_TYPE_F32) {
             fail(ErrorKind::Unsupported, in.file.path() + ": vocoder tensor " + ti.name + " is " +
                                              ggml_type_name(ti.type) + "; the vocoder takes F32 weights");
         }
