@@ -414,6 +414,8 @@ def convert(
         if not vocab_only and not llm_only and find_hift(hf_dir) is not None:
             hspec = load_hift(find_hift(hf_dir))
             say(f"vocoder: {hspec.path} ({len(hspec.ids)} tensors, weight norms folded)")
+        elif llm_only and not vocab_only and find_hift(hf_dir) is not None:
+            say(f"--llm-only: the vocoder {find_hift(hf_dir)} is not written")
 
         plan: List[PlannedTensor] = []
         vplan: List[PlannedTensor] = []

@@ -286,6 +286,7 @@ def test_bad_input(vocoder):
 
 
 def test_model_without_vocoder(llm_only):
+    assert any("--llm-only: the vocoder" in m for m in LLM_ONLY_LOG)
     m = Model(str(llm_only), device="cpu", n_threads=1, warmup=False)
     with pytest.raises(UnsupportedError, match="no vocoder"):
         m.vocoder
@@ -296,8 +297,12 @@ def test_model_without_vocoder(llm_only):
 @pytest.fixture(scope="module")
 def llm_only(tiny, tmp_path_factory):
     d, _, _ = tiny
+    LLM_ONLY_LOG.clear()
     return convert(d, tmp_path_factory.mktemp("llm") / "llm.gguf", "f16", force=True, progress=False,
-                   log=lambda m: None, llm_only=True)
+                   log=LLM_ONLY_LOG.append, llm_only=True)
+
+
+LLM_ONLY_LOG: list = []
 
 
 def write_hift_file(spec, path, meta=None, drop=(), retype=None) -> Path:
