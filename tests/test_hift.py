@@ -21,6 +21,11 @@ from minicpm_cpp.convert.names import tensor_name  # noqa: E402
 from minicpm_cpp.errors import InvalidArgumentError, UnsupportedError  # noqa: E402
 
 TOL = 1e-4
+# End to end, the source follows the F0 predictor's float32 rounding times the accumulated phase
+# (2 pi * f0 * harmonic * t: thousands of radians within a second), so a 5e-7 relative F0
+# difference already moves the sines by ~5e-5 of their amplitude, growing with the clip. The
+# source itself is checked at 1e-5 for a given F0 (test_source_exact_for_a_given_f0).
+TOL_PHASE = 3e-4
 
 
 def rel(a, b) -> float:
@@ -199,8 +204,8 @@ def test_stages_match_reference(tiny, vocoder, T):
     # the fixture spreads F0 over both sides of the voiced threshold (sines and unvoiced noise)
     assert (f0_r > 10).any() and (f0_r < 10).any()
     assert rel(out.f0, f0_r) < TOL
-    assert rel(out.source, s_r) < TOL
-    assert rel(out.wav, wav_r) < TOL
+    assert rel(out.source, s_r) < TOL_PHASE
+    assert rel(out.wav, wav_r) < TOL_PHASE
     assert out.wav.shape == (T * 480,) and out.sample_rate == 24000
     print(f"T={T}: f0 {rel(out.f0, f0_r):.2e} source {rel(out.source, s_r):.2e} wav {rel(out.wav, wav_r):.2e}")
 
@@ -252,7 +257,7 @@ def test_seeded_default_is_deterministic(tiny, vocoder):
     # without noise the output is the reference's with zero noise
     quiet = vocoder.vocode(mel, add_noise=False, stages=True)
     wav_r, _, s_r = reference(ref, mel, np.zeros((8 * 480, 9), np.float32), np.zeros(9, np.float32))
-    assert rel(quiet.wav, wav_r) < TOL and rel(quiet.source, s_r) < TOL
+    assert rel(quiet.wav, wav_r) < TOL_PHASE and rel(quiet.source, s_r) < TOL_PHASE
 
 
 # ---- errors -----------------------------------------------------------------------------------------
