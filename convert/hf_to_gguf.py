@@ -33,6 +33,7 @@ from .tokenizer import add_tokenizer
 from .audio import AUDIO_OUTTYPES, AudioSpec, audio_qtypes, detect_audio, has_audio, plan_audio, write_audio_metadata
 from .t2w_voice import find_voice_assets, plan_voice, write_voice_metadata
 from .vision import VISION_OUTTYPES, VisionSpec, detect_vision, has_vision, plan_vision, vision_qtypes, write_vision_metadata
+from .t2w_hift import find_hift, load_hift, plan_hift, write_hift_metadata
 from .writer import Progress, atomic_output, padding, write_padding
 
 __all__ = ["convert", "main", "ConvertError", "STOP_TOKENS"]
@@ -417,6 +418,12 @@ def convert(
             voice_plan, voice_notes = plan_voice(voice, audio_qtypes(outtype, audio_outtype)[0])
             for note in voice_notes:
                 say(note)
+        hspec = None   # Token2Wav vocoder (assets/token2wav/hift_original.pt)
+        if not vocab_only and not llm_only and find_hift(hf_dir) is not None:
+            hspec = load_hift(find_hift(hf_dir))
+            say(f"vocoder: {hspec.path} ({len(hspec.ids)} tensors, weight norms folded)")
+        elif llm_only and not vocab_only and find_hift(hf_dir) is not None:
+            say(f"--llm-only: the vocoder {find_hift(hf_dir)} is not written")
 
         plan: List[PlannedTensor] = []
         vplan: List[PlannedTensor] = []
@@ -448,6 +455,8 @@ def convert(
             for note in notes:
                 say(note)
         main_plan = plan + ([] if llm_only else vplan + aplan) + voice_plan
+        if hspec is not None:
+            main_plan = main_plan + plan_hift(hspec)
         types = _pick_types(main_plan, out_type, say)
 
         def main_keys(writer: GGUFWriter) -> None:
@@ -463,6 +472,8 @@ def convert(
                 write_audio_metadata(writer, aspec)
             if voice is not None:
                 write_voice_metadata(writer, voice)
+            if hspec is not None:
+                write_hift_metadata(writer, hspec)
             _add_tokenizer(writer, hf_dir, spec.hparams.n_vocab)
 
         with atomic_output(out) as tmp:

@@ -193,6 +193,8 @@ _KEEP_SUBSTRINGS = (
     "sam.net_",
 )
 _KEEP_NAMES = ("position_embd.weight", "token_types.weight")
+# Components whose tensors are copied unchanged (the HiFT vocoder computes in F32 only).
+_KEEP_PREFIXES = tuple(TENSORS[i].split(".", 1)[0] + "." for i in ("HIFT_CONV_PRE",))
 
 
 def _n_dims(ne: Sequence[int]) -> int:
@@ -205,7 +207,7 @@ def _n_dims(ne: Sequence[int]) -> int:
 
 def may_convert(name: str, ne: Sequence[int]) -> bool:
     """Whether llama.cpp would give this tensor the file's type (else it is copied unchanged)."""
-    if _n_dims(ne) < 2 or not name.endswith("weight") or name in _KEEP_NAMES:
+    if _n_dims(ne) < 2 or not name.endswith("weight") or name in _KEEP_NAMES or name.startswith(_KEEP_PREFIXES):
         return False
     return not any(s in name for s in _KEEP_SUBSTRINGS)
 

@@ -2,6 +2,7 @@
 // (an explicit list: self-registering statics would be dropped from a static library).
 #include "core/component.h"
 #include "models/audio.h"
+#include "models/hift.h"
 #include "models/llm.h"
 #include "models/s3tok.h"
 #include "models/vision.h"
@@ -10,7 +11,7 @@ namespace minicpm {
 
 const std::vector<ComponentType> & component_types() {
     static const std::vector<ComponentType> types = {kLlmComponent, kVisionComponent, kAudioComponent,
-                                                        kS3TokComponent};
+                                                        kS3TokComponent, kHiftComponent};
     return types;
 }
 

@@ -121,6 +121,7 @@ void bind_audio(py::module_ & mod);
 void bind_s3tok(py::module_ & mod);
 void bind_quant(py::module_ & mod);
 void bind_session(py::module_ & mod);
+void bind_hift(py::module_ & mod);
 
 PYBIND11_MODULE(_core, mod) {
     mod.doc() = "minicpm.cpp native core";
@@ -274,4 +275,5 @@ PYBIND11_MODULE(_core, mod) {
         .def_property_readonly("chat_family", [](const Model & m) { return m.chat_template().family(); });
 
     bind_session(mod);
+    bind_hift(mod);
 }

@@ -172,6 +172,18 @@ class Model:
         )
         self._encoder: Optional[_core.ImageEncoder] = None
         self._encoder_lock = threading.Lock()
+        self._vocoder: Optional[Any] = None
+
+    @property
+    def vocoder(self) -> Any:
+        """The Token2Wav vocoder (:class:`minicpm_cpp.vocoder.Vocoder`), created at first use;
+        raises UnsupportedError when the file has none."""
+        with self._encoder_lock:
+            if self._vocoder is None:
+                from .vocoder import Vocoder
+
+                self._vocoder = Vocoder(self._m)
+            return self._vocoder
 
     @property
     def has_vision(self) -> bool:
