@@ -30,6 +30,7 @@ from .llm import PlannedTensor, detect, plan_tensors, write_metadata
 from .names import key_name
 from .quant import ENCODINGS, OUTTYPES, encode_rows, tensor_bytes
 from .tokenizer import add_tokenizer
+from .t2w_flow import detect_flow, plan_flow, write_flow_metadata
 from .audio import AUDIO_OUTTYPES, AudioSpec, audio_qtypes, detect_audio, has_audio, plan_audio, write_audio_metadata
 from .vision import VISION_OUTTYPES, VisionSpec, detect_vision, has_vision, plan_vision, vision_qtypes, write_vision_metadata
 from .writer import Progress, atomic_output, padding, write_padding
@@ -409,6 +410,10 @@ def convert(
             raise ConvertError(f"--audio-out: {hf_dir} has no audio encoder to write (init_audio false, or no apm.* "
                                "tensors)")
 
+        # Token2Wav's flow-matching model (assets/token2wav/flow.{yaml,pt}), into the main file.
+        fspec = detect_flow(hf_dir, say) if spec.prefix and not vocab_only and not llm_only else None
+        fplan: List[PlannedTensor] = plan_flow(fspec, outtype)[0] if fspec is not None else []
+
         plan: List[PlannedTensor] = []
         vplan: List[PlannedTensor] = []
         aplan: List[PlannedTensor] = []
@@ -438,7 +443,7 @@ def convert(
                     notes.append(left)
             for note in notes:
                 say(note)
-        main_plan = plan + ([] if llm_only else vplan + aplan)
+        main_plan = plan + ([] if llm_only else vplan + aplan) + fplan
         types = _pick_types(main_plan, out_type, say)
 
         def main_keys(writer: GGUFWriter) -> None:
@@ -452,6 +457,8 @@ def convert(
                 write_vision_metadata(writer, vspec)
             if aspec is not None and not llm_only:
                 write_audio_metadata(writer, aspec)
+            if fspec is not None:
+                write_flow_metadata(writer, fspec)
             _add_tokenizer(writer, hf_dir, spec.hparams.n_vocab)
 
         with atomic_output(out) as tmp:
@@ -495,6 +502,8 @@ def convert(
         what += f", with vision ({len(vplan)} tensors)"
     if aspec is not None and not llm_only:
         what += f", with audio ({len(aplan)} tensors)"
+    if fplan:
+        what += f", with the Token2Wav flow ({len(fplan)} tensors)"
     say(f"wrote {out} ({spec.arch}, {what}, {size / 2**20:.1f} MiB)")
     if mm_out is not None:
         say(f"wrote {mm_out} (mmproj, {len(vplan)} tensors, {mm_out.stat().st_size / 2**20:.1f} MiB)")

@@ -2,13 +2,14 @@
 // (an explicit list: self-registering statics would be dropped from a static library).
 #include "core/component.h"
 #include "models/audio.h"
+#include "models/flow.h"
 #include "models/llm.h"
 #include "models/vision.h"
 
 namespace minicpm {
 
 const std::vector<ComponentType> & component_types() {
-    static const std::vector<ComponentType> types = {kLlmComponent, kVisionComponent, kAudioComponent};
+    static const std::vector<ComponentType> types = {kLlmComponent, kVisionComponent, kAudioComponent, kFlowComponent};
     return types;
 }
 

@@ -120,6 +120,7 @@ void bind_vision(py::module_ & mod);
 void bind_audio(py::module_ & mod);
 void bind_quant(py::module_ & mod);
 void bind_session(py::module_ & mod);
+void bind_flow(py::module_ & mod);
 
 PYBIND11_MODULE(_core, mod) {
     mod.doc() = "minicpm.cpp native core";
@@ -140,6 +141,7 @@ PYBIND11_MODULE(_core, mod) {
     bind_vision(mod);
     bind_audio(mod);
     bind_quant(mod);
+    bind_flow(mod);
 
     mod.def("set_log_level", [](const std::string & level) {
         if (level == "error") set_log_level(LogLevel::Error);
