@@ -23,7 +23,7 @@ import tiny_token2wav
 torch = pytest.importorskip("torch")
 
 import minicpm_cpp as mc  # noqa: E402
-from gguf_edit import rewrite  # noqa: E402
+from minicpm_cpp.token2wav import Token2Wav  # noqa: E402
 
 TOL = 1e-4
 N_MEL = 80
@@ -52,9 +52,45 @@ def t2w_gguf(t2w_ckpt, tmp_path_factory) -> Path:
     return out
 
 
+def write_flow_gguf(ckpt: Path, out: Path, set_keys=None, drop=(), replace=None) -> Path:
+    """The flow tensors and keys alone (no LLM, no tokenizer), as the converter writes them,
+    with keys overridden / tensors dropped or replaced: small files for the bad-input tests."""
+    import gguf
+    from minicpm_cpp.convert.t2w_flow import detect_flow, plan_flow, write_flow_metadata
+
+    spec = detect_flow(ckpt)
+    plan, _ = plan_flow(spec, "f32")
+    calls = []
+
+    class Capture:
+        def __getattr__(self, name):
+            return lambda key, value: calls.append((name, key, value))
+
+    write_flow_metadata(Capture(), spec)
+    w = gguf.GGUFWriter(str(out), "minicpm-t2w")
+    for method, key, value in calls:
+        getattr(w, method)(key, (set_keys or {}).get(key, value))
+    for p in plan:
+        if p.gguf_name in drop:
+            continue
+        data = (replace or {}).get(p.gguf_name, p.read_rows(None, None, None))
+        w.add_tensor(p.gguf_name, np.ascontiguousarray(data, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def flow_gguf(t2w_ckpt, tmp_path_factory) -> Path:
+    return write_flow_gguf(t2w_ckpt, tmp_path_factory.mktemp("flow-only") / "flow.gguf")
+
+
 @pytest.fixture(scope="module")
 def model(t2w_gguf):
-    return mc.Model(str(t2w_gguf), device="cpu", warmup=False)
+    # one thread: tiny graphs, and a loaded test machine makes thread barriers slow
+    return mc.Model(str(t2w_gguf), device="cpu", n_threads=1, warmup=False)
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +116,13 @@ def _ref_spk(ref, spk: np.ndarray):
 # ---- converter --------------------------------------------------------------------------------
 
 
-def test_converter_metadata_and_layout(t2w_gguf, ref):
+def test_converter_metadata_and_layout(t2w, flow_gguf, ref):
     import gguf
 
-    r = gguf.GGUFReader(str(t2w_gguf))
+    # the model file has the flow part (read by C++ at load: the model fixture), the flow-only
+    # file the same keys and tensors (quick to parse here)
+    assert t2w.hparams["dit_depth"] == 2
+    r = gguf.GGUFReader(str(flow_gguf))
 
     def val(key):
         return r.fields[key].contents()
@@ -113,15 +152,17 @@ def test_converter_metadata_and_layout(t2w_gguf, ref):
     assert val("t2w.flow.cfm.inference_cfg_rate") == pytest.approx(0.7)
     assert val("t2w.flow.cfm.n_timesteps") == 10
     tensors = {t.name: t for t in r.tensors}
-    # every reference parameter is written once (flow.pt has parameters only)
-    flow_tensors = [n for n in tensors if n.startswith("t2w.flow.")]
-    assert len(flow_tensors) == len(ref.state_dict())
-    # conv kernels are [out, kernel, in]
-    conv = tensors["t2w.flow.dit.blk.1.conv1.weight"]
+    assert len(tensors) == len(ref.state_dict())   # flow.pt holds parameters only, each written once
+    conv = tensors["t2w.flow.dit.blk.1.conv1.weight"]   # conv kernels are [out, kernel, in]
     want = ref.decoder.estimator.blocks[1].conv.block[1].weight.detach().numpy().transpose(0, 2, 1)
     np.testing.assert_array_equal(np.asarray(conv.data).reshape(want.shape), want)
-    la = tensors["t2w.flow.enc.lookahead.conv1.weight"]
-    assert list(la.shape)[::-1] == [64, 4, 64]
+    assert [int(x) for x in tensors["t2w.flow.enc.lookahead.conv1.weight"].shape] == [64, 4, 64]
+    # the flow-only file runs as the model's flow does
+    alone = Token2Wav(flow_gguf, n_threads=1, device="cpu")
+    assert alone.hparams == t2w.hparams
+    tokens = _tokens(6, 3)
+    voice = {"spk": np.ones(192, np.float32)}
+    np.testing.assert_array_equal(alone.flow_mel(tokens, voice, 2), t2w.flow_mel(tokens, voice, 2))
 
 
 def test_converter_yaml_defaults_and_refs(tmp_path):
@@ -314,24 +355,38 @@ def test_bad_arguments(t2w):
 
 
 def test_model_without_flow(tiny_qwen3_dir, converted):
-    m = mc.Model(str(converted(tiny_qwen3_dir, "f32")), device="cpu", warmup=False)
+    m = mc.Model(str(converted(tiny_qwen3_dir, "f32")), device="cpu", n_threads=1, warmup=False)
     with pytest.raises(mc.UnsupportedError, match="Token2Wav"):
         m.token2wav
 
 
-def test_bad_files(t2w_gguf, tmp_path):
-    bad = rewrite(t2w_gguf, tmp_path / "heads.gguf",
-                  set_keys={"t2w.flow.encoder.attention_heads": (3, __import__("gguf").GGUFValueType.UINT32)})
+def test_bad_files(t2w_ckpt, tmp_path):
+    import gguf
+
+    def load(path):
+        return Token2Wav(path, n_threads=1, device="cpu")
+
     with pytest.raises(mc.FormatError, match="divisible"):
-        mc.Model(str(bad), device="cpu", warmup=False)
-    bad = rewrite(t2w_gguf, tmp_path / "missing.gguf", drop_tensors=["t2w.flow.dit.blk.1.conv2.weight"])
+        load(write_flow_gguf(t2w_ckpt, tmp_path / "heads.gguf", set_keys={"t2w.flow.encoder.attention_heads": 3}))
     with pytest.raises(mc.FormatError, match="conv2.weight"):
-        mc.Model(str(bad), device="cpu", warmup=False)
-    bad = rewrite(t2w_gguf, tmp_path / "shape.gguf",
-                  replace_tensors={"t2w.flow.enc.blk.0.pos_bias_u": np.zeros((4, 16), np.float32)})
+        load(write_flow_gguf(t2w_ckpt, tmp_path / "missing.gguf", drop={"t2w.flow.dit.blk.1.conv2.weight"}))
     with pytest.raises(mc.FormatError, match="pos_bias_u"):
-        mc.Model(str(bad), device="cpu", warmup=False)
-    bad = rewrite(t2w_gguf, tmp_path / "depth.gguf",
-                  set_keys={"t2w.flow.dit.depth": (1000, __import__("gguf").GGUFValueType.UINT32)})
-    with pytest.raises(mc.FormatError):
-        mc.Model(str(bad), device="cpu", warmup=False)
+        load(write_flow_gguf(t2w_ckpt, tmp_path / "shape.gguf",
+                             replace={"t2w.flow.enc.blk.0.pos_bias_u": np.zeros((4, 16), np.float32)}))
+    with pytest.raises(mc.FormatError, match="t2w.flow.dit.depth"):
+        load(write_flow_gguf(t2w_ckpt, tmp_path / "depth.gguf", set_keys={"t2w.flow.dit.depth": 1000}))
+    with pytest.raises(mc.FormatError, match="eps"):
+        load(write_flow_gguf(t2w_ckpt, tmp_path / "eps.gguf", set_keys={"t2w.flow.dit.norm_eps": 0.0}))
+    with pytest.raises(mc.FormatError, match="up_scale_factor"):
+        load(write_flow_gguf(t2w_ckpt, tmp_path / "scale.gguf", set_keys={"t2w.flow.encoder.up_scale_factor": 1.5}))
+    with pytest.raises(mc.FormatError, match="channels"):
+        load(write_flow_gguf(t2w_ckpt, tmp_path / "chan.gguf", set_keys={"t2w.flow.dit.in_channels": 300}))
+    empty = tmp_path / "none.gguf"
+    w = gguf.GGUFWriter(str(empty), "minicpm-t2w")
+    w.add_uint32("t2w.flow.vocab_size", 6561)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(mc.FormatError, match="no Token2Wav"):
+        load(empty)

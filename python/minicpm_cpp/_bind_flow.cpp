@@ -3,6 +3,7 @@
 // and validation only; arrays are frames-major ([frames, channels]) as in the C++ API.
 #include "core/backend.h"
 #include "core/error.h"
+#include "core/gguf_file.h"
 #include "minicpm/minicpm.h"
 #include "models/flow.h"
 #include "runtime/model_impl.h"
@@ -36,7 +37,24 @@ public:
                                                 "MiniCPM-o 4.5 checkpoint with its assets/token2wav folder");
         }
         flow_ = static_cast<const FlowModel *>(it->second.get());
-        backends_ = std::make_unique<ComputeBackends>(*model_->impl().devices, n_threads);
+        // n_threads 0: the model's thread count (its own default when that is 0 too)
+        backends_ = std::make_unique<ComputeBackends>(*model_->impl().devices,
+                                                      n_threads > 0 ? n_threads : model_->params().n_threads);
+        runner_ = std::make_unique<FlowRunner>(*flow_, *backends_);
+    }
+
+    // The flow component alone from one GGUF file (tests, tools): no LLM needed.
+    PyFlow(const std::string & path, const std::string & device, int n_threads) {
+        check_n_threads(n_threads);
+        file_ = std::make_unique<GgufFile>(path);
+        if (!kFlowComponent.present(*file_)) throw Error(ErrorKind::Format, path + " has no Token2Wav flow model (t2w.flow.*)");
+        ModelParams params;
+        params.device = device;
+        params.n_threads = n_threads;
+        devices_ = std::make_unique<Devices>(device, n_threads);
+        own_ = kFlowComponent.load(ComponentLoad{*file_, *devices_, params});
+        flow_ = static_cast<const FlowModel *>(own_.get());
+        backends_ = std::make_unique<ComputeBackends>(*devices_, n_threads);
         runner_ = std::make_unique<FlowRunner>(*flow_, *backends_);
     }
 
@@ -174,6 +192,9 @@ private:
     }
 
     std::shared_ptr<Model>           model_;
+    std::unique_ptr<GgufFile>        file_;      // (file-only handle)
+    std::unique_ptr<Devices>         devices_;
+    std::unique_ptr<Component>       own_;
     const FlowModel *                flow_ = nullptr;
     std::unique_ptr<ComputeBackends> backends_;
     std::unique_ptr<FlowRunner>      runner_;
@@ -185,6 +206,8 @@ void bind_flow(py::module_ & mod) {
     py::class_<PyFlow>(mod, "Token2WavFlow")
         .def(py::init<std::shared_ptr<Model>, int>(), py::arg("model"), py::arg("n_threads") = 0,
              py::call_guard<py::gil_scoped_release>())
+        .def(py::init<const std::string &, const std::string &, int>(), py::arg("path"), py::arg("device") = "auto",
+             py::arg("n_threads") = 0, py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("hparams", &PyFlow::hparams)
         .def("encode", &PyFlow::encode, py::arg("tokens"), py::arg("spk") = py::none())
         .def("dit", &PyFlow::dit, py::arg("x"), py::arg("mu"), py::arg("spk"), py::arg("cond"), py::arg("t"))

@@ -8,6 +8,7 @@ makes it; noise is ``[80, >= frames]`` like the reference's ``rand_noise[0]``.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
@@ -70,10 +71,19 @@ def _steps(n: Any) -> int:
 
 
 class Token2Wav:
-    """The flow-matching stage of Token2Wav over a loaded model. Calls are serialised per object."""
+    """The flow-matching stage of Token2Wav over a loaded model (or, given a path, over the flow
+    weights of one GGUF file alone). Calls are serialised per object."""
 
-    def __init__(self, model: "_core.Model", n_threads: int = 0) -> None:
-        self._flow = _core.Token2WavFlow(model, n_threads)
+    def __init__(self, model: Union["_core.Model", str, "os.PathLike[str]"], n_threads: int = 0,
+                 device: str = "auto") -> None:
+        if isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 0:
+            raise InvalidArgumentError("n_threads must be an int >= 0")
+        if isinstance(model, (str, os.PathLike)):
+            if not isinstance(device, str):
+                raise InvalidArgumentError("device must be a str")
+            self._flow = _core.Token2WavFlow(os.fspath(model), device, n_threads)
+        else:
+            self._flow = _core.Token2WavFlow(model, n_threads)
         self._lock = threading.Lock()
         self.hparams = dict(self._flow.hparams)
 
