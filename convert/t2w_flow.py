@@ -67,6 +67,8 @@ _CONSTANTS = {
     "t_max_period": 10000.0,
     "temperature": 1.0,         # CausalConditionalCFM.forward default
     "n_timesteps": 10,          # Token2wav(n_timesteps=10), flow.inference default
+    "max_frames": 50 * 600,     # CausalConditionalCFM.rand_noise: "a maximum of 600s"
+    "stream_history": 100,      # Token2wav: CONFORMER_HISTORY_FRAMES, _trim_estimator_cache's 100
 }
 
 KEY_IDS = (
@@ -78,7 +80,7 @@ KEY_IDS = (
     "T2W_FLOW_DIT_DEPTH", "T2W_FLOW_DIT_HEADS", "T2W_FLOW_DIT_HEAD_DIM", "T2W_FLOW_DIT_FF", "T2W_FLOW_DIT_CONV_KERNEL",
     "T2W_FLOW_DIT_NORM_EPS", "T2W_FLOW_DIT_QK_NORM_EPS", "T2W_FLOW_DIT_CONV_NORM_EPS", "T2W_FLOW_DIT_T_FREQ_DIM",
     "T2W_FLOW_DIT_T_SCALE", "T2W_FLOW_DIT_T_MAX_PERIOD", "T2W_FLOW_CFG_RATE", "T2W_FLOW_TEMPERATURE",
-    "T2W_FLOW_N_TIMESTEPS",
+    "T2W_FLOW_N_TIMESTEPS", "T2W_FLOW_MAX_FRAMES", "T2W_FLOW_STREAM_HISTORY",
 )
 
 # flow.pt name -> tensor id, per part. Layer names are relative to the layer.
@@ -555,3 +557,5 @@ def write_flow_metadata(writer: Any, spec: FlowSpec) -> None:
     f32(key_name("T2W_FLOW_CFG_RATE"), spec.cfg_rate)
     f32(key_name("T2W_FLOW_TEMPERATURE"), c["temperature"])
     u32(key_name("T2W_FLOW_N_TIMESTEPS"), c["n_timesteps"])
+    u32(key_name("T2W_FLOW_MAX_FRAMES"), c["max_frames"])
+    u32(key_name("T2W_FLOW_STREAM_HISTORY"), c["stream_history"])

@@ -151,9 +151,10 @@ def test_converter_metadata_and_layout(t2w, flow_gguf, ref):
     assert val("t2w.flow.dit.t_scale") == pytest.approx(1000.0)
     assert val("t2w.flow.cfm.inference_cfg_rate") == pytest.approx(0.7)
     assert val("t2w.flow.cfm.n_timesteps") == 10
+    assert val("t2w.flow.cfm.max_frames") == 30000
     tensors = {t.name: t for t in r.tensors}
     assert len(tensors) == len(ref.state_dict())   # flow.pt holds parameters only, each written once
-    conv = tensors["t2w.flow.dit.blk.1.conv1.weight"]   # conv kernels are [out, kernel, in]
+    conv = tensors["t2w.flow.dit.blk.1.causal_conv1.weight"]   # conv kernels are [out, kernel, in]
     want = ref.decoder.estimator.blocks[1].conv.block[1].weight.detach().numpy().transpose(0, 2, 1)
     np.testing.assert_array_equal(np.asarray(conv.data).reshape(want.shape), want)
     assert [int(x) for x in tensors["t2w.flow.enc.lookahead.conv1.weight"].shape] == [64, 4, 64]
@@ -228,7 +229,7 @@ def test_converter_errors(t2w_ckpt, tmp_path):
 
 
 def test_encoder_matches_reference(t2w, ref):
-    for n, seed in ((9, 1), (1, 2), (23, 3)):
+    for n, seed in ((9, 1), (1, 2), (23, 3), (260, 4)):   # 260: past the reserved graph size
         tokens = _tokens(n, seed)
         spk = np.random.default_rng(seed).standard_normal(192).astype(np.float32)
         mu, spk80 = t2w.encode(tokens, spk)
@@ -348,6 +349,8 @@ def test_bad_arguments(t2w):
     with pytest.raises(mc.InvalidArgumentError, match="prompt mel has"):
         t2w.flow_mel([1], {"prompt_tokens": [2], "prompt_mel": np.zeros((5, 80), np.float32),
                            "spk": np.ones(192, np.float32)})
+    with pytest.raises(mc.InvalidArgumentError, match="mel frames"):
+        t2w.flow_mel(np.zeros(15001, np.int64), voice)
     with pytest.raises(mc.InvalidArgumentError, match="voice"):
         t2w.flow_mel([1], 42)
     with pytest.raises(mc.InvalidArgumentError, match="frames"):
@@ -369,10 +372,10 @@ def test_bad_files(t2w_ckpt, tmp_path):
     with pytest.raises(mc.FormatError, match="divisible"):
         load(write_flow_gguf(t2w_ckpt, tmp_path / "heads.gguf", set_keys={"t2w.flow.encoder.attention_heads": 3}))
     with pytest.raises(mc.FormatError, match="conv2.weight"):
-        load(write_flow_gguf(t2w_ckpt, tmp_path / "missing.gguf", drop={"t2w.flow.dit.blk.1.conv2.weight"}))
-    with pytest.raises(mc.FormatError, match="pos_bias_u"):
+        load(write_flow_gguf(t2w_ckpt, tmp_path / "missing.gguf", drop={"t2w.flow.dit.blk.1.causal_conv2.weight"}))
+    with pytest.raises(mc.FormatError, match="attn_pos_u"):
         load(write_flow_gguf(t2w_ckpt, tmp_path / "shape.gguf",
-                             replace={"t2w.flow.enc.blk.0.pos_bias_u": np.zeros((4, 16), np.float32)}))
+                             replace={"t2w.flow.enc.blk.0.attn_pos_u": np.zeros((4, 16), np.float32)}))
     with pytest.raises(mc.FormatError, match="t2w.flow.dit.depth"):
         load(write_flow_gguf(t2w_ckpt, tmp_path / "depth.gguf", set_keys={"t2w.flow.dit.depth": 1000}))
     with pytest.raises(mc.FormatError, match="eps"):
@@ -390,3 +393,95 @@ def test_bad_files(t2w_ckpt, tmp_path):
     w.close()
     with pytest.raises(mc.FormatError, match="no Token2Wav"):
         load(empty)
+
+
+# ---- streaming --------------------------------------------------------------------------------
+
+
+def _stream_reference(ref):
+    """The reference module ready for its streaming functions at tiny sizes: the scratch cache
+    buffers of CausalConditionalCFM / DiT have the released model's fixed shapes (16 blocks of 8
+    heads), so they are replaced by ones of this model's shapes; the encoder's forward_chunk runs
+    without torch.compile's wrapper (backend "eager": the same operations, without tracing)."""
+    import types
+
+    from stepaudio2.cosyvoice2.transformer.upsample_encoder_v2 import UpsampleConformerEncoderV2
+
+    est = ref.decoder.estimator
+    depth, blk = len(est.blocks), est.blocks[0]
+    heads, hd, width = blk.attn.num_heads, blk.attn.head_dim, blk.norm1.normalized_shape[0]
+    ref.decoder.cnn_cache_buffer = torch.zeros(16, depth, 2, 2 * width, 2)
+    ref.decoder.att_cache_buffer = torch.zeros(16, depth, 2, heads, 1000, 2 * hd)
+    est.cnn_cache_buffer = torch.zeros(depth, 2, 2 * width, 2)
+    est.att_cache_buffer = torch.zeros(depth, 2, heads, 1000, 2 * hd)
+    fn = UpsampleConformerEncoderV2.forward_chunk
+    orig = getattr(fn, "_torchdynamo_orig_callable", None) or getattr(fn, "__wrapped__", None)
+    if orig is not None:
+        ref.encoder.forward_chunk = types.MethodType(orig, ref.encoder)
+    return ref
+
+
+def test_streaming_matches_reference(t2w, ref):
+    import types
+
+    from stepaudio2.token2wav import Token2wav
+
+    _stream_reference(ref)
+    rng = np.random.default_rng(31)
+    steps, n_prompt = 3, 10
+    prompt = _tokens(n_prompt, 32)
+    prompt_mel = rng.standard_normal((2 * n_prompt, N_MEL)).astype(np.float32)
+    spk = rng.standard_normal(192).astype(np.float32)
+    noise = rng.standard_normal((1, N_MEL, 400)).astype(np.float32)
+    ref.decoder.rand_noise = torch.from_numpy(noise)
+    with torch.no_grad():
+        cache = ref.setup_cache(torch.from_numpy(np.concatenate([prompt, prompt[:3]]))[None],
+                                torch.from_numpy(prompt_mel)[None], torch.from_numpy(spk)[None], n_timesteps=steps)
+    state = types.SimpleNamespace(stream_cache=cache, flow=ref, CONFORMER_HISTORY_FRAMES=100)
+    t2w.set_prompt({"prompt_tokens": prompt, "prompt_mel": prompt_mel, "spk": spk}, n_timesteps=steps,
+                   noise=noise[0])
+    assert t2w.stream_frames == (n_prompt, 2 * n_prompt)
+    # Token2wav.stream's windows: [4218] * 3 first, 28 tokens (25 new + 3 look-ahead), stride 25,
+    # then the rest as the last chunk; the caches pass prompt + 100 frames at the third window.
+    buf = [4218] * 3 + list(_tokens(110, 33))
+    windows = []
+    while len(buf) >= 28:
+        windows.append((buf[:28], False))
+        buf = buf[25:]
+    windows.append((buf, True))
+    assert len(windows) == 5
+    for i, (win, last) in enumerate(windows):
+        tok = torch.tensor([win], dtype=torch.int32)
+        with torch.no_grad():
+            mel, state.stream_cache = ref.inference_chunk(tok, torch.from_numpy(spk)[None], state.stream_cache,
+                                                          last_chunk=last, n_timesteps=steps)
+        Token2wav._trim_estimator_cache(state, 2 * n_prompt)
+        Token2wav._trim_conformer_cache(state, 2 * n_prompt)
+        got = t2w.push(np.asarray(win), last=last)
+        assert got.shape == (N_MEL, 2 * (len(win) if last else len(win) - 3))
+        assert rel(got, mel[0].numpy()) <= TOL, i
+        want_frames = (state.stream_cache["conformer_att_cache"].shape[3] // 2,
+                       state.stream_cache["estimator_att_cache"].shape[4])
+        assert t2w.stream_frames == want_frames, i
+
+
+def test_streaming_bad_arguments(flow_gguf):
+    t2w = Token2Wav(flow_gguf, n_threads=1, device="cpu")   # no stream started
+    voice = {"prompt_tokens": [1, 2, 3, 4], "prompt_mel": np.zeros((8, 80), np.float32), "spk": np.ones(192, np.float32)}
+    with pytest.raises(mc.InvalidArgumentError, match="frames"):
+        t2w.set_prompt({**voice, "prompt_mel": np.zeros((7, 80), np.float32)})
+    with pytest.raises(mc.InvalidArgumentError, match="at least 3"):
+        t2w.set_prompt({**voice, "prompt_tokens": [1, 2], "prompt_mel": np.zeros((4, 80), np.float32)})
+    with pytest.raises(mc.InvalidArgumentError, match="set_prompt"):
+        t2w.push(list(range(28)))
+    t2w.set_prompt(voice, n_timesteps=2)
+    with pytest.raises(mc.InvalidArgumentError, match="look-ahead"):
+        t2w.push([1, 2, 3, 4])
+    with pytest.raises(mc.InvalidArgumentError, match="out of range"):
+        t2w.push([1] * 27 + [6561])
+    with pytest.raises(mc.InvalidArgumentError, match="n_timesteps"):
+        t2w.set_prompt(voice, n_timesteps=0)
+    assert t2w.push([], last=True).shape == (N_MEL, 0)
+    t2w.set_prompt(voice, n_timesteps=2, noise=np.zeros((80, 20), np.float32))
+    with pytest.raises(mc.InvalidArgumentError, match="noise table"):
+        t2w.push(list(range(28)))

@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 namespace minicpm {
@@ -53,6 +54,8 @@ struct FlowHparams {
     float   cfg_rate = 0;
     float   temperature = 1;
     int64_t n_timesteps = 0;  // default Euler steps
+    int64_t max_frames = 0;   // longest mel of one call (the reference's noise buffer)
+    int64_t stream_history = 0; // mel frames kept past the prompt in the streaming caches
 
     static FlowHparams from_gguf(const GgufFile & f);
 };
@@ -137,6 +140,19 @@ public:
     // default noise (a seeded normal table indexed by absolute frame and channel).
     std::vector<float> flow_mel(const std::vector<int32_t> & tokens, const FlowPrompt & prompt, int n_steps,
                                 const std::vector<float> * noise = nullptr, uint64_t seed = 0);
+
+    // Streaming (Token2wav.set_stream_cache / stream): the prompt pass fills the encoder and
+    // estimator caches (prompt tokens + their first pre_lookahead_len tokens as look-ahead, the
+    // prompt mel as cond; the prompt mel must have up_stride frames per prompt token). `noise`
+    // [frames][n_mel] replaces the default table; chunks read it from the estimator cache length.
+    void stream_start(const FlowPrompt & prompt, int n_steps, const std::vector<float> * noise = nullptr,
+                      uint64_t seed = 0);
+    // One window: its tokens with pre_lookahead_len look-ahead tokens at the end (unless `last`,
+    // which pads them). Returns the mel of the new frames [up_stride * (n - lookahead or n)][n_mel];
+    // the caches are then cut to prompt + history frames as the reference does.
+    std::vector<float> stream_push(const std::vector<int32_t> & tokens, bool last);
+    // (token frames in the conformer caches, frames in each estimator cache); 0, 0 when not started.
+    std::pair<int64_t, int64_t> stream_frames() const;
 
     // The default noise: frames [first, first + n) of the seeded table, [n][n_mel].
     std::vector<float> default_noise(int64_t first, int64_t n, uint64_t seed) const;

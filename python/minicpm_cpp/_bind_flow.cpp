@@ -131,6 +131,33 @@ public:
         return frames(out, 1);
     }
 
+    void stream_start(const py::handle & prompt_tokens, const py::handle & prompt_mel, const py::handle & spk,
+                      int n_timesteps, const py::handle & noise, uint64_t seed) {
+        FlowPrompt p;
+        p.tokens = to_tokens(prompt_tokens, "prompt_tokens", /*allow_empty=*/true);
+        p.mel = to_frames(prompt_mel, "prompt_mel", /*allow_empty=*/true);
+        p.spk = to_vector(spk, flow_->hp.n_spk, "spk");
+        std::vector<float> z;
+        if (!noise.is_none()) z = to_frames(noise, "noise");
+        py::gil_scoped_release nogil;
+        runner_->stream_start(p, n_timesteps, noise.is_none() ? nullptr : &z, seed);
+    }
+
+    FloatArray stream_push(const py::handle & tokens, bool last) {
+        const std::vector<int32_t> t = to_tokens(tokens, "tokens", /*allow_empty=*/last);
+        std::vector<float> out;
+        {
+            py::gil_scoped_release nogil;
+            out = runner_->stream_push(t, last);
+        }
+        return frames(out, 1);
+    }
+
+    py::tuple stream_frames() const {
+        const auto f = runner_->stream_frames();
+        return py::make_tuple(f.first, f.second);
+    }
+
     FloatArray default_noise(int64_t first, int64_t n, uint64_t seed) const {
         if (first < 0 || n < 0 || n > (1 << 24) || first > std::numeric_limits<int64_t>::max() / 2) {
             throw Error(ErrorKind::InvalidArgument, "default_noise: first and n must be >= 0 (n <= 2^24)");
@@ -215,5 +242,9 @@ void bind_flow(py::module_ & mod) {
              py::arg("n_timesteps"))
         .def("flow_mel", &PyFlow::flow_mel, py::arg("tokens"), py::arg("prompt_tokens"), py::arg("prompt_mel"),
              py::arg("spk"), py::arg("n_timesteps"), py::arg("noise") = py::none(), py::arg("seed") = 0)
+        .def("stream_start", &PyFlow::stream_start, py::arg("prompt_tokens"), py::arg("prompt_mel"), py::arg("spk"),
+             py::arg("n_timesteps"), py::arg("noise") = py::none(), py::arg("seed") = 0)
+        .def("stream_push", &PyFlow::stream_push, py::arg("tokens"), py::arg("last") = false)
+        .def("stream_frames", &PyFlow::stream_frames)
         .def("default_noise", &PyFlow::default_noise, py::arg("first"), py::arg("n"), py::arg("seed") = 0);
 }

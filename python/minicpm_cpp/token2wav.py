@@ -125,6 +125,42 @@ class Token2Wav:
             mel = self._flow.flow_mel(t, p.prompt_tokens, p.prompt_mel, p.spk, _steps(n_timesteps), z, int(seed))
         return np.ascontiguousarray(mel.T)
 
+    # ---- streaming ----------------------------------------------------------------------------
+
+    def set_prompt(self, voice: Any, n_timesteps: int = 10, noise: Optional[np.ndarray] = None,
+                   seed: int = 0) -> None:
+        """Starts a stream (``Token2wav.set_stream_cache``): the prompt pass over the voice's
+        tokens (their first 3 as look-ahead) and mel (2 frames per prompt token) fills the
+        encoder and estimator caches. ``noise`` ``[80, frames]`` replaces the seeded table; each
+        chunk reads it from the estimator cache length, as the reference's ``rand_noise``."""
+        p = self._prompt(voice)
+        z = None
+        if noise is not None:
+            z = _floats(noise, "noise")
+            if z.ndim == 3 and z.shape[0] == 1:
+                z = z[0]
+            if z.ndim != 2:
+                raise InvalidArgumentError(f"noise must be [{self.hparams['n_mel']}, frames], got shape {z.shape}")
+            z = np.ascontiguousarray(z.T)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**64:
+            raise InvalidArgumentError("seed must be an int in [0, 2^64)")
+        with self._lock:
+            self._flow.stream_start(p.prompt_tokens, p.prompt_mel, p.spk, _steps(n_timesteps), z, int(seed))
+
+    def push(self, tokens: Tokens, last: bool = False) -> np.ndarray:
+        """One window (``Token2wav.stream``'s flow part): new tokens plus 3 look-ahead tokens
+        (``last``: the final tokens, look-ahead padded). Returns the new mel ``[80, frames]``."""
+        t = _tokens(tokens, "tokens", allow_empty=bool(last))
+        with self._lock:
+            mel = self._flow.stream_push(t, bool(last))
+        return np.ascontiguousarray(mel.T)
+
+    @property
+    def stream_frames(self) -> Tuple[int, int]:
+        """(token frames in the encoder caches, frames in each estimator cache)."""
+        with self._lock:
+            return tuple(self._flow.stream_frames())
+
     # ---- stages -------------------------------------------------------------------------------
 
     def encode(self, tokens: Tokens, spk: Optional[np.ndarray] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
