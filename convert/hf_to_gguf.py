@@ -30,6 +30,7 @@ from .llm import PlannedTensor, detect, plan_tensors, write_metadata
 from .names import key_name
 from .quant import ENCODINGS, OUTTYPES, encode_rows, tensor_bytes
 from .tokenizer import add_tokenizer
+from .t2w_flow import detect_flow, plan_flow, write_flow_metadata
 from .audio import AUDIO_OUTTYPES, AudioSpec, audio_qtypes, detect_audio, has_audio, plan_audio, write_audio_metadata
 from .t2w_voice import find_voice_assets, plan_voice, write_voice_metadata
 from .vision import VISION_OUTTYPES, VisionSpec, detect_vision, has_vision, plan_vision, vision_qtypes, write_vision_metadata
@@ -424,6 +425,9 @@ def convert(
             say(f"vocoder: {hspec.path} ({len(hspec.ids)} tensors, weight norms folded)")
         elif llm_only and not vocab_only and find_hift(hf_dir) is not None:
             say(f"--llm-only: the vocoder {find_hift(hf_dir)} is not written")
+        # Token2Wav's flow-matching model (assets/token2wav/flow.{yaml,pt}), into the main file.
+        fspec = detect_flow(hf_dir, say) if spec.prefix and not vocab_only and not llm_only else None
+        fplan: List[PlannedTensor] = plan_flow(fspec, outtype)[0] if fspec is not None else []
 
         plan: List[PlannedTensor] = []
         vplan: List[PlannedTensor] = []
@@ -454,7 +458,7 @@ def convert(
                     notes.append(left)
             for note in notes:
                 say(note)
-        main_plan = plan + ([] if llm_only else vplan + aplan) + voice_plan
+        main_plan = plan + ([] if llm_only else vplan + aplan) + voice_plan + fplan
         if hspec is not None:
             main_plan = main_plan + plan_hift(hspec)
         types = _pick_types(main_plan, out_type, say)
@@ -474,6 +478,8 @@ def convert(
                 write_voice_metadata(writer, voice)
             if hspec is not None:
                 write_hift_metadata(writer, hspec)
+            if fspec is not None:
+                write_flow_metadata(writer, fspec)
             _add_tokenizer(writer, hf_dir, spec.hparams.n_vocab)
 
         with atomic_output(out) as tmp:
@@ -517,6 +523,8 @@ def convert(
         what += f", with vision ({len(vplan)} tensors)"
     if aspec is not None and not llm_only:
         what += f", with audio ({len(aplan)} tensors)"
+    if fplan:
+        what += f", with the Token2Wav flow ({len(fplan)} tensors)"
     say(f"wrote {out} ({spec.arch}, {what}, {size / 2**20:.1f} MiB)")
     if mm_out is not None:
         say(f"wrote {mm_out} (mmproj, {len(vplan)} tensors, {mm_out.stat().st_size / 2**20:.1f} MiB)")

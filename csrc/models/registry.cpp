@@ -3,6 +3,7 @@
 #include "core/component.h"
 #include "models/audio.h"
 #include "models/hift.h"
+#include "models/flow.h"
 #include "models/llm.h"
 #include "models/s3tok.h"
 #include "models/vision.h"
@@ -11,7 +12,7 @@ namespace minicpm {
 
 const std::vector<ComponentType> & component_types() {
     static const std::vector<ComponentType> types = {kLlmComponent, kVisionComponent, kAudioComponent,
-                                                        kS3TokComponent, kHiftComponent};
+                                                        kS3TokComponent, kHiftComponent, kFlowComponent};
     return types;
 }
 

@@ -122,6 +122,7 @@ void bind_s3tok(py::module_ & mod);
 void bind_quant(py::module_ & mod);
 void bind_session(py::module_ & mod);
 void bind_hift(py::module_ & mod);
+void bind_flow(py::module_ & mod);
 
 PYBIND11_MODULE(_core, mod) {
     mod.doc() = "minicpm.cpp native core";
@@ -143,6 +144,7 @@ PYBIND11_MODULE(_core, mod) {
     bind_audio(mod);
     bind_s3tok(mod);
     bind_quant(mod);
+    bind_flow(mod);
 
     mod.def("set_log_level", [](const std::string & level) {
         if (level == "error") set_log_level(LogLevel::Error);

@@ -196,6 +196,17 @@ class Model:
         return self._m.has_audio
 
     @property
+    def token2wav(self) -> "Token2Wav":
+        """Token2Wav's flow-matching stage (:class:`minicpm_cpp.token2wav.Token2Wav`), created at
+        first use; raises UnsupportedError when the file has no ``t2w.flow.*`` weights."""
+        with self._encoder_lock:
+            if getattr(self, "_token2wav", None) is None:
+                from .token2wav import Token2Wav
+
+                self._token2wav = Token2Wav(self._m)
+            return self._token2wav
+
+    @property
     def info(self) -> Dict[str, Any]:
         """Architecture and sizes read from the file."""
         return dict(self._m.info)

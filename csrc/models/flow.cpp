@@ -1,0 +1,717 @@
+// Token2Wav flow matching: hyperparameters, weights, the encoder and estimator graphs, the solver.
+// Mirrors CausalMaskedDiffWithXvec.inference (stepaudio2/cosyvoice2/flow/flow.py) and what it
+// calls; see tests/test_t2w_flow.py for the stage-by-stage parity against those classes.
+#include "flow.h"
+#include "models/flow_graph.h"
+
+#include "core/error.h"
+#include "core/log.h"
+#include "graph/blocks.h"
+#include "model/names.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+
+namespace minicpm {
+
+using namespace flow_graph;
+
+namespace {
+
+int64_t need_u32(const GgufFile & f, KeyName k, int64_t lo, int64_t hi) {
+    const std::string key = key_name(k);
+    const int64_t v = f.get_u32(key);
+    check_int_range(f, key, v, lo, hi);
+    return v;
+}
+
+float need_f32(const GgufFile & f, KeyName k, float lo, float hi, bool lo_open = false) {
+    const std::string key = key_name(k);
+    const float v = f.get_f32(key);
+    check_float_range(f, key, v, lo, hi, lo_open);
+    return v;
+}
+
+bool flow_present(const GgufFile & f) {
+    return f.find_tensor(tensor_name(TensorName::FLOW_DIT_IN_PROJ)) != nullptr ||
+           f.opt_u32(key_name(KeyName::T2W_FLOW_DIT_DEPTH)).has_value();
+}
+
+std::string name(TensorName t, int il = -1) { return tensor_name(t, il); }
+
+constexpr float kPi = 3.14159265358979323846f;   // torch.pi as float32
+
+
+} // namespace
+
+FlowHparams FlowHparams::from_gguf(const GgufFile & f) {
+    constexpr int64_t kMaxWidth = 1 << 14, kMaxLayers = 256, kMaxHeads = 256;
+    FlowHparams hp;
+    hp.n_vocab = need_u32(f, KeyName::T2W_FLOW_VOCAB_SIZE, 1, 1 << 24);
+    hp.n_in = need_u32(f, KeyName::T2W_FLOW_INPUT_SIZE, 1, kMaxWidth);
+    hp.n_mel = need_u32(f, KeyName::T2W_FLOW_OUTPUT_SIZE, 1, 1024);
+    hp.n_spk = need_u32(f, KeyName::T2W_FLOW_SPK_EMBED_DIM, 1, 4096);
+    hp.spk_eps = need_f32(f, KeyName::T2W_FLOW_SPK_NORM_EPS, 0.0f, 0.1f, true);
+    hp.n_embd = need_u32(f, KeyName::T2W_FLOW_ENC_WIDTH, 1, kMaxWidth);
+    hp.n_head = need_u32(f, KeyName::T2W_FLOW_ENC_HEADS, 1, kMaxHeads);
+    hp.n_ff = need_u32(f, KeyName::T2W_FLOW_ENC_FF, 1, 8 * kMaxWidth);
+    hp.n_blocks = need_u32(f, KeyName::T2W_FLOW_ENC_BLOCKS, 1, kMaxLayers);
+    hp.n_up_blocks = need_u32(f, KeyName::T2W_FLOW_ENC_UP_BLOCKS, 1, kMaxLayers);
+    hp.lookahead = need_u32(f, KeyName::T2W_FLOW_ENC_LOOKAHEAD, 1, 64);
+    hp.up_stride = need_u32(f, KeyName::T2W_FLOW_ENC_UP_STRIDE, 1, 16);
+    const float up_scale = need_f32(f, KeyName::T2W_FLOW_ENC_UP_SCALE, 1.0f, 16.0f);
+    hp.key_bias = f.get_bool(key_name(KeyName::T2W_FLOW_ENC_KEY_BIAS));
+    hp.embed_eps = need_f32(f, KeyName::T2W_FLOW_ENC_EMBED_EPS, 0.0f, 0.1f, true);
+    hp.layer_eps = need_f32(f, KeyName::T2W_FLOW_ENC_LAYER_EPS, 0.0f, 0.1f, true);
+    hp.out_eps = need_f32(f, KeyName::T2W_FLOW_ENC_OUT_EPS, 0.0f, 0.1f, true);
+    hp.pos_base = need_f32(f, KeyName::T2W_FLOW_ENC_POS_BASE, 1.0f, 1e9f);
+    hp.lrelu_slope = need_f32(f, KeyName::T2W_FLOW_ENC_LRELU_SLOPE, 0.0f, 1.0f);
+    hp.dit_in = need_u32(f, KeyName::T2W_FLOW_DIT_IN, 1, 4096);
+    hp.dit_out = need_u32(f, KeyName::T2W_FLOW_DIT_OUT, 1, 1024);
+    hp.dit_embd = need_u32(f, KeyName::T2W_FLOW_DIT_WIDTH, 1, kMaxWidth);
+    hp.dit_depth = need_u32(f, KeyName::T2W_FLOW_DIT_DEPTH, 1, kMaxLayers);
+    hp.dit_head = need_u32(f, KeyName::T2W_FLOW_DIT_HEADS, 1, kMaxHeads);
+    hp.dit_head_dim = need_u32(f, KeyName::T2W_FLOW_DIT_HEAD_DIM, 1, 1024);
+    hp.dit_ff = need_u32(f, KeyName::T2W_FLOW_DIT_FF, 1, 8 * kMaxWidth);
+    hp.conv_kernel = need_u32(f, KeyName::T2W_FLOW_DIT_CONV_KERNEL, 1, 64);
+    hp.dit_eps = need_f32(f, KeyName::T2W_FLOW_DIT_NORM_EPS, 0.0f, 0.1f, true);
+    hp.qk_eps = need_f32(f, KeyName::T2W_FLOW_DIT_QK_NORM_EPS, 0.0f, 0.1f, true);
+    hp.conv_eps = need_f32(f, KeyName::T2W_FLOW_DIT_CONV_NORM_EPS, 0.0f, 0.1f, true);
+    hp.t_freq = need_u32(f, KeyName::T2W_FLOW_DIT_T_FREQ_DIM, 2, 1 << 14);
+    hp.t_scale = need_f32(f, KeyName::T2W_FLOW_DIT_T_SCALE, 0.0f, 1e6f, true);
+    hp.t_max_period = need_f32(f, KeyName::T2W_FLOW_DIT_T_MAX_PERIOD, 1.0f, 1e9f);
+    hp.cfg_rate = need_f32(f, KeyName::T2W_FLOW_CFG_RATE, 0.0f, 100.0f, true);
+    hp.temperature = need_f32(f, KeyName::T2W_FLOW_TEMPERATURE, 0.0f, 100.0f);
+    hp.n_timesteps = need_u32(f, KeyName::T2W_FLOW_N_TIMESTEPS, 1, 1000);
+    hp.max_frames = need_u32(f, KeyName::T2W_FLOW_MAX_FRAMES, 1, 1 << 20);
+    hp.stream_history = need_u32(f, KeyName::T2W_FLOW_STREAM_HISTORY, 1, 1 << 16);
+    check_layer_count(f, key_name(KeyName::T2W_FLOW_ENC_BLOCKS), hp.n_blocks + hp.n_up_blocks, 2 * kMaxLayers,
+                      name(TensorName::FLOW_ENC_ATTN_NORM, (int) (hp.n_blocks + hp.n_up_blocks - 1)));
+    check_layer_count(f, key_name(KeyName::T2W_FLOW_DIT_DEPTH), hp.dit_depth, kMaxLayers,
+                      name(TensorName::FLOW_DIT_ADALN, (int) hp.dit_depth - 1));
+    auto bad = [&](const std::string & what) { fail(ErrorKind::Format, f.path() + ": token2wav flow: " + what); };
+    if (hp.n_embd % hp.n_head) bad("encoder width not divisible by its heads");
+    if (hp.n_in != hp.n_embd) bad("input_size differs from the encoder width (up_embed needs them equal)");
+    if (up_scale != (float) hp.up_stride) bad("up_scale_factor differs from up_stride (nearest x stride only)");
+    if (hp.dit_in != 4 * hp.n_mel || hp.dit_out != hp.n_mel) bad("estimator channels are not x | mu | spk | cond");
+    if (hp.t_freq % 2) bad("odd time-embedding width");
+    if (hp.stream_history % hp.up_stride) bad("history_frames is not a multiple of up_stride");
+    return hp;
+}
+
+FlowWeights FlowWeights::declare(WeightStore & s, const FlowHparams & hp) {
+    using T = TensorName;
+    const int64_t E = hp.n_embd, M = hp.n_mel, D = hp.dit_embd, dk = E / hp.n_head;
+    const int64_t inner = hp.dit_head * hp.dit_head_dim, K = hp.conv_kernel;
+    const auto W = Placement::Matrix;
+    const auto V = TensorRole::Vector;
+    // conv kernels [in, kernel, out] in ggml order (see names.def)
+    auto conv = [&](T t, int64_t k, int64_t in, int64_t out, int il = -1) {
+        return s.require(name(t, il), {in, k, out}, Placement::Main, V);
+    };
+    FlowWeights w;
+    w.tok_embd = s.require(name(T::FLOW_TOKEN_EMBD), {hp.n_in, hp.n_vocab}, Placement::Main, TensorRole::Weight);
+    w.spk_w = s.require(name(T::FLOW_SPK_PROJ), {hp.n_spk, M}, W);
+    w.spk_b = s.require(name(T::FLOW_SPK_PROJ_BIAS), {M});
+    w.proj_w = s.require(name(T::FLOW_ENC_PROJ), {E, M}, W);
+    w.proj_b = s.require(name(T::FLOW_ENC_PROJ_BIAS), {M});
+    w.embd_w = s.require(name(T::FLOW_ENC_EMBD), {hp.n_in, E}, W);
+    w.embd_b = s.require(name(T::FLOW_ENC_EMBD_BIAS), {E});
+    w.embd_norm_w = s.require(name(T::FLOW_ENC_EMBD_NORM), {E});
+    w.embd_norm_b = s.require(name(T::FLOW_ENC_EMBD_NORM_BIAS), {E});
+    w.la1_w = conv(T::FLOW_ENC_LA_CONV1, hp.lookahead + 1, E, E);
+    w.la1_b = s.require(name(T::FLOW_ENC_LA_CONV1_BIAS), {E});
+    w.la2_w = conv(T::FLOW_ENC_LA_CONV2, 3, E, E);
+    w.la2_b = s.require(name(T::FLOW_ENC_LA_CONV2_BIAS), {E});
+    for (int il = 0; il < (int) (hp.n_blocks + hp.n_up_blocks); ++il) {
+        FlowEncLayer L;
+        L.attn_norm_w = s.require(name(T::FLOW_ENC_ATTN_NORM, il), {E});
+        L.attn_norm_b = s.require(name(T::FLOW_ENC_ATTN_NORM_BIAS, il), {E});
+        L.q_w = s.require(name(T::FLOW_ENC_ATTN_Q, il), {E, E}, W);
+        L.q_b = s.require(name(T::FLOW_ENC_ATTN_Q_BIAS, il), {E});
+        L.k_w = s.require(name(T::FLOW_ENC_ATTN_K, il), {E, E}, W);
+        L.k_b = hp.key_bias ? s.require(name(T::FLOW_ENC_ATTN_K_BIAS, il), {E}) : nullptr;
+        L.v_w = s.require(name(T::FLOW_ENC_ATTN_V, il), {E, E}, W);
+        L.v_b = s.require(name(T::FLOW_ENC_ATTN_V_BIAS, il), {E});
+        L.o_w = s.require(name(T::FLOW_ENC_ATTN_OUT, il), {E, E}, W);
+        L.o_b = s.require(name(T::FLOW_ENC_ATTN_OUT_BIAS, il), {E});
+        L.pos_w = s.require(name(T::FLOW_ENC_ATTN_POS, il), {E, E}, W);
+        L.pos_u = s.require(name(T::FLOW_ENC_POS_BIAS_U, il), {dk, hp.n_head}, Placement::Main, V);
+        L.pos_v = s.require(name(T::FLOW_ENC_POS_BIAS_V, il), {dk, hp.n_head}, Placement::Main, V);
+        L.ffn_norm_w = s.require(name(T::FLOW_ENC_FFN_NORM, il), {E});
+        L.ffn_norm_b = s.require(name(T::FLOW_ENC_FFN_NORM_BIAS, il), {E});
+        L.up_w = s.require(name(T::FLOW_ENC_FFN_UP, il), {E, hp.n_ff}, W);
+        L.up_b = s.require(name(T::FLOW_ENC_FFN_UP_BIAS, il), {hp.n_ff});
+        L.down_w = s.require(name(T::FLOW_ENC_FFN_DOWN, il), {hp.n_ff, E}, W);
+        L.down_b = s.require(name(T::FLOW_ENC_FFN_DOWN_BIAS, il), {E});
+        w.enc.push_back(L);
+    }
+    w.up_conv_w = conv(T::FLOW_ENC_UP_CONV, 2 * hp.up_stride + 1, E, E);
+    w.up_conv_b = s.require(name(T::FLOW_ENC_UP_CONV_BIAS), {E});
+    w.up_embd_w = s.require(name(T::FLOW_ENC_UP_EMBD), {hp.n_in, E}, W);
+    w.up_embd_b = s.require(name(T::FLOW_ENC_UP_EMBD_BIAS), {E});
+    w.up_embd_norm_w = s.require(name(T::FLOW_ENC_UP_EMBD_NORM), {E});
+    w.up_embd_norm_b = s.require(name(T::FLOW_ENC_UP_EMBD_NORM_BIAS), {E});
+    w.out_norm_w = s.require(name(T::FLOW_ENC_OUT_NORM), {E});
+    w.out_norm_b = s.require(name(T::FLOW_ENC_OUT_NORM_BIAS), {E});
+    w.t1_w = s.require(name(T::FLOW_DIT_T_EMBD_1), {hp.t_freq, D}, W);
+    w.t1_b = s.require(name(T::FLOW_DIT_T_EMBD_1_BIAS), {D});
+    w.t2_w = s.require(name(T::FLOW_DIT_T_EMBD_2), {D, D}, W);
+    w.t2_b = s.require(name(T::FLOW_DIT_T_EMBD_2_BIAS), {D});
+    w.in_proj_w = s.require(name(T::FLOW_DIT_IN_PROJ), {hp.dit_in, D}, W);
+    w.in_proj_b = s.require(name(T::FLOW_DIT_IN_PROJ_BIAS), {D});
+    for (int il = 0; il < (int) hp.dit_depth; ++il) {
+        FlowDitBlock B;
+        B.adaln_w = s.require(name(T::FLOW_DIT_ADALN, il), {D, 9 * D}, W);
+        B.adaln_b = s.require(name(T::FLOW_DIT_ADALN_BIAS, il), {9 * D});
+        B.q_w = s.require(name(T::FLOW_DIT_ATTN_Q, il), {D, inner}, W);
+        B.q_b = s.require(name(T::FLOW_DIT_ATTN_Q_BIAS, il), {inner});
+        B.k_w = s.require(name(T::FLOW_DIT_ATTN_K, il), {D, inner}, W);
+        B.k_b = s.require(name(T::FLOW_DIT_ATTN_K_BIAS, il), {inner});
+        B.v_w = s.require(name(T::FLOW_DIT_ATTN_V, il), {D, inner}, W);
+        B.v_b = s.require(name(T::FLOW_DIT_ATTN_V_BIAS, il), {inner});
+        B.q_norm_w = s.require(name(T::FLOW_DIT_ATTN_Q_NORM, il), {hp.dit_head_dim});
+        B.q_norm_b = s.require(name(T::FLOW_DIT_ATTN_Q_NORM_BIAS, il), {hp.dit_head_dim});
+        B.k_norm_w = s.require(name(T::FLOW_DIT_ATTN_K_NORM, il), {hp.dit_head_dim});
+        B.k_norm_b = s.require(name(T::FLOW_DIT_ATTN_K_NORM_BIAS, il), {hp.dit_head_dim});
+        B.o_w = s.require(name(T::FLOW_DIT_ATTN_OUT, il), {inner, D}, W);
+        B.o_b = s.require(name(T::FLOW_DIT_ATTN_OUT_BIAS, il), {D});
+        B.conv1_w = conv(T::FLOW_DIT_CONV1, K, D, D, il);
+        B.conv1_b = s.require(name(T::FLOW_DIT_CONV1_BIAS, il), {D});
+        B.conv_norm_w = s.require(name(T::FLOW_DIT_CONV_NORM, il), {D});
+        B.conv_norm_b = s.require(name(T::FLOW_DIT_CONV_NORM_BIAS, il), {D});
+        B.conv2_w = conv(T::FLOW_DIT_CONV2, K, D, D, il);
+        B.conv2_b = s.require(name(T::FLOW_DIT_CONV2_BIAS, il), {D});
+        B.up_w = s.require(name(T::FLOW_DIT_FFN_UP, il), {D, hp.dit_ff}, W);
+        B.up_b = s.require(name(T::FLOW_DIT_FFN_UP_BIAS, il), {hp.dit_ff});
+        B.down_w = s.require(name(T::FLOW_DIT_FFN_DOWN, il), {hp.dit_ff, D}, W);
+        B.down_b = s.require(name(T::FLOW_DIT_FFN_DOWN_BIAS, il), {D});
+        w.dit.push_back(B);
+    }
+    w.final_adaln_w = s.require(name(T::FLOW_DIT_FINAL_ADALN), {D, 2 * D}, W);
+    w.final_adaln_b = s.require(name(T::FLOW_DIT_FINAL_ADALN_BIAS), {2 * D});
+    w.final_w = s.require(name(T::FLOW_DIT_FINAL_PROJ), {D, hp.dit_out}, W);
+    w.final_b = s.require(name(T::FLOW_DIT_FINAL_PROJ_BIAS), {hp.dit_out});
+    return w;
+}
+
+size_t FlowModel::weight_bytes() const { return store->bytes_on_main() + store->bytes_on_host() + store->bytes_repacked(); }
+
+namespace {
+
+std::unique_ptr<Component> flow_load(const ComponentLoad & in) {
+    auto m = std::make_unique<FlowModel>();
+    m->hp = FlowHparams::from_gguf(in.file);
+    const size_t n_tensors = (size_t) ((m->hp.n_blocks + m->hp.n_up_blocks) * 20 + m->hp.dit_depth * 26 + 48);
+    m->store = std::make_unique<WeightStore>(in.file, in.devices, n_tensors);
+    m->w = FlowWeights::declare(*m->store, m->hp);
+    m->store->load();
+    MINICPM_LOG_INFO("token2wav flow: encoder %lld+%lld layers x %lld, DiT %lld blocks x %lld, %lld steps, cfg %.2f",
+                     (long long) m->hp.n_blocks, (long long) m->hp.n_up_blocks, (long long) m->hp.n_embd,
+                     (long long) m->hp.dit_depth, (long long) m->hp.dit_embd, (long long) m->hp.n_timesteps,
+                     m->hp.cfg_rate);
+    return m;
+}
+
+// splitmix64, for the default noise table.
+uint64_t mix64(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+// t_span = 1 - cos(linspace(0, 1, n + 1) * pi / 2), float32 as torch.linspace computes it.
+std::vector<float> time_span(int n_steps) {
+    const int64_t n_pts = n_steps + 1;
+    const float step = 1.0f / (float) n_steps;
+    std::vector<float> span((size_t) n_pts);
+    for (int64_t i = 0; i < n_pts; ++i) {
+        const float lin = i < n_pts / 2 ? (float) i * step : 1.0f - (float) (n_pts - 1 - i) * step;
+        span[(size_t) i] = 1.0f - std::cos(lin * 0.5f * kPi);
+    }
+    return span;
+}
+
+std::vector<float> noise_rows(int64_t M, int64_t first, int64_t n, uint64_t seed) {
+    // Standard normal values (Box-Muller on two 53-bit uniforms) from a counter hash of (seed,
+    // absolute frame, channel): the same frame always gets the same noise, whatever the chunking.
+    std::vector<float> out((size_t) (n * M));
+    for (int64_t f = 0; f < n; ++f) {
+        for (int64_t c = 0; c < M; ++c) {
+            const uint64_t key = mix64(seed ^ mix64((uint64_t) (first + f) * 0x100000001B3ull + (uint64_t) c));
+            const double u1 = ((double) (mix64(key) >> 11) + 1.0) * 0x1.0p-53;   // (0, 1]
+            const double u2 = (double) (mix64(key ^ 0x5851F42D4C957F2Dull) >> 11) * 0x1.0p-53;
+            out[(size_t) (f * M + c)] = (float) (std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+        }
+    }
+    return out;
+}
+
+} // namespace
+
+const ComponentType kFlowComponent = {"flow", &flow_present, &flow_load};
+
+// ---- runtime ----------------------------------------------------------------------------------
+
+struct FlowRunner::Impl {
+    const FlowModel &   m;
+    const FlowHparams & hp;
+    GraphRunner         enc_runner;
+    GraphRunner         dit_runner;
+    EvalObserver        enc_observer;
+    EvalObserver        dit_observer;
+    EncIO               eio;
+    DitIO               dio;
+    // streaming (created at the first stream_start)
+    std::unique_ptr<GraphRunner> senc_runner, sdit_runner;
+    EncChunkIO          cio;
+    DitIO               sdio;
+    struct Stream {
+        bool                 active = false;
+        int                  n_steps = 0;
+        int64_t              prompt_frames = 0;    // mel frames of the prompt
+        int64_t              past = 0;             // token frames in the conformer caches
+        std::vector<float>   cnn1, cnn2;           // [2][E], [2 stride][E]
+        std::vector<std::vector<float>> enc_k, enc_v;   // per layer [len][E]
+        int64_t              dit_len = 0;          // frames in each estimator cache
+        std::vector<std::vector<float>> dit_k, dit_v, dit_c1, dit_c2;   // [step * depth + block]
+        std::vector<float>   spk80, spk_in;       // projected / as given
+        std::vector<float>   noise;                // injected table [frames][n_mel], or empty
+        uint64_t             seed = 0;
+    } st;
+
+    Impl(const FlowModel & model, const ComputeBackends & b, const DebugOptions & d)
+        : m(model), hp(model.hp), enc_runner("flow-encoder", b, enc_nodes(model.hp)),
+          dit_runner("flow-dit", b, dit_nodes(model.hp)), enc_observer("flow-encoder", d), dit_observer("flow-dit", d) {
+        // 10 s of speech (250 tokens, 500 mel frames); longer inputs grow the buffers.
+        enc_runner.reserve([&](ggml_context * ctx, ggml_cgraph * gf) { build_encoder(ctx, gf, m, eio, 250); },
+                           "token2wav flow encoder compute buffers");
+        dit_runner.reserve([&](ggml_context * ctx, ggml_cgraph * gf) { build_dit(ctx, gf, m, dio, 500); },
+                           "token2wav flow estimator compute buffers");
+        enc_observer.attach(enc_runner);
+        dit_observer.attach(dit_runner);
+    }
+
+    // The sinusoid of TimestepEmbedder.timestep_embedding(t * scale): [cos | sin], float32.
+    std::vector<float> t_freq(float t) const {
+        const int64_t half = hp.t_freq / 2;
+        const float ts = t * hp.t_scale;
+        const float a = (float) -std::log((double) hp.t_max_period);
+        std::vector<float> out((size_t) hp.t_freq);
+        for (int64_t i = 0; i < half; ++i) {
+            const float f = std::exp((float) i * a / (float) half);
+            const float arg = ts * f;
+            out[(size_t) i] = std::cos(arg);
+            out[(size_t) (half + i)] = std::sin(arg);
+        }
+        return out;
+    }
+
+    // The estimator input [2][N][dit_in]: x | mu | spk | cond, then x | 0 | 0 | 0.
+    std::vector<float> dit_input(const std::vector<float> & x, const std::vector<float> & mu,
+                                 const std::vector<float> & spk, const std::vector<float> & cond, int64_t N) const {
+        const int64_t M = hp.n_mel, C = hp.dit_in;
+        std::vector<float> in((size_t) (2 * N * C), 0.0f);
+        for (int64_t t = 0; t < N; ++t) {
+            float * r0 = in.data() + t * C;
+            float * r1 = in.data() + (N + t) * C;
+            std::memcpy(r0, x.data() + t * M, (size_t) M * sizeof(float));
+            std::memcpy(r0 + M, mu.data() + t * M, (size_t) M * sizeof(float));
+            std::memcpy(r0 + 2 * M, spk.data(), (size_t) M * sizeof(float));
+            std::memcpy(r0 + 3 * M, cond.data() + t * M, (size_t) M * sizeof(float));
+            std::memcpy(r1, x.data() + t * M, (size_t) M * sizeof(float));
+        }
+        return in;
+    }
+
+    void run_dit(const std::vector<float> & in, int64_t N, float t, float dt) {
+        dit_runner.prepare({N}, [&](ggml_context * ctx, ggml_cgraph * gf) { build_dit(ctx, gf, m, dio, N); });
+        ggml_backend_tensor_set(dio.x, in.data(), 0, in.size() * sizeof(float));
+        const std::vector<float> tf = t_freq(t);
+        ggml_backend_tensor_set(dio.t_freq, tf.data(), 0, tf.size() * sizeof(float));
+        ggml_backend_tensor_set(dio.dt, &dt, 0, sizeof(float));
+        dit_runner.compute();
+        dit_observer.finish();
+    }
+
+    std::vector<float> enc_chunk(const std::vector<int32_t> & tokens, bool last, const std::vector<float> & spk);
+    std::vector<float> dit_chunk(const std::vector<float> & mu, const std::vector<float> & cond);
+    void               trim();
+
+    void check_frames(const std::vector<float> & v, int64_t N, const char * what) const {
+        if ((int64_t) v.size() != N * hp.n_mel) {
+            fail(ErrorKind::InvalidArgument, std::string("token2wav flow: ") + what + " must hold " +
+                                                 std::to_string(N) + " frames of " + std::to_string(hp.n_mel) +
+                                                 " values, got " + std::to_string(v.size()) + " values");
+        }
+    }
+};
+
+// ---- streaming (CausalMaskedDiffWithXvec.setup_cache / inference_chunk, Token2wav.stream) -------
+
+namespace {
+
+void set_input(ggml_tensor * t, const std::vector<float> & v) {
+    if (t) ggml_backend_tensor_set(t, v.data(), 0, v.size() * sizeof(float));
+}
+
+std::vector<float> get_output(const ggml_tensor * t) {
+    std::vector<float> v((size_t) ggml_nelements(t));
+    ggml_backend_tensor_get(t, v.data(), 0, v.size() * sizeof(float));
+    return v;
+}
+
+// Frames [0, keep_head) and [len - keep_tail, len) of each of `batch` blocks of [len][width].
+std::vector<float> keep_ends(const std::vector<float> & v, int64_t batch, int64_t len, int64_t width, int64_t head,
+                             int64_t tail) {
+    std::vector<float> out;
+    out.reserve((size_t) (batch * (head + tail) * width));
+    for (int64_t b = 0; b < batch; ++b) {
+        const float * base = v.data() + b * len * width;
+        out.insert(out.end(), base, base + head * width);
+        out.insert(out.end(), base + (len - tail) * width, base + len * width);
+    }
+    return out;
+}
+
+} // namespace
+
+std::vector<float> FlowRunner::Impl::enc_chunk(const std::vector<int32_t> & tokens, bool last,
+                                               const std::vector<float> & spk) {
+    const int64_t n_in = (int64_t) tokens.size(), past = st.past;
+    const int64_t T1 = last ? n_in : n_in - hp.lookahead, L1 = past + T1;
+    if (!senc_runner) senc_runner = std::make_unique<GraphRunner>("flow-encoder-stream", dit_runner.backends(), enc_nodes(hp) * 2);
+    senc_runner->prepare({n_in, last ? 1 : 0, past}, [&](ggml_context * ctx, ggml_cgraph * gf) {
+        build_encoder_chunk(ctx, gf, m, cio, n_in, last, past);
+    });
+    ggml_backend_tensor_set(cio.tokens, tokens.data(), 0, tokens.size() * sizeof(int32_t));
+    set_input(cio.pos1, rel_pos_table(hp, L1));
+    set_input(cio.pos2, rel_pos_table(hp, hp.up_stride * L1));
+    set_input(cio.spk, spk);
+    if (past > 0) {
+        set_input(cio.cnn1, st.cnn1);
+        set_input(cio.cnn2, st.cnn2);
+        for (size_t il = 0; il < cio.layers.size(); ++il) {
+            set_input(cio.layers[il].kc, st.enc_k[il]);
+            set_input(cio.layers[il].vc, st.enc_v[il]);
+        }
+    }
+    senc_runner->compute();
+    st.spk80 = get_output(cio.spk_out);
+    if (cio.cnn1_out) st.cnn1 = get_output(cio.cnn1_out);
+    st.cnn2 = get_output(cio.cnn2_out);
+    st.enc_k.resize(cio.layers.size());
+    st.enc_v.resize(cio.layers.size());
+    for (size_t il = 0; il < cio.layers.size(); ++il) {
+        st.enc_k[il] = get_output(cio.layers[il].k);
+        st.enc_v[il] = get_output(cio.layers[il].v);
+    }
+    st.past = L1;
+    return get_output(cio.mu);
+}
+
+std::vector<float> FlowRunner::Impl::dit_chunk(const std::vector<float> & mu, const std::vector<float> & cond) {
+    const int64_t M = hp.n_mel, N = (int64_t) (mu.size() / (size_t) M), Lc = st.dit_len, depth = hp.dit_depth;
+    // CausalConditionalCFM.forward_chunk: noise from the frame offset = the cache length
+    std::vector<float> z;
+    if (!st.noise.empty()) {
+        if ((int64_t) (st.noise.size() / (size_t) M) < Lc + N) {
+            fail(ErrorKind::InvalidArgument, "token2wav flow stream: the noise table has " +
+                                                 std::to_string(st.noise.size() / (size_t) M) + " frames, this chunk needs " +
+                                                 std::to_string(Lc + N));
+        }
+        z.assign(st.noise.begin() + Lc * M, st.noise.begin() + (Lc + N) * M);
+    } else {
+        z = noise_rows(M, Lc, N, st.seed);
+    }
+    if (!sdit_runner) sdit_runner = std::make_unique<GraphRunner>("flow-dit-stream", dit_runner.backends(), dit_nodes(hp) * 2);
+    const int n_steps = st.n_steps;
+    const std::vector<float> span = time_span(n_steps);
+    std::vector<float> x(z.size());
+    for (size_t i = 0; i < x.size(); ++i) x[i] = z[i] * hp.temperature;
+    st.dit_k.resize((size_t) (n_steps * depth));
+    st.dit_v.resize((size_t) (n_steps * depth));
+    st.dit_c1.resize((size_t) (n_steps * depth));
+    st.dit_c2.resize((size_t) (n_steps * depth));
+    float t = span[0], dt = span[1] - span[0];
+    for (int stp = 1; stp <= n_steps; ++stp) {
+        sdit_runner->prepare({N, Lc}, [&](ggml_context * ctx, ggml_cgraph * gf) { build_dit(ctx, gf, m, sdio, N, Lc); });
+        const std::vector<float> in = dit_input(x, mu, st.spk80, cond, N);
+        ggml_backend_tensor_set(sdio.x, in.data(), 0, in.size() * sizeof(float));
+        const std::vector<float> tf = t_freq(t);
+        ggml_backend_tensor_set(sdio.t_freq, tf.data(), 0, tf.size() * sizeof(float));
+        ggml_backend_tensor_set(sdio.dt, &dt, 0, sizeof(float));
+        const size_t base = (size_t) ((stp - 1) * depth);
+        if (Lc > 0) {
+            for (size_t b = 0; b < (size_t) depth; ++b) {
+                set_input(sdio.cache[b].kc, st.dit_k[base + b]);
+                set_input(sdio.cache[b].vc, st.dit_v[base + b]);
+                set_input(sdio.cache[b].c1, st.dit_c1[base + b]);
+                set_input(sdio.cache[b].c2, st.dit_c2[base + b]);
+            }
+        }
+        sdit_runner->compute();
+        ggml_backend_tensor_get(sdio.x_next, x.data(), 0, x.size() * sizeof(float));
+        for (size_t b = 0; b < (size_t) depth; ++b) {
+            st.dit_k[base + b] = get_output(sdio.cache[b].k);
+            st.dit_v[base + b] = get_output(sdio.cache[b].v);
+            st.dit_c1[base + b] = get_output(sdio.cache[b].c1_out);
+            st.dit_c2[base + b] = get_output(sdio.cache[b].c2_out);
+        }
+        t = t + dt;
+        if (stp < n_steps) dt = span[(size_t) stp + 1] - t;
+    }
+    st.dit_len = Lc + N;
+    return x;
+}
+
+// Token2wav._trim_estimator_cache / _trim_conformer_cache: past prompt + history frames, keep
+// the prompt's count of leading frames and the last `history` (the estimator's cache is in the
+// reference's order, newest chunk first, and is cut the same way).
+void FlowRunner::Impl::trim() {
+    const int64_t P = st.prompt_frames, Hh = hp.stream_history;
+    const int64_t inner = hp.dit_head * hp.dit_head_dim, E = hp.n_embd, s = hp.up_stride;
+    if (st.dit_len > P + Hh) {
+        for (auto * vs : {&st.dit_k, &st.dit_v}) {
+            for (auto & v : *vs) v = keep_ends(v, 2, st.dit_len, inner, P, Hh);
+        }
+        st.dit_len = P + Hh;
+    }
+    if (s * st.past > P + Hh) {
+        const int64_t head1 = P / s, tail1 = Hh / s;
+        for (size_t il = 0; il < st.enc_k.size(); ++il) {
+            const bool token_rate = (int64_t) il < hp.n_blocks;
+            const int64_t len = token_rate ? st.past : s * st.past;
+            const int64_t head = token_rate ? head1 : P, tail = token_rate ? tail1 : Hh;
+            st.enc_k[il] = keep_ends(st.enc_k[il], 1, len, E, head, tail);
+            st.enc_v[il] = keep_ends(st.enc_v[il], 1, len, E, head, tail);
+        }
+        st.past = head1 + tail1;
+    }
+}
+
+FlowRunner::FlowRunner(const FlowModel & model, const ComputeBackends & backends, const DebugOptions & debug)
+    : impl_(std::make_unique<Impl>(model, backends, debug)) {}
+
+FlowRunner::~FlowRunner() = default;
+
+const FlowHparams & FlowRunner::hparams() const { return impl_->hp; }
+
+std::vector<float> FlowRunner::encode(const std::vector<int32_t> & tokens, const std::vector<float> & spk,
+                                      std::vector<float> * spk_out) {
+    Impl & s = *impl_;
+    const FlowHparams & hp = s.hp;
+    const int64_t n = (int64_t) tokens.size();
+    if (n == 0) fail(ErrorKind::InvalidArgument, "token2wav flow: no speech tokens");
+    if (n * hp.up_stride > hp.max_frames) {
+        fail(ErrorKind::InvalidArgument, "token2wav flow: " + std::to_string(n) + " speech tokens give more than " +
+                                             std::to_string(hp.max_frames) + " mel frames (the reference's limit)");
+    }
+    for (size_t i = 0; i < tokens.size(); ++i) {
+        if (tokens[i] < 0 || tokens[i] >= hp.n_vocab) {
+            fail(ErrorKind::InvalidArgument, "token2wav flow: speech token " + std::to_string(tokens[i]) + " at " +
+                                                 std::to_string(i) + " is out of range [0, " +
+                                                 std::to_string(hp.n_vocab - 1) + "]");
+        }
+    }
+    std::vector<float> spk_in = spk;
+    if (spk_in.empty()) spk_in.assign((size_t) hp.n_spk, 0.0f);
+    if ((int64_t) spk_in.size() != hp.n_spk) {
+        fail(ErrorKind::InvalidArgument, "token2wav flow: the speaker vector must have " + std::to_string(hp.n_spk) +
+                                             " values, got " + std::to_string(spk_in.size()));
+    }
+    for (float v : spk_in) {
+        if (!std::isfinite(v)) fail(ErrorKind::InvalidArgument, "token2wav flow: the speaker vector is not finite");
+    }
+    s.enc_runner.prepare({n}, [&](ggml_context * ctx, ggml_cgraph * gf) { build_encoder(ctx, gf, s.m, s.eio, n); });
+    ggml_backend_tensor_set(s.eio.tokens, tokens.data(), 0, tokens.size() * sizeof(int32_t));
+    const std::vector<float> p1 = rel_pos_table(hp, n), p2 = rel_pos_table(hp, hp.up_stride * n);
+    ggml_backend_tensor_set(s.eio.pos1, p1.data(), 0, p1.size() * sizeof(float));
+    ggml_backend_tensor_set(s.eio.pos2, p2.data(), 0, p2.size() * sizeof(float));
+    ggml_backend_tensor_set(s.eio.spk, spk_in.data(), 0, spk_in.size() * sizeof(float));
+    s.enc_runner.compute();
+    s.enc_observer.finish();
+    std::vector<float> mu((size_t) (hp.n_mel * hp.up_stride * n));
+    ggml_backend_tensor_get(s.eio.mu, mu.data(), 0, mu.size() * sizeof(float));
+    if (spk_out) {
+        spk_out->resize((size_t) hp.n_mel);
+        ggml_backend_tensor_get(s.eio.spk_out, spk_out->data(), 0, spk_out->size() * sizeof(float));
+    }
+    return mu;
+}
+
+std::vector<float> FlowRunner::dit(const std::vector<float> & x, const std::vector<float> & mu,
+                                   const std::vector<float> & spk, const std::vector<float> & cond, float t) {
+    Impl & s = *impl_;
+    const int64_t N = (int64_t) (x.size() / (size_t) s.hp.n_mel);
+    if (N <= 0) fail(ErrorKind::InvalidArgument, "token2wav flow: no frames");
+    if (N > s.hp.max_frames) fail(ErrorKind::InvalidArgument, "token2wav flow: more frames than the model's limit");
+    s.check_frames(x, N, "x");
+    s.check_frames(mu, N, "mu");
+    s.check_frames(cond, N, "cond");
+    s.check_frames(spk, 1, "spk");
+    if (!std::isfinite(t)) fail(ErrorKind::InvalidArgument, "token2wav flow: t is not finite");
+    s.run_dit(s.dit_input(x, mu, spk, cond, N), N, t, 0.0f);
+    std::vector<float> out((size_t) (2 * N * s.hp.n_mel));
+    ggml_backend_tensor_get(s.dio.v, out.data(), 0, out.size() * sizeof(float));
+    return out;
+}
+
+std::vector<float> FlowRunner::solve(const std::vector<float> & noise, const std::vector<float> & mu,
+                                     const std::vector<float> & spk, const std::vector<float> & cond, int n_steps) {
+    Impl & s = *impl_;
+    const FlowHparams & hp = s.hp;
+    if (n_steps <= 0 || n_steps > 1000) {
+        fail(ErrorKind::InvalidArgument, "token2wav flow: n_timesteps must be in [1, 1000], got " + std::to_string(n_steps));
+    }
+    const int64_t N = (int64_t) (mu.size() / (size_t) hp.n_mel);
+    if (N <= 0) fail(ErrorKind::InvalidArgument, "token2wav flow: no frames");
+    if (N > hp.max_frames) fail(ErrorKind::InvalidArgument, "token2wav flow: more frames than the model's limit");
+    s.check_frames(mu, N, "mu");
+    s.check_frames(noise, N, "noise");
+    s.check_frames(cond, N, "cond");
+    s.check_frames(spk, 1, "spk");
+    const std::vector<float> span = time_span(n_steps);
+    std::vector<float> x(noise.size());
+    for (size_t i = 0; i < x.size(); ++i) x[i] = noise[i] * hp.temperature;
+    float t = span[0], dt = span[1] - span[0];
+    for (int st = 1; st <= n_steps; ++st) {
+        s.run_dit(s.dit_input(x, mu, spk, cond, N), N, t, dt);
+        ggml_backend_tensor_get(s.dio.x_next, x.data(), 0, x.size() * sizeof(float));
+        t = t + dt;
+        if (st < n_steps) dt = span[(size_t) st + 1] - t;
+    }
+    return x;
+}
+
+void FlowRunner::stream_start(const FlowPrompt & prompt, int n_steps, const std::vector<float> * noise, uint64_t seed) {
+    Impl & s = *impl_;
+    const FlowHparams & hp = s.hp;
+    const int64_t M = hp.n_mel, la = hp.lookahead, Tp = (int64_t) prompt.tokens.size();
+    if (n_steps <= 0 || n_steps > 1000) {
+        fail(ErrorKind::InvalidArgument, "token2wav flow: n_timesteps must be in [1, 1000], got " + std::to_string(n_steps));
+    }
+    if (Tp < la) {
+        fail(ErrorKind::InvalidArgument, "token2wav flow stream: the prompt needs at least " + std::to_string(la) +
+                                             " speech tokens (its first ones are the look-ahead of the prompt pass)");
+    }
+    if ((int64_t) prompt.mel.size() != hp.up_stride * Tp * M) {
+        fail(ErrorKind::InvalidArgument, "token2wav flow stream: the prompt mel must have " +
+                                             std::to_string(hp.up_stride * Tp) + " frames (" +
+                                             std::to_string(hp.up_stride) + " per prompt token), got " +
+                                             std::to_string(prompt.mel.size() / (size_t) M));
+    }
+    for (float v : prompt.mel) {
+        if (!std::isfinite(v)) fail(ErrorKind::InvalidArgument, "token2wav flow: the prompt mel is not finite");
+    }
+    if (noise && (noise->empty() || noise->size() % (size_t) M)) {
+        fail(ErrorKind::InvalidArgument, "token2wav flow stream: the noise must be [frames][" + std::to_string(M) + "]");
+    }
+    std::vector<int32_t> tokens = prompt.tokens;
+    tokens.insert(tokens.end(), prompt.tokens.begin(), prompt.tokens.begin() + la);
+    for (int32_t t : tokens) {
+        if (t < 0 || t >= hp.n_vocab) fail(ErrorKind::InvalidArgument, "token2wav flow: prompt speech token out of range");
+    }
+    std::vector<float> spk = prompt.spk;
+    if ((int64_t) spk.size() != hp.n_spk) {
+        fail(ErrorKind::InvalidArgument, "token2wav flow: the speaker vector must have " + std::to_string(hp.n_spk) + " values");
+    }
+    s.st = Impl::Stream{};
+    s.st.n_steps = n_steps;
+    s.st.seed = seed;
+    if (noise) s.st.noise = *noise;
+    s.st.prompt_frames = hp.up_stride * Tp;
+    try {
+        const std::vector<float> mu = s.enc_chunk(tokens, /*last=*/false, spk);
+        s.dit_chunk(mu, prompt.mel);
+    } catch (...) {
+        s.st = Impl::Stream{};
+        throw;
+    }
+    s.st.spk_in = spk;
+    s.st.active = true;
+}
+
+std::vector<float> FlowRunner::stream_push(const std::vector<int32_t> & tokens, bool last) {
+    Impl & s = *impl_;
+    const FlowHparams & hp = s.hp;
+    if (!s.st.active) fail(ErrorKind::InvalidArgument, "token2wav flow stream: call stream_start (set_prompt) first");
+    const int64_t n = (int64_t) tokens.size();
+    if (n == 0 && last) return {};
+    if (!last && n < hp.lookahead + 2) {
+        fail(ErrorKind::InvalidArgument, "token2wav flow stream: a chunk that is not the last needs at least 2 new tokens "
+                                         "plus " + std::to_string(hp.lookahead) + " look-ahead tokens, got " + std::to_string(n));
+    }
+    if (n > hp.max_frames / hp.up_stride) fail(ErrorKind::InvalidArgument, "token2wav flow stream: chunk too long");
+    for (size_t i = 0; i < tokens.size(); ++i) {
+        if (tokens[i] < 0 || tokens[i] >= hp.n_vocab) {
+            fail(ErrorKind::InvalidArgument, "token2wav flow: speech token " + std::to_string(tokens[i]) +
+                                                 " is out of range [0, " + std::to_string(hp.n_vocab - 1) + "]");
+        }
+    }
+    const int64_t N = hp.up_stride * (last ? n : n - hp.lookahead);
+    if (!s.st.noise.empty() && (int64_t) (s.st.noise.size() / (size_t) hp.n_mel) < s.st.dit_len + N) {
+        fail(ErrorKind::InvalidArgument, "token2wav flow stream: the noise table has " +
+                                             std::to_string(s.st.noise.size() / (size_t) hp.n_mel) +
+                                             " frames, this chunk needs " + std::to_string(s.st.dit_len + N));
+    }
+    const std::vector<float> mu = s.enc_chunk(tokens, last, s.st.spk_in);
+    const std::vector<float> cond(mu.size(), 0.0f);
+    std::vector<float> x = s.dit_chunk(mu, cond);
+    s.trim();
+    return x;
+}
+
+std::pair<int64_t, int64_t> FlowRunner::stream_frames() const {
+    return impl_->st.active ? std::make_pair(impl_->st.past, impl_->st.dit_len) : std::make_pair<int64_t, int64_t>(0, 0);
+}
+
+std::vector<float> FlowRunner::default_noise(int64_t first, int64_t n, uint64_t seed) const {
+    return noise_rows(impl_->hp.n_mel, first, n, seed);
+}
+
+std::vector<float> FlowRunner::flow_mel(const std::vector<int32_t> & tokens, const FlowPrompt & prompt, int n_steps,
+                                        const std::vector<float> * noise, uint64_t seed) {
+    const FlowHparams & hp = impl_->hp;
+    const int64_t M = hp.n_mel;
+    if (tokens.empty()) fail(ErrorKind::InvalidArgument, "token2wav flow: no speech tokens to synthesise");
+    if (n_steps <= 0 || n_steps > 1000) {
+        fail(ErrorKind::InvalidArgument, "token2wav flow: n_timesteps must be in [1, 1000], got " + std::to_string(n_steps));
+    }
+    if (prompt.mel.size() % (size_t) M) {
+        fail(ErrorKind::InvalidArgument, "token2wav flow: the prompt mel must be [frames][" + std::to_string(M) + "]");
+    }
+    std::vector<int32_t> all = prompt.tokens;
+    all.insert(all.end(), tokens.begin(), tokens.end());
+    const int64_t N = hp.up_stride * (int64_t) all.size();
+    const int64_t n_pm = (int64_t) (prompt.mel.size() / (size_t) M);
+    if (n_pm > N) {
+        fail(ErrorKind::InvalidArgument, "token2wav flow: the prompt mel has " + std::to_string(n_pm) +
+                                             " frames, more than the " + std::to_string(N) + " of all tokens");
+    }
+    for (float v : prompt.mel) {
+        if (!std::isfinite(v)) fail(ErrorKind::InvalidArgument, "token2wav flow: the prompt mel is not finite");
+    }
+    std::vector<float> spk80;
+    const std::vector<float> mu = encode(all, prompt.spk, &spk80);
+    std::vector<float> cond((size_t) (N * M), 0.0f);
+    std::copy(prompt.mel.begin(), prompt.mel.end(), cond.begin());
+    std::vector<float> z;
+    if (noise) {
+        if ((int64_t) noise->size() < N * M || noise->size() % (size_t) M) {
+            fail(ErrorKind::InvalidArgument, "token2wav flow: the noise must be [>= " + std::to_string(N) + "][" +
+                                                 std::to_string(M) + "] (total frames), got " +
+                                                 std::to_string(noise->size()) + " values");
+        }
+        z.assign(noise->begin(), noise->begin() + N * M);
+    } else {
+        z = default_noise(0, N, seed);
+    }
+    std::vector<float> x = solve(z, mu, spk80, cond, n_steps);
+    return std::vector<float>(x.begin() + n_pm * M, x.end());
+}
+
+} // namespace minicpm

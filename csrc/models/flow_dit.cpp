@@ -1,0 +1,148 @@
+// Token2Wav flow matching: the DiT estimator graph (DiT.forward / forward_chunk on the
+// classifier-free-guidance batch, with solve_euler's guidance and Euler step).
+// stepaudio2/cosyvoice2/flow/decoder_dit.py, flow_matching.py.
+#include "models/flow_graph.h"
+
+#include "graph/blocks.h"
+
+#include <cmath>
+
+namespace minicpm::flow_graph {
+
+namespace {
+
+// The c-th of n equal parts of a modulation vector [n * D].
+ggml_tensor * chunk(ggml_context * ctx, ggml_tensor * v, int64_t D, int c) {
+    return ggml_view_1d(ctx, v, D, (size_t) c * D * ggml_element_size(v));
+}
+
+// modulate(x) = x * (1 + scale) + shift
+ggml_tensor * modulate(ggml_context * ctx, ggml_tensor * x, ggml_tensor * shift, ggml_tensor * scale) {
+    return ggml_add(ctx, ggml_mul(ctx, x, ggml_scale_bias(ctx, scale, 1.0f, 1.0f)), shift);
+}
+
+// CausalConv1d over h [D, N, B]: the cached frames (zeros when none) before it; with a cache,
+// its last k - 1 input frames are handed on.
+ggml_tensor * causal_conv(ggml_context * ctx, ggml_tensor * h, ggml_tensor * kernel, ggml_tensor * bias,
+                          ggml_tensor * cache, ggml_tensor ** cache_out) {
+    const int k = (int) kernel->ne[1];
+    ggml_tensor * in = cache ? ggml_concat(ctx, cache, h, 1) : pad_time(ctx, h, k - 1, 0);
+    if (cache_out) {
+        *cache_out = ggml_cont(ctx, ggml_view_3d(ctx, in, in->ne[0], k - 1, in->ne[2], in->nb[1], in->nb[2],
+                                                 (size_t) (in->ne[1] - (k - 1)) * in->nb[1]));
+    }
+    return conv1d(ctx, in, kernel, bias);
+}
+
+// DiTBlock.forward (forward_chunk with a cache) with the time condition c [D] (shared by the batch).
+ggml_tensor * dit_block(ggml_context * ctx, const FlowHparams & hp, const FlowDitBlock & B, ggml_tensor * x,
+                        ggml_tensor * c_act, int il, DitCache * cache = nullptr) {
+    using namespace graph;
+    const int64_t D = hp.dit_embd, H = hp.dit_head, hd = hp.dit_head_dim, N = x->ne[1], nb = x->ne[2];
+    ggml_tensor * mod = linear(ctx, c_act, B.adaln_w, B.adaln_b);                  // [9D]
+    // chunk order: shift/scale/gate of attention, MLP, conv
+    ggml_tensor * h = modulate(ctx, ggml_norm(ctx, x, hp.dit_eps), chunk(ctx, mod, D, 0), chunk(ctx, mod, D, 1));
+    ggml_tensor * q = ggml_reshape_4d(ctx, linear(ctx, h, B.q_w, B.q_b), hd, H, N, nb);
+    ggml_tensor * kk = ggml_reshape_4d(ctx, linear(ctx, h, B.k_w, B.k_b), hd, H, N, nb);
+    ggml_tensor * v = ggml_reshape_4d(ctx, linear(ctx, h, B.v_w, B.v_b), hd, H, N, nb);
+    q = layer_norm(ctx, q, B.q_norm_w, B.q_norm_b, hp.qk_eps);
+    kk = layer_norm(ctx, kk, B.k_norm_w, B.k_norm_b, hp.qk_eps);
+    if (cache) {
+        if (cache->kc) {   // new frames first, then the cache (Attention.forward_chunk)
+            const int64_t Lc = cache->kc->ne[1];
+            kk = ggml_concat(ctx, kk, ggml_reshape_4d(ctx, cache->kc, hd, H, Lc, nb), 2);
+            v = ggml_concat(ctx, v, ggml_reshape_4d(ctx, cache->vc, hd, H, Lc, nb), 2);
+        }
+        cache->k = kk;
+        cache->v = v;
+    }
+    ggml_tensor * a = attention_batched(ctx, q, kk, v, 1.0f / std::sqrt((float) hd));   // [H hd, N, nb]
+    a = linear(ctx, a, B.o_w, B.o_b);
+    x = ggml_add(ctx, x, ggml_mul(ctx, a, chunk(ctx, mod, D, 2)));
+    ggml_format_name(x, "flow_dit_attn_out-%d", il);
+    // CausalConvBlock: causal conv -> LayerNorm -> Mish -> causal conv
+    h = modulate(ctx, ggml_norm(ctx, x, hp.dit_eps), chunk(ctx, mod, D, 6), chunk(ctx, mod, D, 7));
+    h = causal_conv(ctx, h, B.conv1_w, B.conv1_b, cache ? cache->c1 : nullptr, cache ? &cache->c1_out : nullptr);
+    h = layer_norm(ctx, h, B.conv_norm_w, B.conv_norm_b, hp.conv_eps);
+    h = ggml_mul(ctx, h, ggml_tanh(ctx, ggml_softplus(ctx, h)));                   // Mish
+    h = causal_conv(ctx, h, B.conv2_w, B.conv2_b, cache ? cache->c2 : nullptr, cache ? &cache->c2_out : nullptr);
+    x = ggml_add(ctx, x, ggml_mul(ctx, h, chunk(ctx, mod, D, 8)));
+    // MLP: fc1 -> GELU(tanh) -> fc2
+    h = modulate(ctx, ggml_norm(ctx, x, hp.dit_eps), chunk(ctx, mod, D, 3), chunk(ctx, mod, D, 4));
+    h = linear(ctx, gelu_tanh(ctx, linear(ctx, h, B.up_w, B.up_b)), B.down_w, B.down_b);
+    x = ggml_add(ctx, x, ggml_mul(ctx, h, chunk(ctx, mod, D, 5)));
+    ggml_format_name(x, "flow_dit_l_out-%d", il);
+    return x;
+}
+
+// DiT.forward on the CFG batch, then solve_euler's guidance and Euler step.
+} // namespace
+
+void build_dit(ggml_context * ctx, ggml_cgraph * gf, const FlowModel & m, DitIO & io, int64_t N, int64_t stream_len) {
+    using namespace graph;
+    const FlowHparams & hp = m.hp;
+    const FlowWeights & w = m.w;
+    const int64_t M = hp.n_mel, D = hp.dit_embd;
+    io = DitIO{};
+    io.x = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, hp.dit_in, N, 2);
+    ggml_set_name(io.x, "inp_dit_x");
+    ggml_set_input(io.x);
+    io.t_freq = ggml_new_tensor_1d(ctx, GGML_TYPE_F32, hp.t_freq);
+    ggml_set_name(io.t_freq, "inp_t_freq");
+    ggml_set_input(io.t_freq);
+    io.dt = ggml_new_tensor_1d(ctx, GGML_TYPE_F32, 1);
+    ggml_set_name(io.dt, "inp_dt");
+    ggml_set_input(io.dt);
+
+    // TimestepEmbedder: Linear -> SiLU -> Linear on the sinusoid; SiLU once for every adaLN.
+    ggml_tensor * c = linear(ctx, ggml_silu(ctx, linear(ctx, io.t_freq, w.t1_w, w.t1_b)), w.t2_w, w.t2_b);
+    ggml_set_name(c, "flow_dit_t");
+    ggml_tensor * c_act = ggml_silu(ctx, c);
+    ggml_tensor * x = linear(ctx, io.x, w.in_proj_w, w.in_proj_b);                 // [D, N, 2]
+    if (stream_len >= 0) {
+        const int64_t inner = hp.dit_head * hp.dit_head_dim, km1 = hp.conv_kernel - 1;
+        io.cache.resize((size_t) hp.dit_depth);
+        for (int il = 0; il < (int) hp.dit_depth; ++il) {
+            DitCache & c = io.cache[(size_t) il];
+            auto input = [&](const char * what, int64_t ne0, int64_t ne1) {
+                ggml_tensor * t = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, ne0, ne1, 2);
+                ggml_format_name(t, "inp_dit_%s-%d", what, il);
+                ggml_set_input(t);
+                return t;
+            };
+            if (stream_len > 0) {
+                c.kc = input("k", inner, stream_len);
+                c.vc = input("v", inner, stream_len);
+                c.c1 = input("conv1", D, km1);
+                c.c2 = input("conv2", D, km1);
+            }
+        }
+    }
+    for (int il = 0; il < (int) hp.dit_depth; ++il) {
+        DitCache * c = io.cache.empty() ? nullptr : &io.cache[(size_t) il];
+        x = dit_block(ctx, hp, w.dit[(size_t) il], x, c_act, il, c);
+        if (c) {
+            for (ggml_tensor * t : {c->k, c->v, c->c1_out, c->c2_out}) {
+                ggml_set_output(t);
+                ggml_build_forward_expand(gf, t);
+            }
+        }
+    }
+    ggml_tensor * mod = linear(ctx, c_act, w.final_adaln_w, w.final_adaln_b);      // [2D]: shift, scale
+    x = modulate(ctx, ggml_norm(ctx, x, hp.dit_eps), chunk(ctx, mod, D, 0), chunk(ctx, mod, D, 1));
+    io.v = linear(ctx, x, w.final_w, w.final_b);                                   // [M, N, 2]
+    ggml_set_name(io.v, "flow_dit_out");
+    ggml_set_output(io.v);
+    ggml_build_forward_expand(gf, io.v);
+    // dphi = (1 + r) v_cond - r v_uncond; x + dt * dphi
+    ggml_tensor * vc = ggml_view_2d(ctx, io.v, M, N, io.v->nb[1], 0);
+    ggml_tensor * vu = ggml_view_2d(ctx, io.v, M, N, io.v->nb[1], io.v->nb[2]);
+    ggml_tensor * dphi = ggml_sub(ctx, ggml_scale(ctx, vc, 1.0f + hp.cfg_rate), ggml_scale(ctx, vu, hp.cfg_rate));
+    ggml_tensor * x0 = ggml_view_2d(ctx, io.x, M, N, io.x->nb[1], 0);
+    io.x_next = ggml_add(ctx, x0, ggml_mul(ctx, dphi, io.dt));
+    ggml_set_name(io.x_next, "flow_x_next");
+    ggml_set_output(io.x_next);
+    ggml_build_forward_expand(gf, io.x_next);
+}
+
+} // namespace minicpm::flow_graph
