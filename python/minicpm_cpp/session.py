@@ -31,7 +31,7 @@ from ._args import (
     _threads,
 )
 from .content import Message, audio_part as _audio_part, normalise_messages as _normalise_messages
-from .errors import FileError, InvalidArgumentError
+from .errors import FileError, InvalidArgumentError, UnsupportedError
 
 __all__ = ["Model", "Session", "Tokenizer", "ChatTemplate", "list_devices", "set_log_level"]
 
@@ -228,11 +228,52 @@ class Model:
 
     def voice(self, audio: Any, sample_rate: int = 16000) -> "Voice":
         """A reference voice (MiniCPM-o 4.5 voice cloning) from a recording: a path, bytes or
-        a 1-D float array of 16 kHz samples. See :mod:`minicpm_cpp.voice`."""
+        a 1-D float array of 16 kHz samples. See :mod:`minicpm_cpp.voice`. The same recording
+        gives the same (cached) ``Voice``."""
+        import hashlib
+
         from .voice import Voice, find_voice_file
 
-        return Voice.from_audio(find_voice_file([self.path, *self.extra_files]), audio, sample_rate,
-                                n_threads=self._n_threads, device=self._device)
+        key = None
+        if isinstance(audio, np.ndarray) and audio.dtype == np.float32 and audio.ndim == 1:
+            key = ("pcm", hashlib.sha1(np.ascontiguousarray(audio).tobytes()).hexdigest(), sample_rate)
+        elif isinstance(audio, (str, os.PathLike)) and os.path.isfile(os.fspath(audio)):
+            st = os.stat(os.fspath(audio))
+            key = ("file", os.path.realpath(os.fspath(audio)), st.st_size, st.st_mtime_ns, sample_rate)
+        cache = self.__dict__.setdefault("_voices", {})
+        if key is not None and key in cache:
+            return cache[key]
+        v = Voice.from_audio(find_voice_file([self.path, *self.extra_files]), audio, sample_rate,
+                             n_threads=self._n_threads, device=self._device)
+        if key is not None:
+            if len(cache) >= 16:
+                cache.pop(next(iter(cache)))
+            cache[key] = v
+        return v
+
+    @property
+    def can_speak(self) -> bool:
+        """Whether the file holds everything speech output needs: the TTS talker, Token2Wav's
+        flow and a vocoder (MiniCPM-o 4.5 converted with its assets/token2wav folder)."""
+        return all(self._m.has_component(k) for k in ("tts", "flow", "hift"))
+
+    def default_voice(self) -> "Voice":
+        """The voice spoken when none is given: the one stored in the model file
+        (``minicpm-convert --default-voice FILE``). Raises UnsupportedError when there is none."""
+        from .voice import Voice
+
+        v = self.__dict__.get("_default_voice")
+        if v is None:
+            for p in [self.path, *self.extra_files]:
+                if _core.gguf_has_tensor(os.fspath(p), "voice.tokens"):
+                    v = Voice.load(p, embedded=True)
+                    break
+            if v is None:
+                raise UnsupportedError(
+                    f"{self.path} has no default voice: pass voice=model.voice('reference.wav') (the reference "
+                    "code takes the voice from the caller too), or store one with minicpm-convert --default-voice")
+            self._default_voice = v
+        return v
 
     def tokenize(self, text: str, parse_special: bool = True) -> List[int]:
         if not isinstance(text, str):
@@ -611,7 +652,7 @@ class Session:
         voice: Any = None,
         tts_steps: int = 10,
         tts_seed: Optional[int] = None,
-        whole_audio: bool = False,
+        whole_audio: Optional[bool] = None,
         **sampling: Any,
     ) -> Any:
         """Answers the conversation ``messages`` (``[{"role": "user", "content": "..."}]``), as
@@ -624,8 +665,10 @@ class Session:
         decoded as the reference's ``streaming_generate`` decodes it (see
         :mod:`minicpm_cpp.speech`); ``voice`` is a :class:`~minicpm_cpp.Voice` (default: the
         model's default voice), ``tts_steps`` the flow-matching steps (10, the reference's; 5
-        and 3 are faster), ``whole_audio=True`` synthesises the answer in one piece at the end
-        instead of in windows.
+        and 3 are faster). ``whole_audio=True`` synthesises the answer in one piece at the end
+        (flow matching over every code, the original HiFT vocoder), ``False`` in 1 s windows as
+        the reference streams them (needs the streaming vocoder); unset: windows when the file
+        has the streaming vocoder.
 
         Content may be a list mixing text and images, in the reference's form
         (``[PIL.Image, "What is in the image?"]``, items joined with ``"\\n"``) or OpenAI's
@@ -665,7 +708,7 @@ class Session:
 
             return _speech.speak(self, begin, voice=voice, tts_steps=tts_steps,
                                  seed=self._tts_seed(tts_seed), stream=_bool_arg(stream, "stream"),
-                                 whole=_bool_arg(whole_audio, "whole_audio"))
+                                 whole=_opt_bool(whole_audio, "whole_audio"))
         prefix, _first = begin()
         it = self._steps(prefix)
         return it if stream else "".join(it)
@@ -682,14 +725,18 @@ class Session:
             raise InvalidArgumentError("tts_seed must be an int in [0, 2^63)")
         return int(seed)
 
-    def _speech_tts(self):
-        """This session's own talker state (the model's talker weights, a compute state per
-        session, as the LLM's)."""
-        t = getattr(self, "_tts", None)
-        if t is None:
-            t = self.model.tts.fork()
-            self._tts = t
-        return t
+    def _speech_parts(self):
+        """This session's own talker, flow and vocoder states (the model's weights, a compute
+        state per session, as the LLM's)."""
+        parts = getattr(self, "_speech", None)
+        if parts is None:
+            from .token2wav import Token2Wav
+            from .vocoder import Vocoder
+
+            m = self.model
+            parts = (m.tts.fork(), Token2Wav(m._m, m._n_threads or 0), Vocoder(m._m, m._n_threads or 0))
+            self._speech = parts
+        return parts
 
     def audio_stream(self) -> "AudioStream":
         """Opens a user turn whose audio arrives in pieces (MiniCPM-o 4.5 simplex streaming, as

@@ -59,6 +59,13 @@ class SpeechResult:
         write_wav(path, self.audio, self.sample_rate)
 
 
+def flow_voice(voice: Any) -> dict:
+    """A :class:`~minicpm_cpp.Voice` as the flow stage takes it."""
+    if isinstance(voice, dict):
+        return voice
+    return {"prompt_tokens": voice.tokens, "prompt_mel": voice.prompt_mel, "spk": voice.speaker}
+
+
 def _steps_arg(n: Any) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise InvalidArgumentError(f"tts_steps must be an int, got {type(n).__name__}")
@@ -72,11 +79,13 @@ class SpeechTurn:
     token (in order), ``finish(text_finished)`` at the end; each returns the ``AudioChunk``s that
     became ready. ``whole=True`` keeps every code and synthesises once, in ``finish``."""
 
-    def __init__(self, model: Any, voice: Any, *, tts: Any, tts_steps: int = 10, seed: int = 0,
-                 whole: bool = False, tts_sampling: Optional[dict] = None) -> None:
+    def __init__(self, model: Any, voice: Any, *, tts: Any, flow: Any, vocoder: Any, tts_steps: int = 10,
+                 seed: int = 0, whole: bool = False, tts_sampling: Optional[dict] = None) -> None:
         self._model = model
-        self._voice = voice
+        self._voice = flow_voice(voice)
         self._tts = tts
+        self._flow = flow
+        self._vocoder = vocoder
         self._steps = _steps_arg(tts_steps)
         self._seed = int(seed)
         self._whole = bool(whole)
@@ -85,7 +94,11 @@ class SpeechTurn:
         self._hidden: List[np.ndarray] = []
         self.codes: List[int] = []
         self._buffer: List[int] = [SILENCE_CODE] * LOOKAHEAD
-        self._synth = None if self._whole else model.token2wav.stream(voice, n_timesteps=self._steps, seed=self._seed)
+        self._vstream = None
+        if not self._whole:
+            # Token2wav.stream: the prompt pass fills the flow's caches; the vocoder stream starts.
+            self._flow.set_prompt(self._voice, n_timesteps=self._steps, seed=self._seed)
+            self._vstream = self._vocoder.stream(seed=self._seed)
 
     # -- text side ---------------------------------------------------------------------------
     def feed(self, token: int, hidden: np.ndarray, more: bool) -> List[AudioChunk]:
@@ -125,15 +138,16 @@ class SpeechTurn:
         return out
 
     def _window(self, codes: Sequence[int], last: bool) -> AudioChunk:
-        pcm = self._synth.push(list(codes), last=last)
+        mel = self._flow.push(list(codes), last=last)
+        pcm = self._vstream.push(mel, last=last)
         return AudioChunk(np.asarray(pcm, dtype=np.float32), SPEECH_SAMPLE_RATE, last=last)
 
     def _flush(self) -> List[AudioChunk]:
         if self._whole:
             if not self.codes:
                 return [AudioChunk(np.zeros(0, np.float32), SPEECH_SAMPLE_RATE, last=True)]
-            mel = self._model.token2wav.flow_mel(self.codes, self._voice, n_timesteps=self._steps, seed=self._seed)
-            pcm = self._model.vocoder.vocode(mel).audio
+            mel = self._flow.flow_mel(self.codes, self._voice, n_timesteps=self._steps, seed=self._seed)
+            pcm = self._vocoder.vocode(mel, seed=self._seed).audio
             return [AudioChunk(np.asarray(pcm, dtype=np.float32), SPEECH_SAMPLE_RATE, last=True)]
         buf, self._buffer = self._buffer, []
         if not buf:
@@ -185,14 +199,25 @@ class _TurnIter:
         return list(self._box[0].codes) if self._box else []
 
 
+def _has_stream_vocoder(model: Any, vocoder: Any) -> bool:
+    return hasattr(vocoder, "stream") and model._m.has_component("cvoc")
+
+
 def _turn(session, begin, voice, tts_steps, seed, whole):
     box: List[SpeechTurn] = []
 
     def gen():
         s = session
-        tts = s._speech_tts()
+        tts, flow, vocoder = s._speech_parts()
+        nonlocal whole
+        if whole is None:   # windows when the file has the streaming vocoder, else one piece
+            whole = not _has_stream_vocoder(s.model, vocoder)
+        if not whole and not _has_stream_vocoder(s.model, vocoder):
+            raise UnsupportedError("windowed speech needs the streaming vocoder (cvoc.*, from assets/token2wav/"
+                                   "hift.pt); pass whole_audio=True to synthesise the answer in one piece")
         prefix, first = begin()
-        turn = SpeechTurn(s.model, voice, tts=tts, tts_steps=tts_steps, seed=seed, whole=whole)
+        turn = SpeechTurn(s.model, voice, tts=tts, flow=flow, vocoder=vocoder, tts_steps=tts_steps, seed=seed,
+                          whole=whole)
         box.append(turn)
         if prefix:
             yield prefix

@@ -52,6 +52,7 @@ _KEY_SPK_DIM = "voice.speaker_dim"
 _KEY_MEL_BINS = "voice.mel_bins"
 _KEY_SR = "voice.source_sample_rate"
 _T_TOKENS, _T_SPK, _T_MEL = "voice.tokens", "voice.speaker", "voice.prompt_mel"
+_T_AUDIO = "voice.audio_16k"   # optional: the recording itself, for the system prompt (an LLM input)
 _VERSION = 1
 
 
@@ -218,6 +219,10 @@ class Voice:
         self.speaker = np.ascontiguousarray(spk, dtype=np.float32)
         self.prompt_mel = np.ascontiguousarray(mel, dtype=np.float32)
         self.source_sample_rate = int(source_sample_rate)
+        # The 16 kHz recording the voice was made from (None for a voice from llama.cpp-omni's
+        # cache or one saved without it): the reference voice is also an LLM input, in the
+        # system prompt (minicpm_cpp.system_prompt).
+        self.audio_16k: Optional[np.ndarray] = None
 
     def __repr__(self) -> str:
         return (f"Voice(tokens={self.tokens.shape[0]}, speaker={self.speaker.shape[0]}, "
@@ -237,7 +242,8 @@ class Voice:
         """A voice from a recording (path, bytes or a 1-D float array at ``sample_rate``, which
         must be 16000: the reference's encoders take 16 kHz), with the encoders of
         ``model_file``."""
-        pcm = _load_pcm(audio, sample_rate)
+        raw = _load_pcm(audio, sample_rate)
+        pcm = _pcm16_round_trip(raw)
         from . import _core
 
         tok = _core.S3Tokenizer(os.fspath(model_file), device, int(n_threads))
@@ -248,7 +254,9 @@ class Voice:
         mel = prompt_mel(resample_16k_to_24k(pcm))
         n = TOKEN_MEL_RATIO * tokens.shape[0]
         mel = mel[:n] if mel.shape[0] >= n else np.concatenate([mel, np.repeat(mel[-1:], n - mel.shape[0], axis=0)])
-        return cls(tokens, speaker, mel, SAMPLE_RATE)
+        v = cls(tokens, speaker, mel, SAMPLE_RATE)
+        v.audio_16k = np.ascontiguousarray(raw, dtype=np.float32)
+        return v
 
     # -- files ------------------------------------------------------------------------------------
 
@@ -268,6 +276,8 @@ class Voice:
             w.add_tensor(_T_TOKENS, self.tokens)
             w.add_tensor(_T_SPK, self.speaker)
             w.add_tensor(_T_MEL, self.prompt_mel)
+            if self.audio_16k is not None:
+                w.add_tensor(_T_AUDIO, np.ascontiguousarray(self.audio_16k, dtype=np.float32))
             w.write_header_to_file()
             w.write_kv_data_to_file()
             w.write_tensors_to_file()
@@ -276,8 +286,9 @@ class Voice:
         os.replace(tmp, p)
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike]) -> "Voice":
-        """Read a voice written by :meth:`save`; FormatError when it is not one."""
+    def load(cls, path: Union[str, os.PathLike], embedded: bool = False) -> "Voice":
+        """Read a voice written by :meth:`save`; FormatError when it is not one. ``embedded``:
+        the voice tensors and keys inside another GGUF (a model file's default voice)."""
         from gguf import GGUFReader
 
         p = os.fspath(path)
@@ -303,7 +314,7 @@ class Voice:
                 raise FormatError(f"{p}: voice key {key} is not an integer") from None
 
         arch = r.fields.get("general.architecture")
-        if arch is None or bytes(arch.parts[arch.data[0]]).decode("utf-8", "replace") != _VOICE_ARCH:
+        if not embedded and (arch is None or bytes(arch.parts[arch.data[0]]).decode("utf-8", "replace") != _VOICE_ARCH):
             raise FormatError(f"{p}: not a voice file (general.architecture is not {_VOICE_ARCH!r})")
         if u32(_KEY_VERSION) != _VERSION:
             raise FormatError(f"{p}: voice file version {u32(_KEY_VERSION)}, expected {_VERSION}")
@@ -321,9 +332,18 @@ class Voice:
                                   f"{np.dtype(dtype).name} {list(shape)}")
             got[name] = np.array(a)
         try:
-            return cls(got[_T_TOKENS], got[_T_SPK], got[_T_MEL], u32(_KEY_SR))
+            v = cls(got[_T_TOKENS], got[_T_SPK], got[_T_MEL], u32(_KEY_SR))
         except InvalidArgumentError as e:
             raise FormatError(f"{p}: {e}") from None
+        t = tensors.get(_T_AUDIO)
+        if t is not None:
+            a = np.asarray(t.data)
+            if a.dtype != np.float32 or a.ndim != 1 or not np.isfinite(a).all() or \
+                    not MIN_VOICE_SECONDS * SAMPLE_RATE <= a.shape[0] <= MAX_VOICE_SECONDS * SAMPLE_RATE:
+                raise FormatError(f"{p}: voice tensor {_T_AUDIO} must be finite float32 16 kHz samples of "
+                                  f"{MIN_VOICE_SECONDS}-{MAX_VOICE_SECONDS:.0f} s, got {a.dtype} {list(a.shape)}")
+            v.audio_16k = np.array(a)
+        return v
 
 
 def _load_pcm(audio: Any, sample_rate: int) -> np.ndarray:
@@ -344,7 +364,7 @@ def _load_pcm(audio: Any, sample_rate: int) -> np.ndarray:
                                    f"{MIN_VOICE_SECONDS} s")
     if seconds > MAX_VOICE_SECONDS:
         raise InvalidArgumentError(f"voice: {seconds:.1f} s of audio; at most {MAX_VOICE_SECONDS:.0f} s")
-    return _pcm16_round_trip(pcm)
+    return pcm
 
 
 def _campplus_bytes(model_file: str) -> bytes:
