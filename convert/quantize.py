@@ -145,7 +145,7 @@ def _compile_names() -> List[Tuple["re.Pattern[str]", str]]:
 _NAME_TABLE = _compile_names()
 # Prefixes of encoder tensors the name table does not list (clip.cpp's projector names etc.).
 _ENCODER_PREFIXES = ("v.", "resampler.", "mm.", "a.", "model.vision")
-_ENCODER_IDS = ("V_", "RS_")
+_ENCODER_IDS = ("V_", "RS_", "TTS_")
 
 
 def is_encoder_tensor(name: str) -> bool:

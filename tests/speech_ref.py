@@ -3,12 +3,15 @@
 Both import ``torchaudio`` at module level, and the torchaudio that pip resolves for them has a
 compiled library built for another torch. The reference code needs only
 ``torchaudio.compliance.kaldi`` (pure Python on top of torch), so a stand-in package holding that
-one module, loaded from the installed torchaudio's source file, is put in ``sys.modules`` before
-the references are imported. Nothing here is used by the runtime.
+one module is put in ``sys.modules`` before the references are imported. torchaudio must not be
+installed in the test environment (transformers imports it and fails on the mismatch); the
+README's test command unpacks it with ``pip install --no-deps --target tests/.ref``, and the
+Kaldi module's source file is loaded from there. Nothing here is used by the runtime.
 """
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import sys
 import types
@@ -18,22 +21,17 @@ from pathlib import Path
 def _install_torchaudio_stub() -> None:
     if "torchaudio" in sys.modules:
         return
-    try:
-        import torchaudio  # noqa: F401  (a working install wins)
-        return
-    except Exception:
-        for name in [n for n in sys.modules if n == "torchaudio" or n.startswith("torchaudio.")]:
-            del sys.modules[name]
-    spec = importlib.util.find_spec("torchaudio")
-    root = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
+    root = Path(__file__).resolve().parent / ".ref" / "torchaudio"
     ta = types.ModuleType("torchaudio")
     ta.__path__ = []
+    ta.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None, is_package=True)
     comp = types.ModuleType("torchaudio.compliance")
     comp.__path__ = []
+    comp.__spec__ = importlib.machinery.ModuleSpec("torchaudio.compliance", None, is_package=True)
     ta.compliance = comp
     sys.modules["torchaudio"] = ta
     sys.modules["torchaudio.compliance"] = comp
-    if root is not None and (root / "compliance" / "kaldi.py").is_file():
+    if (root / "compliance" / "kaldi.py").is_file():
         kspec = importlib.util.spec_from_file_location("torchaudio.compliance.kaldi", root / "compliance" / "kaldi.py")
         kaldi = importlib.util.module_from_spec(kspec)
         sys.modules["torchaudio.compliance.kaldi"] = kaldi
@@ -42,6 +40,15 @@ def _install_torchaudio_stub() -> None:
 
 
 _install_torchaudio_stub()
+
+
+def kaldi():
+    """torchaudio.compliance.kaldi (the reference fbank), or a clear failure if not unpacked."""
+    mod = sys.modules.get("torchaudio.compliance.kaldi")
+    if mod is None:
+        raise RuntimeError("torchaudio's Kaldi module is missing: run "
+                           "`pip install --no-deps --target tests/.ref torchaudio==2.11.1`")
+    return mod
 
 import stepaudio2  # noqa: E402,F401
 import s3tokenizer  # noqa: E402,F401
