@@ -798,7 +798,9 @@ def _init_tts_tensor(name: str, shape, gen, torch):
     if "emb_text" in name or "emb_code" in name or "embed_tokens" in name:
         return 0.5 * torch.randn(shape, generator=gen)
     if name.endswith("original0"):  # g: the row norms of the folded head
-        return 1.0 + 0.5 * torch.rand(shape, generator=gen)
+        g = 1.0 + 0.5 * torch.rand(shape, generator=gen)
+        g[-1] = 4.0  # the EOS row: a tiny talker that ends its chunks now and then
+        return g
     fan_in = shape[-1]
     scale = 1.5 if ("q_proj" in name or "k_proj" in name) else 0.5 if ("o_proj" in name or "down_proj" in name) else 1.0
     return (scale / math.sqrt(fan_in)) * torch.randn(shape, generator=gen)

@@ -3,12 +3,13 @@
 #include "core/component.h"
 #include "models/audio.h"
 #include "models/llm.h"
+#include "models/tts.h"
 #include "models/vision.h"
 
 namespace minicpm {
 
 const std::vector<ComponentType> & component_types() {
-    static const std::vector<ComponentType> types = {kLlmComponent, kVisionComponent, kAudioComponent};
+    static const std::vector<ComponentType> types = {kLlmComponent, kVisionComponent, kAudioComponent, kTtsComponent};
     return types;
 }
 

@@ -119,6 +119,7 @@ void bind_audio_mel(py::module_ & mod);
 void bind_vision(py::module_ & mod);
 void bind_audio(py::module_ & mod);
 void bind_quant(py::module_ & mod);
+void bind_tts(py::module_ & mod);
 void bind_session(py::module_ & mod);
 
 PYBIND11_MODULE(_core, mod) {
@@ -140,6 +141,7 @@ PYBIND11_MODULE(_core, mod) {
     bind_vision(mod);
     bind_audio(mod);
     bind_quant(mod);
+    bind_tts(mod);
 
     mod.def("set_log_level", [](const std::string & level) {
         if (level == "error") set_log_level(LogLevel::Error);
