@@ -328,7 +328,7 @@ class RefTts(nn.Module):
 
 def load_ref_tts(hf_dir: Path, overrides: Optional[Dict[str, object]] = None) -> RefTts:
     """The reference talker with the checkpoint's ``tts.*`` weights (float32)."""
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
     hf_dir = Path(hf_dir)
     cfg = json.loads((hf_dir / "config.json").read_text())
@@ -338,11 +338,12 @@ def load_ref_tts(hf_dir: Path, overrides: Optional[Dict[str, object]] = None) ->
     ref = RefTts(tc)
     state: Dict[str, torch.Tensor] = {}
     for f in sorted(hf_dir.glob("model*.safetensors")):
-        for k, v in load_file(str(f)).items():
-            # (model.embed_tokens is never used: the talker runs on inputs_embeds; the tiny
-            # checkpoint stores a smaller one than LlamaConfig's 32000 rows)
-            if k.startswith("tts.") and not k.startswith("tts.model.embed_tokens."):
-                state[k[len("tts."):]] = v.float()
+        with safe_open(str(f), "pt") as st:
+            for k in st.keys():
+                # (model.embed_tokens is never used: the talker runs on inputs_embeds; the tiny
+                # checkpoint stores a smaller one than LlamaConfig's 32000 rows)
+                if k.startswith("tts.") and not k.startswith("tts.model.embed_tokens."):
+                    state[k[len("tts."):]] = st.get_tensor(k).float()
     missing, unexpected = ref.load_state_dict(state, strict=False)
     missing = [k for k in missing if "rotary_emb" not in k and not k.startswith("model.embed_tokens.")]
     if missing or unexpected:
