@@ -470,3 +470,88 @@ def test_bad_arguments(model):
     s2.push(cond, max_new_tokens=2)
     with pytest.raises(mc.ContextFullError):
         mtts.Tts(model, n_ctx=16, n_threads=1).logits(np.zeros((17, 64), np.float32))
+
+
+# ---- llama.cpp-omni's files ---------------------------------------------------------------------
+
+
+def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's converter's Q/K row permutation (LlamaModel.permute) for its adjacent-pair RoPE."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_omni_files(hf_dir: Path, out_dir: Path):
+    """llama.cpp-omni's tts/<name>-tts-F16.gguf and -projector-F16.gguf layouts (spec §5.2-5.3:
+    convert_hf_to_gguf.py on surgery.py's tts/ dir, convert_projector.py), written here from the
+    tiny checkpoint in F32 as its convert.sh does."""
+    import gguf
+    from safetensors import safe_open
+
+    tc = json.loads((hf_dir / "config.json").read_text())["tts_config"]
+    with safe_open(str(hf_dir / "model.safetensors"), "pt") as st:
+        sd = {k[4:]: st.get_tensor(k).float().numpy() for k in st.keys() if k.startswith("tts.")}
+    h, n_head, n_kv = tc["hidden_size"], tc["num_attention_heads"], tc["num_key_value_heads"]
+    w = gguf.GGUFWriter(str(out_dir / "tiny-tts-F32.gguf"), "llama")
+    w.add_block_count(tc["num_hidden_layers"])
+    w.add_context_length(tc["max_position_embeddings"])
+    w.add_embedding_length(h)
+    w.add_feed_forward_length(tc["intermediate_size"])
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
+    names = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+             "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    for il in range(tc["num_hidden_layers"]):
+        for hf, gg in names.items():
+            t = sd[f"model.layers.{il}.{hf}.weight"]
+            if gg == "attn_q":
+                t = _permute(t, n_head)
+            if gg == "attn_k":
+                t = _permute(t, n_kv)
+            w.add_tensor(f"blk.{il}.{gg}.weight", np.ascontiguousarray(t))
+    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
+    for k in ("emb_text.weight", "emb_code.0.weight"):
+        w.add_tensor(k, sd[k])
+    for proj in ("projector_semantic", "projector_spk"):
+        for part in ("linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias"):
+            w.add_tensor(f"{proj}.{part}", sd[f"{proj}.{part}"])
+    g = sd["head_code.0.parametrizations.weight.original0"].astype(np.float64)
+    v = sd["head_code.0.parametrizations.weight.original1"].astype(np.float64)
+    head = (g * v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+    w.add_tensor("head_code.0.weight", np.ascontiguousarray(head.T))  # stored transposed
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    p = gguf.GGUFWriter(str(out_dir / "tiny-projector-F32.gguf"), "projector")
+    for part in ("linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias"):
+        p.add_tensor(part, sd[f"projector_semantic.{part}"])
+    p.write_header_to_file()
+    p.write_kv_data_to_file()
+    p.write_tensors_to_file()
+    p.close()
+    return out_dir / "tiny-tts-F32.gguf", out_dir / "tiny-projector-F32.gguf"
+
+
+def test_llama_cpp_omni_files(tiny_minicpmo45_dir, model, ref, tmp_path):
+    tts_path, proj_path = write_omni_files(tiny_minicpmo45_dir, tmp_path)
+    t = mtts.Tts(tts_path, projector=proj_path, device="cpu", n_threads=1)
+    hp = t.hparams
+    assert hp["omni_layout"] and hp["attention_type"] == "full_attention" and hp["normalize_projected_hidden"]
+    assert (hp["n_layer"], hp["n_embd"], hp["n_head_kv"], hp["llm_dim"], hp["num_audio_tokens"]) == (2, 64, 2, 256, 6562)
+    assert (hp["audio_bos_token_id"], hp["text_eos_token_id"]) == (151687, 151692)
+    tokens, hidden = inputs(60, 12)
+    cond = t.condition(tokens, hidden)
+    want = ref.condition(tokens.tolist(), torch.from_numpy(hidden)).numpy()
+    assert rel(cond, want) <= RTOL
+    audio = np.random.default_rng(60).integers(0, 6561, 30)
+    assert rel(t.logits(cond, audio), ref.logits(torch.from_numpy(cond), audio.tolist()).numpy()) <= RTOL
+    ours = model.tts.generate(cond, seed=8, min_new_tokens=3, max_new_tokens=40)
+    assert t.generate(cond, seed=8, min_new_tokens=3, max_new_tokens=40) == ours
+    with pytest.raises(mc.InvalidArgumentError, match="projector"):
+        mtts.Tts(tts_path, device="cpu", n_threads=1)
+    with pytest.raises(mc.FormatError, match="projector"):
+        mtts.Tts(tts_path, projector=tts_path, device="cpu", n_threads=1)

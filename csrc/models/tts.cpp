@@ -34,12 +34,121 @@ bool tts_present(const GgufFile & f) {
            f.find_tensor(tensor_name(TensorName::TTS_HEAD_CODE)) != nullptr;
 }
 
+// ---- llama.cpp-omni's files (tools/omni/convert: convert_hf_to_gguf.py on surgery.py's tts/ dir,
+// convert_projector.py): a llama GGUF whose Q/K rows are permuted for llama.cpp's RoPE, the extra
+// tensors under their checkpoint names (head_code.0 folded and stored transposed), and the
+// projector in a file of its own.
+constexpr const char * kOmniArch = "llama";
+constexpr const char * kOmniProjectorArch = "projector";
+
+std::string omni_tensor(TensorName t, int il) {
+    const std::string blk = "blk." + std::to_string(il) + ".";
+    switch (t) {
+        case TensorName::TTS_EMB_TEXT: return "emb_text.weight";
+        case TensorName::TTS_EMB_CODE: return "emb_code.0.weight";
+        case TensorName::TTS_HEAD_CODE: return "head_code.0.weight";
+        case TensorName::TTS_PROJ_1: return "linear1.weight";
+        case TensorName::TTS_PROJ_1_BIAS: return "linear1.bias";
+        case TensorName::TTS_PROJ_2: return "linear2.weight";
+        case TensorName::TTS_PROJ_2_BIAS: return "linear2.bias";
+        case TensorName::TTS_OUTPUT_NORM: return "output_norm.weight";
+        case TensorName::TTS_ATTN_NORM: return blk + "attn_norm.weight";
+        case TensorName::TTS_ATTN_Q: return blk + "attn_q.weight";
+        case TensorName::TTS_ATTN_K: return blk + "attn_k.weight";
+        case TensorName::TTS_ATTN_V: return blk + "attn_v.weight";
+        case TensorName::TTS_ATTN_OUT: return blk + "attn_output.weight";
+        case TensorName::TTS_FFN_NORM: return blk + "ffn_norm.weight";
+        case TensorName::TTS_FFN_GATE: return blk + "ffn_gate.weight";
+        case TensorName::TTS_FFN_UP: return blk + "ffn_up.weight";
+        case TensorName::TTS_FFN_DOWN: return blk + "ffn_down.weight";
+        default: break;
+    }
+    fail(ErrorKind::Internal, "tts: no llama.cpp-omni name for tensor " + tensor_name(t, il));
+}
+
 size_t max_nodes(const TtsHparams & hp) { return (size_t) (hp.n_layer * 40 + 64); }
 
 // Micro-batch of one graph (a chunk's prefill, a teacher-forced run in pieces).
 constexpr int64_t kUbatch = 512;
 
 } // namespace
+
+bool is_omni_tts_file(const GgufFile & f) {
+    return f.opt_str(key_name(KeyName::GENERAL_ARCHITECTURE)).value_or("") == kOmniArch &&
+           f.find_tensor("head_code.0.weight") && f.find_tensor("emb_code.0.weight");
+}
+
+bool is_omni_projector_file(const GgufFile & f) {
+    return f.opt_str(key_name(KeyName::GENERAL_ARCHITECTURE)).value_or("") == kOmniProjectorArch &&
+           f.find_tensor("linear1.weight");
+}
+
+TtsHparams TtsHparams::from_omni(const GgufFile & f, const GgufFile & pf) {
+    if (!is_omni_tts_file(f)) {
+        fail(ErrorKind::Format, f.path() + " is not llama.cpp-omni's TTS file (architecture llama with emb_code.0.weight "
+                                           "and head_code.0.weight)");
+    }
+    if (!is_omni_projector_file(pf)) {
+        fail(ErrorKind::Format, pf.path() + " is not llama.cpp-omni's projector file (architecture projector with "
+                                            "linear1.weight)");
+    }
+    TtsHparams hp;
+    hp.omni_layout = true;
+    auto k = [](KeyName id) { return key_name(id, kOmniArch); };
+    constexpr int64_t kMaxEmbd = 1 << 16, kMaxLayers = 1024, kMaxHeads = 1024, kMaxCtx = 1 << 20;
+    auto u32 = [&](KeyName id, int64_t lo, int64_t hi) {
+        const int64_t v = f.get_u32(k(id));
+        check_int_range(f, k(id), v, lo, hi);
+        return v;
+    };
+    hp.n_embd = u32(KeyName::LLM_EMBEDDING_LENGTH, 1, kMaxEmbd);
+    hp.n_ff = u32(KeyName::LLM_FEED_FORWARD_LENGTH, 1, 4 * kMaxEmbd);
+    hp.n_head = u32(KeyName::LLM_HEAD_COUNT, 1, kMaxHeads);
+    hp.n_head_kv = f.has_key(k(KeyName::LLM_HEAD_COUNT_KV)) ? u32(KeyName::LLM_HEAD_COUNT_KV, 1, hp.n_head) : hp.n_head;
+    hp.n_layer = f.get_u32(k(KeyName::LLM_BLOCK_COUNT));
+    check_layer_count(f, k(KeyName::LLM_BLOCK_COUNT), hp.n_layer, kMaxLayers,
+                      omni_tensor(TensorName::TTS_ATTN_NORM, (int) std::min<int64_t>(hp.n_layer, kMaxLayers) - 1));
+    if (hp.n_layer < 1) fail(ErrorKind::Format, k(KeyName::LLM_BLOCK_COUNT) + " in " + f.path() + " must be > 0");
+    hp.n_ctx = f.has_key(k(KeyName::LLM_CONTEXT_LENGTH)) ? u32(KeyName::LLM_CONTEXT_LENGTH, 16, kMaxCtx) : 4096;
+    hp.eps = f.opt_f32(k(KeyName::LLM_RMS_EPS)).value_or(1e-6f);
+    check_float_range(f, k(KeyName::LLM_RMS_EPS), hp.eps, 0.0f, 0.1f, /*lo_open =*/true);
+    hp.rope_base = f.opt_f32(k(KeyName::LLM_ROPE_FREQ_BASE)).value_or(10000.0f);
+    check_float_range(f, k(KeyName::LLM_ROPE_FREQ_BASE), hp.rope_base, 1.0f, 1e9f);
+    if (hp.n_embd % hp.n_head || (hp.n_embd / hp.n_head) % 2 || hp.n_head % hp.n_head_kv) {
+        fail(ErrorKind::Format, f.path() + ": TTS width " + std::to_string(hp.n_embd) + " over " +
+                                    std::to_string(hp.n_head) + " heads / " + std::to_string(hp.n_head_kv) +
+                                    " KV heads does not give even heads");
+    }
+    hp.head_dim = hp.n_embd / hp.n_head;
+    auto rows = [&](const GgufFile & file, const char * name, int64_t width) {
+        const TensorInfo * t = file.find_tensor(name);
+        if (!t || t->n_dims != 2 || t->ne[0] != width || t->ne[1] < 2 || t->ne[1] > (1 << 24)) {
+            fail(ErrorKind::Format, std::string("tensor ") + name + " in " + file.path() + ": expected [" +
+                                        std::to_string(width) + ", rows]" + (t ? ", got " + shape_str(t->ne, t->n_dims) : ""));
+        }
+        return t->ne[1];
+    };
+    hp.n_text = rows(f, "emb_text.weight", hp.n_embd);
+    hp.n_audio = rows(f, "emb_code.0.weight", hp.n_embd);
+    const TensorInfo * l1 = pf.find_tensor("linear1.weight");
+    if (l1->n_dims != 2 || l1->ne[1] != hp.n_embd || l1->ne[0] < 1 || l1->ne[0] > kMaxEmbd) {
+        fail(ErrorKind::Format, "tensor linear1.weight in " + pf.path() + ": expected [llm_dim, " +
+                                    std::to_string(hp.n_embd) + "], got " + shape_str(l1->ne, l1->n_dims));
+    }
+    hp.llm_dim = l1->ne[0];
+    // Not in the files: llama.cpp-omni's runtime constants (omni.cpp: audio_bos_token_id 151687,
+    // text_eos_token_id 151692, the projection always L2-normalised, the whole turn's cache kept).
+    hp.audio_bos = 151687;
+    hp.text_eos = 151692;
+    if (hp.audio_bos >= hp.n_text || hp.text_eos >= hp.n_text) {
+        fail(ErrorKind::Format, f.path() + ": emb_text has " + std::to_string(hp.n_text) +
+                                    " rows, fewer than llama.cpp-omni's audio BOS / text EOS ids need");
+    }
+    hp.normalize_hidden = true;
+    hp.attention = TtsAttention::Full;
+    hp.attention_name = "full_attention";
+    return hp;
+}
 
 TtsHparams TtsHparams::from_gguf(const GgufFile & f) {
     TtsHparams hp;
@@ -111,19 +220,34 @@ TtsHparams TtsHparams::from_gguf(const GgufFile & f) {
     return hp;
 }
 
-TtsWeights TtsWeights::declare(WeightStore & s, const TtsHparams & hp) {
+TtsWeights TtsWeights::declare(WeightStore & s, const TtsHparams & hp, WeightStore * proj) {
     const int64_t E = hp.n_embd, KV = hp.n_embd_kv(), F = hp.n_ff;
-    auto T = [](TensorName t, int il = -1) { return tensor_name(t, il); };
+    const bool    omni = hp.omni_layout;
+    auto T = [omni](TensorName t, int il = -1) { return omni ? omni_tensor(t, il) : tensor_name(t, il); };
+    WeightStore & ps = proj ? *proj : s;
     TtsWeights w;
     // Text rows are gathered (get_rows) on the compute device; code rows are read once into host
     // memory (TtsModel::code_rows), the head is a product's matrix.
     w.emb_text = s.require(T(TensorName::TTS_EMB_TEXT), {E, hp.n_text}, Placement::Main, TensorRole::Weight);
     w.emb_code = s.require(T(TensorName::TTS_EMB_CODE), {E, hp.n_audio}, Placement::Host, TensorRole::Vector);
-    w.head = s.require(T(TensorName::TTS_HEAD_CODE), {E, hp.n_audio}, Placement::Matrix);
-    w.proj1_w = s.require(T(TensorName::TTS_PROJ_1), {hp.llm_dim, E}, Placement::Matrix);
-    w.proj1_b = s.require(T(TensorName::TTS_PROJ_1_BIAS), {E});
-    w.proj2_w = s.require(T(TensorName::TTS_PROJ_2), {E, E}, Placement::Matrix);
-    w.proj2_b = s.require(T(TensorName::TTS_PROJ_2_BIAS), {E});
+    if (omni) {
+        // stored transposed ([n_audio, E] in ggml order): the product's matrix is made at load
+        ggml_tensor * t = s.require(T(TensorName::TTS_HEAD_CODE), {hp.n_audio, E}, Placement::Host, TensorRole::Vector);
+        w.head = s.derived("tts.code_head.transposed", GGML_TYPE_F32, {E, hp.n_audio}, [&s, t, E, n = hp.n_audio](uint8_t * d) {
+            const std::vector<float> src = s.read_f32(t);   // [E][n_audio] row-major
+            float * out = (float *) d;                       // [n_audio][E]
+            for (int64_t r = 0; r < E; ++r) {
+                for (int64_t c = 0; c < n; ++c) out[c * E + r] = src[(size_t) (r * n + c)];
+            }
+        });
+        s.drop(t);
+    } else {
+        w.head = s.require(T(TensorName::TTS_HEAD_CODE), {E, hp.n_audio}, Placement::Matrix);
+    }
+    w.proj1_w = ps.require(T(TensorName::TTS_PROJ_1), {hp.llm_dim, E}, Placement::Matrix);
+    w.proj1_b = ps.require(T(TensorName::TTS_PROJ_1_BIAS), {E});
+    w.proj2_w = ps.require(T(TensorName::TTS_PROJ_2), {E, E}, Placement::Matrix);
+    w.proj2_b = ps.require(T(TensorName::TTS_PROJ_2_BIAS), {E});
     w.output_norm = s.require(T(TensorName::TTS_OUTPUT_NORM), {E});
     for (int il = 0; il < (int) hp.n_layer; ++il) {
         TtsLayer L;
@@ -141,9 +265,20 @@ TtsWeights TtsWeights::declare(WeightStore & s, const TtsHparams & hp) {
     return w;
 }
 
-size_t TtsModel::weight_bytes() const { return store->bytes_on_main() + store->bytes_on_host() + store->bytes_repacked(); }
+size_t TtsModel::weight_bytes() const {
+    size_t n = store->bytes_on_main() + store->bytes_on_host() + store->bytes_repacked();
+    if (proj_store) n += proj_store->bytes_on_main() + proj_store->bytes_on_host();
+    return n;
+}
 
 namespace {
+
+void log_loaded(const TtsModel & m) {
+    MINICPM_LOG_INFO("tts: Llama talker %lld layers x %lld (%lld heads, %lld KV), %lld codes, attention %s, %s weights%s",
+                     (long long) m.hp.n_layer, (long long) m.hp.n_embd, (long long) m.hp.n_head,
+                     (long long) m.hp.n_head_kv, (long long) m.hp.n_audio, m.hp.attention_name.c_str(),
+                     m.exact ? "f32" : "reduced-precision", m.hp.omni_layout ? " (llama.cpp-omni files)" : "");
+}
 
 std::unique_ptr<Component> tts_load(const ComponentLoad & in) {
     auto m = std::make_unique<TtsModel>();
@@ -155,10 +290,7 @@ std::unique_ptr<Component> tts_load(const ComponentLoad & in) {
     m->exact = m->w.layers.front().wq->type == GGML_TYPE_F32 && m->w.head->type == GGML_TYPE_F32 &&
                m->w.emb_text->type == GGML_TYPE_F32;
     m->code_rows = m->store->read_f32(m->w.emb_code);
-    MINICPM_LOG_INFO("tts: Llama talker %lld layers x %lld (%lld heads, %lld KV), %lld codes, attention %s, %s weights",
-                     (long long) m->hp.n_layer, (long long) m->hp.n_embd, (long long) m->hp.n_head,
-                     (long long) m->hp.n_head_kv, (long long) m->hp.n_audio, m->hp.attention_name.c_str(),
-                     m->exact ? "f32" : "reduced-precision");
+    log_loaded(*m);
     return m;
 }
 
@@ -171,6 +303,22 @@ void cb(ggml_tensor * t, const char * name, int il = -1) {
 } // namespace
 
 const ComponentType kTtsComponent = {"tts", &tts_present, &tts_load};
+
+std::unique_ptr<TtsModel> load_tts_omni(const GgufFile & tts, const GgufFile & projector, const Devices & devices,
+                                        const ModelParams & params) {
+    auto m = std::make_unique<TtsModel>();
+    m->hp = TtsHparams::from_omni(tts, projector);
+    m->store = std::make_unique<WeightStore>(tts, devices, (size_t) (m->hp.n_layer * 10 + 16));
+    m->proj_store = std::make_unique<WeightStore>(projector, devices, 8);
+    m->w = TtsWeights::declare(*m->store, m->hp, m->proj_store.get());
+    m->store->set_cpu_repack(params.cpu_repack);
+    m->store->load();
+    m->proj_store->load();
+    m->exact = m->w.layers.front().wq->type == GGML_TYPE_F32 && m->w.emb_text->type == GGML_TYPE_F32;
+    m->code_rows = m->store->read_f32(m->w.emb_code);
+    log_loaded(*m);
+    return m;
+}
 
 // ---- sampling -----------------------------------------------------------------------------------
 
@@ -350,10 +498,12 @@ struct TtsContext::Impl {
             ggml_tensor * q = ggml_reshape_3d(ctx, linear(ctx, cur, L.wq), hd, hp.n_head, n);
             ggml_tensor * k = ggml_reshape_3d(ctx, linear(ctx, cur, L.wk), hd, hp.n_head_kv, n);
             ggml_tensor * v = linear(ctx, cur, L.wv);
-            // HF Llama's rotate_half RoPE on unpermuted weights: NEOX order
-            q = ggml_rope_ext(ctx, q, io.pos, nullptr, (int) hd, GGML_ROPE_TYPE_NEOX, (int) hp.n_ctx, hp.rope_base, 1.0f,
+            // HF Llama's rotate_half RoPE on unpermuted weights: NEOX order; llama.cpp-omni's
+            // rows are permuted for llama.cpp's adjacent-pair RoPE (the same result)
+            const int rope = hp.omni_layout ? 0 : GGML_ROPE_TYPE_NEOX;
+            q = ggml_rope_ext(ctx, q, io.pos, nullptr, (int) hd, rope, (int) hp.n_ctx, hp.rope_base, 1.0f,
                               0.0f, 1.0f, 0.0f, 0.0f);
-            k = ggml_rope_ext(ctx, k, io.pos, nullptr, (int) hd, GGML_ROPE_TYPE_NEOX, (int) hp.n_ctx, hp.rope_base, 1.0f,
+            k = ggml_rope_ext(ctx, k, io.pos, nullptr, (int) hd, rope, (int) hp.n_ctx, hp.rope_base, 1.0f,
                               0.0f, 1.0f, 0.0f, 0.0f);
             ggml_tensor * k_all = ggml_set_rows(ctx, runner.state("tts_k-" + std::to_string(il)),
                                                 ggml_reshape_2d(ctx, k, KV, n), io.kv_idx);

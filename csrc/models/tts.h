@@ -51,6 +51,7 @@ struct TtsHparams {
     float   rope_base = 10000.0f;
     bool    normalize_hidden = true;   // normalize_projected_hidden
     bool    interleaved = false;
+    bool    omni_layout = false;   // llama.cpp-omni's tts + projector files (llama names, permuted Q/K)
     TtsAttention attention = TtsAttention::Full;
     std::string  attention_name;
     int64_t sliding_window = 300;      // streaming_sliding_window_audio_window_size
@@ -60,6 +61,9 @@ struct TtsHparams {
     int64_t n_embd_kv() const { return n_head_kv * head_dim; }
 
     static TtsHparams from_gguf(const GgufFile & f);
+    // llama.cpp-omni's tts/<name>-tts-F16.gguf (a llama GGUF with the talker's extra tensors under
+    // their checkpoint names) and <name>-projector-F16.gguf (architecture "projector").
+    static TtsHparams from_omni(const GgufFile & tts, const GgufFile & projector);
 };
 
 struct TtsLayer {
@@ -74,7 +78,8 @@ struct TtsWeights {
     ggml_tensor * output_norm = nullptr;
     std::vector<TtsLayer> layers;
 
-    static TtsWeights declare(WeightStore & store, const TtsHparams & hp);
+    // proj: the store of the projector's file (llama.cpp-omni), or null (ours: one file).
+    static TtsWeights declare(WeightStore & store, const TtsHparams & hp, WeightStore * proj = nullptr);
 };
 
 // The talker component (read-only, shared by sessions).
@@ -88,9 +93,17 @@ public:
     bool                         exact = true;   // every matrix F32: F32 cache
     std::vector<float>           code_rows;      // emb_code as F32 [n_audio][E] (the embedding of each fed-back code)
     std::unique_ptr<WeightStore> store;
+    std::unique_ptr<WeightStore> proj_store;     // llama.cpp-omni: the projector's own file
 };
 
 extern const ComponentType kTtsComponent;
+
+// Whether `f` is llama.cpp-omni's TTS file / projector file.
+bool is_omni_tts_file(const GgufFile & f);
+bool is_omni_projector_file(const GgufFile & f);
+// The talker from llama.cpp-omni's two files.
+std::unique_ptr<TtsModel> load_tts_omni(const GgufFile & tts, const GgufFile & projector, const Devices & devices,
+                                        const ModelParams & params);
 
 // ---- sampling (pure functions) ------------------------------------------------------------------
 

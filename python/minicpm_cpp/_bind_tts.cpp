@@ -45,10 +45,27 @@ public:
         ctx_ = std::make_unique<TtsContext>(*tts_, *backends_, n_ctx);
     }
 
-    // On a GGUF file holding the talker (no LLM needed).
-    PyTts(const std::string & path, const std::string & device, int n_threads, int64_t n_ctx) {
+    // On a GGUF file holding the talker (no LLM needed), or llama.cpp-omni's TTS file with its
+    // projector file.
+    PyTts(const std::string & path, const std::string & device, int n_threads, int64_t n_ctx, const std::string & projector) {
         if (n_threads < 0) throw Error(ErrorKind::InvalidArgument, "n_threads must be >= 0");
         file_ = std::make_unique<GgufFile>(path);
+        if (!projector.empty() || is_omni_tts_file(*file_)) {
+            if (projector.empty()) {
+                throw Error(ErrorKind::InvalidArgument, path + " is llama.cpp-omni's TTS file: give its projector file "
+                                                               "(tts/<name>-projector-F16.gguf) as projector=");
+            }
+            proj_file_ = std::make_unique<GgufFile>(projector);
+            ModelParams params;
+            params.device = device;
+            params.n_threads = n_threads;
+            devices_ = std::make_unique<Devices>(device, n_threads);
+            own_ = load_tts_omni(*file_, *proj_file_, *devices_, params);
+            tts_ = own_.get();
+            backends_ = std::make_unique<ComputeBackends>(*devices_, n_threads);
+            ctx_ = std::make_unique<TtsContext>(*tts_, *backends_, n_ctx);
+            return;
+        }
         if (!kTtsComponent.present(*file_)) {
             throw Error(ErrorKind::Unsupported, path + " has no TTS talker (no " +
                                                     key_name(KeyName::MINICPM_TTS_HAS_TTS) + " / tts.* tensors)");
@@ -88,6 +105,7 @@ public:
         d["attention_type"] = h.attention_name;
         d["sliding_window"] = h.sliding_window;
         d["exact"] = tts_->exact;
+        d["omni_layout"] = h.omni_layout;
         d["device"] = backends_->main_name();
         py::dict s;
         s["temperature"] = h.sampling.temperature;
@@ -197,6 +215,7 @@ public:
 private:
     std::shared_ptr<Model>           model_;   // keeps the shared weights alive
     std::unique_ptr<GgufFile>        file_;
+    std::unique_ptr<GgufFile>        proj_file_;
     std::unique_ptr<Devices>         devices_;
     std::unique_ptr<TtsModel>        own_;
     const TtsModel *                 tts_ = nullptr;
@@ -232,8 +251,8 @@ void bind_tts(py::module_ & mod) {
     py::class_<PyTts>(mod, "Tts")
         .def(py::init<std::shared_ptr<Model>, int, int64_t>(), py::arg("model"), py::arg("n_threads") = 0,
              py::arg("n_ctx") = 0, py::call_guard<py::gil_scoped_release>())
-        .def(py::init<const std::string &, const std::string &, int, int64_t>(), py::arg("path"),
-             py::arg("device") = "auto", py::arg("n_threads") = 0, py::arg("n_ctx") = 0,
+        .def(py::init<const std::string &, const std::string &, int, int64_t, const std::string &>(), py::arg("path"),
+             py::arg("device") = "auto", py::arg("n_threads") = 0, py::arg("n_ctx") = 0, py::arg("projector") = "",
              py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("hparams", &PyTts::hparams)
         .def_property_readonly("defaults", &PyTts::defaults)

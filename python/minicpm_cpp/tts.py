@@ -102,29 +102,37 @@ def _rows(v: Any, name: str, width: int) -> np.ndarray:
 
 
 class Tts:
-    """The talker of a loaded MiniCPM-o 4.5 model (``model.tts``), or of a GGUF file given by path.
+    """The talker of a loaded MiniCPM-o 4.5 model (``model.tts``), or of a GGUF file given by path:
+    ours, or llama.cpp-omni's ``tts/<name>-tts-F16.gguf`` with ``projector`` =
+    ``tts/<name>-projector-F16.gguf`` (those files carry no special ids: llama.cpp-omni's constants
+    apply, audio BOS 151687, text EOS 151692, normalised projection, the whole turn's cache).
 
     Raises :class:`UnsupportedError` when the file has no TTS weights."""
 
-    def __init__(self, model: Any, *, n_threads: int = 0, n_ctx: int = 0, device: str = "auto") -> None:
+    def __init__(self, model: Any, *, n_threads: int = 0, n_ctx: int = 0, device: str = "auto",
+                 projector: Any = None) -> None:
         n_threads = _nonneg_int(n_threads, "n_threads")
         n_ctx = _nonneg_int(n_ctx, "n_ctx")
         self._model = model
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
             import os
 
-            self._h = _core.Tts(os.fspath(model), device, n_threads, n_ctx)
+            self._h = _core.Tts(os.fspath(model), device, n_threads, n_ctx,
+                                os.fspath(projector) if projector is not None else "")
         else:
+            if projector is not None:
+                raise InvalidArgumentError("projector= goes with a llama.cpp-omni TTS file path")
             core = getattr(model, "_m", model)
             self._h = _core.Tts(core, n_threads, n_ctx)
-        self._n_threads, self._n_ctx, self._device = n_threads, n_ctx, device
+        self._n_threads, self._n_ctx, self._device, self._projector = n_threads, n_ctx, device, projector
         self._hp: Dict[str, Any] = dict(self._h.hparams)
         self._lock = threading.Lock()
         self._active: Optional["TtsStream"] = None
 
     def fork(self) -> "Tts":
         """Another handle on the same weights with its own compute state (for another thread)."""
-        return Tts(self._model, n_threads=self._n_threads, n_ctx=self._n_ctx, device=self._device)
+        return Tts(self._model, n_threads=self._n_threads, n_ctx=self._n_ctx, device=self._device,
+                   projector=self._projector)
 
     @property
     def hparams(self) -> Dict[str, Any]:
