@@ -64,20 +64,24 @@ def kv(key, vtype, value) -> RawKV:
     return RawKV(key, vtype, struct.pack(fmt, value))
 
 
-def tts_file(src: Path, dst: Path, set_keys=(), drop_keys=(), drop=(), replace=None) -> Path:
+def tts_file(src: Path, dst: Path, set_keys=(), drop_keys=(), drop=(), replace=None, talker=True) -> Path:
     """A GGUF of the talker alone (general.architecture and minicpm.tts.* keys, tts.* tensors)
     copied from ``src`` as raw bytes, with keys set / dropped and tensors dropped / replaced
-    (float32 arrays in numpy order)."""
+    (float32 arrays in numpy order; F32 / F16 files only). ``talker=False``: everything but the
+    talker instead."""
     raw = RawGGUF(src)
     replace = dict(replace or {})
-    keys = {k: v for k, v in raw.kv.items() if k == "general.architecture" or k.startswith("minicpm.tts.")}
+    if talker:
+        keys = {k: v for k, v in raw.kv.items() if k == "general.architecture" or k.startswith("minicpm.tts.")}
+    else:
+        keys = {k: v for k, v in raw.kv.items() if not k.startswith("minicpm.tts.")}
     for k in drop_keys:
         keys.pop(k)
     for k in set_keys:
         keys[k.key] = k
     tensors, blobs = [], []
     for t in raw.tensors:
-        if not t.name.startswith("tts.") or t.name in drop:
+        if t.name.startswith("tts.") != talker or t.name in drop:
             continue
         if t.name in replace:
             a = np.ascontiguousarray(replace[t.name], dtype=np.float32)
@@ -405,13 +409,14 @@ def test_stream_reindex_is_unsupported(gguf_f32, tmp_path):
 # ---- errors ---------------------------------------------------------------------------------------
 
 
-def test_no_tts_weights(tiny_minicpmv45_dir, converted):
-    m = mc.Model(converted(tiny_minicpmv45_dir, "f16"), device="cpu", n_threads=1)
-    assert not m._m.has_component("tts")
+def test_no_tts_weights(gguf_f32, tmp_path):
+    path = tts_file(gguf_f32, tmp_path / "no-tts.gguf", talker=False)
+    m = mc.Model(path, device="cpu", n_threads=1)
+    assert not m._m.has_component("tts") and m.has_audio
     with pytest.raises(mc.UnsupportedError, match="no TTS talker"):
         m.tts
     with pytest.raises(mc.UnsupportedError, match="no TTS talker"):
-        mtts.Tts(converted(tiny_minicpmv45_dir, "f16"))
+        mtts.Tts(path, device="cpu", n_threads=1)
 
 
 def test_bad_files(gguf_f32, tmp_path):
