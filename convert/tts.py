@@ -18,9 +18,9 @@ What the reference builds (modeling_minicpmo.py ``MiniCPMTTS.__init__``) and so 
   ``MiniCPMTTSConfig``'s defaults where the config lacks it (as the reference gets them), and the
   ``TTSSamplingParams`` defaults as the sampling defaults.
 
-Types: norms and biases F32; the two embedding tables and the head F32 as well (the head's folded
-rows, and the rows read by index); the Llama and projector matrices take the TTS type (``--outtype``,
-but F16 for a quantized outtype).
+Types: norms and biases F32; ``emb_code`` and the folded head F32 (small; the head's rows are
+computed here); ``emb_text`` (152064 rows) and the Llama and projector matrices take the TTS type
+(``--outtype``, but F16 for a quantized outtype; a bfloat16 checkpoint's values are exact in F16).
 """
 
 from __future__ import annotations
@@ -322,7 +322,7 @@ def plan_tts(spec: TtsSpec, ckpt: Checkpoint, outtype: str) -> Tuple[List[Vision
             qtype = Q.F32 if len(got) == 1 else weight_t
         plan.append(VisionTensor(tid, tensor_name(tid, layer), hf, got, qtype=qtype))
 
-    add(_EMB_TEXT, "TTS_EMB_TEXT", (spec.num_text_tokens, e), Q.F32)
+    add(_EMB_TEXT, "TTS_EMB_TEXT", (spec.num_text_tokens, e), weight_t)
     add(_EMB_CODE, "TTS_EMB_CODE", (spec.num_audio_tokens, e), Q.F32)
     head = _head_names(ckpt.names())
     if head is None:

@@ -560,3 +560,20 @@ def test_llama_cpp_omni_files(tiny_minicpmo45_dir, model, ref, tmp_path):
         mtts.Tts(tts_path, device="cpu", n_threads=1)
     with pytest.raises(mc.FormatError, match="projector"):
         mtts.Tts(tts_path, projector=tts_path, device="cpu", n_threads=1)
+
+
+def test_f16_file(tiny_minicpmo45_dir, converted, ref):
+    path = converted(tiny_minicpmo45_dir, "f16")
+    _, tensors, _ = _fields(path)
+    assert tensors["tts.text_embd.weight"].ggml_type == 1 and tensors["tts.blk.0.attn_q.weight"].ggml_type == 1
+    assert tensors["tts.code_head.weight"].ggml_type == 0 and tensors["tts.code_embd.weight"].ggml_type == 0
+    t = mtts.Tts(path, device="cpu", n_threads=1)
+    assert not t.hparams["exact"]
+    tokens, hidden = inputs(70, 8)
+    cond = t.condition(tokens, hidden)
+    # bfloat16 checkpoint values are exact in F16: the text rows match, the projection nearly
+    assert rel(t.text_embeddings(tokens), ref.emb_text.weight[tokens].detach().numpy()) == 0.0
+    want = ref.condition(tokens.tolist(), torch.from_numpy(hidden)).numpy()
+    assert rel(cond, want) < 5e-3
+    audio = np.random.default_rng(70).integers(0, 6561, 20)
+    assert rel(t.logits(cond, audio), ref.logits(torch.from_numpy(cond), audio.tolist()).numpy()) < 2e-2
