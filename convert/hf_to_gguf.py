@@ -33,6 +33,7 @@ from .tokenizer import add_tokenizer
 from .t2w_flow import detect_flow, plan_flow, write_flow_metadata
 from .audio import AUDIO_OUTTYPES, AudioSpec, audio_qtypes, detect_audio, has_audio, plan_audio, write_audio_metadata
 from .t2w_voice import find_voice_assets, plan_voice, write_voice_metadata
+from .tts import TtsSpec, detect_tts, has_tts, plan_tts, write_tts_metadata
 from .vision import VISION_OUTTYPES, VisionSpec, detect_vision, has_vision, plan_vision, vision_qtypes, write_vision_metadata
 from .t2w_hift import find_hift, load_hift, plan_hift, write_hift_metadata
 from .writer import Progress, atomic_output, padding, write_padding
@@ -428,10 +429,16 @@ def convert(
         # Token2Wav's flow-matching model (assets/token2wav/flow.{yaml,pt}), into the main file.
         fspec = detect_flow(hf_dir, say) if spec.prefix and not vocab_only and not llm_only else None
         fplan: List[PlannedTensor] = plan_flow(fspec, outtype)[0] if fspec is not None else []
+        tspec: Optional[TtsSpec] = None
+        if spec.prefix and not vocab_only and not llm_only and has_tts(config, names, spec):
+            tspec = detect_tts(config, spec)
+            for note in tspec.notices:
+                say(note)
 
         plan: List[PlannedTensor] = []
         vplan: List[PlannedTensor] = []
         aplan: List[PlannedTensor] = []
+        tplan: List[PlannedTensor] = []
         types: List = []
         if not vocab_only:
             assert ckpt is not None
@@ -446,8 +453,13 @@ def convert(
                 notes += list(anotes)
                 if llm_only:
                     notes.append(f"--llm-only: the audio encoder and projector ({len(aplan)} tensors) go to {au_out} only")
-            if vspec is not None or aspec is not None:
+            if tspec is not None:
+                tplan, tnotes = plan_tts(tspec, ckpt, outtype)
+                notes += list(tnotes)
+            if vspec is not None or aspec is not None or tspec is not None:
                 used = {p.hf_name for p in plan + vplan + aplan}
+                if tspec is not None:
+                    used |= {n for n in ckpt.names() if n.startswith("tts.")}
                 if vspec is not None:
                     used |= {n for n in ckpt.names() if n.startswith(("vpm.", "resampler."))}
                 if aspec is not None:
@@ -458,7 +470,7 @@ def convert(
                     notes.append(left)
             for note in notes:
                 say(note)
-        main_plan = plan + ([] if llm_only else vplan + aplan) + voice_plan + fplan
+        main_plan = plan + ([] if llm_only else vplan + aplan + tplan) + voice_plan + fplan
         if hspec is not None:
             main_plan = main_plan + plan_hift(hspec)
         types = _pick_types(main_plan, out_type, say)
@@ -480,6 +492,8 @@ def convert(
                 write_hift_metadata(writer, hspec)
             if fspec is not None:
                 write_flow_metadata(writer, fspec)
+            if tspec is not None:
+                write_tts_metadata(writer, tspec)
             _add_tokenizer(writer, hf_dir, spec.hparams.n_vocab)
 
         with atomic_output(out) as tmp:
@@ -525,6 +539,8 @@ def convert(
         what += f", with audio ({len(aplan)} tensors)"
     if fplan:
         what += f", with the Token2Wav flow ({len(fplan)} tensors)"
+    if tspec is not None:
+        what += f", with TTS ({len(tplan)} tensors)"
     say(f"wrote {out} ({spec.arch}, {what}, {size / 2**20:.1f} MiB)")
     if mm_out is not None:
         say(f"wrote {mm_out} (mmproj, {len(vplan)} tensors, {mm_out.stat().st_size / 2**20:.1f} MiB)")
@@ -542,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
             "tokenizer in llama.cpp's layout plus, for MiniCPM-V/o, the vision tower (SigLIP, only the layers the "
             "model runs: drop_vision_last_layer is applied) and the resampler, under clip.cpp's MiniCPM-V tensor "
             "names and clip.* keys, and for MiniCPM-o the Whisper audio encoder and its projector under llama.cpp mtmd's "
-            "audio names (a.*, mm.a.*) with clip.audio.* / minicpm.audio.* keys. TTS tensors are skipped with a notice."
+            "audio names (a.*, mm.a.*) with clip.audio.* / minicpm.audio.* keys, and MiniCPM-o 4.5's TTS talker (tts.*, minicpm.tts.* keys)."
         ),
         epilog=(
             "The output is written to OUTFILE.tmp-XXXX beside OUTFILE and renamed when complete; on any error "

@@ -660,13 +660,16 @@ def _add_audio(path: Path, audio: Optional[Dict[str, object]], extra_config: Dic
     return path
 
 
-def make_minicpmo45(path: PathLike, audio: Optional[Dict[str, object]] = None, **kw) -> Path:
+def make_minicpmo45(
+    path: PathLike, audio: Optional[Dict[str, object]] = None, tts: Union[bool, Dict[str, object], None] = None, **kw
+) -> Path:
     """MiniCPM-o 4.5 shape: the Qwen3 LLM and vision tower of :func:`make_minicpmv45` (hidden
     256, 4 heads, 2 KV heads, head_dim 64, FFN 512; bfloat16 unless ``dtype="float32"``), a real
     random Whisper encoder ``apm.*`` (:data:`DEFAULT_AUDIO`: d_model 64, 4 heads, FFN 256, 2
     layers, 80 mel bins, 1500 positions), ``audio_projection_layer.linear1/linear2``
     ([256, 64] / [256, 256] with biases), ``audio_pool_step`` 5, ``audio_chunk_length`` 1.0, the
-    dummy ``tts.*`` stand-in kept. ``audio`` overrides encoder sizes."""
+    dummy ``tts.*`` stand-in replaced by a real random TTS talker (:data:`DEFAULT_TTS`; ``tts``
+    overrides its sizes, ``tts=False`` keeps the stand-in). ``audio`` overrides encoder sizes."""
     for k, v in {"hidden": 256, "heads": 4, "kv_heads": 2, "head_dim": 64, "ffn": 512, "dtype": "bfloat16"}.items():
         kw.setdefault(k, v)
     seed = int(kw.get("seed", 0))
@@ -678,7 +681,8 @@ def make_minicpmo45(path: PathLike, audio: Optional[Dict[str, object]] = None, *
         "vision_batch_size": 16,
         "use_image_id": True,
     }
-    return _add_audio(Path(path), audio, extra, seed)
+    path = _add_audio(Path(path), audio, extra, seed)
+    return path if tts is False else _add_tts(path, None if tts is True else tts, seed)
 
 
 def make_minicpmo26(path: PathLike, audio: Optional[Dict[str, object]] = None, **kw) -> Path:
@@ -694,3 +698,139 @@ def make_minicpmo26(path: PathLike, audio: Optional[Dict[str, object]] = None, *
     path = make_minicpm(path, "o2.6", **kw)
     extra = {"audio_pool_step": 2, "stream_input": False, "chunk_input": True, "use_image_id": True}
     return _add_audio(Path(path), audio, extra, seed)
+
+
+# ---------------------------------------------------------------------------------------------
+
+# The tiny TTS talker of make_minicpmo45 (MiniCPMTTS): the real structure (20 -> 2 Llama layers,
+# emb_text over the LLM's 152064-row id space, 6562 audio codes with EOS 6561, the real special
+# rows, weight-normed head), small widths. llm_dim is the LLM hidden size.
+DEFAULT_TTS = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "num_hidden_layers": 2,
+    "max_position_embeddings": 4096,
+    "num_text_tokens": 152064,
+    "num_audio_tokens": 6562,
+    "audio_bos_token_id": 151687,
+    "text_eos_token_id": 151692,
+    "normalize_projected_hidden": True,
+    "attention_type": "full_attention",
+}
+
+
+def _tts_sizes(tts: Optional[Dict[str, object]]) -> Dict[str, object]:
+    sizes = dict(DEFAULT_TTS)
+    if tts:
+        unknown = set(tts) - set(DEFAULT_TTS)
+        if unknown:
+            raise ValueError(f"unknown TTS sizes {sorted(unknown)}; known: {sorted(DEFAULT_TTS)}")
+        sizes.update(tts)
+    return sizes
+
+
+def tts_config_json(sizes: Dict[str, object], llm_dim: int) -> Dict[str, object]:
+    """config.json ``tts_config`` as the released o4.5 config writes it (the fields the talker reads)."""
+    cfg: Dict[str, object] = {
+        "model_type": "minicpmtts",
+        "llm_dim": llm_dim,
+        "llm_intermediate_size": 768,
+        "projector_type": "mlp",
+        "hidden_act": "silu",
+        "num_vq": 1,
+        "num_mel_bins": 100,
+        "use_llm_hidden_state": False,
+        "use_text": True,
+        "streaming": False,
+        "condition_type": "hidden_text_merge",
+        "backbone_model": "llama",
+        "attn_implementation": "sdpa",
+        "interleaved": False,
+        "recomputed_chunks": 1,
+        "window_size": 2,
+        "streaming_sliding_window_audio_window_size": 300,
+    }
+    cfg.update(sizes)
+    return cfg
+
+
+def _tts_components(sizes: Dict[str, object], llm_dim: int) -> Dict[str, tuple]:
+    """Every tts.* tensor of the official MiniCPMTTS with its shape: the LlamaModel's names from
+    transformers (built on the meta device) under ``tts.model.``, the parametrized weight norm of
+    head_code.0 (original0 = g [N, 1], original1 = v [N, H]) and the unused embed_tokens /
+    projector_spk."""
+    import torch
+    from transformers import LlamaConfig, LlamaModel
+
+    h, n_audio = int(sizes["hidden_size"]), int(sizes["num_audio_tokens"])
+    cfg = LlamaConfig(
+        hidden_size=h,
+        intermediate_size=int(sizes["intermediate_size"]),
+        num_attention_heads=int(sizes["num_attention_heads"]),
+        num_key_value_heads=int(sizes["num_key_value_heads"]),
+        num_hidden_layers=int(sizes["num_hidden_layers"]),
+        max_position_embeddings=int(sizes["max_position_embeddings"]),
+        vocab_size=256,  # embed_tokens: unused at inference (32000 rows in the release)
+    )
+    with torch.device("meta"):
+        shapes = {"tts.model." + k: tuple(v.shape) for k, v in LlamaModel(cfg).state_dict().items()}
+    shapes["tts.emb_text.weight"] = (int(sizes["num_text_tokens"]), h)
+    for proj in ("projector_spk", "projector_semantic"):
+        shapes[f"tts.{proj}.linear1.weight"] = (h, llm_dim)
+        shapes[f"tts.{proj}.linear1.bias"] = (h,)
+        shapes[f"tts.{proj}.linear2.weight"] = (h, h)
+        shapes[f"tts.{proj}.linear2.bias"] = (h,)
+    shapes["tts.emb_code.0.weight"] = (n_audio, h)
+    shapes["tts.head_code.0.parametrizations.weight.original0"] = (n_audio, 1)
+    shapes["tts.head_code.0.parametrizations.weight.original1"] = (n_audio, h)
+    return shapes
+
+
+def _init_tts_tensor(name: str, shape, gen, torch):
+    """Random values for a talker parameter: unit-scale states, logits spread over a few units
+    (so that sampling has several candidates), a projection comparable to the text rows."""
+    if name.endswith("norm.weight"):
+        return 0.75 + 0.5 * torch.rand(shape, generator=gen)
+    if name.endswith(".bias"):
+        return 0.2 * torch.randn(shape, generator=gen)
+    if "emb_text" in name or "emb_code" in name or "embed_tokens" in name:
+        return 0.5 * torch.randn(shape, generator=gen)
+    if name.endswith("original0"):  # g: the row norms of the folded head
+        g = 1.0 + 0.5 * torch.rand(shape, generator=gen)
+        g[-1] = 4.0  # the EOS row: a tiny talker that ends its chunks now and then
+        return g
+    fan_in = shape[-1]
+    scale = 1.5 if ("q_proj" in name or "k_proj" in name) else 0.5 if ("o_proj" in name or "down_proj" in name) else 1.0
+    return (scale / math.sqrt(fan_in)) * torch.randn(shape, generator=gen)
+
+
+def _add_tts(path: Path, tts: Optional[Dict[str, object]], seed: int) -> Path:
+    """Replace the dummy tts.* stand-in of a MiniCPM-o 4.5 checkpoint by a real random talker and
+    write ``tts_config`` into config.json."""
+    import torch
+
+    cfg = json.loads((path / "config.json").read_text())
+    dtype = str(cfg["torch_dtype"])
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    sizes = _tts_sizes(tts)
+    llm_dim = int(cfg["hidden_size"])
+
+    state = load_state_dict(path)
+    state = {k: v for k, v in state.items() if not k.startswith("tts.")}
+    gen = torch.Generator().manual_seed(seed + 3000)
+    for k, s in _tts_components(sizes, llm_dim).items():
+        state[k] = _init_tts_tensor(k, s, gen, torch).to(torch_dtype).contiguous()
+
+    index = path / "model.safetensors.index.json"
+    shards = len(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else 1
+    for f in list(path.glob("model*.safetensors")) + ([index] if index.is_file() else []):
+        f.unlink()
+    _save_weights(path, state, shards)
+
+    cfg["tts_config"] = tts_config_json(sizes, llm_dim)
+    cfg["init_tts"] = True
+    (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return path
+

@@ -6,13 +6,15 @@
 #include "models/flow.h"
 #include "models/llm.h"
 #include "models/s3tok.h"
+#include "models/tts.h"
 #include "models/vision.h"
 
 namespace minicpm {
 
 const std::vector<ComponentType> & component_types() {
     static const std::vector<ComponentType> types = {kLlmComponent, kVisionComponent, kAudioComponent,
-                                                        kS3TokComponent, kHiftComponent, kFlowComponent};
+                                                        kS3TokComponent, kHiftComponent, kFlowComponent,
+                                                        kTtsComponent};
     return types;
 }
 

@@ -120,6 +120,7 @@ void bind_vision(py::module_ & mod);
 void bind_audio(py::module_ & mod);
 void bind_s3tok(py::module_ & mod);
 void bind_quant(py::module_ & mod);
+void bind_tts(py::module_ & mod);
 void bind_session(py::module_ & mod);
 void bind_hift(py::module_ & mod);
 void bind_flow(py::module_ & mod);
@@ -145,6 +146,7 @@ PYBIND11_MODULE(_core, mod) {
     bind_s3tok(mod);
     bind_quant(mod);
     bind_flow(mod);
+    bind_tts(mod);
 
     mod.def("set_log_level", [](const std::string & level) {
         if (level == "error") set_log_level(LogLevel::Error);

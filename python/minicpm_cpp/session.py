@@ -207,6 +207,14 @@ class Model:
             return self._token2wav
 
     @property
+    def tts(self) -> Any:
+        """The TTS talker of a MiniCPM-o 4.5 file as callable stages (:class:`minicpm_cpp.tts.Tts`):
+        ``condition``, ``logits``, ``generate``, ``stream``. Raises UnsupportedError without one."""
+        from .tts import model_tts
+
+        return model_tts(self)
+
+    @property
     def info(self) -> Dict[str, Any]:
         """Architecture and sizes read from the file."""
         return dict(self._m.info)
