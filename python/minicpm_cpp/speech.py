@@ -147,7 +147,7 @@ class SpeechTurn:
             if not self.codes:
                 return [AudioChunk(np.zeros(0, np.float32), SPEECH_SAMPLE_RATE, last=True)]
             mel = self._flow.flow_mel(self.codes, self._voice, n_timesteps=self._steps, seed=self._seed)
-            pcm = self._vocoder.vocode(mel, seed=self._seed).audio
+            pcm = self._vocoder.vocode(mel, seed=self._seed)
             return [AudioChunk(np.asarray(pcm, dtype=np.float32), SPEECH_SAMPLE_RATE, last=True)]
         buf, self._buffer = self._buffer, []
         if not buf:
