@@ -263,7 +263,8 @@ class Model:
     def can_speak(self) -> bool:
         """Whether the file holds everything speech output needs: the TTS talker, Token2Wav's
         flow and a vocoder (MiniCPM-o 4.5 converted with its assets/token2wav folder)."""
-        return all(self._m.has_component(k) for k in ("tts", "flow", "hift"))
+        return all(self._m.has_component(k) for k in ("tts", "flow")) and (
+            self._m.has_component("hift") or self._m.has_component("cvoc"))
 
     def default_voice(self) -> "Voice":
         """The voice spoken when none is given: the one stored in the model file
@@ -742,7 +743,14 @@ class Session:
             from .vocoder import Vocoder
 
             m = self.model
-            parts = (m.tts.fork(), Token2Wav(m._m, m._n_threads or 0), Vocoder(m._m, m._n_threads or 0))
+            n = m._n_threads or 0
+            stream_vocoder = None
+            if m._m.has_component("cvoc"):   # the streaming vocoder (assets/token2wav/hift.pt)
+                from .causal_vocoder import CausalVocoder
+
+                stream_vocoder = CausalVocoder(m._m, n)
+            vocoder = Vocoder(m._m, n) if m._m.has_component("hift") else None
+            parts = (m.tts.fork(), Token2Wav(m._m, n), vocoder, stream_vocoder)
             self._speech = parts
         return parts
 

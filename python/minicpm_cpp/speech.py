@@ -79,13 +79,14 @@ class SpeechTurn:
     token (in order), ``finish(text_finished)`` at the end; each returns the ``AudioChunk``s that
     became ready. ``whole=True`` keeps every code and synthesises once, in ``finish``."""
 
-    def __init__(self, model: Any, voice: Any, *, tts: Any, flow: Any, vocoder: Any, tts_steps: int = 10,
-                 seed: int = 0, whole: bool = False, tts_sampling: Optional[dict] = None) -> None:
+    def __init__(self, model: Any, voice: Any, *, tts: Any, flow: Any, vocoder: Any, stream_vocoder: Any = None,
+                 tts_steps: int = 10, seed: int = 0, whole: bool = False, tts_sampling: Optional[dict] = None) -> None:
         self._model = model
         self._voice = flow_voice(voice)
         self._tts = tts
         self._flow = flow
         self._vocoder = vocoder
+        self._stream_vocoder = stream_vocoder
         self._steps = _steps_arg(tts_steps)
         self._seed = int(seed)
         self._whole = bool(whole)
@@ -98,7 +99,7 @@ class SpeechTurn:
         if not self._whole:
             # Token2wav.stream: the prompt pass fills the flow's caches; the vocoder stream starts.
             self._flow.set_prompt(self._voice, n_timesteps=self._steps, seed=self._seed)
-            self._vstream = self._vocoder.stream(seed=self._seed)
+            self._vstream = self._stream_vocoder.stream(seed=self._seed)
 
     # -- text side ---------------------------------------------------------------------------
     def feed(self, token: int, hidden: np.ndarray, more: bool) -> List[AudioChunk]:
@@ -147,7 +148,10 @@ class SpeechTurn:
             if not self.codes:
                 return [AudioChunk(np.zeros(0, np.float32), SPEECH_SAMPLE_RATE, last=True)]
             mel = self._flow.flow_mel(self.codes, self._voice, n_timesteps=self._steps, seed=self._seed)
-            pcm = self._vocoder.vocode(mel, seed=self._seed)
+            # Token2wav.__call__ vocodes a whole utterance with the original HiFT; a file with
+            # only the streaming vocoder runs that one over the whole mel.
+            voc = self._vocoder if self._vocoder is not None else self._stream_vocoder
+            pcm = voc.vocode(mel, seed=self._seed)
             return [AudioChunk(np.asarray(pcm, dtype=np.float32), SPEECH_SAMPLE_RATE, last=True)]
         buf, self._buffer = self._buffer, []
         if not buf:
@@ -199,25 +203,21 @@ class _TurnIter:
         return list(self._box[0].codes) if self._box else []
 
 
-def _has_stream_vocoder(model: Any, vocoder: Any) -> bool:
-    return hasattr(vocoder, "stream") and model._m.has_component("cvoc")
-
-
 def _turn(session, begin, voice, tts_steps, seed, whole):
     box: List[SpeechTurn] = []
 
     def gen():
         s = session
-        tts, flow, vocoder = s._speech_parts()
+        tts, flow, vocoder, stream_vocoder = s._speech_parts()
         nonlocal whole
         if whole is None:   # windows when the file has the streaming vocoder, else one piece
-            whole = not _has_stream_vocoder(s.model, vocoder)
-        if not whole and not _has_stream_vocoder(s.model, vocoder):
+            whole = stream_vocoder is None
+        if not whole and stream_vocoder is None:
             raise UnsupportedError("windowed speech needs the streaming vocoder (cvoc.*, from assets/token2wav/"
                                    "hift.pt); pass whole_audio=True to synthesise the answer in one piece")
         prefix, first = begin()
-        turn = SpeechTurn(s.model, voice, tts=tts, flow=flow, vocoder=vocoder, tts_steps=tts_steps, seed=seed,
-                          whole=whole)
+        turn = SpeechTurn(s.model, voice, tts=tts, flow=flow, vocoder=vocoder, stream_vocoder=stream_vocoder,
+                          tts_steps=tts_steps, seed=seed, whole=whole)
         box.append(turn)
         if prefix:
             yield prefix
