@@ -2,6 +2,7 @@
 // (an explicit list: self-registering statics would be dropped from a static library).
 #include "core/component.h"
 #include "models/audio.h"
+#include "models/causal_vocoder.h"
 #include "models/hift.h"
 #include "models/llm.h"
 #include "models/vision.h"
@@ -9,7 +10,8 @@
 namespace minicpm {
 
 const std::vector<ComponentType> & component_types() {
-    static const std::vector<ComponentType> types = {kLlmComponent, kVisionComponent, kAudioComponent, kHiftComponent};
+    static const std::vector<ComponentType> types = {kLlmComponent, kVisionComponent, kAudioComponent, kHiftComponent,
+                                                        kCausalVocoderComponent};
     return types;
 }
 

@@ -121,6 +121,7 @@ void bind_audio(py::module_ & mod);
 void bind_quant(py::module_ & mod);
 void bind_session(py::module_ & mod);
 void bind_hift(py::module_ & mod);
+void bind_cvoc(py::module_ & mod);
 
 PYBIND11_MODULE(_core, mod) {
     mod.doc() = "minicpm.cpp native core";
@@ -274,4 +275,5 @@ PYBIND11_MODULE(_core, mod) {
 
     bind_session(mod);
     bind_hift(mod);
+    bind_cvoc(mod);
 }
