@@ -8,7 +8,10 @@ loads with hyperpyyaml: its ``hift`` entry builds ``CausalHiFTGenerator`` (with 
 What is written:
 
 * every tensor under the ``cvoc.*`` names of the name table (``CV_*`` ids), F32, weight norms
-  folded as for the original HiFT (:mod:`.t2w_hift`);
+  folded as for the original HiFT (:mod:`.t2w_hift`), except the F0 predictor's: the reference
+  runs it in float64 (``BoundedVocoder`` calls ``f0_predictor.double()``), so its weights are the
+  float64 products ``g * v / ||v||`` of float32 ``g`` and ``v``, which float32 cannot hold; their
+  ``v`` and ``g`` are written apart and folded in float64 at load time;
 * the hyperparameters as ``minicpm.cvoc.*`` metadata: those ``config.yaml`` gives for ``hift``
   (simple ``!ref <key>`` references resolved), the class defaults of
   ``CausalHiFTGenerator.__init__`` where it gives none, and the literals of the code
@@ -174,7 +177,25 @@ def load_cvoc(weights: Path, config: Path) -> CvocSpec:
         n_f0 += 1
     if n_f0 == 0:
         raise ConvertError(f"{path}: no f0_predictor.condnet convolutions")
-    f0_shapes = [conv("CV_F0_CONV", f"f0_predictor.condnet.{2 * i}", i).shape for i in range(n_f0)]
+    def f0_conv(i: int) -> Tuple[int, ...]:
+        base = f"f0_predictor.condnet.{2 * i}."
+        pairs = [(base + "parametrizations.weight.original0", base + "parametrizations.weight.original1"),
+                 (base + "weight_g", base + "weight_v")]
+        for gk, vk in pairs:
+            if gk in state and vk in state:
+                g, v = state.pop(gk), state.pop(vk)
+                break
+        else:   # already folded: v = w, g = ||w|| per output channel
+            v = _take(state, base + "weight", path)
+            g = np.sqrt((v.reshape(v.shape[0], -1) ** 2).sum(axis=1))
+        if v.ndim != 3 or g.size != v.shape[0] or not np.all((v.reshape(v.shape[0], -1) ** 2).sum(axis=1) > 0):
+            raise ConvertError(f"{path}: {base}weight: bad weight norm ({list(v.shape)}, {g.size} magnitudes)")
+        put("CV_F0_CONV", v, i)
+        put("CV_F0_CONV_MAG", g.reshape(-1), i)
+        put("CV_F0_CONV_BIAS", _take(state, base + "bias", path), i)
+        return tuple(v.shape)
+
+    f0_shapes = [f0_conv(i) for i in range(n_f0)]
     cls = _take(state, "f0_predictor.classifier.weight", path)
     put("CV_F0_CLS", cls)
     put("CV_F0_CLS_BIAS", _take(state, "f0_predictor.classifier.bias", path))

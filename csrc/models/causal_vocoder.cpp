@@ -191,7 +191,7 @@ size_t CausalVocoderModel::weight_bytes() const { return store->bytes_on_main() 
 namespace {
 
 size_t count_tensors(const CvocHparams & hp) {
-    size_t n = 2 * (size_t) hp.n_f0_layers + 8 + 4 * (size_t) hp.n_stages() + 4;
+    size_t n = 3 * (size_t) hp.n_f0_layers + 8 + 4 * (size_t) hp.n_stages() + 4;
     for (const auto & d : hp.srb_dilations) n += 6 * d.size();
     for (const auto & d : hp.rb_dilations) n += 6 * d.size() * (size_t) hp.n_stages();
     return n;
@@ -210,6 +210,7 @@ CvocWeights declare(WeightStore & s, const CvocHparams & hp) {
     const int64_t C = hp.f0_channels, ns = hp.n_stages(), nk = (int64_t) hp.rb_kernels.size(), nf = hp.n_fft + 2;
     for (int i = 0; i < (int) hp.n_f0_layers; ++i) {
         w.f0.push_back(conv(T::CV_F0_CONV, T::CV_F0_CONV_BIAS, i, hp.f0_kernels[(size_t) i], i == 0 ? hp.n_mel : C, C));
+        w.f0_mag.push_back(s.require(tensor_name(T::CV_F0_CONV_MAG, i), {C}, Placement::Main, V));
     }
     w.f0_cls_w = s.require(tensor_name(T::CV_F0_CLS), {C, 1}, Placement::Main, V);
     w.f0_cls_b = s.require(tensor_name(T::CV_F0_CLS_BIAS), {1}, Placement::Main, V);
@@ -269,10 +270,22 @@ std::unique_ptr<Component> cvoc_load(const ComponentLoad & in) {
         }
     }
     m->store->load();
-    for (const HiftConv & c : m->w.f0) {
-        const std::vector<float> wv = m->store->read_f32(c.w), bv = m->store->read_f32(c.b);
-        m->f0_w.emplace_back(wv.begin(), wv.end());
-        m->f0_b.emplace_back(bv.begin(), bv.end());
+    // F0 predictor weights: w = v * (g / ||v||) in float64 (torch's weight norm on the float64 module)
+    for (size_t l = 0; l < m->w.f0.size(); ++l) {
+        const HiftConv & c = m->w.f0[l];
+        const std::vector<float> v = m->store->read_f32(c.w), b = m->store->read_f32(c.b);
+        const std::vector<float> g = m->store->read_f32(m->w.f0_mag[l]);
+        const size_t per = v.size() / g.size();
+        std::vector<double> w(v.size());
+        for (size_t o = 0; o < g.size(); ++o) {
+            double n2 = 0.0;
+            for (size_t i = 0; i < per; ++i) n2 += (double) v[o * per + i] * (double) v[o * per + i];
+            if (!(n2 > 0.0)) fail(ErrorKind::Format, in.file.path() + ": F0 predictor layer " + std::to_string(l) + " has a zero weight-norm direction");
+            const double sc = (double) g[o] / std::sqrt(n2);
+            for (size_t i = 0; i < per; ++i) w[o * per + i] = (double) v[o * per + i] * sc;
+        }
+        m->f0_w.push_back(std::move(w));
+        m->f0_b.emplace_back(b.begin(), b.end());
     }
     const std::vector<float> cw = m->store->read_f32(m->w.f0_cls_w), cb = m->store->read_f32(m->w.f0_cls_b);
     m->f0_cls_w.assign(cw.begin(), cw.end());
@@ -355,6 +368,8 @@ struct CausalVocoder::Impl {
     bool    is_final = false, first_chunk = true, prefix = true;
     int64_t received_total = 0, samples_out = 0;
     CvocNoise noise;
+    bool               record = false;
+    std::vector<float> rec_f0, rec_source;
 
     Impl(const CausalVocoderModel & model, const ComputeBackends & b)
         : m(model), hp(model.hp), runner("cvoc", b, max_nodes(model.hp)) {
@@ -394,6 +409,8 @@ struct CausalVocoder::Impl {
         prefix = pre;
         received_total = samples_out = 0;
         noise = nz;
+        rec_f0.clear();
+        rec_source.clear();
         if (!noise.table) noise.rows = hp.noise_table_rows;
     }
 
@@ -493,7 +510,7 @@ struct CausalVocoder::Impl {
                         for (int64_t t = 0; t < no; ++t) yo[t] += wv * xc[t + j];
                     }
                 }
-                for (int64_t t = 0; t < no; ++t) yo[t] = yo[t] > 0.0 ? yo[t] : std::expm1(yo[t]);
+                for (int64_t t = 0; t < no; ++t) yo[t] = yo[t] > 0.0 ? yo[t] : std::exp(yo[t]) - 1.0;   // ATen's ELU
             }
             x.swap(y);
             C = oc;
@@ -639,7 +656,12 @@ struct CausalVocoder::Impl {
             const int64_t n = (int64_t) f0.size() - skip;
             for (int64_t i = 0; i < n; i += hp.block_frames) {
                 const int64_t part = std::min(hp.block_frames, n - i);
+                const size_t before = source.size();
                 make_source(f0.data() + skip + i, part, source_end);
+                if (record) {
+                    rec_f0.insert(rec_f0.end(), f0.begin() + (long) (skip + i), f0.begin() + (long) (skip + i + part));
+                    rec_source.insert(rec_source.end(), source.begin() + (long) before, source.end());
+                }
                 source_end += part;
             }
         }
@@ -731,6 +753,10 @@ std::vector<float> CausalVocoder::push(const float * mel, int64_t n_frames, bool
     s.samples_out += (int64_t) out.size();
     return out;
 }
+
+void CausalVocoder::set_record(bool on) { impl_->record = on; }
+const std::vector<float> & CausalVocoder::recorded_f0() const { return impl_->rec_f0; }
+const std::vector<float> & CausalVocoder::recorded_source() const { return impl_->rec_source; }
 
 bool CausalVocoder::finalized() const { return impl_->is_final; }
 int64_t CausalVocoder::frames_received() const { return impl_->received_total; }

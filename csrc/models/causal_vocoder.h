@@ -64,7 +64,8 @@ struct CvocHparams {
 };
 
 struct CvocWeights {
-    std::vector<HiftConv>     f0;
+    std::vector<HiftConv>     f0;       // w: the weight-norm direction v
+    std::vector<ggml_tensor *> f0_mag;  // g per layer
     ggml_tensor *             f0_cls_w = nullptr, * f0_cls_b = nullptr;
     ggml_tensor *             src_w = nullptr, * src_b = nullptr;
     HiftConv                  pre, post;
@@ -119,6 +120,12 @@ public:
     // and returns the PCM that is ready (BoundedVocoder.stream(mel, finalize=last)). After a last
     // call only an empty last call is accepted (InvalidArgument otherwise) until reset().
     std::vector<float> push(const float * mel, int64_t n_frames, bool last);
+
+    // With `record` on (reset clears the records), every F0 frame [Hz] and source sample the
+    // stream computed, in order (for comparisons with the reference's stages).
+    void                       set_record(bool on);
+    const std::vector<float> & recorded_f0() const;
+    const std::vector<float> & recorded_source() const;
 
     bool    finalized() const;
     int64_t frames_received() const;

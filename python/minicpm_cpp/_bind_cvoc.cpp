@@ -103,6 +103,15 @@ public:
         return r;
     }
 
+    void set_record(bool on) { vocoder_->set_record(on); }
+    py::array_t<float> recorded_f0() const { return arr(vocoder_->recorded_f0()); }
+    py::array_t<float> recorded_source() const { return arr(vocoder_->recorded_source()); }
+    static py::array_t<float> arr(const std::vector<float> & v) {
+        py::array_t<float> r((py::ssize_t) v.size());
+        if (!v.empty()) std::memcpy(r.mutable_data(), v.data(), v.size() * sizeof(float));
+        return r;
+    }
+
     bool finalized() const { return vocoder_->finalized(); }
     int64_t frames_received() const { return vocoder_->frames_received(); }
     int64_t samples_emitted() const { return vocoder_->samples_emitted(); }
@@ -124,6 +133,9 @@ void bind_cvoc(py::module_ & mod) {
         .def("reset", &PyCausalVocoder::reset, py::arg("seed") = 0, py::arg("noise") = py::none(),
              py::arg("prefix_silence") = true)
         .def("push", &PyCausalVocoder::push, py::arg("mel"), py::arg("last") = false)
+        .def_property("record", [](const PyCausalVocoder &) { return false; }, &PyCausalVocoder::set_record)
+        .def_property_readonly("recorded_f0", &PyCausalVocoder::recorded_f0)
+        .def_property_readonly("recorded_source", &PyCausalVocoder::recorded_source)
         .def_property_readonly("finalized", &PyCausalVocoder::finalized)
         .def_property_readonly("frames_received", &PyCausalVocoder::frames_received)
         .def_property_readonly("samples_emitted", &PyCausalVocoder::samples_emitted);

@@ -67,10 +67,12 @@ class VocoderStream:
     there starts with ``delay_frames * samples_per_frame`` zeros when ``prefix_silence`` (as
     ``Token2wav.stream`` does). Not thread-safe; one stream per producer."""
 
-    def __init__(self, v: "_core.CausalVocoder", seed: int, noise: Optional[np.ndarray], prefix_silence: bool) -> None:
+    def __init__(self, v: "_core.CausalVocoder", seed: int, noise: Optional[np.ndarray], prefix_silence: bool,
+                 record: bool = False) -> None:
         self._v = v
         self._args = (seed, noise, prefix_silence)
         self._v.reset(seed, noise, prefix_silence)
+        self._v.record = record
 
     def push(self, mel: Any, last: bool = False) -> np.ndarray:
         """``mel`` [n_mel, frames] (frames may be 0) -> float32 PCM [samples] (possibly empty)."""
@@ -79,6 +81,16 @@ class VocoderStream:
     def reset(self) -> None:
         """Starts a new utterance with the same noise."""
         self._v.reset(*self._args)
+
+    @property
+    def f0(self) -> np.ndarray:
+        """With ``record``: every F0 frame [Hz] computed so far (the F0 predictor's output)."""
+        return self._v.recorded_f0
+
+    @property
+    def source(self) -> np.ndarray:
+        """With ``record``: every source sample computed so far (the excitation after its tanh)."""
+        return self._v.recorded_source
 
     @property
     def finalized(self) -> bool:
@@ -110,10 +122,12 @@ class CausalVocoder:
     def sample_rate(self) -> int:
         return int(self._v.hparams["sample_rate"])
 
-    def stream(self, *, seed: int = 0, noise: Any = None, prefix_silence: bool = True) -> VocoderStream:
-        """A new :class:`VocoderStream` (its own compute state)."""
+    def stream(self, *, seed: int = 0, noise: Any = None, prefix_silence: bool = True,
+               record: bool = False) -> VocoderStream:
+        """A new :class:`VocoderStream` (its own compute state); ``record`` keeps its F0 and source
+        (:attr:`VocoderStream.f0`, :attr:`VocoderStream.source`)."""
         return VocoderStream(_core.CausalVocoder(self._m, self._n_threads), _seed(seed), _noise(noise),
-                             _flag(prefix_silence, "prefix_silence"))
+                             _flag(prefix_silence, "prefix_silence"), _flag(record, "record"))
 
     def vocode(self, mel: Any, *, seed: int = 0, noise: Any = None) -> np.ndarray:
         """A whole clip: ``mel`` [n_mel, frames] -> PCM [frames * samples_per_frame], as one final
