@@ -360,3 +360,13 @@ def test_bad_streaming_vocoder_file(llm_only, cvoc_spec, tmp_path, change, error
     with pytest.raises(getattr(errors, error), match=match):
         m = Model(str(llm_only), device="cpu", n_threads=1, warmup=False, extra_files=[str(bad)])
         m.causal_vocoder.vocode(mel_input(4)[0].numpy())
+
+
+def test_quantized_model_keeps_the_streaming_vocoder(tiny, cvoc, tmp_path):
+    from minicpm_cpp.convert.quantize import quantize
+
+    q = tmp_path / "model-q8_0.gguf"
+    quantize(tiny[1], q, "q8_0", force=True, progress=False, log=lambda m: None)
+    m = Model(str(q), device="cpu", n_threads=1, warmup=False)
+    mel = mel_input(5, seed=2)[0].numpy()
+    np.testing.assert_array_equal(m.causal_vocoder.vocode(mel, seed=1), cvoc.vocode(mel, seed=1))
