@@ -160,7 +160,7 @@ def test_converter_class_defaults_and_bad_config(tiny, tmp_path):
 
 # ---- parity -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("T", [1, 9, 45])
+@pytest.mark.parametrize("T", [1, 45])
 def test_whole_clip_matches_reference(ref, table, cvoc, T):
     mel = mel_input(T, seed=T)
     want = bounded(ref).stream(mel, finalize=True)[0].numpy()
@@ -175,7 +175,7 @@ def test_streamed_windows_match_token2wav(ref, table, cvoc):
     """50-frame windows as Token2wav.stream feeds the vocoder (non-final chunks, then the last
     one), the first output prefixed with 3840 zeros; also with the F0 on both sides of the
     voiced threshold and the clip longer than the noise table."""
-    T = 120
+    T = 100
     mel = mel_input(T, seed=11)
     tw = token2wav_stub(ref)
     s = cvoc.stream(noise=table, record=True)
