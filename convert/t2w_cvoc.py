@@ -120,7 +120,10 @@ def _node_value(node: Any, top: Dict[str, Any], path: Path, depth: int = 0) -> A
 def read_cvoc_config(path: Path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """The ``hift`` arguments of ``config.yaml`` and those of its ``f0_predictor``, class defaults
     filled in."""
-    import yaml
+    try:
+        import yaml
+    except ImportError:
+        raise ConvertError(f"{path}: reading the vocoder configuration needs PyYAML (pip install pyyaml)") from None
 
     try:
         root = yaml.compose(Path(path).read_text())
