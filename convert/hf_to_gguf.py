@@ -36,6 +36,7 @@ from .t2w_voice import find_voice_assets, plan_voice, write_voice_metadata
 from .tts import TtsSpec, detect_tts, has_tts, plan_tts, write_tts_metadata
 from .vision import VISION_OUTTYPES, VisionSpec, detect_vision, has_vision, plan_vision, vision_qtypes, write_vision_metadata
 from .t2w_hift import find_hift, load_hift, plan_hift, write_hift_metadata
+from .t2w_cvoc import find_cvoc, load_cvoc, plan_cvoc, write_cvoc_metadata
 from .writer import Progress, atomic_output, padding, write_padding
 
 __all__ = ["convert", "main", "ConvertError", "STOP_TOKENS"]
@@ -434,6 +435,12 @@ def convert(
             tspec = detect_tts(config, spec)
             for note in tspec.notices:
                 say(note)
+        cspec = None   # streaming vocoder (assets/token2wav/hift.pt + config.yaml)
+        if not vocab_only and not llm_only and find_cvoc(hf_dir) is not None:
+            cspec = load_cvoc(*find_cvoc(hf_dir))
+            say(f"streaming vocoder: {cspec.path} + {cspec.config.name} ({len(cspec.ids)} tensors, weight norms folded)")
+        elif not vocab_only and not llm_only and (Path(hf_dir) / "assets" / "token2wav").is_dir():
+            say("no streaming vocoder: assets/token2wav lacks hift.pt or config.yaml")
 
         plan: List[PlannedTensor] = []
         vplan: List[PlannedTensor] = []
@@ -473,6 +480,8 @@ def convert(
         main_plan = plan + ([] if llm_only else vplan + aplan + tplan) + voice_plan + fplan
         if hspec is not None:
             main_plan = main_plan + plan_hift(hspec)
+        if cspec is not None:
+            main_plan = main_plan + plan_cvoc(cspec)
         types = _pick_types(main_plan, out_type, say)
 
         def main_keys(writer: GGUFWriter) -> None:
@@ -494,6 +503,8 @@ def convert(
                 write_flow_metadata(writer, fspec)
             if tspec is not None:
                 write_tts_metadata(writer, tspec)
+            if cspec is not None:
+                write_cvoc_metadata(writer, cspec)
             _add_tokenizer(writer, hf_dir, spec.hparams.n_vocab)
 
         with atomic_output(out) as tmp:

@@ -195,8 +195,8 @@ _KEEP_SUBSTRINGS = (
     "sam.net_",
 )
 _KEEP_NAMES = ("position_embd.weight", "token_types.weight")
-# Components whose tensors are copied unchanged (the HiFT vocoder computes in F32 only).
-_KEEP_PREFIXES = tuple(TENSORS[i].split(".", 1)[0] + "." for i in ("HIFT_CONV_PRE",))
+# Components whose tensors are copied unchanged (the vocoders compute in F32 only).
+_KEEP_PREFIXES = tuple(TENSORS[i].split(".", 1)[0] + "." for i in ("HIFT_CONV_PRE", "CV_CONV_PRE"))
 
 
 def _n_dims(ne: Sequence[int]) -> int:

@@ -70,3 +70,90 @@ def add_hift(ckpt_dir: PathLike, seed: int = 0, legacy_norm: bool = False, **siz
     model = build_reference(seed, **kw)
     save_like_release(model, Path(ckpt_dir) / "assets" / "token2wav" / "hift_original.pt", legacy_norm)
     return model
+
+
+# ---- the streaming vocoder: CosyVoice3 CausalHiFTGenerator (assets/token2wav/hift.pt + config.yaml)
+
+TINY_CVOC = {"base_channels": 32, "f0_channels": 16}
+
+# config.yaml as the release lays it out (hyperpyyaml tags resolved by Token2wav's loader), at
+# tiny widths; the released structure otherwise.
+CVOC_CONFIG = """\
+sample_rate: 24000
+hift: !new:cosyvoice.hifigan.generator.CausalHiFTGenerator
+    in_channels: 80
+    base_channels: {base}
+    nb_harmonics: 8
+    sampling_rate: !ref <sample_rate>
+    nsf_alpha: 0.1
+    nsf_sigma: 0.003
+    nsf_voiced_threshold: 10
+    upsample_rates: [8, 5, 3]
+    upsample_kernel_sizes: [16, 11, 7]
+    istft_params:
+        n_fft: 16
+        hop_len: 4
+    resblock_kernel_sizes: [3, 7, 11]
+    resblock_dilation_sizes: [[1, 3, 5], [1, 3, 5], [1, 3, 5]]
+    source_resblock_kernel_sizes: [7, 7, 11]
+    source_resblock_dilation_sizes: [[1, 3, 5], [1, 3, 5], [1, 3, 5]]
+    lrelu_slope: 0.1
+    audio_limit: 0.99
+    conv_pre_look_right: 4
+    f0_predictor: !new:cosyvoice.hifigan.f0_predictor.CausalConvRNNF0Predictor
+        num_class: 1
+        in_channels: 80
+        cond_channels: {cond}
+feat_extractor: !name:matcha.utils.audio.mel_spectrogram
+    n_fft: 1920
+    num_mels: 80
+    sampling_rate: !ref <sample_rate>
+    hop_size: 480
+    win_size: 1920
+    fmin: 0
+    fmax: 8000
+    center: False
+"""
+
+
+def build_causal_reference(seed: int = 0, base_channels: int = 32, f0_channels: int = 16):
+    """The reference CausalHiFTGenerator at tiny widths, random weights, eval mode, CPU, F32."""
+    from stepaudio2.causal_vocoder.f0_predictor import CausalConvRNNF0Predictor
+    from stepaudio2.causal_vocoder.generator import CausalHiFTGenerator
+
+    torch.manual_seed(seed)
+    m = CausalHiFTGenerator(
+        in_channels=80, base_channels=base_channels, nb_harmonics=8, sampling_rate=24000, nsf_alpha=0.1,
+        nsf_sigma=0.003, nsf_voiced_threshold=10, upsample_rates=[8, 5, 3], upsample_kernel_sizes=[16, 11, 7],
+        istft_params={"n_fft": 16, "hop_len": 4}, resblock_kernel_sizes=[3, 7, 11],
+        resblock_dilation_sizes=[[1, 3, 5]] * 3, source_resblock_kernel_sizes=[7, 7, 11],
+        source_resblock_dilation_sizes=[[1, 3, 5]] * 3, lrelu_slope=0.1, audio_limit=0.99, conv_pre_look_right=4,
+        f0_predictor=CausalConvRNNF0Predictor(num_class=1, in_channels=80, cond_channels=f0_channels))
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("alpha"):
+                p.copy_(0.5 + torch.rand(p.shape, generator=g))
+            elif name.endswith("original0"):
+                p.copy_(0.2 + 0.6 * torch.rand(p.shape, generator=g))
+            elif name.endswith("bias"):
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) / max(1, p[0].numel()) ** 0.5)
+        cls = m.f0_predictor.classifier
+        cls.weight.mul_(1500.0)
+        cls.bias.fill_(60.0)
+    return m.eval()
+
+
+def add_causal_hift(ckpt_dir: PathLike, seed: int = 0, **sizes):
+    """Put a tiny ``assets/token2wav/hift.pt`` + ``config.yaml`` into a checkpoint; returns the
+    reference model (its weights as saved)."""
+    kw = dict(TINY_CVOC)
+    kw.update(sizes)
+    model = build_causal_reference(seed, **kw)
+    d = Path(ckpt_dir) / "assets" / "token2wav"
+    d.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, str(d / "hift.pt"))
+    (d / "config.yaml").write_text(CVOC_CONFIG.format(base=kw["base_channels"], cond=kw["f0_channels"]))
+    return model

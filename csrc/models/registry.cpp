@@ -2,6 +2,7 @@
 // (an explicit list: self-registering statics would be dropped from a static library).
 #include "core/component.h"
 #include "models/audio.h"
+#include "models/causal_vocoder.h"
 #include "models/hift.h"
 #include "models/flow.h"
 #include "models/llm.h"
@@ -14,7 +15,7 @@ namespace minicpm {
 const std::vector<ComponentType> & component_types() {
     static const std::vector<ComponentType> types = {kLlmComponent, kVisionComponent, kAudioComponent,
                                                         kS3TokComponent, kHiftComponent, kFlowComponent,
-                                                        kTtsComponent};
+                                                        kTtsComponent, kCausalVocoderComponent};
     return types;
 }
 

@@ -173,6 +173,7 @@ class Model:
         self._encoder: Optional[_core.ImageEncoder] = None
         self._encoder_lock = threading.Lock()
         self._vocoder: Optional[Any] = None
+        self._causal_vocoder: Optional[Any] = None
 
     @property
     def vocoder(self) -> Any:
@@ -184,6 +185,17 @@ class Model:
 
                 self._vocoder = Vocoder(self._m)
             return self._vocoder
+
+    @property
+    def causal_vocoder(self) -> Any:
+        """The streaming Token2Wav vocoder (:class:`minicpm_cpp.causal_vocoder.CausalVocoder`),
+        created at first use; raises UnsupportedError when the file has none."""
+        with self._encoder_lock:
+            if self._causal_vocoder is None:
+                from .causal_vocoder import CausalVocoder
+
+                self._causal_vocoder = CausalVocoder(self._m)
+            return self._causal_vocoder
 
     @property
     def has_vision(self) -> bool:
