@@ -46,6 +46,7 @@ def speech_ckpt(tmp_path_factory) -> Path:
     d = tiny_models.make_minicpmo45(tmp_path_factory.mktemp("tiny-o45-speech"), dtype="float32")
     tiny_token2wav.add_token2wav_flow(d)
     tiny_hift.add_hift(d, seed=3)
+    tiny_hift.add_causal_hift(d, seed=4)
     tiny_voice.add_voice_assets(d)
     return d
 
@@ -196,3 +197,37 @@ def test_cli_speak_writes_a_wav(speech_gguf, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "minicpm_cpp.cli", "-m", str(speech_gguf), "-p", "Hi", "--speak"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "needs -o" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# ---- windows: the reference's streaming synthesis (flow push + the streaming vocoder) ----------
+
+
+def test_windows_follow_the_reference_buffer(model, voice):
+    # The same answer and codes as the whole-answer path (the talker does not depend on the
+    # synthesis); the audio is Token2wav.stream's: [4218]*3 + codes, windows of 28 that advance
+    # 25, the rest with last=True; flow.push then the streaming vocoder, per window.
+    s, whole = _answer(model, voice, whole=True, max_tokens=40)
+    s2 = minicpm_cpp.Session(model, n_ctx=1024, seed=11)
+    evs = list(s2.chat(MSGS, generate_audio=True, voice=voice, max_tokens=40, tts_seed=5, whole_audio=False,
+                       stream=True, temperature=0))
+    chunks = [e for e in evs if isinstance(e, minicpm_cpp.AudioChunk)]
+    assert "".join(e for e in evs if isinstance(e, str)) == whole.text
+    assert chunks and chunks[-1].last and not any(c.last for c in chunks[:-1])
+    buf = [4218] * 3 + list(whole.codes)
+    windows = []
+    while len(buf) >= 28:
+        windows.append((buf[:28], False))
+        buf = buf[25:]
+    windows.append((buf, True))
+    print(f"windowed: {len(whole.codes)} codes, {len(windows)} windows, text {whole.text!r}")
+    assert len(chunks) == len(windows)
+    from minicpm_cpp.causal_vocoder import CausalVocoder
+    from minicpm_cpp.token2wav import Token2Wav
+
+    flow = Token2Wav(model._m)
+    flow.set_prompt({"prompt_tokens": voice.tokens, "prompt_mel": voice.prompt_mel, "spk": voice.speaker},
+                    n_timesteps=10, seed=5)
+    vs = CausalVocoder(model._m).stream(seed=5)
+    for (codes, last), got in zip(windows, chunks):
+        want = vs.push(flow.push(codes, last=last), last=last)
+        assert np.array_equal(got.audio, want)
