@@ -450,9 +450,9 @@ def run_flow_stream(rt, inp: Inputs, args) -> Dict[str, Any]:
         cfg = {"steps": steps, "prompt_ms": prompt_ms, "window_ms": ts}
         if first:
             out["cold_prompt_ms"], out["cold_window_ms"], out["cold_steps"] = prompt_ms, ts[0], steps
-            ts = ts[1:] or ts
+            ts = ts[1:]
             first = False
-        for _ in range(max(0, args.reps - 1)):
+        for _ in range(max(0 if ts else 1, args.reps - 1)):
             rt.set_prompt(inp, steps)
             ts += [rt.clock.time(lambda: rt.flow_push(w))[0] for w in wins]
         cfg["warm_ms"] = median(ts)
@@ -503,8 +503,9 @@ RUNNERS = {"tts_stream": run_tts_stream, "tts_offline": run_tts_offline, "flow_m
            "flow_stream": run_flow_stream, "vocoder": run_vocoder, "ttfa": run_ttfa}
 
 
-def bench(rt, tests: Sequence[str], args, log) -> Dict[str, Any]:
-    res: Dict[str, Any] = {}
+def bench(rt, tests: Sequence[str], args, log, res: Optional[Dict[str, Any]] = None,
+          saved: Callable[[], None] = lambda: None) -> Dict[str, Any]:
+    res = {} if res is None else res
     for name in tests:
         t0 = time.perf_counter()
         rt.load()
@@ -514,6 +515,7 @@ def bench(rt, tests: Sequence[str], args, log) -> Dict[str, Any]:
         res[name]["load_ms"] = load_ms
         rt.close()
         log(f"  {rt.name:12s} {name:12s} done in {time.perf_counter() - t0:.1f} s")
+        saved()
     return res
 
 
@@ -650,10 +652,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     }
     t0 = time.perf_counter()
     log(f"bench_speech: {meta['gguf']} on {args.device}, {args.threads} threads, reps {args.reps}")
-    report["results"]["minicpm.cpp"] = bench(Ours(meta["gguf"], args.device, args.threads), tests, args, log)
+
+    def saved() -> None:  # the figures so far (a long run that is stopped keeps them)
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+    report["results"]["minicpm.cpp"] = {}
+    bench(Ours(meta["gguf"], args.device, args.threads), tests, args, log, report["results"]["minicpm.cpp"], saved)
     if not args.no_torch:
         rt = Torch(Path(meta["checkpoint"]), meta["sizes"], args.device, args.threads, args.torch_dtype)
-        report["results"]["pytorch"] = bench(rt, tests, args, log)
+        report["results"]["pytorch"] = {}
+        bench(rt, tests, args, log, report["results"]["pytorch"], saved)
         ours, ref = headline(report["results"]["minicpm.cpp"]), headline(report["results"]["pytorch"])
         for k, v in ours.items():
             if k in ref and v > 0:
