@@ -39,9 +39,10 @@ the talker of tests/ref_minicpmo_tts.py (``RefTts``: transformers' LlamaModel 76
 layers, the official condition and sampling with the same seeded draw; its decode loop is
 written here device-aware, one code per step with a DynamicCache, as the reference), the
 minicpmo-utils flow and original HiFT (tests/tiny_token2wav.py ``load_flow``, tests/tiny_hift.py
-``build_reference``), imported through tests/speech_ref.py. fp32 on the CPU, ``--torch-dtype``
-(default fp16 where the reference runs fp16 on CUDA... here float32 unless told) on CUDA;
-``torch.inference_mode``, ``cuda.synchronize`` before each clock read; torch threads = ours.
+``build_reference``), imported through tests/speech_ref.py. float32 unless ``--torch-dtype``
+says otherwise (talker and flow; the vocoder stays float32); ``torch.inference_mode``,
+``cuda.synchronize`` before each clock read; torch threads = ours. The talker samples on the
+host each step, as the reference's per-step EOS check does.
 
 Speed ratios in the JSON: ``pytorch ms / minicpm.cpp ms`` (> 1: minicpm.cpp is faster).
 
