@@ -39,9 +39,10 @@ the talker of tests/ref_minicpmo_tts.py (``RefTts``: transformers' LlamaModel 76
 layers, the official condition and sampling with the same seeded draw; its decode loop is
 written here device-aware, one code per step with a DynamicCache, as the reference), the
 minicpmo-utils flow and original HiFT (tests/tiny_token2wav.py ``load_flow``, tests/tiny_hift.py
-``build_reference``), imported through tests/speech_ref.py. fp32 on the CPU, ``--torch-dtype``
-(default fp16 where the reference runs fp16 on CUDA... here float32 unless told) on CUDA;
-``torch.inference_mode``, ``cuda.synchronize`` before each clock read; torch threads = ours.
+``build_reference``), imported through tests/speech_ref.py. float32 unless ``--torch-dtype``
+says otherwise (talker and flow; the vocoder stays float32); ``torch.inference_mode``,
+``cuda.synchronize`` before each clock read; torch threads = ours. The talker samples on the
+host each step, as the reference's per-step EOS check does.
 
 Speed ratios in the JSON: ``pytorch ms / minicpm.cpp ms`` (> 1: minicpm.cpp is faster).
 
@@ -145,7 +146,7 @@ class Ours:
         self.gguf, self.device, self.threads = gguf, device, threads
         self.clock = Clock("cpu")  # our calls return when the result is on the host
 
-    def load(self) -> None:
+    def load(self, parts: Sequence[str] = ("tts", "flow", "hift")) -> None:
         import minicpm_cpp
         from minicpm_cpp.token2wav import Token2Wav
         from minicpm_cpp.tts import Tts
@@ -216,17 +217,22 @@ class Torch:
         self.dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
         self.clock = Clock(device)
 
-    def load(self) -> None:
+    def load(self, parts: Sequence[str] = ("tts", "flow", "hift")) -> None:
+        """Builds the reference modules a test uses (``parts``) with the checkpoint's weights."""
         import tiny_hift
         import tiny_token2wav
         from ref_minicpmo_tts import load_ref_tts
 
         torch = self.torch
-        self.tts = load_ref_tts(self.ckpt).to(self.dev, self.dtype).eval()
         t2w = self.ckpt / "assets" / "token2wav"
-        flow = tiny_token2wav.load_flow(t2w, self.sizes["flow"])
-        self._stream_ready(flow)
-        self.flow = flow.to(self.dev, self.dtype).eval()
+        if "tts" in parts:
+            self.tts = load_ref_tts(self.ckpt).to(self.dev, self.dtype).eval()
+        if "flow" in parts:
+            flow = tiny_token2wav.load_flow(t2w, self.sizes["flow"])
+            self._stream_ready(flow)
+            self.flow = flow.to(self.dev, self.dtype).eval()
+        if "hift" not in parts:
+            return
         h = dict(self.sizes["hift"])
         hift = tiny_hift.build_reference(1, **h)
         state = torch.load(t2w / "hift_original.pt", map_location="cpu", weights_only=True)
@@ -262,7 +268,7 @@ class Torch:
             ref.encoder.forward_chunk = types.MethodType(orig, ref.encoder)
 
     def llm_dim(self) -> int:
-        return int(self.tts.cfg["llm_dim"])
+        return int(json.loads((self.ckpt / "config.json").read_text())["tts_config"]["llm_dim"])
 
     def _t(self, a, dtype=None):
         return self.torch.as_tensor(a, device=self.dev, dtype=dtype if dtype is not None else self.dtype)
@@ -394,15 +400,15 @@ def run_tts_stream(rt, inp: Inputs, args) -> Dict[str, Any]:
         while codes < args.codes:
             sl = slice(i * TEXT_CHUNK, (i + 1) * TEXT_CHUNK)
             want = min(args.chunk_codes, args.codes - codes)
-            last = codes + want >= args.codes
+            last = codes + want >= args.codes or (i + 2) * TEXT_CHUNK > len(inp.text)
             got = rt.tts_push(inp.text[sl], inp.hidden[sl], last, want)
             rt.clock.sync()
             if first is None:
                 first = (time.perf_counter() - t0) * 1000.0
             codes += len(got)
             i += 1
-            if i * TEXT_CHUNK >= len(inp.text):
-                break
+            if last or (i + 1) * TEXT_CHUNK > len(inp.text):
+                break  # (a talker that ends its chunks early stops at the end of the text)
         ms = (time.perf_counter() - t0) * 1000.0
         return ms, codes, first
 
@@ -499,6 +505,8 @@ def run_ttfa(rt, inp: Inputs, args) -> Dict[str, Any]:
     return out
 
 
+NEEDS = {"tts_stream": ("tts",), "tts_offline": ("tts",), "flow_mel": ("flow",), "flow_stream": ("flow",),
+         "vocoder": ("hift",), "ttfa": ("tts", "flow", "hift")}
 RUNNERS = {"tts_stream": run_tts_stream, "tts_offline": run_tts_offline, "flow_mel": run_flow_mel,
            "flow_stream": run_flow_stream, "vocoder": run_vocoder, "ttfa": run_ttfa}
 
@@ -508,7 +516,7 @@ def bench(rt, tests: Sequence[str], args, log, res: Optional[Dict[str, Any]] = N
     res = {} if res is None else res
     for name in tests:
         t0 = time.perf_counter()
-        rt.load()
+        rt.load(NEEDS[name])
         load_ms = (time.perf_counter() - t0) * 1000.0
         inp = Inputs(rt.llm_dim(), args)
         res[name] = RUNNERS[name](rt, inp, args)
