@@ -176,6 +176,8 @@ def test_errors(model, speech_ckpt, tmp_path, converted, tiny_qwen3_dir):
         s.chat(MSGS, generate_audio=True, max_tokens=2)
     with pytest.raises(minicpm_cpp.InvalidArgumentError, match="voice"):
         model.voice(np.zeros(100, np.float32))
+    with pytest.raises(minicpm_cpp.InvalidArgumentError, match="must be a minicpm_cpp.Voice"):
+        s.chat(MSGS, generate_audio=True, voice="me.wav", max_tokens=2)
     text_only = minicpm_cpp.Model(str(converted(tiny_qwen3_dir, "f32")), device="cpu")
     assert not text_only.can_speak
     with pytest.raises(minicpm_cpp.UnsupportedError, match="cannot speak|no TTS"):

@@ -30,6 +30,7 @@ from ._args import (
     _str_arg,
     _threads,
 )
+from ._speech_parts import SpeechModel, SpeechSession
 from .content import Message, audio_part as _audio_part, normalise_messages as _normalise_messages
 from .errors import FileError, InvalidArgumentError, UnsupportedError
 
@@ -83,7 +84,7 @@ class Tokenizer:
         return self._t.n_tokens
 
 
-class Model:
+class Model(SpeechModel):
     """Weights loaded once (memory-mapped on the CPU), read-only: any number of sessions, each
     on its own thread, share one model and run at the same time.
 
@@ -172,30 +173,6 @@ class Model:
         )
         self._encoder: Optional[_core.ImageEncoder] = None
         self._encoder_lock = threading.Lock()
-        self._vocoder: Optional[Any] = None
-        self._causal_vocoder: Optional[Any] = None
-
-    @property
-    def vocoder(self) -> Any:
-        """The Token2Wav vocoder (:class:`minicpm_cpp.vocoder.Vocoder`), created at first use;
-        raises UnsupportedError when the file has none."""
-        with self._encoder_lock:
-            if self._vocoder is None:
-                from .vocoder import Vocoder
-
-                self._vocoder = Vocoder(self._m)
-            return self._vocoder
-
-    @property
-    def causal_vocoder(self) -> Any:
-        """The streaming Token2Wav vocoder (:class:`minicpm_cpp.causal_vocoder.CausalVocoder`),
-        created at first use; raises UnsupportedError when the file has none."""
-        with self._encoder_lock:
-            if self._causal_vocoder is None:
-                from .causal_vocoder import CausalVocoder
-
-                self._causal_vocoder = CausalVocoder(self._m)
-            return self._causal_vocoder
 
     @property
     def has_vision(self) -> bool:
@@ -206,25 +183,6 @@ class Model:
     def has_audio(self) -> bool:
         """Whether audio can be given (a MiniCPM-o audio encoder in the file, or an audio file)."""
         return self._m.has_audio
-
-    @property
-    def token2wav(self) -> "Token2Wav":
-        """Token2Wav's flow-matching stage (:class:`minicpm_cpp.token2wav.Token2Wav`), created at
-        first use; raises UnsupportedError when the file has no ``t2w.flow.*`` weights."""
-        with self._encoder_lock:
-            if getattr(self, "_token2wav", None) is None:
-                from .token2wav import Token2Wav
-
-                self._token2wav = Token2Wav(self._m)
-            return self._token2wav
-
-    @property
-    def tts(self) -> Any:
-        """The TTS talker of a MiniCPM-o 4.5 file as callable stages (:class:`minicpm_cpp.tts.Tts`):
-        ``condition``, ``logits``, ``generate``, ``stream``. Raises UnsupportedError without one."""
-        from .tts import model_tts
-
-        return model_tts(self)
 
     @property
     def info(self) -> Dict[str, Any]:
@@ -245,56 +203,6 @@ class Model:
     @property
     def end_of_turn_ids(self) -> List[int]:
         return list(self._m.end_of_turn_ids)
-
-    def voice(self, audio: Any, sample_rate: int = 16000) -> "Voice":
-        """A reference voice (MiniCPM-o 4.5 voice cloning) from a recording: a path, bytes or
-        a 1-D float array of 16 kHz samples. See :mod:`minicpm_cpp.voice`. The same recording
-        gives the same (cached) ``Voice``."""
-        import hashlib
-
-        from .voice import Voice, find_voice_file
-
-        key = None
-        if isinstance(audio, np.ndarray) and audio.dtype == np.float32 and audio.ndim == 1:
-            key = ("pcm", hashlib.sha1(np.ascontiguousarray(audio).tobytes()).hexdigest(), sample_rate)
-        elif isinstance(audio, (str, os.PathLike)) and os.path.isfile(os.fspath(audio)):
-            st = os.stat(os.fspath(audio))
-            key = ("file", os.path.realpath(os.fspath(audio)), st.st_size, st.st_mtime_ns, sample_rate)
-        cache = self.__dict__.setdefault("_voices", {})
-        if key is not None and key in cache:
-            return cache[key]
-        v = Voice.from_audio(find_voice_file([self.path, *self.extra_files]), audio, sample_rate,
-                             n_threads=self._n_threads, device=self._device)
-        if key is not None:
-            if len(cache) >= 16:
-                cache.pop(next(iter(cache)))
-            cache[key] = v
-        return v
-
-    @property
-    def can_speak(self) -> bool:
-        """Whether the file holds everything speech output needs: the TTS talker, Token2Wav's
-        flow and a vocoder (MiniCPM-o 4.5 converted with its assets/token2wav folder)."""
-        return all(self._m.has_component(k) for k in ("tts", "flow")) and (
-            self._m.has_component("hift") or self._m.has_component("cvoc"))
-
-    def default_voice(self) -> "Voice":
-        """The voice spoken when none is given: the one stored in the model file
-        (``minicpm-convert --default-voice FILE``). Raises UnsupportedError when there is none."""
-        from .voice import Voice
-
-        v = self.__dict__.get("_default_voice")
-        if v is None:
-            for p in [self.path, *self.extra_files]:
-                if _core.gguf_has_tensor(os.fspath(p), "voice.tokens"):
-                    v = Voice.load(p, embedded=True)
-                    break
-            if v is None:
-                raise UnsupportedError(
-                    f"{self.path} has no default voice: pass voice=model.voice('reference.wav') (the reference "
-                    "code takes the voice from the caller too), or store one with minicpm-convert --default-voice")
-            self._default_voice = v
-        return v
 
     def tokenize(self, text: str, parse_special: bool = True) -> List[int]:
         if not isinstance(text, str):
@@ -404,7 +312,7 @@ def _image_args(image: Any, max_slice_nums: Optional[int], use_image_id: Optiona
             _small_count(image_id, "image_id"))
 
 
-class Session:
+class Session(SpeechSession):
     """A conversation state (KV cache, compute buffers, sampler) over a :class:`Model`.
 
     Sessions on one model run in parallel, one per thread; one session is used from one thread
@@ -733,38 +641,6 @@ class Session:
         prefix, _first = begin()
         it = self._steps(prefix)
         return it if stream else "".join(it)
-
-    def _tts_seed(self, seed: Optional[int]) -> int:
-        # Unset: from the session's seed and the count of spoken answers (reproducible with
-        # Session(seed=...)), else random.
-        if seed is None:
-            self._n_spoken += 1
-            if self._seed_base is not None:
-                return int((self._seed_base * 1000003 + self._n_spoken) % 2**63)
-            return int(np.random.default_rng().integers(0, 2**63))
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**63:
-            raise InvalidArgumentError("tts_seed must be an int in [0, 2^63)")
-        return int(seed)
-
-    def _speech_parts(self):
-        """This session's own talker, flow and vocoder states (the model's weights, a compute
-        state per session, as the LLM's)."""
-        parts = getattr(self, "_speech", None)
-        if parts is None:
-            from .token2wav import Token2Wav
-            from .vocoder import Vocoder
-
-            m = self.model
-            n = m._n_threads or 0
-            stream_vocoder = None
-            if m._m.has_component("cvoc"):   # the streaming vocoder (assets/token2wav/hift.pt)
-                from .causal_vocoder import CausalVocoder
-
-                stream_vocoder = CausalVocoder(m._m, n)
-            vocoder = Vocoder(m._m, n) if m._m.has_component("hift") else None
-            parts = (m.tts.fork(), Token2Wav(m._m, n), vocoder, stream_vocoder)
-            self._speech = parts
-        return parts
 
     def audio_stream(self) -> "AudioStream":
         """Opens a user turn whose audio arrives in pieces (MiniCPM-o 4.5 simplex streaming, as

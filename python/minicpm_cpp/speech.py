@@ -61,8 +61,13 @@ class SpeechResult:
 
 def flow_voice(voice: Any) -> dict:
     """A :class:`~minicpm_cpp.Voice` as the flow stage takes it."""
+    from .voice import Voice
+
     if isinstance(voice, dict):
         return voice
+    if not isinstance(voice, Voice):
+        raise InvalidArgumentError(f"voice must be a minicpm_cpp.Voice (model.voice('ref.wav')), got "
+                                   f"{type(voice).__name__}")
     return {"prompt_tokens": voice.tokens, "prompt_mel": voice.prompt_mel, "spk": voice.speaker}
 
 
