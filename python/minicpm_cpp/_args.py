@@ -58,6 +58,15 @@ def _threads(value: Any, name: str = "n_threads") -> int:
     return n
 
 
+def _seed_arg(value: Any, name: str = "seed", bits: int = 64) -> int:
+    """A generator seed: an integer in [0, 2**bits) (numpy integers too, bools not)."""
+    import numpy as np
+
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= int(value) < 2**bits:
+        raise InvalidArgumentError(f"{name} must be an integer in [0, 2**{bits}), got {value!r}")
+    return int(value)
+
+
 def _opt_bool(value: Any, name: str) -> Optional[bool]:
     if value is None:
         return None

@@ -11,7 +11,8 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core
-from .errors import InvalidArgumentError, UnsupportedError
+from .errors import UnsupportedError
+from ._args import _seed_arg
 
 
 class SpeechModel:
@@ -121,9 +122,7 @@ class SpeechSession:
             if self._seed_base is not None:
                 return int((self._seed_base * 1000003 + self._n_spoken) % 2**63)
             return int(np.random.default_rng().integers(0, 2**63))
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**63:
-            raise InvalidArgumentError("tts_seed must be an int in [0, 2^63)")
-        return int(seed)
+        return _seed_arg(seed, "tts_seed", bits=63)
 
     def _speech_parts(self):
         """This session's own talker, flow and vocoder states (the model's weights, a compute

@@ -21,14 +21,13 @@ import numpy as np
 
 from . import _core
 from .errors import InvalidArgumentError
+from ._args import _seed_arg
 
 __all__ = ["CausalVocoder", "VocoderStream"]
 
 
 def _seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**64:
-        raise InvalidArgumentError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    return int(seed)
+    return _seed_arg(seed)
 
 
 def _flag(v: Any, name: str) -> bool:

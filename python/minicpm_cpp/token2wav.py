@@ -16,6 +16,7 @@ import numpy as np
 
 from . import _core
 from .errors import InvalidArgumentError
+from ._args import _seed_arg
 
 __all__ = ["Token2Wav", "FlowPrompt"]
 
@@ -119,8 +120,7 @@ class Token2Wav:
             if z.ndim != 2:
                 raise InvalidArgumentError(f"noise must be [{self.hparams['n_mel']}, frames], got shape {z.shape}")
             z = np.ascontiguousarray(z.T)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**64:
-            raise InvalidArgumentError("seed must be an int in [0, 2^64)")
+        _seed_arg(seed)
         with self._lock:
             mel = self._flow.flow_mel(t, p.prompt_tokens, p.prompt_mel, p.spk, _steps(n_timesteps), z, int(seed))
         return np.ascontiguousarray(mel.T)
@@ -142,8 +142,7 @@ class Token2Wav:
             if z.ndim != 2:
                 raise InvalidArgumentError(f"noise must be [{self.hparams['n_mel']}, frames], got shape {z.shape}")
             z = np.ascontiguousarray(z.T)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**64:
-            raise InvalidArgumentError("seed must be an int in [0, 2^64)")
+        _seed_arg(seed)
         with self._lock:
             self._flow.stream_start(p.prompt_tokens, p.prompt_mel, p.spk, _steps(n_timesteps), z, int(seed))
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from . import _core
 from .errors import InvalidArgumentError
+from ._args import _seed_arg
 
 __all__ = ["Vocoder", "VocoderOutput"]
 
@@ -68,8 +69,7 @@ class Vocoder:
     ) -> Any:
         """``mel`` [n_mel, frames] (natural-log magnitude mel, 50 frames/s) -> waveform
         [frames * samples_per_frame] float32 (or a :class:`VocoderOutput` with ``stages``)."""
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**64:
-            raise InvalidArgumentError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+        _seed_arg(seed)
         if not isinstance(add_noise, (bool, np.bool_)):
             raise InvalidArgumentError(f"add_noise must be a bool, got {type(add_noise).__name__}")
         a = np.asarray(mel)
