@@ -266,7 +266,7 @@ def test_cfm_solve_matches_reference(t2w, ref):
     cond[:, 10:] = 0
     spk = rng.standard_normal(N_MEL).astype(np.float32)
     noise = rng.standard_normal((1, N_MEL, 40)).astype(np.float32)
-    for steps in (1, 4, 10):
+    for steps in (1, 4, 10, 13):   # 13: two solver graphs (10 steps per graph)
         ours = t2w.solve(noise[0, :, :n], mu, spk, cond, steps)
         ref.decoder.rand_noise = torch.from_numpy(noise)
         with torch.no_grad():
@@ -421,14 +421,15 @@ def _stream_reference(ref):
     return ref
 
 
-def test_streaming_matches_reference(t2w, ref):
+@pytest.mark.parametrize("steps", [3, 12])   # 12: more steps than one solver graph holds (10)
+def test_streaming_matches_reference(t2w, ref, steps):
     import types
 
     from stepaudio2.token2wav import Token2wav
 
     _stream_reference(ref)
     rng = np.random.default_rng(31)
-    steps, n_prompt = 3, 10
+    n_prompt = 10
     prompt = _tokens(n_prompt, 32)
     prompt_mel = rng.standard_normal((2 * n_prompt, N_MEL)).astype(np.float32)
     spk = rng.standard_normal(192).astype(np.float32)

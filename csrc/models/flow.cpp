@@ -266,9 +266,14 @@ struct FlowRunner::Impl {
     EncIO               eio;
     DitIO               dio;
     // streaming (created at the first stream_start)
-    std::unique_ptr<GraphRunner> senc_runner, sdit_runner;
+    std::unique_ptr<GraphRunner> senc_runner;
     EncChunkIO          cio;
-    DitIO               sdio;
+    // the solver: several Euler steps per graph (offline; streaming on the estimator states)
+    static constexpr int         kUnroll = 10;
+    std::unique_ptr<GraphRunner> solve_runner, solve_stream_runner;
+    DitSolveIO          solve_io, ssolve_io;
+    int64_t             state_cap = 0;             // frames per estimator state slot
+    int                 state_steps = 0;           // solver steps the states were made for
     struct Stream {
         bool                 active = false;
         int                  n_steps = 0;
@@ -276,8 +281,7 @@ struct FlowRunner::Impl {
         int64_t              past = 0;             // token frames in the conformer caches
         std::vector<float>   cnn1, cnn2;           // [2][E], [2 stride][E]
         std::vector<std::vector<float>> enc_k, enc_v;   // per layer [len][E]
-        int64_t              dit_len = 0;          // frames in each estimator cache
-        std::vector<std::vector<float>> dit_k, dit_v, dit_c1, dit_c2;   // [step * depth + block]
+        int64_t              dit_len = 0;          // frames in each estimator cache (in the runner's states)
         std::vector<float>   spk80, spk_in;       // projected / as given
         std::vector<float>   noise;                // injected table [frames][n_mel], or empty
         uint64_t             seed = 0;
@@ -325,6 +329,84 @@ struct FlowRunner::Impl {
             std::memcpy(r1, x.data() + t * M, (size_t) M * sizeof(float));
         }
         return in;
+    }
+
+    // The estimator inputs besides x, [2][N][dit_in - n_mel]: mu | spk | cond, then zeros.
+    std::vector<float> solve_rest(const std::vector<float> & mu, const std::vector<float> & spk,
+                                  const std::vector<float> & cond, int64_t N) const {
+        const int64_t M = hp.n_mel, C = hp.dit_in - M;
+        std::vector<float> in((size_t) (2 * N * C), 0.0f);
+        for (int64_t t = 0; t < N; ++t) {
+            float * r0 = in.data() + t * C;
+            std::memcpy(r0, mu.data() + t * M, (size_t) M * sizeof(float));
+            std::memcpy(r0 + M, spk.data(), (size_t) M * sizeof(float));
+            std::memcpy(r0 + 2 * M, cond.data() + t * M, (size_t) M * sizeof(float));
+        }
+        return in;
+    }
+
+    // solve_euler over x [N][n_mel] (in place), kUnroll steps per graph; on the estimator
+    // states (Lc frames in them) when streaming.
+    void run_solve(GraphRunner & r, DitSolveIO & io, std::vector<float> & x, const std::vector<float> & rest, int64_t N,
+                   int n_steps, bool stream, int64_t Lc) {
+        const std::vector<float> span = time_span(n_steps);
+        std::vector<float> ts, dts;   // t and dt of each step, accumulated as solve_euler does
+        float t = span[0], dt = span[1] - span[0];
+        for (int stp = 1; stp <= n_steps; ++stp) {
+            ts.push_back(t);
+            dts.push_back(dt);
+            t = t + dt;
+            if (stp < n_steps) dt = span[(size_t) stp + 1] - t;
+        }
+        for (int s0 = 0; s0 < n_steps; s0 += kUnroll) {
+            const int u = std::min(kUnroll, n_steps - s0);
+            DitStreamPlan plan;
+            if (stream) {
+                plan.k = r.state("dit_k");
+                plan.v = r.state("dit_v");
+                plan.c1 = r.state("dit_c1");
+                plan.c2 = r.state("dit_c2");
+                plan.first = s0;
+                plan.Lc = Lc;
+                plan.keep_head = st.prompt_frames;
+                plan.keep_tail = hp.stream_history;
+            }
+            r.prepare({N, u, stream ? s0 : -1, stream ? Lc : -1, plan.keep_head},
+                      [&](ggml_context * ctx, ggml_cgraph * gf) {
+                          build_dit_solve(ctx, gf, m, io, N, u, stream ? &plan : nullptr);
+                      });
+            std::vector<float> tf;
+            for (int i = 0; i < u; ++i) {
+                const std::vector<float> f = t_freq(ts[(size_t) (s0 + i)]);
+                tf.insert(tf.end(), f.begin(), f.end());
+            }
+            ggml_backend_tensor_set(io.x0, x.data(), 0, x.size() * sizeof(float));
+            ggml_backend_tensor_set(io.rest, rest.data(), 0, rest.size() * sizeof(float));
+            ggml_backend_tensor_set(io.t_freq, tf.data(), 0, tf.size() * sizeof(float));
+            ggml_backend_tensor_set(io.dt, dts.data() + s0, 0, (size_t) u * sizeof(float));
+            r.compute();
+            ggml_backend_tensor_get(io.x, x.data(), 0, x.size() * sizeof(float));
+        }
+    }
+
+    // The streaming solver's runner with estimator states for n_steps and `cap` frames.
+    void stream_states(int n_steps, int64_t cap) {
+        if (solve_stream_runner && state_steps == n_steps && state_cap == cap) return;
+        solve_stream_runner.reset();
+        const int64_t inner = hp.dit_head * hp.dit_head_dim, km1 = hp.conv_kernel - 1;
+        const int64_t slots = (int64_t) n_steps * hp.dit_depth;
+        auto r = std::make_unique<GraphRunner>("flow-dit-stream", dit_runner.backends(),
+                                               solve_nodes(hp, kUnroll));
+        r->add_state("dit_k", GGML_TYPE_F32, {inner, cap, 2, slots});
+        r->add_state("dit_v", GGML_TYPE_F32, {inner, cap, 2, slots});
+        r->add_state("dit_c1", GGML_TYPE_F32, {hp.dit_embd, km1, 2, slots});
+        r->add_state("dit_c2", GGML_TYPE_F32, {hp.dit_embd, km1, 2, slots});
+        r->allocate_state();
+        MINICPM_LOG_INFO("token2wav flow: streaming estimator cache %.1f MiB (%d steps, %lld frames)",
+                         r->state_bytes() / 1048576.0, n_steps, (long long) cap);
+        solve_stream_runner = std::move(r);
+        state_steps = n_steps;
+        state_cap = cap;
     }
 
     void run_dit(const std::vector<float> & in, int64_t N, float t, float dt) {
@@ -414,7 +496,7 @@ std::vector<float> FlowRunner::Impl::enc_chunk(const std::vector<int32_t> & toke
 }
 
 std::vector<float> FlowRunner::Impl::dit_chunk(const std::vector<float> & mu, const std::vector<float> & cond) {
-    const int64_t M = hp.n_mel, N = (int64_t) (mu.size() / (size_t) M), Lc = st.dit_len, depth = hp.dit_depth;
+    const int64_t M = hp.n_mel, N = (int64_t) (mu.size() / (size_t) M), Lc = st.dit_len;
     // CausalConditionalCFM.forward_chunk: noise from the frame offset = the cache length
     std::vector<float> z;
     if (!st.noise.empty()) {
@@ -427,44 +509,11 @@ std::vector<float> FlowRunner::Impl::dit_chunk(const std::vector<float> & mu, co
     } else {
         z = noise_rows(M, Lc, N, st.seed);
     }
-    if (!sdit_runner) sdit_runner = std::make_unique<GraphRunner>("flow-dit-stream", dit_runner.backends(), dit_nodes(hp) * 2);
-    const int n_steps = st.n_steps;
-    const std::vector<float> span = time_span(n_steps);
     std::vector<float> x(z.size());
     for (size_t i = 0; i < x.size(); ++i) x[i] = z[i] * hp.temperature;
-    st.dit_k.resize((size_t) (n_steps * depth));
-    st.dit_v.resize((size_t) (n_steps * depth));
-    st.dit_c1.resize((size_t) (n_steps * depth));
-    st.dit_c2.resize((size_t) (n_steps * depth));
-    float t = span[0], dt = span[1] - span[0];
-    for (int stp = 1; stp <= n_steps; ++stp) {
-        sdit_runner->prepare({N, Lc}, [&](ggml_context * ctx, ggml_cgraph * gf) { build_dit(ctx, gf, m, sdio, N, Lc); });
-        const std::vector<float> in = dit_input(x, mu, st.spk80, cond, N);
-        ggml_backend_tensor_set(sdio.x, in.data(), 0, in.size() * sizeof(float));
-        const std::vector<float> tf = t_freq(t);
-        ggml_backend_tensor_set(sdio.t_freq, tf.data(), 0, tf.size() * sizeof(float));
-        ggml_backend_tensor_set(sdio.dt, &dt, 0, sizeof(float));
-        const size_t base = (size_t) ((stp - 1) * depth);
-        if (Lc > 0) {
-            for (size_t b = 0; b < (size_t) depth; ++b) {
-                set_input(sdio.cache[b].kc, st.dit_k[base + b]);
-                set_input(sdio.cache[b].vc, st.dit_v[base + b]);
-                set_input(sdio.cache[b].c1, st.dit_c1[base + b]);
-                set_input(sdio.cache[b].c2, st.dit_c2[base + b]);
-            }
-        }
-        sdit_runner->compute();
-        ggml_backend_tensor_get(sdio.x_next, x.data(), 0, x.size() * sizeof(float));
-        for (size_t b = 0; b < (size_t) depth; ++b) {
-            st.dit_k[base + b] = get_output(sdio.cache[b].k);
-            st.dit_v[base + b] = get_output(sdio.cache[b].v);
-            st.dit_c1[base + b] = get_output(sdio.cache[b].c1_out);
-            st.dit_c2[base + b] = get_output(sdio.cache[b].c2_out);
-        }
-        t = t + dt;
-        if (stp < n_steps) dt = span[(size_t) stp + 1] - t;
-    }
-    st.dit_len = Lc + N;
+    run_solve(*solve_stream_runner, ssolve_io, x, solve_rest(mu, st.spk80, cond, N), N, st.n_steps, true, Lc);
+    // the states now hold the chunk's frames and the cached ones, cut as _trim_estimator_cache
+    st.dit_len = std::min(Lc + N, st.prompt_frames + hp.stream_history);
     return x;
 }
 
@@ -473,13 +522,7 @@ std::vector<float> FlowRunner::Impl::dit_chunk(const std::vector<float> & mu, co
 // reference's order, newest chunk first, and is cut the same way).
 void FlowRunner::Impl::trim() {
     const int64_t P = st.prompt_frames, Hh = hp.stream_history;
-    const int64_t inner = hp.dit_head * hp.dit_head_dim, E = hp.n_embd, s = hp.up_stride;
-    if (st.dit_len > P + Hh) {
-        for (auto * vs : {&st.dit_k, &st.dit_v}) {
-            for (auto & v : *vs) v = keep_ends(v, 2, st.dit_len, inner, P, Hh);
-        }
-        st.dit_len = P + Hh;
-    }
+    const int64_t E = hp.n_embd, s = hp.up_stride;
     if (s * st.past > P + Hh) {
         const int64_t head1 = P / s, tail1 = Hh / s;
         for (size_t il = 0; il < st.enc_k.size(); ++il) {
@@ -574,16 +617,13 @@ std::vector<float> FlowRunner::solve(const std::vector<float> & noise, const std
     s.check_frames(noise, N, "noise");
     s.check_frames(cond, N, "cond");
     s.check_frames(spk, 1, "spk");
-    const std::vector<float> span = time_span(n_steps);
     std::vector<float> x(noise.size());
     for (size_t i = 0; i < x.size(); ++i) x[i] = noise[i] * hp.temperature;
-    float t = span[0], dt = span[1] - span[0];
-    for (int st = 1; st <= n_steps; ++st) {
-        s.run_dit(s.dit_input(x, mu, spk, cond, N), N, t, dt);
-        ggml_backend_tensor_get(s.dio.x_next, x.data(), 0, x.size() * sizeof(float));
-        t = t + dt;
-        if (st < n_steps) dt = span[(size_t) st + 1] - t;
+    if (!s.solve_runner) {
+        s.solve_runner = std::make_unique<GraphRunner>("flow-solve", s.dit_runner.backends(),
+                                                       solve_nodes(hp, Impl::kUnroll));
     }
+    s.run_solve(*s.solve_runner, s.solve_io, x, s.solve_rest(mu, spk, cond, N), N, n_steps, false, 0);
     return x;
 }
 
@@ -625,6 +665,7 @@ void FlowRunner::stream_start(const FlowPrompt & prompt, int n_steps, const std:
     if (noise) s.st.noise = *noise;
     s.st.prompt_frames = hp.up_stride * Tp;
     try {
+        s.stream_states(n_steps, s.st.prompt_frames + hp.stream_history);
         const std::vector<float> mu = s.enc_chunk(tokens, /*last=*/false, spk);
         s.dit_chunk(mu, prompt.mel);
     } catch (...) {

@@ -6,6 +6,7 @@
 #include "graph/blocks.h"
 
 #include <cmath>
+#include <functional>
 
 namespace minicpm::flow_graph {
 
@@ -19,6 +20,11 @@ ggml_tensor * chunk(ggml_context * ctx, ggml_tensor * v, int64_t D, int c) {
 // modulate(x) = x * (1 + scale) + shift
 ggml_tensor * modulate(ggml_context * ctx, ggml_tensor * x, ggml_tensor * shift, ggml_tensor * scale) {
     return ggml_add(ctx, ggml_mul(ctx, x, ggml_scale_bias(ctx, scale, 1.0f, 1.0f)), shift);
+}
+
+// [hd * H, L, B] (any strides) seen as [hd, H, L, B].
+ggml_tensor * heads(ggml_context * ctx, ggml_tensor * t, int64_t hd, int64_t H) {
+    return ggml_view_4d(ctx, t, hd, H, t->ne[1], t->ne[2], t->nb[0] * hd, t->nb[1], t->nb[2], 0);
 }
 
 // CausalConv1d over h [D, N, B]: the cached frames (zeros when none) before it; with a cache,
@@ -49,9 +55,8 @@ ggml_tensor * dit_block(ggml_context * ctx, const FlowHparams & hp, const FlowDi
     kk = layer_norm(ctx, kk, B.k_norm_w, B.k_norm_b, hp.qk_eps);
     if (cache) {
         if (cache->kc) {   // new frames first, then the cache (Attention.forward_chunk)
-            const int64_t Lc = cache->kc->ne[1];
-            kk = ggml_concat(ctx, kk, ggml_reshape_4d(ctx, cache->kc, hd, H, Lc, nb), 2);
-            v = ggml_concat(ctx, v, ggml_reshape_4d(ctx, cache->vc, hd, H, Lc, nb), 2);
+            kk = ggml_concat(ctx, kk, heads(ctx, cache->kc, hd, H), 2);
+            v = ggml_concat(ctx, v, heads(ctx, cache->vc, hd, H), 2);
         }
         cache->k = kk;
         cache->v = v;
@@ -75,13 +80,58 @@ ggml_tensor * dit_block(ggml_context * ctx, const FlowHparams & hp, const FlowDi
     return x;
 }
 
-// DiT.forward on the CFG batch, then solve_euler's guidance and Euler step.
-} // namespace
-
-void build_dit(ggml_context * ctx, ggml_cgraph * gf, const FlowModel & m, DitIO & io, int64_t N, int64_t stream_len) {
+// DiT.forward on the CFG batch xin [dit_in, N, 2] at the time sinusoid t_freq [t_freq]:
+// v [n_mel, N, 2]. caches: one per block (streaming), or null.
+ggml_tensor * estimator(ggml_context * ctx, ggml_cgraph * gf, const FlowModel & m, ggml_tensor * xin,
+                        ggml_tensor * t_freq, std::vector<DitCache> * caches,
+                        const std::function<void(int, DitCache &)> & after_block = {}) {
     using namespace graph;
     const FlowHparams & hp = m.hp;
     const FlowWeights & w = m.w;
+    const int64_t D = hp.dit_embd;
+    // TimestepEmbedder: Linear -> SiLU -> Linear on the sinusoid; SiLU once for every adaLN.
+    ggml_tensor * c = linear(ctx, ggml_silu(ctx, linear(ctx, t_freq, w.t1_w, w.t1_b)), w.t2_w, w.t2_b);
+    ggml_set_name(c, "flow_dit_t");
+    ggml_tensor * c_act = ggml_silu(ctx, c);
+    ggml_tensor * x = linear(ctx, xin, w.in_proj_w, w.in_proj_b);                  // [D, N, 2]
+    for (int il = 0; il < (int) hp.dit_depth; ++il) {
+        DitCache * cc = caches ? &(*caches)[(size_t) il] : nullptr;
+        x = dit_block(ctx, hp, w.dit[(size_t) il], x, c_act, il, cc);
+        if (cc && after_block) after_block(il, *cc);
+    }
+    (void) gf;
+    ggml_tensor * mod = linear(ctx, c_act, w.final_adaln_w, w.final_adaln_b);      // [2D]: shift, scale
+    x = modulate(ctx, ggml_norm(ctx, x, hp.dit_eps), chunk(ctx, mod, D, 0), chunk(ctx, mod, D, 1));
+    return linear(ctx, x, w.final_w, w.final_b);                                   // [M, N, 2]
+}
+
+// solve_euler's guidance and Euler step: x + dt * ((1 + r) v_cond - r v_uncond).
+ggml_tensor * euler_step(ggml_context * ctx, const FlowHparams & hp, ggml_tensor * v, ggml_tensor * x,
+                         ggml_tensor * dt) {
+    const int64_t M = hp.n_mel, N = v->ne[1];
+    ggml_tensor * vc = ggml_view_2d(ctx, v, M, N, v->nb[1], 0);
+    ggml_tensor * vu = ggml_view_2d(ctx, v, M, N, v->nb[1], v->nb[2]);
+    ggml_tensor * dphi = ggml_sub(ctx, ggml_scale(ctx, vc, 1.0f + hp.cfg_rate), ggml_scale(ctx, vu, hp.cfg_rate));
+    return ggml_add(ctx, x, ggml_mul(ctx, dphi, dt));
+}
+
+ggml_tensor * contiguous(ggml_context * ctx, ggml_tensor * t) {
+    return ggml_is_contiguous(t) ? t : ggml_cont(ctx, t);
+}
+
+// Frames [from, from + n) of src [W, L, 2] (any strides) copied to frames [to, to + n) of dst.
+void copy_frames(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * src, int64_t from, ggml_tensor * dst, int64_t to,
+                 int64_t n) {
+    if (n <= 0) return;
+    ggml_tensor * a = ggml_view_3d(ctx, src, src->ne[0], n, src->ne[2], src->nb[1], src->nb[2], (size_t) from * src->nb[1]);
+    ggml_tensor * b = ggml_view_3d(ctx, dst, dst->ne[0], n, dst->ne[2], dst->nb[1], dst->nb[2], (size_t) to * dst->nb[1]);
+    ggml_build_forward_expand(gf, ggml_cpy(ctx, a, b));
+}
+
+} // namespace
+
+void build_dit(ggml_context * ctx, ggml_cgraph * gf, const FlowModel & m, DitIO & io, int64_t N, int64_t stream_len) {
+    const FlowHparams & hp = m.hp;
     const int64_t M = hp.n_mel, D = hp.dit_embd;
     io = DitIO{};
     io.x = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, hp.dit_in, N, 2);
@@ -93,12 +143,6 @@ void build_dit(ggml_context * ctx, ggml_cgraph * gf, const FlowModel & m, DitIO 
     io.dt = ggml_new_tensor_1d(ctx, GGML_TYPE_F32, 1);
     ggml_set_name(io.dt, "inp_dt");
     ggml_set_input(io.dt);
-
-    // TimestepEmbedder: Linear -> SiLU -> Linear on the sinusoid; SiLU once for every adaLN.
-    ggml_tensor * c = linear(ctx, ggml_silu(ctx, linear(ctx, io.t_freq, w.t1_w, w.t1_b)), w.t2_w, w.t2_b);
-    ggml_set_name(c, "flow_dit_t");
-    ggml_tensor * c_act = ggml_silu(ctx, c);
-    ggml_tensor * x = linear(ctx, io.x, w.in_proj_w, w.in_proj_b);                 // [D, N, 2]
     if (stream_len >= 0) {
         const int64_t inner = hp.dit_head * hp.dit_head_dim, km1 = hp.conv_kernel - 1;
         io.cache.resize((size_t) hp.dit_depth);
@@ -118,31 +162,91 @@ void build_dit(ggml_context * ctx, ggml_cgraph * gf, const FlowModel & m, DitIO 
             }
         }
     }
-    for (int il = 0; il < (int) hp.dit_depth; ++il) {
-        DitCache * c = io.cache.empty() ? nullptr : &io.cache[(size_t) il];
-        x = dit_block(ctx, hp, w.dit[(size_t) il], x, c_act, il, c);
-        if (c) {
-            for (ggml_tensor * t : {c->k, c->v, c->c1_out, c->c2_out}) {
-                ggml_set_output(t);
-                ggml_build_forward_expand(gf, t);
-            }
+    io.v = estimator(ctx, gf, m, io.x, io.t_freq, io.cache.empty() ? nullptr : &io.cache, [&](int, DitCache & c) {
+        for (ggml_tensor * t : {c.k, c.v, c.c1_out, c.c2_out}) {
+            ggml_set_output(t);
+            ggml_build_forward_expand(gf, t);
         }
-    }
-    ggml_tensor * mod = linear(ctx, c_act, w.final_adaln_w, w.final_adaln_b);      // [2D]: shift, scale
-    x = modulate(ctx, ggml_norm(ctx, x, hp.dit_eps), chunk(ctx, mod, D, 0), chunk(ctx, mod, D, 1));
-    io.v = linear(ctx, x, w.final_w, w.final_b);                                   // [M, N, 2]
+    });
     ggml_set_name(io.v, "flow_dit_out");
     ggml_set_output(io.v);
     ggml_build_forward_expand(gf, io.v);
-    // dphi = (1 + r) v_cond - r v_uncond; x + dt * dphi
-    ggml_tensor * vc = ggml_view_2d(ctx, io.v, M, N, io.v->nb[1], 0);
-    ggml_tensor * vu = ggml_view_2d(ctx, io.v, M, N, io.v->nb[1], io.v->nb[2]);
-    ggml_tensor * dphi = ggml_sub(ctx, ggml_scale(ctx, vc, 1.0f + hp.cfg_rate), ggml_scale(ctx, vu, hp.cfg_rate));
-    ggml_tensor * x0 = ggml_view_2d(ctx, io.x, M, N, io.x->nb[1], 0);
-    io.x_next = ggml_add(ctx, x0, ggml_mul(ctx, dphi, io.dt));
+    io.x_next = euler_step(ctx, hp, io.v, ggml_view_2d(ctx, io.x, M, N, io.x->nb[1], 0), io.dt);
     ggml_set_name(io.x_next, "flow_x_next");
     ggml_set_output(io.x_next);
     ggml_build_forward_expand(gf, io.x_next);
+}
+
+void build_dit_solve(ggml_context * ctx, ggml_cgraph * gf, const FlowModel & m, DitSolveIO & io, int64_t N,
+                     int n_steps, const DitStreamPlan * plan) {
+    const FlowHparams & hp = m.hp;
+    const int64_t M = hp.n_mel, inner = hp.dit_head * hp.dit_head_dim, depth = hp.dit_depth;
+    io = DitSolveIO{};
+    auto input = [&](ggml_tensor * t, const char * name) {
+        ggml_set_name(t, name);
+        ggml_set_input(t);
+        return t;
+    };
+    io.x0 = input(ggml_new_tensor_2d(ctx, GGML_TYPE_F32, M, N), "inp_solve_x");
+    io.rest = input(ggml_new_tensor_3d(ctx, GGML_TYPE_F32, hp.dit_in - M, N, 2), "inp_solve_cond");
+    io.t_freq = input(ggml_new_tensor_2d(ctx, GGML_TYPE_F32, hp.t_freq, n_steps), "inp_solve_t_freq");
+    io.dt = input(ggml_new_tensor_1d(ctx, GGML_TYPE_F32, n_steps), "inp_solve_dt");
+    struct State {
+        ggml_tensor * k, * v, * c1, * c2;
+    };
+    auto slot = [&](int i, int64_t b) {
+        const size_t j = (size_t) ((plan->first + i) * depth + b);
+        auto view = [&](ggml_tensor * t) {
+            return ggml_view_3d(ctx, t, t->ne[0], t->ne[1], t->ne[2], t->nb[1], t->nb[2], j * t->nb[3]);
+        };
+        return State{view(plan->k), view(plan->v), view(plan->c1), view(plan->c2)};
+    };
+    ggml_tensor * x = io.x0;
+    for (int i = 0; i < n_steps; ++i) {
+        ggml_tensor * x3 = ggml_reshape_3d(ctx, x, M, N, 1);
+        ggml_tensor * xin = ggml_concat(ctx, ggml_concat(ctx, x3, x3, 2), io.rest, 0);   // [dit_in, N, 2]
+        ggml_tensor * tf = ggml_view_1d(ctx, io.t_freq, hp.t_freq, (size_t) i * io.t_freq->nb[1]);
+        ggml_tensor * dt = ggml_view_1d(ctx, io.dt, 1, (size_t) i * sizeof(float));
+        std::vector<DitCache> caches;
+        if (plan) {
+            caches.resize((size_t) depth);
+            for (int64_t b = 0; b < depth; ++b) {
+                const State st = slot(i, b);
+                DitCache & c = caches[(size_t) b];
+                if (plan->Lc > 0) {
+                    c.kc = ggml_view_3d(ctx, st.k, inner, plan->Lc, 2, st.k->nb[1], st.k->nb[2], 0);
+                    c.vc = ggml_view_3d(ctx, st.v, inner, plan->Lc, 2, st.v->nb[1], st.v->nb[2], 0);
+                    c.c1 = st.c1;
+                    c.c2 = st.c2;
+                }
+            }
+        }
+        // After each block: its keys and values (new frames first, then the cached ones) back
+        // into the state, cut to the first keep_head and the last keep_tail frames when longer
+        // (Token2wav._trim_estimator_cache), and the convolutions' last input frames.
+        auto write_back = [&](int b, DitCache & c) {
+            const State st = slot(i, b);
+            const int64_t len = plan->Lc + N, H = plan->keep_head, T = plan->keep_tail;
+            for (int kv = 0; kv < 2; ++kv) {
+                ggml_tensor * src = ggml_reshape_3d(ctx, contiguous(ctx, kv ? c.v : c.k), inner, len, 2);
+                ggml_tensor * dst = kv ? st.v : st.k;
+                if (len <= H + T) {
+                    copy_frames(ctx, gf, src, 0, dst, 0, len);
+                } else {
+                    copy_frames(ctx, gf, src, 0, dst, 0, H);
+                    copy_frames(ctx, gf, src, len - T, dst, H, T);
+                }
+            }
+            ggml_build_forward_expand(gf, ggml_cpy(ctx, c.c1_out, st.c1));
+            ggml_build_forward_expand(gf, ggml_cpy(ctx, c.c2_out, st.c2));
+        };
+        ggml_tensor * v = plan ? estimator(ctx, gf, m, xin, tf, &caches, write_back) : estimator(ctx, gf, m, xin, tf, nullptr);
+        x = euler_step(ctx, hp, v, x, dt);
+    }
+    io.x = x;
+    ggml_set_name(io.x, "flow_solve_x");
+    ggml_set_output(io.x);
+    ggml_build_forward_expand(gf, io.x);
 }
 
 } // namespace minicpm::flow_graph

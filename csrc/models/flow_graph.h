@@ -63,6 +63,30 @@ struct DitIO {
     std::vector<DitCache> cache;    // streaming: one per block (empty offline)
 };
 
+// A streaming chunk on the estimator states of the runner's state buffer, one slot per (solver
+// step, block): k / v [inner, cap, 2, slots] whose first Lc frames hold the keys and values in the
+// reference's order (newest chunk first), c1 / c2 [D, k - 1, 2, slots] the causal convolutions'
+// last input frames. The graph's step i uses slots (first + i) * depth + b; each block writes
+// them back, cut to the first keep_head and the last keep_tail frames when longer than both.
+struct DitStreamPlan {
+    ggml_tensor * k = nullptr, * v = nullptr, * c1 = nullptr, * c2 = nullptr;
+    int     first = 0;
+    int64_t Lc = 0, keep_head = 0, keep_tail = 0;
+};
+
+// Several Euler steps of solve_euler in one graph: x0 [n_mel, N] (the noise times the
+// temperature, or where the previous steps ended), rest [dit_in - n_mel, N, 2] the other estimator
+// inputs (mu | spk | cond, then zeros), t_freq [t_freq, n] and dt [n] per step; x the result.
+struct DitSolveIO {
+    ggml_tensor * x0 = nullptr, * rest = nullptr, * t_freq = nullptr, * dt = nullptr;
+    ggml_tensor * x = nullptr;
+};
+
+// Node bound of build_dit_solve for n steps.
+inline size_t solve_nodes(const FlowHparams & hp, int n) {
+    return (size_t) n * (dit_nodes(hp) + (size_t) hp.dit_depth * 16 + 16) + 128;
+}
+
 // The ESPnet relative-position table for T frames: [E, 2T - 1] (host side, an input).
 std::vector<float> rel_pos_table(const FlowHparams & hp, int64_t T);
 
@@ -75,5 +99,8 @@ void build_encoder_chunk(ggml_context * ctx, ggml_cgraph * gf, const FlowModel &
 // stream_len >= 0: DiT.forward_chunk with stream_len cached frames per block.
 void build_dit(ggml_context * ctx, ggml_cgraph * gf, const FlowModel & m, DitIO & io, int64_t N,
                int64_t stream_len = -1);
+// n Euler steps (see DitSolveIO), on the cache states of `plan` when streaming.
+void build_dit_solve(ggml_context * ctx, ggml_cgraph * gf, const FlowModel & m, DitSolveIO & io, int64_t N, int n,
+                     const DitStreamPlan * plan = nullptr);
 
 } // namespace minicpm::flow_graph
