@@ -10,6 +10,7 @@
 #include "model/names.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -266,12 +267,21 @@ struct FlowRunner::Impl {
     EncIO               eio;
     DitIO               dio;
     // streaming (created at the first stream_start)
-    std::unique_ptr<GraphRunner> senc_runner;
-    EncChunkIO          cio;
+    // One encoder and one solver graph per chunk phase (prompt pass, first, second, later and
+    // last windows): the cache lengths settle by the third window, so each phase's graph is
+    // built once per voice prompt and kept across turns.
+    static constexpr int kPhases = 5;
+    struct Phase {
+        std::unique_ptr<GraphRunner> enc, dit;
+        EncChunkIO                   cio;
+        DitSolveIO                   sio;
+    };
+    std::array<Phase, kPhases> phases;
+    int phase(bool last) const { return last ? kPhases - 1 : std::min(st.chunks, kPhases - 2); }
     // the solver: several Euler steps per graph (offline; streaming on the estimator states)
     static constexpr int         kUnroll = 10;
-    std::unique_ptr<GraphRunner> solve_runner, solve_stream_runner;
-    DitSolveIO          solve_io, ssolve_io;
+    std::unique_ptr<GraphRunner> solve_runner, state_runner;   // state_runner: the estimator states only
+    DitSolveIO          solve_io;
     int64_t             state_cap = 0;             // frames per estimator state slot
     int                 state_steps = 0;           // solver steps the states were made for
     struct Stream {
@@ -281,6 +291,7 @@ struct FlowRunner::Impl {
         int64_t              past = 0;             // token frames in the conformer caches
         std::vector<float>   cnn1, cnn2;           // [2][E], [2 stride][E]
         std::vector<std::vector<float>> enc_k, enc_v;   // per layer [len][E]
+        int                  chunks = 0;           // chunks through the estimator (the prompt pass first)
         int64_t              dit_len = 0;          // frames in each estimator cache (in the runner's states)
         std::vector<float>   spk80, spk_in;       // projected / as given
         std::vector<float>   noise;                // injected table [frames][n_mel], or empty
@@ -348,7 +359,8 @@ struct FlowRunner::Impl {
     // solve_euler over x [N][n_mel] (in place), kUnroll steps per graph; on the estimator
     // states (Lc frames in them) when streaming.
     void run_solve(GraphRunner & r, DitSolveIO & io, std::vector<float> & x, const std::vector<float> & rest, int64_t N,
-                   int n_steps, bool stream, int64_t Lc) {
+                   int n_steps, const GraphRunner * states, int64_t Lc) {
+        const bool stream = states != nullptr;
         const std::vector<float> span = time_span(n_steps);
         std::vector<float> ts, dts;   // t and dt of each step, accumulated as solve_euler does
         float t = span[0], dt = span[1] - span[0];
@@ -362,10 +374,10 @@ struct FlowRunner::Impl {
             const int u = std::min(kUnroll, n_steps - s0);
             DitStreamPlan plan;
             if (stream) {
-                plan.k = r.state("dit_k");
-                plan.v = r.state("dit_v");
-                plan.c1 = r.state("dit_c1");
-                plan.c2 = r.state("dit_c2");
+                plan.k = states->state("dit_k");
+                plan.v = states->state("dit_v");
+                plan.c1 = states->state("dit_c1");
+                plan.c2 = states->state("dit_c2");
                 plan.first = s0;
                 plan.Lc = Lc;
                 plan.keep_head = st.prompt_frames;
@@ -391,12 +403,12 @@ struct FlowRunner::Impl {
 
     // The streaming solver's runner with estimator states for n_steps and `cap` frames.
     void stream_states(int n_steps, int64_t cap) {
-        if (solve_stream_runner && state_steps == n_steps && state_cap == cap) return;
-        solve_stream_runner.reset();
+        if (state_runner && state_steps == n_steps && state_cap == cap) return;
+        for (Phase & p : phases) p.dit.reset();   // their graphs view the old states
+        state_runner.reset();
         const int64_t inner = hp.dit_head * hp.dit_head_dim, km1 = hp.conv_kernel - 1;
         const int64_t slots = (int64_t) n_steps * hp.dit_depth;
-        auto r = std::make_unique<GraphRunner>("flow-dit-stream", dit_runner.backends(),
-                                               solve_nodes(hp, kUnroll));
+        auto r = std::make_unique<GraphRunner>("flow-dit-states", dit_runner.backends(), 16);
         r->add_state("dit_k", GGML_TYPE_F32, {inner, cap, 2, slots});
         r->add_state("dit_v", GGML_TYPE_F32, {inner, cap, 2, slots});
         r->add_state("dit_c1", GGML_TYPE_F32, {hp.dit_embd, km1, 2, slots});
@@ -404,7 +416,7 @@ struct FlowRunner::Impl {
         r->allocate_state();
         MINICPM_LOG_INFO("token2wav flow: streaming estimator cache %.1f MiB (%d steps, %lld frames)",
                          r->state_bytes() / 1048576.0, n_steps, (long long) cap);
-        solve_stream_runner = std::move(r);
+        state_runner = std::move(r);
         state_steps = n_steps;
         state_cap = cap;
     }
@@ -420,7 +432,7 @@ struct FlowRunner::Impl {
     }
 
     std::vector<float> enc_chunk(const std::vector<int32_t> & tokens, bool last, const std::vector<float> & spk);
-    std::vector<float> dit_chunk(const std::vector<float> & mu, const std::vector<float> & cond);
+    std::vector<float> dit_chunk(const std::vector<float> & mu, const std::vector<float> & cond, bool last);
     void               trim();
 
     void check_frames(const std::vector<float> & v, int64_t N, const char * what) const {
@@ -465,8 +477,10 @@ std::vector<float> FlowRunner::Impl::enc_chunk(const std::vector<int32_t> & toke
                                                const std::vector<float> & spk) {
     const int64_t n_in = (int64_t) tokens.size(), past = st.past;
     const int64_t T1 = last ? n_in : n_in - hp.lookahead, L1 = past + T1;
-    if (!senc_runner) senc_runner = std::make_unique<GraphRunner>("flow-encoder-stream", dit_runner.backends(), enc_nodes(hp) * 2);
-    senc_runner->prepare({n_in, last ? 1 : 0, past}, [&](ggml_context * ctx, ggml_cgraph * gf) {
+    Phase & ph = phases[(size_t) phase(last)];
+    if (!ph.enc) ph.enc = std::make_unique<GraphRunner>("flow-encoder-stream", dit_runner.backends(), enc_nodes(hp) * 2);
+    EncChunkIO & cio = ph.cio;
+    ph.enc->prepare({n_in, last ? 1 : 0, past}, [&](ggml_context * ctx, ggml_cgraph * gf) {
         build_encoder_chunk(ctx, gf, m, cio, n_in, last, past);
     });
     ggml_backend_tensor_set(cio.tokens, tokens.data(), 0, tokens.size() * sizeof(int32_t));
@@ -481,7 +495,7 @@ std::vector<float> FlowRunner::Impl::enc_chunk(const std::vector<int32_t> & toke
             set_input(cio.layers[il].vc, st.enc_v[il]);
         }
     }
-    senc_runner->compute();
+    ph.enc->compute();
     st.spk80 = get_output(cio.spk_out);
     if (cio.cnn1_out) st.cnn1 = get_output(cio.cnn1_out);
     st.cnn2 = get_output(cio.cnn2_out);
@@ -495,7 +509,7 @@ std::vector<float> FlowRunner::Impl::enc_chunk(const std::vector<int32_t> & toke
     return get_output(cio.mu);
 }
 
-std::vector<float> FlowRunner::Impl::dit_chunk(const std::vector<float> & mu, const std::vector<float> & cond) {
+std::vector<float> FlowRunner::Impl::dit_chunk(const std::vector<float> & mu, const std::vector<float> & cond, bool last) {
     const int64_t M = hp.n_mel, N = (int64_t) (mu.size() / (size_t) M), Lc = st.dit_len;
     // CausalConditionalCFM.forward_chunk: noise from the frame offset = the cache length
     std::vector<float> z;
@@ -511,7 +525,10 @@ std::vector<float> FlowRunner::Impl::dit_chunk(const std::vector<float> & mu, co
     }
     std::vector<float> x(z.size());
     for (size_t i = 0; i < x.size(); ++i) x[i] = z[i] * hp.temperature;
-    run_solve(*solve_stream_runner, ssolve_io, x, solve_rest(mu, st.spk80, cond, N), N, st.n_steps, true, Lc);
+    Phase & ph = phases[(size_t) phase(last)];
+    if (!ph.dit) ph.dit = std::make_unique<GraphRunner>("flow-dit-stream", dit_runner.backends(), solve_nodes(hp, kUnroll));
+    run_solve(*ph.dit, ph.sio, x, solve_rest(mu, st.spk80, cond, N), N, st.n_steps, state_runner.get(), Lc);
+    ++st.chunks;
     // the states now hold the chunk's frames and the cached ones, cut as _trim_estimator_cache
     st.dit_len = std::min(Lc + N, st.prompt_frames + hp.stream_history);
     return x;
@@ -623,7 +640,7 @@ std::vector<float> FlowRunner::solve(const std::vector<float> & noise, const std
         s.solve_runner = std::make_unique<GraphRunner>("flow-solve", s.dit_runner.backends(),
                                                        solve_nodes(hp, Impl::kUnroll));
     }
-    s.run_solve(*s.solve_runner, s.solve_io, x, s.solve_rest(mu, spk, cond, N), N, n_steps, false, 0);
+    s.run_solve(*s.solve_runner, s.solve_io, x, s.solve_rest(mu, spk, cond, N), N, n_steps, nullptr, 0);
     return x;
 }
 
@@ -667,7 +684,7 @@ void FlowRunner::stream_start(const FlowPrompt & prompt, int n_steps, const std:
     try {
         s.stream_states(n_steps, s.st.prompt_frames + hp.stream_history);
         const std::vector<float> mu = s.enc_chunk(tokens, /*last=*/false, spk);
-        s.dit_chunk(mu, prompt.mel);
+        s.dit_chunk(mu, prompt.mel, /*last=*/false);
     } catch (...) {
         s.st = Impl::Stream{};
         throw;
@@ -701,7 +718,7 @@ std::vector<float> FlowRunner::stream_push(const std::vector<int32_t> & tokens, 
     }
     const std::vector<float> mu = s.enc_chunk(tokens, last, s.st.spk_in);
     const std::vector<float> cond(mu.size(), 0.0f);
-    std::vector<float> x = s.dit_chunk(mu, cond);
+    std::vector<float> x = s.dit_chunk(mu, cond, last);
     s.trim();
     return x;
 }

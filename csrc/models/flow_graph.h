@@ -84,7 +84,7 @@ struct DitSolveIO {
 
 // Node bound of build_dit_solve for n steps.
 inline size_t solve_nodes(const FlowHparams & hp, int n) {
-    return (size_t) n * (dit_nodes(hp) + (size_t) hp.dit_depth * 16 + 16) + 128;
+    return (size_t) n * (dit_nodes(hp) + (size_t) hp.dit_depth * 48 + 64) + 256;
 }
 
 // The ESPnet relative-position table for T frames: [E, 2T - 1] (host side, an input).
