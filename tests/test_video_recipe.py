@@ -280,6 +280,9 @@ def write_video(path, n, fps=30, w=32, h=24, codec="libx264rgb", gop=8, pts_ms=N
     if codec == "libx264rgb":
         s.pix_fmt = "rgb24"
         s.options = {"qp": "0", "preset": "ultrafast", "g": str(gop), "bf": "2"}
+    elif codec == "libx264":  # lossy yuv420p, as cameras record (compared with decord only)
+        s.pix_fmt = "yuv420p"
+        s.options = {"preset": "ultrafast", "g": str(gop), "bf": "2"}
     else:
         s.pix_fmt = "bgr0"
         s.options = {"g": str(gop)}
@@ -318,6 +321,7 @@ def vids(tmp_path_factory):
         "mp4": write_video(d / "a.mp4", 100),
         "ffv1": write_video(d / "b.mkv", 40, fps=25, codec="ffv1"),
         "vfr": write_video(d / "vfr.mkv", 90, pts_ms=np.r_[0, np.cumsum(gaps)]),
+        "yuv": write_video(d / "yuv.mp4", 60, w=66, h=38, codec="libx264"),
         "dir": d,
     }
 
@@ -346,8 +350,10 @@ def test_decode_lossless_exact(vids, key):
     assert info["n_packets"] == n
 
 
-@pytest.mark.parametrize("key", ["mkv", "mp4", "ffv1", "vfr"])
+@pytest.mark.parametrize("key", ["mkv", "mp4", "ffv1", "vfr", "yuv"])
 def test_probe_and_frames_as_decord(vids, key):
+    """Frame count, fps and RGB frames equal decord's (yuv: H.264 yuv420p converted to RGB as
+    decord converts it, odd sizes included)."""
     decord = _decord()
     if decord is None:
         pytest.skip("decord is not installed")
@@ -411,6 +417,26 @@ def test_sparse_choice_seeks(tmp_path, monkeypatch):
     monkeypatch.setattr(av.container.InputContainer, "decode", counting)
     minicpm_cpp.load_video(path, recipe="v26", max_frames=8)
     assert 8 <= len(decoded) < 8 * 25, len(decoded)
+
+
+def test_seek_landing_after_target(vids, monkeypatch):
+    """A demuxer whose seek lands one keyframe late (as timestamp seeks on dts can): the decoder
+    steps back to an earlier keyframe and still returns the exact frames."""
+    real_seek = av.container.InputContainer.seek
+    stream_tb = {}
+
+    def late_seek(self, offset, *a, **k):
+        s = k.get("stream")
+        step = stream_tb.setdefault("step", None)
+        if s is not None and step is None:
+            stream_tb["step"] = step = int(round(8 / (s.average_rate * s.time_base)))  # one GOP of 8
+        return real_seek(self, offset + (step or 0) if offset > 0 else offset, *a, **k)  # the start stays exact
+
+    monkeypatch.setattr(av.container.InputContainer, "seek", late_seek)
+    v = minicpm_cpp.load_video(vids["mkv"], recipe="v26")
+    assert len(v.frames) == 4
+    for fr, i in zip(v.frames, v.frame_indices):
+        np.testing.assert_array_equal(fr, frame_image(i))
 
 
 def test_o45_recipe_as_minicpmo_utils(tmp_path):

@@ -424,33 +424,39 @@ def _decode_frames(container, stream, probe: _Probe, frame_idx: Sequence[int], n
         last = None  # pts of the last frame the decoder returned
         for t in want:
             target = pts[t]
-            seek_to = None
-            if keys is not None:
-                k = bisect.bisect_right(keys, target) - 1
-                kf = keys[k] if k >= 0 else keys[0]
-                if gen is None or last is None or target <= last or kf > last:
-                    seek_to = kf
-            elif gen is None or (last is not None and target <= last):
-                seek_to = pts[0]
-            if seek_to is not None:
-                try:
-                    container.seek(int(seek_to), stream=stream, backward=True, any_frame=False)
-                except av.error.FFmpegError as e:
-                    raise _err(name, e, "cannot seek in the video") from e
-                gen = container.decode(stream)
-                last = None
+            k = bisect.bisect_right(keys, target) - 1 if keys is not None else -1
+            need_seek = gen is None or last is None or target <= last or (k >= 0 and keys[k] > last)
             found = None
-            try:
-                for frame in gen:
-                    fp = frame.pts
-                    if fp is None:
-                        continue
-                    last = fp
-                    if fp >= target:
-                        found = frame
-                        break
-            except av.error.FFmpegError as e:
-                raise _err(name, e, f"cannot decode frame {t} (corrupt or truncated data)") from e
+            while True:
+                if need_seek:
+                    try:
+                        container.seek(int(keys[k] if k >= 0 else min(pts[0], 0)), stream=stream, backward=True,
+                                       any_frame=False)
+                    except av.error.FFmpegError as e:
+                        raise _err(name, e, "cannot seek in the video") from e
+                    gen = container.decode(stream)
+                    last = None
+                fresh, overshoot = need_seek, False
+                try:
+                    for frame in gen:
+                        fp = frame.pts
+                        if fp is None:
+                            continue
+                        if fresh and last is None and fp > target:
+                            overshoot = True  # the seek landed after the target
+                        last = fp
+                        if fp >= target:
+                            found = frame
+                            break
+                except av.error.FFmpegError as e:
+                    raise _err(name, e, f"cannot decode frame {t} (corrupt or truncated data)") from e
+                # an earlier keyframe, finally the start of the stream (where a frame before the first
+                # one decoded, if any, cannot be had: the first decoded frame stands for it)
+                if overshoot and k >= 0:
+                    k -= 1
+                    need_seek, found = True, None
+                    continue
+                break
             if found is None:
                 raise VideoError(f"{name}: frame {t} could not be decoded (the stream ends before it)")
             got[t] = _to_rgb(found)
