@@ -153,7 +153,9 @@ def main(argv=None) -> int:
         gen_s = None
         if not path.exists():
             t = time.perf_counter()
-            make_video(path, TESTS[name], w, h, args.rate, args.codec)
+            tmp = path.with_name(path.stem + ".part" + path.suffix)
+            make_video(tmp, TESTS[name], w, h, args.rate, args.codec)
+            os.replace(tmp, path)  # an interrupted run leaves no half file to reuse
             gen_s = round(time.perf_counter() - t, 1)
         res, v = bench_decode(path, args.fps, args.max_packing, args.reps)
         res.update({"test": name, "generate_s": gen_s, "file_mib": round(os.path.getsize(path) / 2**20, 1)})
