@@ -628,3 +628,19 @@ def test_cli_video_flags(vids, tmp_path):
     for bad in (["--max-packing", "7"], ["--max-packing", "0"], ["--video-fps", "nan"]):
         with pytest.raises(SystemExit):
             p.parse_args(["-m", "m.gguf", "-p", "x"] + bad)
+
+
+def test_bench_video_smoke(tmp_path):
+    """benchmarks/bench_video.py: the synthetic generator and the decode measurement on a tiny file."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_video", Path(__file__).resolve().parent.parent / "benchmarks" / "bench_video.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    path = mod.make_video(tmp_path / "s.mp4", 2.0, 64, 48, fps=30)
+    res, v = mod.bench_decode(path, None, 3, 1)
+    assert res["n_frames"] == 60 and res["frames_chosen"] == 6 and res["packing"] == 1 and len(v.frames) == 6
+    if "max_abs_diff_vs_decord" in res:
+        assert res["max_abs_diff_vs_decord"] == 0
