@@ -368,6 +368,21 @@ def test_probe_and_frames_as_decord(vids, key):
         np.testing.assert_array_equal(a, b)
 
 
+def test_recipe_chat_settings(vids):
+    """The model-call settings each recipe's source gives for video (use_image_id off; slices: V4.5
+    README 1, V2.6 README 2, o2.6 demo 2 up to 16 frames else 1, o4.5 streaming_prefill 1)."""
+    assert minicpm_cpp.load_video(vids["mkv"]).chat_settings == {"use_image_id": False, "max_slice_nums": 1}
+    assert minicpm_cpp.load_video(vids["mkv"], recipe="v26").chat_settings["max_slice_nums"] == 2
+    assert minicpm_cpp.load_video(vids["mkv"], recipe="o26").chat_settings["max_slice_nums"] == 2
+    assert minicpm_cpp.load_video(vids["mkv"], recipe="o26", fps=10).chat_settings["max_slice_nums"] == 1
+    assert minicpm_cpp.load_video(vids["mkv"], recipe="o45").chat_settings == {"use_image_id": False,
+                                                                              "max_slice_nums": 1}
+    with pytest.raises(InvalidArgumentError, match="fps"):
+        minicpm_cpp.load_video(vids["mkv"], recipe="o45", fps=2)
+    with pytest.raises(InvalidArgumentError, match="omni"):
+        minicpm_cpp.load_video(vids["mkv"], audio=True)
+
+
 def test_vfr_indexing(vids):
     """A variable-frame-rate file: frame i is the i-th frame in presentation order, the rate is
     the stream's average (decord's), and the recipe works on index / average fps."""

@@ -642,5 +642,8 @@ def load_video(path: Any, *, fps: Optional[float] = None, max_frames: Optional[i
         has_audio = probe.has_audio
     pieces = _audio_pieces(path, name, plan, r) if audio and has_audio else None
     h, w = frames[0].shape[:2]
+    settings = dict(RECIPE_CHAT_SETTINGS[r])
+    if r == "o26" and len(frames) > 16:  # the o2.6 web demo: max_slice_nums 1 beyond 16 frames
+        settings["max_slice_nums"] = 1
     return Video(frames, plan.temporal_ids, list(plan.frame_idx), list(plan.timestamps), probe.fps, probe.n_frames,
-                 plan.duration, plan.packing, r, w, h, pieces, dict(RECIPE_CHAT_SETTINGS[r]))
+                 plan.duration, plan.packing, r, w, h, pieces, settings)
