@@ -637,6 +637,12 @@ def test_cli_video_flags(vids, tmp_path):
     assert v0["type"] == "video" and v0["temporal_ids"] == ref0.temporal_ids
     np.testing.assert_array_equal(im, frame_image(5))
     assert v1["temporal_ids"] == minicpm_cpp.load_video(vids["ffv1"], fps=5, max_packing=6).temporal_ids
+    # the recipe of the model's family (Model.info["model_type"])
+    assert V.recipe_for_model_type("minicpm-o-4.5") == "o45" and V.recipe_for_model_type("minicpm-v-4.5") == "v45"
+    assert V.recipe_for_model_type("minicpm-v-2.6") == "v26" and V.recipe_for_model_type(None) == "v45"
+    args = p.parse_args(["-m", "m.gguf", "--video", str(vids["mkv"]), "-p", "x"])
+    part = cli.media_content(args, "x", "o45")[0]
+    assert "temporal_ids" not in part and len(part["frames"]) == 4
     # defaults: fps 3 (choose_fps), packing 3
     args = p.parse_args(["-m", "m.gguf", "--video", str(vids["mkv"]), "-p", "x"])
     assert args.video_fps is None and args.max_packing == 3

@@ -160,11 +160,11 @@ class _MediaAction(argparse.Action):
         namespace.media = media
 
 
-def media_content(args: argparse.Namespace, prompt: str) -> list:
+def media_content(args: argparse.Namespace, prompt: str, video_recipe: str = "v45") -> list:
     """The user message's content from --image / --audio / --video (in the order given) and the
     prompt: images as arrays, audio as 16 kHz samples, each video as its content part
     ``{"type": "video", "frames": [...], "temporal_ids": [...]}`` (video.load_video with
-    --video-fps and --max-packing)."""
+    --video-fps and --max-packing, by the recipe of the model's family)."""
     from .audio import load_audio
     from .image import load_image
 
@@ -177,7 +177,8 @@ def media_content(args: argparse.Namespace, prompt: str) -> list:
         else:
             from .video import load_video
 
-            out.append(load_video(p, fps=args.video_fps, max_packing=args.max_packing, name=p).to_part())
+            out.append(load_video(p, fps=args.video_fps, max_packing=args.max_packing, recipe=video_recipe,
+                                  name=p).to_part())
     return out + [prompt]
 
 
@@ -342,7 +343,9 @@ def _run(args: argparse.Namespace) -> int:
         content = prompt
         media = getattr(args, "media", None) or []
         if media:
-            content = media_content(args, prompt)
+            from .video import recipe_for_model_type
+
+            content = media_content(args, prompt, recipe_for_model_type(model.info.get("model_type")))
         messages.append({"role": "user", "content": content})
         t0 = time.perf_counter()
         if args.speak:

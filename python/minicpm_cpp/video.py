@@ -74,6 +74,7 @@ __all__ = [
     "TIME_SCALE",
     "CHOOSE_FPS",
     "RECIPES",
+    "recipe_for_model_type",
 ]
 
 # MiniCPM-V 4.5 README encode_video
@@ -95,7 +96,7 @@ RECIPE_CHAT_SETTINGS = {
     "o26": {"use_image_id": False, "max_slice_nums": 2},
     "o45": {"use_image_id": False, "max_slice_nums": 1},
 }
-_ALIASES = {"minicpm-v-4_5": "v45", "minicpm-v-2_6": "v26", "minicpm-o-2_6": "o26", "minicpm-o-4_5": "o45",
+_ALIASES = {"minicpm-v-4.5": "v45", "minicpm-v-2.6": "v26", "minicpm-o-2.6": "o26", "minicpm-o-4.5": "o45",
             "frames": "v26"}
 
 # Bounds on what a file may state (beyond them the metadata is broken, not a real video).
@@ -526,6 +527,15 @@ class Video:
                 out.append("<unit>")
             out.extend([fr, a])
         return out
+
+
+# minicpm.model_type (the converter's family names) -> the recipe of that family.
+MODEL_TYPE_RECIPES = {"minicpm-v-4.5": "v45", "minicpm-v-2.6": "v26", "minicpm-o-2.6": "o26", "minicpm-o-4.5": "o45"}
+
+
+def recipe_for_model_type(model_type: Optional[str]) -> str:
+    """The video recipe of a model family (``Model.info["model_type"]``); V4.5's for others."""
+    return MODEL_TYPE_RECIPES.get(model_type or "", "v45")
 
 
 def _recipe_name(recipe: Any) -> str:
