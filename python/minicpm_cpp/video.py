@@ -23,7 +23,9 @@ Recipes (``recipe=``), each written from its official source:
     by uniform sampling; ``use_image_id=False``, ``max_slice_nums=2`` (the o2.6 demo: 1 when the
     context holds more than 16 frames). With ``audio=True``, ``"o26"`` is the o2.6 omni recipe
     (``get_video_chunk_content`` of the MiniCPM-o 2.6 model card): ``ceil(duration)`` units of
-    ``"<unit>"``, the frame at ``i + 1`` s and 1 s of 16 kHz audio.
+    ``"<unit>"``, the frame at ``i + 1`` s and 1 s of 16 kHz audio. (That recipe reads the file with
+    moviepy, whose audio goes through ffmpeg's resampler to 16 kHz; here the audio track is decoded
+    as :func:`~minicpm_cpp.load_audio` decodes it, soxr HQ as librosa: equal for 16 kHz tracks.)
 ``"o45"`` (MiniCPM-o 4.5, no temporal ids)
     ``get_video_frame_audio_segments`` of ``minicpmo.utils`` (minicpmo-utils, used by the o4.5
     README ``MiniCPMO45/README.md`` of OpenBMB/MiniCPM-o-Demo and the MiniCPM-V README's o4.5
