@@ -434,6 +434,17 @@ def test_sparse_choice_seeks(tmp_path, monkeypatch):
     assert 8 <= len(decoded) < 8 * 25, len(decoded)
 
 
+def test_raw_stream_without_timestamps(tmp_path):
+    """A raw H.264 elementary stream: no timestamps, not seekable. Frames are counted from the
+    start in order (the file is read again after indexing); decord refuses such a file ("broken
+    metadata"), so this is the one place the decoder does more than the reference's reader."""
+    path = write_video(tmp_path / "raw.h264", 50, fmt="h264")
+    v = minicpm_cpp.load_video(path, fps=10)
+    assert v.n_frames == 50 and v.fps == 25.0 and len(v.frames) == 20  # the raw demuxer's 25 fps
+    for fr, i in zip(v.frames, v.frame_indices):
+        np.testing.assert_array_equal(fr, frame_image(i))
+
+
 def test_seek_landing_after_target(vids, monkeypatch):
     """A demuxer whose seek lands one keyframe late (as timestamp seeks on dts can): the decoder
     steps back to an earlier keyframe and still returns the exact frames."""

@@ -393,7 +393,8 @@ def _resolve_targets(frame_idx: Sequence[int], probe: _Probe, name: str) -> List
     return out
 
 
-def _decode_frames(container, stream, probe: _Probe, frame_idx: Sequence[int], name: str) -> List[np.ndarray]:
+def _decode_frames(container, stream, probe: _Probe, frame_idx: Sequence[int], name: str,
+                   reopen=None) -> List[np.ndarray]:
     """The chosen frames (decord indices, in increasing order with repeats allowed) as RGB arrays;
     other frames are decoded only as far as needed to reach them and never converted."""
     av = _av()
@@ -403,8 +404,13 @@ def _decode_frames(container, stream, probe: _Probe, frame_idx: Sequence[int], n
     out: List[np.ndarray] = []
     want = sorted(set(targets))
     got: dict = {}
-    if probe.pts is None:  # no timestamps: count frames from the start, in decode order
-        container.seek(0)
+    if probe.pts is None:  # no timestamps (raw streams): count frames from the start, in order
+        try:
+            container.seek(0)
+        except av.error.FFmpegError:  # not seekable (a raw elementary stream): read it again
+            if reopen is None:
+                raise VideoError(f"{name}: the video has no timestamps and cannot be rewound") from None
+            container, stream = reopen()
         pos = -1
         it = iter(want)
         nxt = next(it, None)
@@ -650,7 +656,19 @@ def load_video(path: Any, *, fps: Optional[float] = None, max_frames: Optional[i
         if not plan.frame_idx:
             raise VideoError(f"{name}: the recipe chooses no frame from this video ({plan.duration:.3f} s)")
         _check_max_pixels(probe.width, probe.height, len(plan.frame_idx), name, max_bytes)
-        frames = _decode_frames(container, stream, probe, plan.frame_idx, name)
+        reopened = []
+
+        def reopen():
+            f2, c2 = _open(path, name)
+            reopened.append((f2, c2))
+            return c2, c2.streams.best("video")
+
+        try:
+            frames = _decode_frames(container, stream, probe, plan.frame_idx, name, reopen)
+        finally:
+            for f2, c2 in reopened:
+                c2.close()
+                f2.close()
         has_audio = probe.has_audio
     pieces = _audio_pieces(path, name, plan, r) if audio and has_audio else None
     h, w = frames[0].shape[:2]
