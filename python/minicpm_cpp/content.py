@@ -1,6 +1,7 @@
 """Message content as the core takes it: text, images (HxWx3 uint8) and audio (1-D float32 at
 16 kHz), from what callers pass (the reference's content lists, OpenAI-style parts, PIL images,
-numpy arrays, paths, data URLs). Decoding itself is image.py's and audio.py's."""
+numpy arrays, paths, data URLs). Decoding itself is image.py's and audio.py's; video parts are
+sampled and decoded by video.py into ``{"type": "video", "frames", "temporal_ids"}`` dicts."""
 
 from __future__ import annotations
 
