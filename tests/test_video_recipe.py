@@ -15,10 +15,8 @@
 
 from __future__ import annotations
 
-import argparse
 import fractions
 import math
-import os
 import tracemalloc
 
 import numpy as np
@@ -35,7 +33,7 @@ from minicpm_cpp.errors import Error, FileError, InvalidArgumentError
 # The reference: MiniCPM-V 4.5 README (model card), "Chat with Video", ported statement by statement.
 # Only the VideoReader is a stand-in (frame count + average fps; get_batch records the indices).
 
-from scipy.spatial import cKDTree  # the README's import
+cKDTree = pytest.importorskip("scipy.spatial").cKDTree  # the README's `from scipy.spatial import cKDTree`
 
 
 class FakeVR:
@@ -478,7 +476,6 @@ def test_o45_recipe_as_minicpmo_utils(tmp_path):
         from minicpmo.utils import get_video_frame_audio_segments
     except Exception as e:  # pragma: no cover
         pytest.skip(f"minicpmo.utils does not import: {e}")
-    from minicpm_cpp.wav import write_wav
 
     rng = np.random.default_rng(0)
     pcm = (rng.standard_normal(16000 * 7 + 3000) * 3000).clip(-32768, 32767).astype(np.int16)
