@@ -25,6 +25,8 @@ from .speech_prompt import system_prompt
 from .voice import Voice
 from .session import AudioStream, ChatTemplate, Model, Session, Tokenizer, find_model_files, list_devices, set_log_level
 
+from .video import Video, VideoError, load_video
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -53,4 +55,7 @@ __all__ = [
     "SPEECH_SAMPLE_RATE",
     "system_prompt",
     "Voice",
+    "load_video",
+    "Video",
+    "VideoError",
 ]

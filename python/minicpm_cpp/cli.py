@@ -121,6 +121,13 @@ def build_parser(model_path: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--audio", action=_MediaAction, default=[],
                    help="audio file: wav, flac, mp3, ogg, m4a, webm, ... (needs a MiniCPM-o model; repeatable, "
                         "in the message in the order given together with --image)")
+    p.add_argument("--video", action=_MediaAction, default=[],
+                   help="video file: mp4, mkv, webm, mov, ... (needs a vision model; repeatable, in the message in "
+                        "the order given together with --image / --audio); sampled as MiniCPM-V 4.5's README recipe")
+    p.add_argument("--video-fps", type=_float_arg("--video-fps"), default=None,
+                   help="frames per second sampled from each --video (the recipe's choose_fps, default 3)")
+    p.add_argument("--max-packing", type=_int_in(1, 6, "--max-packing"), default=3,
+                   help="most frames packed into one temporal group of 64 tokens, 1-6 (default 3, the reference's)")
     p.add_argument("--mmproj", default=None, help="separate vision file (llama.cpp's mmproj layout)")
     p.add_argument("--audio-model", default=None,
                    help="separate audio encoder file (minicpm-convert --audio-out, or llama.cpp-omni's audio GGUF)")
@@ -143,7 +150,7 @@ def build_parser(model_path: Optional[str] = None) -> argparse.ArgumentParser:
 
 
 class _MediaAction(argparse.Action):
-    """--image / --audio: appends the path to its own list and ("image"|"audio", path) to
+    """--image / --audio / --video: appends the path to its own list and (kind, path) to
     args.media, so the message keeps the order given on the command line."""
 
     def __call__(self, parser, namespace, values, option_string=None):
@@ -151,6 +158,28 @@ class _MediaAction(argparse.Action):
         media = getattr(namespace, "media", None) or []
         media.append((self.dest, values))
         namespace.media = media
+
+
+def media_content(args: argparse.Namespace, prompt: str, video_recipe: str = "v45") -> list:
+    """The user message's content from --image / --audio / --video (in the order given) and the
+    prompt: images as arrays, audio as 16 kHz samples, each video as its content part
+    ``{"type": "video", "frames": [...], "temporal_ids": [...]}`` (video.load_video with
+    --video-fps and --max-packing, by the recipe of the model's family)."""
+    from .audio import load_audio
+    from .image import load_image
+
+    out: list = []
+    for kind, p in getattr(args, "media", None) or []:
+        if kind == "image":
+            out.append(load_image(p))
+        elif kind == "audio":
+            out.append(load_audio(p, name=p))
+        else:
+            from .video import load_video
+
+            out.append(load_video(p, fps=args.video_fps, max_packing=args.max_packing, recipe=video_recipe,
+                                  name=p).to_part())
+    return out + [prompt]
 
 
 def _timing_line(timings: dict, wall_s: float) -> str:
@@ -234,6 +263,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"minicpm-cli: error: {args.model} has no audio encoder; convert a MiniCPM-o checkpoint with its "
               "audio encoder or pass --audio-model", file=sys.stderr)
         return 2
+    if args.video and not model.has_vision:
+        print(f"minicpm-cli: error: {args.model} has no vision encoder; --video needs one", file=sys.stderr)
+        return 2
+    if args.video and args.raw:
+        print("minicpm-cli: error: --video needs the chat template (drop --raw)", file=sys.stderr)
+        return 2
     if args.audio and args.raw:
         print("minicpm-cli: error: --audio needs the chat template (drop --raw)", file=sys.stderr)
         return 2
@@ -308,10 +343,9 @@ def _run(args: argparse.Namespace) -> int:
         content = prompt
         media = getattr(args, "media", None) or []
         if media:
-            from .audio import load_audio
-            from .image import load_image
+            from .video import recipe_for_model_type
 
-            content = [load_image(p) if kind == "image" else load_audio(p, name=p) for kind, p in media] + [prompt]
+            content = media_content(args, prompt, recipe_for_model_type(model.info.get("model_type")))
         messages.append({"role": "user", "content": content})
         t0 = time.perf_counter()
         if args.speak:

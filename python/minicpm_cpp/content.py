@@ -1,6 +1,7 @@
 """Message content as the core takes it: text, images (HxWx3 uint8) and audio (1-D float32 at
 16 kHz), from what callers pass (the reference's content lists, OpenAI-style parts, PIL images,
-numpy arrays, paths, data URLs). Decoding itself is image.py's and audio.py's."""
+numpy arrays, paths, data URLs). Decoding itself is image.py's and audio.py's; video parts are
+sampled and decoded by video.py into ``{"type": "video", "frames", "temporal_ids"}`` dicts."""
 
 from __future__ import annotations
 
@@ -56,6 +57,49 @@ def image_part(ref: Any, where: str, allow_local_files: bool = True) -> np.ndarr
     return load_image(ref, allow_local_files=allow_local_files)
 
 
+# Options a video content part may carry, passed to video.load_video.
+VIDEO_PART_OPTIONS = ("fps", "max_frames", "max_packing", "force_packing", "recipe", "audio")
+
+
+def video_part(part: Mapping, where: str, allow_local_files: bool = True) -> dict:
+    """A video content part -> ``{"type": "video", "frames": [...], "temporal_ids": [...]}``.
+
+    ``{"type": "video", "path": p}``, ``{"type": "video", "video": p}`` and
+    ``{"type": "video_url", "video_url": {"url": u}}`` (``u`` a ``file://`` URL or a local path; no
+    network fetches) are decoded with the part's options (``fps``, ``max_frames``, ``max_packing``,
+    ``force_packing``, ``recipe``, ``audio``; see video.load_video). A part that already holds
+    ``frames`` is passed on as given (a copy of the dict)."""
+    from .video import load_video
+
+    if "frames" in part:
+        return dict(part)
+    if part.get("type") == "video_url":
+        ref = part.get("video_url")
+        if isinstance(ref, Mapping):
+            ref = ref.get("url")
+    else:
+        ref = part.get("path", part.get("video", part.get("url")))
+        if isinstance(ref, Mapping):
+            ref = ref.get("url", ref.get("path"))
+    if ref is None:
+        raise InvalidArgumentError(f"{where}: video part without a video (give 'path', or 'frames' and 'temporal_ids')")
+    if isinstance(ref, os.PathLike):
+        ref = os.fspath(ref)
+    if not isinstance(ref, str):
+        raise InvalidArgumentError(f"{where}: a video is given by a path or file:// URL, got {type(ref).__name__}")
+    if ref.lower().startswith(("http://", "https://")):
+        raise InvalidArgumentError(f"{where}: videos are not fetched from the network ({ref[:80]!r}); download "
+                                   "the file and give its path")
+    if not allow_local_files:
+        raise refuse_local(where)
+    unknown = sorted(k for k in part if k not in VIDEO_PART_OPTIONS + ("type", "path", "video", "url", "video_url"))
+    if unknown:
+        raise InvalidArgumentError(f"{where}: unknown video option(s) {', '.join(map(repr, unknown))} "
+                                   f"(known: {', '.join(VIDEO_PART_OPTIONS)})")
+    opts = {k: part[k] for k in VIDEO_PART_OPTIONS if part.get(k) is not None}
+    return load_video(ref, name=f"{where} ({ref})", **opts).to_part()
+
+
 def normalise_parts(content: Any, where: str, allow_local_files: bool = True) -> list:
     """Content -> a list of str, HxWx3 uint8 arrays (images) and 1-D float32 arrays (16 kHz
     audio): the parts the core joins. A 1-D float array is audio, as in the reference; a str
@@ -94,6 +138,8 @@ def normalise_parts(content: Any, where: str, allow_local_files: bool = True) ->
                 parts.append(image_part(part.get("image_url", part.get("image")), w, loc))
             elif kind in ("input_audio", "audio_url", "audio"):
                 parts.append(audio_part(part, w, loc))
+            elif kind in ("video", "video_url"):
+                parts.append(video_part(part, w, loc))
             else:
                 raise InvalidArgumentError(f"{w}: unsupported content part type {kind!r}")
         elif is_image_like(part):
