@@ -32,7 +32,8 @@ from .quant import ENCODINGS, OUTTYPES, encode_rows, tensor_bytes
 from .tokenizer import add_tokenizer
 from .t2w_flow import detect_flow, plan_flow, write_flow_metadata
 from .audio import AUDIO_OUTTYPES, AudioSpec, audio_qtypes, detect_audio, has_audio, plan_audio, write_audio_metadata
-from .t2w_voice import find_voice_assets, plan_voice, write_voice_metadata
+from .t2w_voice import (find_default_voice, find_voice_assets, plan_default_voice, plan_voice, read_default_voice,
+                        write_default_voice_metadata, write_voice_metadata)
 from .tts import TtsSpec, detect_tts, has_tts, plan_tts, write_tts_metadata
 from .vision import VISION_OUTTYPES, VisionSpec, detect_vision, has_vision, plan_vision, vision_qtypes, write_vision_metadata
 from .t2w_hift import find_hift, load_hift, plan_hift, write_hift_metadata
@@ -332,6 +333,8 @@ def convert(
     vision_outtype: str = "auto",
     audio_out: Optional[PathLike] = None,
     audio_outtype: str = "auto",
+    default_voice: Optional[PathLike] = None,
+    no_default_voice: bool = False,
 ) -> Path:
     """Convert the checkpoint in ``hf_dir`` to a GGUF file and return its path.
 
@@ -343,7 +346,10 @@ def convert(
     vision matrices F16 for quantized outtypes) sets the vision matrices' type. A MiniCPM-o
     checkpoint's audio encoder and projector go into the file too (unless ``llm_only``);
     ``audio_out`` names a second file for them alone, ``audio_outtype`` sets their matrices'
-    type as ``vision_outtype`` does for vision. Notices go to
+    type as ``vision_outtype`` does for vision. A MiniCPM-o 4.5 file with the voice encoders
+    also gets a default voice recording: ``default_voice`` (a sound file), else one found in
+    the checkpoint folder (t2w_voice.DEFAULT_VOICE_FILES); none with ``no_default_voice``.
+    Notices go to
     ``log`` (stderr by default). Raises :class:`ConvertError` for anything wrong with the
     checkpoint or the output paths.
     """
@@ -421,6 +427,21 @@ def convert(
             voice_plan, voice_notes = plan_voice(voice, audio_qtypes(outtype, audio_outtype)[0])
             for note in voice_notes:
                 say(note)
+        dv_path = None
+        if default_voice is not None and no_default_voice:
+            raise ConvertError("--default-voice and --no-default-voice contradict each other")
+        if voice is not None and voice.spk_bytes is not None and not no_default_voice:
+            dv_path = find_default_voice(hf_dir, Path(default_voice) if default_voice is not None else None)
+            if dv_path is not None:
+                dv_pcm = read_default_voice(dv_path)
+                voice_plan = voice_plan + plan_default_voice(dv_pcm)
+                say(f"default voice: {dv_path} ({dv_pcm.shape[0] / 16000:.1f} s at 16 kHz)")
+            else:
+                say("default voice: none in the checkpoint folder (--default-voice FILE to add one); speech then "
+                    "needs a voice from the caller, as the reference code does")
+        elif default_voice is not None:
+            raise ConvertError(f"--default-voice: {hf_dir} has no speaker encoder (assets/token2wav/campplus.onnx) "
+                               "to make a voice with")
         hspec = None   # Token2Wav vocoder (assets/token2wav/hift_original.pt)
         if not vocab_only and not llm_only and find_hift(hf_dir) is not None:
             hspec = load_hift(find_hift(hf_dir))
@@ -497,6 +518,8 @@ def convert(
                 write_audio_metadata(writer, aspec)
             if voice is not None:
                 write_voice_metadata(writer, voice)
+            if dv_path is not None:
+                write_default_voice_metadata(writer, dv_path)
             if hspec is not None:
                 write_hift_metadata(writer, hspec)
             if fspec is not None:
@@ -652,6 +675,18 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="type of the audio encoder and projector matrices (default auto: as --outtype, but F16 when quantized)",
     )
+    p.add_argument(
+        "--default-voice",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help=(
+            "MiniCPM-o 4.5: the recording of the voice spoken when the caller gives none (any sound file, stored "
+            "at 16 kHz; default: assets/demo.wav, assets/default_ref_audio.wav or "
+            "assets/ref_audio/ref_minicpm_signature.wav in the checkpoint folder, the first found)"
+        ),
+    )
+    p.add_argument("--no-default-voice", action="store_true", help="store no default voice")
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     return p
 
@@ -672,6 +707,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             vision_outtype=args.vision_outtype,
             audio_out=args.audio_out,
             audio_outtype=args.audio_outtype,
+            default_voice=args.default_voice,
+            no_default_voice=args.no_default_voice,
         )
     except ConvertError as e:
         raise SystemExit(f"{PROG}: error: {e}") from None

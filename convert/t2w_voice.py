@@ -18,6 +18,12 @@
   ``stepaudio2/token2wav.py`` ``_prepare_prompt``).
 
 Either file may be absent: the converter then writes nothing for it (with a notice).
+
+The default voice (what a model speaks with when the caller gives no voice): the official code
+ships none (``get_sys_prompt`` and ``init_token2wav_cache`` take the recording from the caller),
+so the converter stores a recording, 16 kHz mono F32, under ``spk.default_voice.audio_16k``:
+``--default-voice FILE``, else the first of ``DEFAULT_VOICE_FILES`` found in the checkpoint
+folder. The runtime makes it into a Voice on first use, exactly as ``Model.voice(FILE)`` does.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ from .checkpoint import ConvertError
 from .names import key_name, tensor_name
 from .vision import VisionTensor
 
-__all__ = ["VoiceAssets", "T2W_DIR", "S3_FILE", "CAMPPLUS_FILE", "find_voice_assets", "plan_voice", "write_voice_metadata",
+__all__ = ["DEFAULT_VOICE_FILES", "find_default_voice", "plan_default_voice", "write_default_voice_metadata",
+           "VoiceAssets", "T2W_DIR", "S3_FILE", "CAMPPLUS_FILE", "find_voice_assets", "plan_voice", "write_voice_metadata",
            "onnx_to_s3_state"]
 
 Q = GGMLQuantizationType
@@ -41,6 +48,12 @@ Q = GGMLQuantizationType
 T2W_DIR = Path("assets") / "token2wav"
 S3_FILE = "speech_tokenizer_v2_25hz.onnx"
 CAMPPLUS_FILE = "campplus.onnx"
+
+# Recordings a checkpoint folder may hold as its default voice, in this order: the file the
+# remote code's get_sys_prompt special-cases ("assets/demo.wav"), llama.cpp-omni's default
+# reference audio, the official demo's default (MiniCPM-o-Demo assets/ref_audio/).
+DEFAULT_VOICE_FILES = (Path("assets") / "demo.wav", Path("assets") / "default_ref_audio.wav",
+                       Path("assets") / "ref_audio" / "ref_minicpm_signature.wav")
 
 # model_v2.py constants (not in the ONNX file's shapes).
 ROPE_DIM = 64  # precompute_freqs_cis(64, 1024 * 2)
@@ -347,3 +360,40 @@ def write_voice_gguf(root: Path, out: Path, weight_type: GGMLQuantizationType = 
     finally:
         writer.close()
     return Path(out)
+
+
+def find_default_voice(hf_dir: Path, given: Optional[Path] = None) -> Optional[Path]:
+    """The default voice's recording: ``given`` (which must exist), else the first of
+    DEFAULT_VOICE_FILES in the checkpoint folder, else None."""
+    if given is not None:
+        if not Path(given).is_file():
+            raise ConvertError(f"--default-voice {given}: no such file")
+        return Path(given)
+    for rel in DEFAULT_VOICE_FILES:
+        if (Path(hf_dir) / rel).is_file():
+            return Path(hf_dir) / rel
+    return None
+
+
+def read_default_voice(path: Path) -> np.ndarray:
+    """The recording decoded and resampled to 16 kHz mono float32, with the runtime's checks of a
+    reference voice (length 0.5 s to 300 s)."""
+    try:
+        from minicpm_cpp.errors import Error
+        from minicpm_cpp.voice import _load_pcm
+    except ImportError as e:  # pragma: no cover - the converter ships inside the package
+        raise ConvertError(f"the default voice needs the minicpm_cpp runtime to decode {path}: {e}") from None
+    try:
+        return np.ascontiguousarray(_load_pcm(str(path), SAMPLE_RATE), dtype=np.float32)
+    except Error as e:
+        raise ConvertError(f"default voice {path}: {e}") from None
+
+
+def plan_default_voice(pcm: np.ndarray) -> List[VoiceTensor]:
+    return [VoiceTensor("SPK_DEFAULT_VOICE", tensor_name("SPK_DEFAULT_VOICE"), "default voice", (int(pcm.shape[0]),),
+                        qtype=Q.F32, source=_from_array(pcm))]
+
+
+def write_default_voice_metadata(writer: Any, path: Path) -> None:
+    writer.add_string(key_name("MINICPM_SPK_DEFAULT_VOICE_SOURCE"), Path(path).name)
+

@@ -233,3 +233,48 @@ def test_windows_follow_the_reference_buffer(model, voice):
     for (codes, last), got in zip(windows, chunks):
         want = vs.push(flow.push(codes, last=last), last=last)
         assert np.array_equal(got.audio, want)
+
+
+def test_default_voice_from_the_converter(speech_ckpt, model, tmp_path):
+    """A recording in the checkpoint folder (assets/demo.wav, as the remote code's get_sys_prompt
+    names it) becomes the file's default voice: the same Voice as model.voice(that recording),
+    and a turn without a voice speaks exactly as one given that voice."""
+    import shutil
+
+    from minicpm_cpp.convert import convert
+    from minicpm_cpp.convert.checkpoint import ConvertError
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(speech_ckpt, ckpt)
+    wav = ckpt / "assets" / "demo.wav"
+    minicpm_cpp.write_wav(wav, tone(1.5, f0=240.0, seed=9), 16000)
+    notes = []
+    out = convert(ckpt, tmp_path / "dv.gguf", "f32", force=True, progress=False, log=notes.append)
+    assert any("default voice: " in n and "demo.wav" in n for n in notes), notes
+    m = minicpm_cpp.Model(str(out), device="cpu", n_threads=2)
+    dv = m.default_voice()
+    assert dv == m.voice(str(wav)) and dv is m.default_voice()
+    _, a = _answer(m, None)
+    _, b = _answer(m, m.voice(str(wav)))
+    assert a.codes == b.codes and np.array_equal(a.audio, b.audio) and np.abs(a.audio).max() > 0
+    # the default is a real voice: another one changes the audio
+    _, c = _answer(m, m.voice(tone(1.5, f0=330.0, seed=2)))
+    assert not np.array_equal(a.audio, c.audio)
+    # the option, and its errors
+    other = tmp_path / "other.wav"
+    minicpm_cpp.write_wav(other, tone(1.0, f0=200.0), 16000)
+    out2 = convert(ckpt, tmp_path / "dv2.gguf", "f32", force=True, progress=False, log=lambda m: None,
+                   default_voice=other)
+    m2 = minicpm_cpp.Model(str(out2), device="cpu", n_threads=2)
+    assert m2.default_voice() == m2.voice(str(other))
+    out3 = convert(ckpt, tmp_path / "dv3.gguf", "f32", force=True, progress=False, log=lambda m: None,
+                   no_default_voice=True)
+    with pytest.raises(minicpm_cpp.UnsupportedError, match="no default voice"):
+        minicpm_cpp.Model(str(out3), device="cpu").default_voice()
+    short = tmp_path / "short.wav"
+    minicpm_cpp.write_wav(short, tone(0.2), 16000)
+    for kw, match in ((dict(default_voice=tmp_path / "missing.wav"), "no such file"),
+                      (dict(default_voice=short), "at least"),
+                      (dict(default_voice=other, no_default_voice=True), "contradict")):
+        with pytest.raises(ConvertError, match=match):
+            convert(ckpt, tmp_path / "bad.gguf", "f32", force=True, progress=False, log=lambda m: None, **kw)
