@@ -266,6 +266,38 @@ class RefTts(nn.Module):
             new.update(layer.keys[:, :, -window:, :], layer.values[:, :, -window:, :], li)
         self.past = new
 
+    def _reindex(self) -> None:
+        """utils.py TTSStreamingGenerator._reindex_kv_cache: the first chunk (sink) and the last
+        one kept, the last one's keys turned by RoPE through arange(last) + (sink - start)."""
+        from transformers.cache_utils import DynamicCache
+
+        if self.past is None or len(self.chunk_info) < 2:
+            return
+        cur = self.past.get_seq_length()
+        (c0, t0), (c1, t1) = self.chunk_info[0], self.chunk_info[-1]
+        sink, last = c0.shape[1] + len(t0), c1.shape[1] + len(t1)
+        if cur <= sink + last:
+            return
+        cfg = self.model.config
+        theta = getattr(cfg, "rope_theta", None) or (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+        head_dim = cfg.hidden_size // cfg.num_attention_heads
+        half = head_dim // 2
+        inv_freq = 1.0 / (float(theta) ** (torch.arange(0, half, dtype=torch.float32) / half))
+        delta = torch.arange(last) + (sink - (cur - last))
+        ang = delta.float().unsqueeze(-1) * inv_freq.unsqueeze(0)
+        ang = torch.cat([ang, ang], -1)
+        cos, sin = ang.cos()[None, None], ang.sin()[None, None]
+        new = DynamicCache()
+        for li, layer in enumerate(self.past.layers):
+            k, v = layer.keys, layer.values
+            kl = k[:, :, -last:, :]
+            rot = torch.cat([-kl[..., half:], kl[..., :half]], -1)
+            new.update(torch.cat([k[:, :, :sink, :], kl * cos + rot * sin], 2),
+                       torch.cat([v[:, :, :sink, :], v[:, :, -last:, :]], 2), li)
+        self.past = new
+        self.text_start_pos = sink + last
+        self.n_reindex = getattr(self, "n_reindex", 0) + 1
+
     @torch.no_grad()
     def stream_push(
         self,
@@ -285,6 +317,8 @@ class RefTts(nn.Module):
             parts.append(self.text_row(self.text_eos_token_id))
         parts.append(self.text_row(self.audio_bos_token_id))
         cond = torch.cat(parts, 0).unsqueeze(0)
+        if attn == "reindex" and self.idx >= 1:
+            self._reindex()
         if attn == "sliding_recompute" and self.idx >= 1:
             self.past = None
             prev_cond, prev_tokens = self.chunk_info[-1]

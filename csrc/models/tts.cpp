@@ -450,6 +450,10 @@ struct TtsContext::Impl {
     int64_t              chunk_idx = -1;
     std::vector<float>   prev_condition;       // sliding_recompute: the previous chunk's condition
     std::vector<int32_t> prev_codes;           // and its codes
+    // reindex: condition length + codes of the first and the last chunk (_chunk_info[0], [-1])
+    int64_t              first_chunk_len = -1, last_chunk_len = -1;
+    std::unique_ptr<GraphRunner> reindex_runner;
+    ggml_tensor *                reindex_pos = nullptr;
 
     Impl(const TtsModel & model, const ComputeBackends & b, int64_t ctx, const DebugOptions & d)
         : m(model), hp(model.hp), n_ctx(ctx > 0 ? ctx : model.hp.n_ctx), runner("tts", b, max_nodes(model.hp)),
@@ -609,6 +613,46 @@ struct TtsContext::Impl {
         visible_from = 0;
     }
 
+    // TTSStreamingGenerator._reindex_kv_cache: keep the first chunk's cells (the attention sink)
+    // and the last chunk's, moved right after the sink; the moved keys turned by RoPE through
+    // arange(last) + (sink - original start), as the reference computes the angles.
+    void reindex() {
+        if (chunk_idx < 2) return;   // _chunk_info holds fewer than two chunks
+        const int64_t sink = first_chunk_len, last = last_chunk_len, cur = n_cells;
+        if (cur <= sink + last) return;
+        const int64_t orig = cur - last, hd = hp.head_dim, KV = hp.n_embd_kv();
+        if (!reindex_runner) {
+            reindex_runner = std::make_unique<GraphRunner>("tts-reindex", runner.backends(), (size_t) hp.n_layer * 16 + 16);
+        }
+        reindex_runner->prepare({sink, last, cur}, [&](ggml_context * ctx, ggml_cgraph * gf) {
+            ggml_tensor * pos = reindex_pos = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, last);
+            ggml_set_name(pos, "tts_reindex_pos");
+            ggml_set_input(pos);
+            const int rope = hp.omni_layout ? 0 : GGML_ROPE_TYPE_NEOX;
+            for (int il = 0; il < (int) hp.n_layer; ++il) {
+                ggml_tensor * kc = runner.state("tts_k-" + std::to_string(il));
+                ggml_tensor * vc = runner.state("tts_v-" + std::to_string(il));
+                const size_t row = kc->nb[1];
+                ggml_tensor * k_last = ggml_cont(ctx, ggml_view_2d(ctx, kc, KV, last, row, (size_t) orig * row));
+                k_last = ggml_cast(ctx, k_last, GGML_TYPE_F32);
+                ggml_tensor * k_rot = ggml_rope_ext(ctx, ggml_reshape_3d(ctx, k_last, hd, hp.n_head_kv, last), pos, nullptr,
+                                                    (int) hd, rope, (int) hp.n_ctx, hp.rope_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+                ggml_tensor * k_dst = ggml_view_2d(ctx, kc, KV, last, row, (size_t) sink * row);
+                ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_reshape_2d(ctx, k_rot, KV, last), k_dst));
+                const size_t vrow = vc->nb[1];
+                ggml_tensor * v_last = ggml_cont(ctx, ggml_view_2d(ctx, vc, KV, last, vrow, (size_t) orig * vrow));
+                ggml_tensor * v_dst = ggml_view_2d(ctx, vc, KV, last, vrow, (size_t) sink * vrow);
+                ggml_build_forward_expand(gf, ggml_cpy(ctx, v_last, v_dst));
+            }
+        });
+        std::vector<int32_t> angles((size_t) last);
+        for (int64_t j = 0; j < last; ++j) angles[(size_t) j] = (int32_t) (j + sink - orig);
+        ggml_backend_tensor_set(reindex_pos, angles.data(), 0, angles.size() * sizeof(int32_t));
+        reindex_runner->compute();
+        n_cells = sink + last;
+        text_start_pos = sink + last;
+    }
+
     std::vector<float> condition(const int32_t * tokens, const float * hidden, int64_t n) {
         if (n <= 0 || !tokens) fail(ErrorKind::InvalidArgument, "tts: condition of no tokens");
         for (int64_t i = 0; i < n; ++i) {
@@ -732,9 +776,6 @@ std::vector<int32_t> TtsContext::stream_push(const float * condition, int64_t n,
                                              TtsRng & rng, int32_t max_new_tokens) {
     Impl & s = *impl_;
     if (max_new_tokens < 1) fail(ErrorKind::InvalidArgument, "tts: max_new_tokens must be >= 1");
-    if (s.hp.attention == TtsAttention::Reindex) {
-        fail(ErrorKind::Unsupported, "tts: attention_type 'reindex' (RoPE re-rotation of the cache) is not implemented");
-    }
     s.check_condition(condition, n);
     s.chunk_idx += 1;
     std::vector<float> cond(condition, condition + n * s.hp.n_embd);
@@ -753,6 +794,8 @@ std::vector<int32_t> TtsContext::stream_push(const float * condition, int64_t n,
         input.insert(input.end(), cond.begin(), cond.end());
         s.text_start_pos = 0;
         s.clear();
+    } else if (s.hp.attention == TtsAttention::Reindex && s.chunk_idx >= 1) {
+        s.reindex();
     }
     const int64_t prefill = (int64_t) input.size() / s.hp.n_embd;
     std::vector<int32_t> pos((size_t) prefill);
@@ -776,6 +819,8 @@ std::vector<int32_t> TtsContext::stream_push(const float * condition, int64_t n,
     s.text_start_pos += (s.hp.attention == TtsAttention::SlidingRecompute ? prefill : L) + (int64_t) chunk.size();
     s.prev_condition = std::move(cond);
     s.prev_codes = chunk;
+    s.last_chunk_len = L + (int64_t) chunk.size();
+    if (s.first_chunk_len < 0) s.first_chunk_len = s.last_chunk_len;
     return chunk;
 }
 
@@ -787,6 +832,7 @@ void TtsContext::stream_reset() {
     s.chunk_idx = -1;
     s.prev_condition.clear();
     s.prev_codes.clear();
+    s.first_chunk_len = s.last_chunk_len = -1;
 }
 
 const std::vector<int32_t> & TtsContext::stream_tokens() const { return impl_->turn_tokens; }
