@@ -153,6 +153,27 @@ std::vector<float> resampler_pos_embed(int64_t dim, int64_t ph, int64_t pw) {
     return out;
 }
 
+// get_1d_sincos_pos_embed_from_temporal_size at one position, float32 as the reference's numpy:
+// omega = 1 / 10000^(arange(D/2) / (D/2)), out = t * omega, [sin(out), cos(out)].
+std::vector<float> resampler_temporal_embed(int64_t dim, int64_t t) {
+    if (dim <= 0 || dim % 2 != 0) fail(ErrorKind::InvalidArgument, "resampler_temporal_embed: dim must be even and > 0");
+    if (t < -1 || t >= kMaxTemporalId) {
+        fail(ErrorKind::InvalidArgument, "temporal id " + std::to_string(t) + " out of range [-1, " +
+                                             std::to_string(kMaxTemporalId) + ")");
+    }
+    std::vector<float> out((size_t) dim, 0.0f);
+    if (t < 0) return out;
+    const int64_t half = dim / 2;
+    for (int64_t i = 0; i < half; ++i) {
+        const float e = (float) i / (float) half;
+        const float omega = 1.0f / std::pow(10000.0f, e);
+        const float a = (float) t * omega;
+        out[(size_t) i] = std::sin(a);
+        out[(size_t) (half + i)] = std::cos(a);
+    }
+    return out;
+}
+
 VisionHparams VisionHparams::from_gguf(const GgufFile & f) {
     VisionHparams hp;
     const std::string & path = f.path();
@@ -165,6 +186,8 @@ VisionHparams VisionHparams::from_gguf(const GgufFile & f) {
     }
     if (auto kind = f.opt_str(key_name(KeyName::MINICPM_RS_KIND)); kind && *kind != "2d" && *kind != "3d") {
         fail(ErrorKind::Unsupported, "resampler kind '" + *kind + "' in " + path + " is not supported (2d, 3d)");
+    } else {
+        hp.temporal = kind && *kind == "3d";
     }
 
     // Sane maxima, checked before ggml sees the values (SigLIP-400M: 1152 wide, 27 layers of

@@ -88,6 +88,12 @@ struct ImageEncoder::Impl {
         if (!encoder) encoder = std::make_unique<VisionEncoder>(vm, backends, debug);
         return encode_image_chunk(*encoder, model->tokenizer(), rgb, w, h, opts, model->impl().params.max_image_patches);
     }
+
+    std::vector<std::shared_ptr<const ImageChunk>> encode_video(const VideoFrames & video) {
+        const VisionModel & vm = need_vision(*model);
+        if (!encoder) encoder = std::make_unique<VisionEncoder>(vm, backends, debug);
+        return encode_video_chunks(*encoder, model->tokenizer(), video, model->impl().params.max_image_patches);
+    }
 };
 
 ImageEncoder::ImageEncoder(std::shared_ptr<Model> model, int n_threads, DebugOptions debug) {
@@ -102,6 +108,11 @@ std::shared_ptr<const ImageChunk> ImageEncoder::encode(const uint8_t * rgb, int 
                                                        const ImageOptions & opts) {
     BusyGuard g(impl_->busy, "ImageEncoder");
     return impl_->encode(rgb, width, height, opts);
+}
+
+std::vector<std::shared_ptr<const ImageChunk>> ImageEncoder::encode_video(const VideoFrames & video) {
+    BusyGuard g(impl_->busy, "ImageEncoder");
+    return impl_->encode_video(video);
 }
 
 // ---- Session --------------------------------------------------------------------------------
@@ -211,6 +222,15 @@ struct Session::Impl {
         timings.n_images += 1;
         image_cache.put(key, chunk);
         return chunk;
+    }
+
+    std::vector<std::shared_ptr<const ImageChunk>> encode_video(const VideoFrames & video) {
+        const double t0 = now_ms();
+        if (!vision) vision = std::make_unique<VisionEncoder>(need_vision(*model), backends, params.debug);
+        auto chunks = encode_video_chunks(*vision, model->tokenizer(), video, model->impl().params.max_image_patches);
+        timings.encode_ms += now_ms() - t0;
+        timings.n_images += (int64_t) chunks.size();
+        return chunks;
     }
 
     AudioEncoder & audio_encoder() {
@@ -408,7 +428,8 @@ struct Session::Impl {
                 }
                 return encode_image(img.pixels.data(), img.width, img.height, o);
             },
-            [&](const float * pcm, size_t n, int64_t batch_frames) { return encode_audio_piece(pcm, n, batch_frames); });
+            [&](const float * pcm, size_t n, int64_t batch_frames) { return encode_audio_piece(pcm, n, batch_frames); },
+            [&](const VideoFrames & v) { return encode_video(v); });
     }
 
     void begin_generation(GenerationParams p) {

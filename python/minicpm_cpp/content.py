@@ -94,6 +94,10 @@ def normalise_parts(content: Any, where: str, allow_local_files: bool = True) ->
                 parts.append(image_part(part.get("image_url", part.get("image")), w, loc))
             elif kind in ("input_audio", "audio_url", "audio"):
                 parts.append(audio_part(part, w, loc))
+            elif kind == "video" and "frames" in part:
+                from ._video_part import video_part
+
+                parts.append(video_part(part, w))
             else:
                 raise InvalidArgumentError(f"{w}: unsupported content part type {kind!r}")
         elif is_image_like(part):
