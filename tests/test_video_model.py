@@ -147,20 +147,23 @@ class Reference:
         return first, out
 
 
-def _as_2d(src, dst):
-    """A copy of a GGUF with minicpm.resampler.kind "3d" patched to "2d" in place (same length;
-    rewriting the file with gguf_edit takes long for the 300 MB tiny file)."""
+def _patch_kind(src, dst, key=b"minicpm.resampler.kind", value=b"2d"):
+    """A copy of a GGUF with the string key minicpm.resampler.kind = "3d" patched in place to
+    another key name or value of the same length (rewriting the file with gguf_edit takes long
+    for the 300 MB tiny file)."""
     import mmap
     import shutil
     import struct
 
     shutil.copyfile(src, dst)
-    key = b"minicpm.resampler.kind"
-    want = struct.pack("<Q", len(key)) + key + struct.pack("<IQ", 8, 2) + b"3d"   # GGUF string value
+    old = b"minicpm.resampler.kind"
+    assert len(key) == len(old) and len(value) == 2
+    want = struct.pack("<Q", len(old)) + old + struct.pack("<IQ", 8, 2) + b"3d"   # GGUF string value
     with open(dst, "r+b") as f, mmap.mmap(f.fileno(), 0) as mm:
         at = mm.find(want)
         assert at >= 0 and mm.find(want, at + 1) < 0
-        mm[at + len(want) - 2 : at + len(want)] = b"2d"
+        mm[at + 8 : at + 8 + len(key)] = key
+        mm[at + len(want) - 2 : at + len(want)] = value
     return dst
 
 
@@ -173,19 +176,28 @@ def setup(request, converted, tmp_path_factory):
             d = request.getfixturevalue(V45)
             path = converted(d, "f32")
             if layout == V45_2D:
-                path = _as_2d(path, tmp_path_factory.mktemp("v45-2d") / "v45-2d.gguf")
+                path = _patch_kind(path, tmp_path_factory.mktemp("v45-2d") / "v45-2d.gguf")
             cache[layout] = (get(V45)[0] if layout == V45_2D else Reference(d), minicpm_cpp.Model(path, device="cpu"))
         return cache[layout]
 
     return get
 
 
-def test_converter_marks_the_3d_resampler(setup):
+def test_converter_marks_the_3d_resampler(setup, tmp_path):
     from gguf import GGUFReader
 
     _, v45 = setup(V45)
     f = GGUFReader(v45.path).fields["minicpm.resampler.kind"]
     assert bytes(f.parts[f.data[0]]).decode() == "3d"
+    # llama.cpp's mmproj files have no kind key: their MiniCPM-V 4.5 (clip.minicpmv_version 6)
+    # resampler is taken as the 3D one; the same video gives the same chunks.
+    legacy = minicpm_cpp.Model(_patch_kind(v45.path, tmp_path / "nokind.gguf", key=b"minicpm.resampler.xxxx",
+                                           value=b"3d"), device="cpu")
+    msgs = [{"role": "user", "content": [_video(_frames(3, 64, 48), [[0, 5], [10]]), "?"]}]
+    a, b = _chunks(legacy.chat_segments(msgs)), _chunks(v45.chat_segments(msgs))
+    assert len(a) == len(b) == 2
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.embeddings(), y.embeddings())
 
 
 @pytest.mark.parametrize("packing", [1, 2, 3, 6])
@@ -270,11 +282,12 @@ def test_video_chat_matches_reference(setup):
     answer = s.chat(msgs, max_tokens=12, temperature=0, repeat_penalty=1.0, stop_at_end_of_turn=False)
     assert s.tokens[-12:] == ref_greedy
     assert answer == model.detokenize(ref_greedy, skip_special=True)
-    # The same conversation again reuses the whole prompt (the video is not evaluated again).
+    # The same conversation again reuses the whole prompt (the video is neither encoded nor
+    # evaluated again).
     s.reset_timings()
     s.chat(msgs + [{"role": "assistant", "content": answer}, {"role": "user", "content": "More."}], max_tokens=1,
            temperature=0)
-    assert s.timings["n_prefill"] < 40
+    assert s.timings["n_prefill"] < 40 and s.timings["n_images"] == 0
 
 
 def test_frames_without_temporal_ids(setup):

@@ -271,6 +271,10 @@ VisionHparams VisionHparams::from_gguf(const GgufFile & f) {
     const int64_t version = f.opt_u32(key_name(KeyName::CLIP_MINICPMV_VERSION)).value_or(0);
     range(KeyName::CLIP_MINICPMV_VERSION, version, 0, 1 << 20);   // 2 .. 6, 100045
     hp.minicpmv_version = (int) version;
+    // llama.cpp's mmproj files have no resampler kind; their MiniCPM-V 4.5 (clip.minicpmv_version
+    // 6) resampler is the 3D one (same weights, temporal sin-cos computed at run time).
+    constexpr int64_t kLlamaCppMinicpmV45 = 6;
+    if (!f.has_key(key_name(KeyName::MINICPM_RS_KIND))) hp.temporal = version == kLlamaCppMinicpmV45;
     // clip.minicpmv_query_num is absent from older mmproj files (clip.cpp then assumes 64 for
     // versions 3, 4, 5, 6, 100045); the query tensor is authoritative, the key must agree.
     if (auto qn = f.opt_u32(key_name(KeyName::CLIP_MINICPMV_QUERY_NUM)); qn && *qn != 0 && *qn != hp.n_query) {

@@ -126,6 +126,9 @@ struct Session::Impl {
     std::unique_ptr<AudioEncoder>  audio;    // created at the first audio clip
     ImageChunkCache        image_cache;
     ImageChunkCache        audio_cache;
+    // The last videos with temporal ids encoded (key: frames, sizes and ids), so that passing a
+    // conversation again each turn does not encode its video again.
+    std::deque<std::pair<uint64_t, std::vector<std::shared_ptr<const ImageChunk>>>> video_cache;
     Generator              gen;
     std::mt19937_64        rng;
     Timings                timings;
@@ -225,11 +228,26 @@ struct Session::Impl {
     }
 
     std::vector<std::shared_ptr<const ImageChunk>> encode_video(const VideoFrames & video) {
+        check_video_frames(video);
+        uint64_t key = fnv1a("video", 5);
+        for (const auto & f : video.frames) {
+            const int size[2] = {f->width, f->height};
+            key = fnv1a(size, sizeof(size), fnv1a(f->pixels.data(), f->pixels.size(), key));
+        }
+        for (const auto & g : video.temporal_ids) {
+            const int n = (int) g.size();
+            key = fnv1a(g.data(), g.size() * sizeof(int), fnv1a(&n, sizeof(n), key));
+        }
+        for (const auto & e : video_cache) {
+            if (e.first == key) return e.second;
+        }
         const double t0 = now_ms();
         if (!vision) vision = std::make_unique<VisionEncoder>(need_vision(*model), backends, params.debug);
         auto chunks = encode_video_chunks(*vision, model->tokenizer(), video, model->impl().params.max_image_patches);
         timings.encode_ms += now_ms() - t0;
         timings.n_images += (int64_t) chunks.size();
+        video_cache.emplace_back(key, chunks);
+        if (video_cache.size() > 2) video_cache.pop_front();
         return chunks;
     }
 
