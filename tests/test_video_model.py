@@ -342,3 +342,67 @@ def test_errors(setup):
         chat(v45, _video([_frame(64, 48, 1), _frame(300, 100, 2)], [[0, 1]]))
     with pytest.raises(minicpm_cpp.UnsupportedError, match="3D resampler"):
         chat(v26, _video(fr, [[0, 1, 2]]))
+
+
+def _remote_code():
+    """The official MiniCPM-V 4.5 remote code (processing_minicpmv.py, image_processing_minicpmv.py,
+    tokenization_minicpmv_fast.py, resampler.py, preprocessor_config.json) in the directory
+    MINICPM_V45_REMOTE_CODE names, imported as a package; the test is skipped without it."""
+    import importlib
+    import os
+    import sys
+    import types
+    from pathlib import Path
+
+    d = os.environ.get("MINICPM_V45_REMOTE_CODE")
+    need = ["processing_minicpmv.py", "image_processing_minicpmv.py", "tokenization_minicpmv_fast.py", "resampler.py",
+            "preprocessor_config.json"]
+    if not d or not all((Path(d) / f).is_file() for f in need):
+        pytest.skip("MINICPM_V45_REMOTE_CODE does not name a directory with the official V4.5 remote code")
+    pkg = types.ModuleType("minicpmv45_remote")
+    pkg.__path__ = [str(Path(d))]
+    sys.modules["minicpmv45_remote"] = pkg
+    mods = {m: importlib.import_module(f"minicpmv45_remote.{m}")
+            for m in ("processing_minicpmv", "image_processing_minicpmv", "tokenization_minicpmv_fast", "resampler")}
+    return mods, json.loads((Path(d) / "preprocessor_config.json").read_text())
+
+
+def test_official_remote_code(setup, tiny_minicpmv45_vision_dir):
+    """Where the official remote code is at hand: its processor (chat()'s prompt with an image and
+    a video, temporal_ids [[-1], ...], use_image_id=False, max_slice_nums=1) gives our prompt ids
+    and pixels, and its Resampler (batch_infer = batch_3d_resampler = True) our embeddings."""
+    from PIL import Image
+
+    mods, pre_cfg = _remote_code()
+    ref, model = setup(V45)
+    tok = mods["tokenization_minicpmv_fast"].MiniCPMVTokenizerFast.from_pretrained(str(tiny_minicpmv45_vision_dir))
+    proc = mods["processing_minicpmv"].MiniCPMVProcessor(
+        image_processor=mods["image_processing_minicpmv"].MiniCPMVImageProcessor(**pre_cfg), tokenizer=tok)
+    img = _frame(300, 200, 100)
+    frames = _frames(8, 160, 120, seed=101)
+    vid_ids = [[0, 5, 10], [15, 20, 25], [30, 35]]
+    all_ids = [[-1]] + vid_ids
+    marker = "(<image>./</image>)"
+    text = "\n".join(["Look.", marker] + [marker] * 8 + [QUESTION])
+    prompt = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True,
+                                     enable_thinking=False)
+    inputs = proc([prompt], [[Image.fromarray(x) for x in [img] + frames]], max_slice_nums=1, use_image_id=False,
+                  temporal_ids=all_ids, return_tensors="pt", max_length=None)
+    segs = model.chat_segments([{"role": "user", "content": ["Look.", img, _video(frames, vid_ids), QUESTION]}],
+                               max_slice_nums=1, use_image_id=False)
+    assert _flatten(segs) == inputs["input_ids"][0].tolist()
+    ours_px = [_pixels(x) for x in [img] + frames]
+    for o, p in zip(ours_px, inputs["pixel_values"][0]):
+        np.testing.assert_array_equal(ref_vision.reshape_by_patch(o, 14).numpy(), p.numpy())
+    c = ref.vision.config
+    rs = mods["resampler"].Resampler(num_queries=c.query_num, embed_dim=c.embed_dim, num_heads=c.embed_dim // 128,
+                                     kv_dim=c.hidden_size, adaptive=True, batch_infer=True).float().eval()
+    rs.load_state_dict(ref.vision.resampler.state_dict())
+    feats = torch.nn.utils.rnn.pad_sequence([ref_vision.vit_features(ref.vision, p) for p in ours_px], batch_first=True)
+    tgt = torch.tensor([ref_vision._grid(ref.vision, p) for p in ours_px], dtype=torch.int32)
+    with torch.no_grad():
+        want = rs(feats, tgt, inputs["temporal_ids"][0]).numpy()
+    got = np.stack([ch.embeddings() for ch in _chunks(segs)]).reshape(want.shape)
+    err = _rel(got, want)
+    print(f"official remote code: prompt ids equal, resampler rel err {err:.2e}")
+    assert err <= 1e-4
