@@ -529,6 +529,11 @@ void check_video_frames(const VideoFrames & video) {
         }
         return;
     }
+    if (video.max_slice_nums != 1) {
+        fail(ErrorKind::InvalidArgument, "video frames with temporal ids are not sliced (the reference recipe's "
+                                         "max_slice_nums=1); max_slice_nums " + std::to_string(video.max_slice_nums) +
+                                         " applies to frames without temporal ids only");
+    }
     size_t total = 0;
     for (size_t gi = 0; gi < video.temporal_ids.size(); ++gi) {
         const size_t k = video.temporal_ids[gi].size();

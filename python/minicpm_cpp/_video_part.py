@@ -61,4 +61,7 @@ def video_part(part: Mapping[str, Any], where: str) -> dict:
     slices = part.get("max_slice_nums", 1)
     if not _int(slices) or slices < 1:
         raise InvalidArgumentError(f"{where}: max_slice_nums must be an int >= 1, got {slices!r}")
+    if groups is not None and slices != 1:
+        raise InvalidArgumentError(f"{where}: frames with temporal_ids are not sliced (the reference recipe's "
+                                   f"max_slice_nums=1); max_slice_nums applies to frames without temporal_ids")
     return {"video_frames": out, "temporal_ids": groups, "max_slice_nums": int(slices)}

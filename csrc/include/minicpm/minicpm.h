@@ -215,7 +215,7 @@ struct RgbImage {
 struct VideoFrames {
     std::vector<std::shared_ptr<const RgbImage>> frames;
     std::vector<std::vector<int>>                temporal_ids;
-    int                                          max_slice_nums = 1;   // frames without temporal ids
+    int                                          max_slice_nums = 1;   // frames without temporal ids (1 with them)
 };
 
 // Mono float PCM. The audio encoder takes 16 kHz (what the reference feeds its feature
