@@ -36,13 +36,19 @@ constexpr size_t kMaxGroups = 4;
 
 struct GroupSpec {
     int64_t pw = 0, ph = 0, n_seq = 0;
-    bool operator==(const GroupSpec & o) const { return pw == o.pw && ph == o.ph && n_seq == o.n_seq; }
+    // 3D resampler: frames per temporal group (n_seq / pack groups, each one cross-attention over
+    // all patches of its frames, keys + temporal vectors); 0 = the 2D path, one per slice.
+    int64_t pack = 0;
+    bool operator==(const GroupSpec & o) const {
+        return pw == o.pw && ph == o.ph && n_seq == o.n_seq && pack == o.pack;
+    }
 };
 
 struct GroupIO {
     ggml_tensor * pixels = nullptr;   // F32 [w, h, 3, n_seq]
     ggml_tensor * pos_ids = nullptr;  // I32 [n_patches]: rows of the NaViT position table
     ggml_tensor * rs_pos = nullptr;   // F32 [rs_dim, n_patches]: 2D sin-cos of the patch grid
+    ggml_tensor * rs_time = nullptr;  // F32 [rs_dim, 1, n_seq]: temporal vector of each frame (pack > 0)
     ggml_tensor * out = nullptr;      // F32 [n_embd, n_patches, n_seq] or [rs_dim, n_query, n_seq]
 };
 
@@ -122,13 +128,25 @@ GroupIO build_group(ggml_context * ctx, ggml_cgraph * gf, const VisionHparams & 
         kv = layer_norm(ctx, kv, w.ln_kv_w, w.ln_kv_b, hp.rs_eps);                       // [D, n, n_seq]
         ggml_set_name(kv, "rs_kv");
         ggml_tensor * q = layer_norm(ctx, w.query, w.ln_q_w, w.ln_q_b, hp.rs_eps);         // [D, Q], shared
-        // Positions go into the keys only (MultiheadAttention(q, kv + pos, kv)).
+        // Positions go into the keys only (MultiheadAttention(q, kv + pos, kv)); the 3D path
+        // adds each frame's temporal vector after the 2D one (k = x + pos_2d; k += temporal).
+        ggml_tensor * k_in = ggml_add(ctx, kv, in.rs_pos);
+        int64_t n_kv = n, n_att = n_seq;
+        if (g.pack > 0) {
+            in.rs_time = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, D, 1, n_seq);
+            ggml_set_name(in.rs_time, "inp_rs_time");
+            ggml_set_input(in.rs_time);
+            k_in = ggml_add(ctx, k_in, in.rs_time);
+            // frames of a group are consecutive: their keys/values concatenated frame by frame
+            n_kv = n * g.pack;
+            n_att = n_seq / g.pack;
+        }
         ggml_tensor * kq = linear(ctx, q, w.q_w, w.q_b);
-        ggml_tensor * kk = linear(ctx, ggml_add(ctx, kv, in.rs_pos), w.k_w, w.k_b);
+        ggml_tensor * kk = linear(ctx, k_in, w.k_w, w.k_b);
         ggml_tensor * kvv = linear(ctx, kv, w.v_w, w.v_b);
         kq  = ggml_reshape_4d(ctx, kq, rhd, hp.rs_heads, Q, 1);
-        kk  = ggml_reshape_4d(ctx, kk, rhd, hp.rs_heads, n, n_seq);
-        kvv = ggml_reshape_4d(ctx, kvv, rhd, hp.rs_heads, n, n_seq);
+        kk  = ggml_reshape_4d(ctx, kk, rhd, hp.rs_heads, n_kv, n_att);
+        kvv = ggml_reshape_4d(ctx, kvv, rhd, hp.rs_heads, n_kv, n_att);
         ggml_tensor * cur = attend(kq, kk, kvv, 1.0f / std::sqrt((float) rhd));            // [D, Q, n_seq]
         cur = linear(ctx, cur, w.o_w, w.o_b);
         cur = layer_norm(ctx, cur, w.ln_post_w, w.ln_post_b, hp.rs_eps);
@@ -197,14 +215,18 @@ struct VisionEncoder::Impl {
 
     // Runs groups of equal-size slices in one graph: slices[g] holds group g's n_seq slices.
     // Returns each group's output, [n_seq][rows][width].
+    // times (3D resampler): per group of slices, one temporal vector [rs_dim] per slice, and
+    // packs[gi] the frames per temporal group; empty = the 2D path.
     std::vector<std::vector<float>> run(const std::vector<std::vector<const ImageSlice *>> & slices,
-                                        bool with_resampler) {
+                                        bool with_resampler, const std::vector<std::vector<float>> * times = nullptr,
+                                        const std::vector<int64_t> * packs = nullptr) {
         const int64_t P = hp.patch_size;
         std::vector<GroupSpec> groups;
         GraphKey key = {with_resampler ? 1 : 0};
-        for (const auto & g : slices) {
-            groups.push_back({g[0]->width / P, g[0]->height / P, (int64_t) g.size()});
-            key.insert(key.end(), {groups.back().pw, groups.back().ph, groups.back().n_seq});
+        for (size_t gi = 0; gi < slices.size(); ++gi) {
+            const auto & g = slices[gi];
+            groups.push_back({g[0]->width / P, g[0]->height / P, (int64_t) g.size(), packs ? (*packs)[gi] : 0});
+            key.insert(key.end(), {groups.back().pw, groups.back().ph, groups.back().n_seq, groups.back().pack});
         }
         runner.prepare(key, [&](ggml_context * ctx, ggml_cgraph * gf) {
             graph_io.clear();
@@ -223,6 +245,10 @@ struct VisionEncoder::Impl {
             if (with_resampler) {
                 const std::vector<float> & pos = rs_pos(g.pw, g.ph);
                 ggml_backend_tensor_set(io.rs_pos, pos.data(), 0, pos.size() * sizeof(float));
+                if (io.rs_time) {
+                    const std::vector<float> & t = (*times)[gi];
+                    ggml_backend_tensor_set(io.rs_time, t.data(), 0, t.size() * sizeof(float));
+                }
             }
         }
         runner.compute();
@@ -320,6 +346,213 @@ std::vector<float> VisionEncoder::encode(const std::vector<const ImageSlice *> &
         }
     }
     return out;
+}
+
+std::vector<float> VisionEncoder::encode_temporal(const std::vector<const ImageSlice *> & frames,
+                                                  const std::vector<std::vector<int>> & groups) {
+    const VisionHparams & hp_ = impl_->hp;
+    if (!hp_.temporal) {
+        fail(ErrorKind::Unsupported, "this model's resampler has no temporal embedding (minicpm.resampler.kind is not "
+                                     "'3d'): temporal ids need MiniCPM-V 4.5");
+    }
+    size_t total = 0;
+    for (size_t gi = 0; gi < groups.size(); ++gi) {
+        const size_t k = groups[gi].size();
+        if (k == 0 || k > (size_t) kMaxVideoPacking) {
+            fail(ErrorKind::InvalidArgument, "temporal group " + std::to_string(gi) + " has " + std::to_string(k) +
+                                                 " frames; a group packs 1 to " + std::to_string(kMaxVideoPacking));
+        }
+        for (int t : groups[gi]) {
+            if (t < -1 || (int64_t) t >= kMaxTemporalId) {
+                fail(ErrorKind::InvalidArgument, "temporal id " + std::to_string(t) + " in group " + std::to_string(gi) +
+                                                     " out of range [-1, " + std::to_string(kMaxTemporalId) + ")");
+            }
+        }
+        total += k;
+    }
+    if (total != frames.size()) {
+        fail(ErrorKind::InvalidArgument, "temporal ids name " + std::to_string(total) + " frames but " +
+                                             std::to_string(frames.size()) + " were given");
+    }
+    for (size_t i = 0; i < frames.size(); ++i) {
+        if (!frames[i]) fail(ErrorKind::InvalidArgument, "frame " + std::to_string(i) + " is null");
+        impl_->check_slice(*frames[i], i);
+    }
+    const int64_t P = hp_.patch_size;
+    const size_t  row = (size_t) (hp_.n_query * hp_.rs_dim);
+    std::vector<float> out(groups.size() * row);
+    std::map<int, std::vector<float>> time_cache;
+    auto time_of = [&](int t) -> const std::vector<float> & {
+        auto it = time_cache.find(t);
+        if (it == time_cache.end()) it = time_cache.emplace(t, resampler_temporal_embed(hp_.rs_dim, t)).first;
+        return it->second;
+    };
+    // Batches: runs of consecutive groups with one frame size and one packing.
+    struct Batch {
+        size_t g0 = 0, n_groups = 0, f0 = 0;
+        int64_t pack = 0, patches = 0;
+    };
+    std::vector<Batch> batches;
+    size_t f = 0;
+    for (size_t gi = 0; gi < groups.size(); ++gi) {
+        const ImageSlice & a = *frames[f];
+        for (size_t j = 1; j < groups[gi].size(); ++j) {
+            const ImageSlice & b = *frames[f + j];
+            if (b.width != a.width || b.height != a.height) {
+                fail(ErrorKind::InvalidArgument, "temporal group " + std::to_string(gi) + ": its frames must have one size (" +
+                                                     std::to_string(a.width) + "x" + std::to_string(a.height) + " and " +
+                                                     std::to_string(b.width) + "x" + std::to_string(b.height) + ")");
+            }
+        }
+        const int64_t pack = (int64_t) groups[gi].size();
+        const int64_t n = (a.width / P) * (a.height / P);
+        const size_t  per = (size_t) std::max<int64_t>(1, impl_->max_batch(n) / pack);
+        Batch * last = batches.empty() ? nullptr : &batches.back();
+        const ImageSlice * lf = last ? frames[last->f0] : nullptr;
+        if (last && last->pack == pack && lf->width == a.width && lf->height == a.height && last->n_groups < per) {
+            last->n_groups += 1;
+            last->patches += pack * n;
+        } else {
+            batches.push_back({gi, 1, f, pack, pack * n});
+        }
+        f += groups[gi].size();
+    }
+    size_t b = 0;
+    while (b < batches.size()) {
+        std::vector<std::vector<const ImageSlice *>> part;
+        std::vector<std::vector<float>> times;
+        std::vector<int64_t> packs;
+        std::vector<size_t> first_of;
+        int64_t patches = 0;
+        while (b < batches.size() && part.size() < kMaxGroups) {
+            const Batch & bt = batches[b];
+            if (!part.empty() && (!impl_->mode.flash || patches + bt.patches > kBatchPatches)) break;
+            const size_t nf = (size_t) bt.pack * bt.n_groups;
+            std::vector<const ImageSlice *> sl(frames.begin() + (std::ptrdiff_t) bt.f0,
+                                               frames.begin() + (std::ptrdiff_t) (bt.f0 + nf));
+            std::vector<float> tv;
+            tv.reserve(nf * (size_t) hp_.rs_dim);
+            for (size_t gi = bt.g0; gi < bt.g0 + bt.n_groups; ++gi) {
+                for (int t : groups[gi]) {
+                    const std::vector<float> & v = time_of(t);
+                    tv.insert(tv.end(), v.begin(), v.end());
+                }
+            }
+            part.push_back(std::move(sl));
+            times.push_back(std::move(tv));
+            packs.push_back(bt.pack);
+            first_of.push_back(b);
+            patches += bt.patches;
+            ++b;
+        }
+        const std::vector<std::vector<float>> res = impl_->run(part, true, &times, &packs);
+        for (size_t pi = 0; pi < part.size(); ++pi) {
+            const Batch & bt = batches[first_of[pi]];
+            std::memcpy(out.data() + bt.g0 * row, res[pi].data(), bt.n_groups * row * sizeof(float));
+        }
+    }
+    return out;
+}
+
+std::vector<std::shared_ptr<const ImageChunk>> encode_video_chunks(VisionEncoder & enc, const Tokenizer & tok,
+                                                                   const VideoFrames & video, int64_t max_patches) {
+    const VisionHparams & hp = enc.hparams();
+    if (video.temporal_ids.empty()) {
+        fail(ErrorKind::InvalidArgument, "encode_video_chunks: the video has no temporal ids");
+    }
+    if (!hp.temporal) {
+        fail(ErrorKind::Unsupported, "this model's resampler has no temporal embedding (minicpm.resampler.kind is not "
+                                     "'3d'): temporal ids need MiniCPM-V 4.5; pass the frames without temporal_ids");
+    }
+    check_video_frames(video);
+    SliceConfig cfg = hp.slice_config();
+    cfg.max_slice_nums = 1;   // the reference recipe: max_slice_nums=1 for video
+    cfg.max_patches = max_patches;
+    std::vector<std::shared_ptr<const ImageChunk>> chunks;
+    // Frames are preprocessed a window of groups at a time (bounded memory for long videos);
+    // the groups of a window go through the encoder together (batched by size and packing).
+    constexpr size_t kWindowFrames = 64;
+    size_t f = 0, g = 0;
+    while (g < video.temporal_ids.size()) {
+        std::vector<std::vector<int>> wg;
+        size_t nf = 0;
+        while (g < video.temporal_ids.size() && (wg.empty() || nf + video.temporal_ids[g].size() <= kWindowFrames)) {
+            nf += video.temporal_ids[g].size();
+            wg.push_back(video.temporal_ids[g++]);
+        }
+        std::vector<ImageSlice> pre(nf);
+        std::vector<const ImageSlice *> ptrs(nf);
+        for (size_t i = 0; i < nf; ++i) {
+            const RgbImage & im = *video.frames[f + i];
+            PreprocessedImage p = preprocess_image(im.pixels.data(), im.width, im.height, cfg);
+            pre[i] = std::move(p.overview);
+            ptrs[i] = &pre[i];
+        }
+        const std::vector<float> emb = enc.encode_temporal(ptrs, wg);
+        const size_t row = (size_t) (hp.n_query * hp.rs_dim);
+        size_t ff = f;
+        for (size_t gi = 0; gi < wg.size(); ++gi) {
+            auto chunk = std::make_shared<ImageChunk>();
+            chunk->tokens = image_placeholder_tokens(tok, SliceGrid{}, (int) hp.n_query, std::nullopt, &chunk->embed_pos);
+            chunk->embeddings.assign(emb.begin() + (std::ptrdiff_t) (gi * row), emb.begin() + (std::ptrdiff_t) ((gi + 1) * row));
+            chunk->n_embd = hp.rs_dim;
+            chunk->n_slices = 1;
+            uint64_t h = fnv1a("video", 5);
+            for (size_t j = 0; j < wg[gi].size(); ++j) {
+                const RgbImage & im = *video.frames[ff + j];
+                const int meta[3] = {im.width, im.height, wg[gi][j]};
+                h = fnv1a(meta, sizeof(meta), fnv1a(im.pixels.data(), im.pixels.size(), h));
+            }
+            chunk->hash = h;
+            chunks.push_back(std::move(chunk));
+            ff += wg[gi].size();
+        }
+        f += nf;
+    }
+    return chunks;
+}
+
+void check_video_frames(const VideoFrames & video) {
+    if (video.frames.empty()) fail(ErrorKind::InvalidArgument, "video has no frames");
+    for (size_t i = 0; i < video.frames.size(); ++i) {
+        const RgbImage * im = video.frames[i].get();
+        if (!im) fail(ErrorKind::InvalidArgument, "video frame " + std::to_string(i) + " is null");
+        if (im->width <= 0 || im->height <= 0 || im->pixels.size() != (size_t) im->width * (size_t) im->height * 3) {
+            fail(ErrorKind::InvalidArgument, "video frame " + std::to_string(i) + " of " + std::to_string(im->width) + "x" +
+                                                 std::to_string(im->height) + " has " + std::to_string(im->pixels.size()) +
+                                                 " bytes, expected width * height * 3 > 0");
+        }
+    }
+    if (video.temporal_ids.empty()) {
+        if (video.max_slice_nums < 1) {
+            fail(ErrorKind::InvalidArgument, "video max_slice_nums must be >= 1, got " + std::to_string(video.max_slice_nums));
+        }
+        return;
+    }
+    if (video.max_slice_nums != 1) {
+        fail(ErrorKind::InvalidArgument, "video frames with temporal ids are not sliced (the reference recipe's "
+                                         "max_slice_nums=1); max_slice_nums " + std::to_string(video.max_slice_nums) +
+                                         " applies to frames without temporal ids only");
+    }
+    size_t total = 0;
+    for (size_t gi = 0; gi < video.temporal_ids.size(); ++gi) {
+        const size_t k = video.temporal_ids[gi].size();
+        if (k == 0 || k > (size_t) kMaxVideoPacking) {
+            fail(ErrorKind::InvalidArgument, "temporal_ids group " + std::to_string(gi) + " has " + std::to_string(k) +
+                                                 " frames; a group packs 1 to " + std::to_string(kMaxVideoPacking) + " frames");
+        }
+        for (int t : video.temporal_ids[gi]) {
+            if (t < -1 || (int64_t) t >= kMaxTemporalId) {
+                fail(ErrorKind::InvalidArgument, "temporal id " + std::to_string(t) + " in group " + std::to_string(gi) +
+                                                     " out of range [-1, " + std::to_string(kMaxTemporalId) + ")");
+            }
+        }
+        total += k;
+    }
+    if (total != video.frames.size()) {
+        fail(ErrorKind::InvalidArgument, "temporal_ids give " + std::to_string(total) + " ids for " +
+                                             std::to_string(video.frames.size()) + " frames (one id per frame)");
+    }
 }
 
 std::shared_ptr<const ImageChunk> encode_image_chunk(VisionEncoder & enc, const Tokenizer & tok, const uint8_t * rgb,

@@ -44,6 +44,9 @@ struct VisionHparams {
     bool    use_image_id = true;
     int     minicpmv_version = 0;
     bool    ffn_swapped = false;   // legacy mmproj: ffn_down holds fc1 and ffn_up fc2
+    // 3D resampler (minicpm.resampler.kind "3d", MiniCPM-V 4.5): keys get a temporal sin-cos
+    // vector per frame and each temporal group of frames is one cross-attention.
+    bool    temporal = false;
 
     static VisionHparams from_gguf(const GgufFile & f);
     SliceConfig slice_config() const;
@@ -107,6 +110,15 @@ std::vector<int32_t> navit_position_ids(int64_t ph, int64_t pw, int64_t side);
 // The resampler's 2D sin-cos key positions for a ph x pw grid, [ph * pw][dim] row-major
 // (get_2d_sincos_pos_embed: column half first); dim must be a multiple of 4.
 std::vector<float> resampler_pos_embed(int64_t dim, int64_t ph, int64_t pw);
+// The 3D resampler's temporal vector of id t, [dim] (get_1d_sincos_pos_embed_from_temporal_size:
+// dim/2 frequencies, sines then cosines); id -1 (a still image) is the zero vector.
+std::vector<float> resampler_temporal_embed(int64_t dim, int64_t t);
+
+// Frames per temporal group of a video (the reference recipe's valid packing range is 1..6).
+constexpr int kMaxVideoPacking = 6;
+// Temporal ids are times in units of the recipe's 0.1 s: bounded so that every id is an exact
+// float32 integer (2^24 units, ~19 days).
+constexpr int64_t kMaxTemporalId = (int64_t) 1 << 24;
 
 // The compute state of the vision encoder for one session (or ImageEncoder): runs encoder +
 // resampler on preprocessed slices through its own GraphRunner. Compute buffers are reserved
@@ -118,6 +130,12 @@ public:
 
     // n_query * slices.size() embeddings of width rs_dim, row-major [slice][query][rs_dim].
     std::vector<float> encode(const std::vector<const ImageSlice *> & slices);
+
+    // The 3D resampler (hparams().temporal): frames in order, grouped by `groups` (one temporal
+    // id per frame, groups consecutive); n_query * groups.size() embeddings, [group][query][rs_dim].
+    // Frames of one group must have one size. Groups of equal size and packing share a batch.
+    std::vector<float> encode_temporal(const std::vector<const ImageSlice *> & frames,
+                                       const std::vector<std::vector<int>> & groups);
 
     // For parity tests: the post-LayerNorm features of one slice, [n_patches][n_embd].
     std::vector<float> encode_vit(const ImageSlice & slice);
@@ -137,5 +155,14 @@ private:
 std::shared_ptr<const ImageChunk> encode_image_chunk(VisionEncoder & enc, const Tokenizer & tok, const uint8_t * rgb,
                                                      int width, int height, const ImageOptions & opts,
                                                      int64_t max_patches = 0);
+
+// A video given as frames with temporal ids (VideoFrames with temporal_ids): each group of frames
+// becomes one unsliced image chunk without <image_id> (the reference's use_image_id=False,
+// max_slice_nums=1), its embeddings from the 3D resampler. Throws Error(Unsupported) when the
+// model's resampler is not 3D, Error(InvalidArgument) for bad frames or ids.
+// Validates a video's frames and temporal ids (counts, group sizes 1..6, id range).
+void check_video_frames(const VideoFrames & video);
+std::vector<std::shared_ptr<const ImageChunk>> encode_video_chunks(VisionEncoder & enc, const Tokenizer & tok,
+                                                                   const VideoFrames & video, int64_t max_patches = 0);
 
 } // namespace minicpm

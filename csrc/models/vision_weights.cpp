@@ -153,6 +153,27 @@ std::vector<float> resampler_pos_embed(int64_t dim, int64_t ph, int64_t pw) {
     return out;
 }
 
+// get_1d_sincos_pos_embed_from_temporal_size at one position, float32 as the reference's numpy:
+// omega = 1 / 10000^(arange(D/2) / (D/2)), out = t * omega, [sin(out), cos(out)].
+std::vector<float> resampler_temporal_embed(int64_t dim, int64_t t) {
+    if (dim <= 0 || dim % 2 != 0) fail(ErrorKind::InvalidArgument, "resampler_temporal_embed: dim must be even and > 0");
+    if (t < -1 || t >= kMaxTemporalId) {
+        fail(ErrorKind::InvalidArgument, "temporal id " + std::to_string(t) + " out of range [-1, " +
+                                             std::to_string(kMaxTemporalId) + ")");
+    }
+    std::vector<float> out((size_t) dim, 0.0f);
+    if (t < 0) return out;
+    const int64_t half = dim / 2;
+    for (int64_t i = 0; i < half; ++i) {
+        const float e = (float) i / (float) half;
+        const float omega = 1.0f / std::pow(10000.0f, e);
+        const float a = (float) t * omega;
+        out[(size_t) i] = std::sin(a);
+        out[(size_t) (half + i)] = std::cos(a);
+    }
+    return out;
+}
+
 VisionHparams VisionHparams::from_gguf(const GgufFile & f) {
     VisionHparams hp;
     const std::string & path = f.path();
@@ -165,6 +186,8 @@ VisionHparams VisionHparams::from_gguf(const GgufFile & f) {
     }
     if (auto kind = f.opt_str(key_name(KeyName::MINICPM_RS_KIND)); kind && *kind != "2d" && *kind != "3d") {
         fail(ErrorKind::Unsupported, "resampler kind '" + *kind + "' in " + path + " is not supported (2d, 3d)");
+    } else {
+        hp.temporal = kind && *kind == "3d";
     }
 
     // Sane maxima, checked before ggml sees the values (SigLIP-400M: 1152 wide, 27 layers of
@@ -248,6 +271,10 @@ VisionHparams VisionHparams::from_gguf(const GgufFile & f) {
     const int64_t version = f.opt_u32(key_name(KeyName::CLIP_MINICPMV_VERSION)).value_or(0);
     range(KeyName::CLIP_MINICPMV_VERSION, version, 0, 1 << 20);   // 2 .. 6, 100045
     hp.minicpmv_version = (int) version;
+    // llama.cpp's mmproj files have no resampler kind; their MiniCPM-V 4.5 (clip.minicpmv_version
+    // 6) resampler is the 3D one (same weights, temporal sin-cos computed at run time).
+    constexpr int64_t kLlamaCppMinicpmV45 = 6;
+    if (!f.has_key(key_name(KeyName::MINICPM_RS_KIND))) hp.temporal = version == kLlamaCppMinicpmV45;
     // clip.minicpmv_query_num is absent from older mmproj files (clip.cpp then assumes 64 for
     // versions 3, 4, 5, 6, 100045); the query tensor is authoritative, the key must agree.
     if (auto qn = f.opt_u32(key_name(KeyName::CLIP_MINICPMV_QUERY_NUM)); qn && *qn != 0 && *qn != hp.n_query) {

@@ -1,7 +1,9 @@
 #include "prompt.h"
 
 #include "core/error.h"
+#include "models/vision.h"
 #include "preprocess/tokenizer.h"
+#include "runtime/model_impl.h"
 
 #include <algorithm>
 #include <cmath>
@@ -20,6 +22,13 @@ ContentPart ContentPart::make_image(std::shared_ptr<const RgbImage> img) {
     ContentPart p;
     p.type = Type::Image;
     p.image = std::move(img);
+    return p;
+}
+
+ContentPart ContentPart::make_video(std::shared_ptr<const VideoFrames> video) {
+    ContentPart p;
+    p.type = Type::Video;
+    p.video = std::move(video);
     return p;
 }
 
@@ -110,10 +119,20 @@ struct AudioPiece {
     size_t                          begin = 0, n = 0;
 };
 
+// One temporal group of a video with temporal ids.
+struct VideoGroup {
+    std::shared_ptr<const VideoFrames> video;
+    size_t                             group = 0;
+};
+
 struct Rendered {
     std::string                                  text;     // with markers
-    std::string                                  marker, audio_marker;
+    std::string                                  marker, audio_marker, video_marker;
     std::vector<std::shared_ptr<const RgbImage>> images;   // in order
+    // Per image: the reference's image index (every image and video frame counts), and for video
+    // frames without temporal ids their slicing (no <image_id>); 0 = the chat's settings.
+    std::vector<int>                             image_index, image_video_slices;
+    std::vector<VideoGroup>                      video_groups;   // in order
     std::vector<AudioPiece>                      audio;    // in order
     bool                                         thinking = false;
     bool                                         tts = false;
@@ -124,6 +143,8 @@ Rendered render(const Model & model, const std::vector<Message> & messages, cons
     Rendered r;
     r.marker = pick_marker(messages, "image");
     r.audio_marker = pick_marker(messages, "audio");
+    r.video_marker = pick_marker(messages, "video");
+    int n_index = 0;   // the reference numbers every image placeholder, video frames included
     // The reference chat() joins the items of a content list with "\n" ("" in omni mode).
     const std::string sep = params.omni_mode ? "" : "\n";
     std::vector<ChatMessage> msgs;
@@ -158,6 +179,36 @@ Rendered render(const Model & model, const std::vector<Message> & messages, cons
                 }
                 cm.content += r.marker;
                 r.images.push_back(part.image);
+                r.image_index.push_back(n_index++);
+                r.image_video_slices.push_back(0);
+            } else if (part.type == ContentPart::Type::Video) {
+                const std::string what = "message " + std::to_string(i) + ", part " + std::to_string(j);
+                if (!part.video) fail(ErrorKind::InvalidArgument, what + ": video part without frames");
+                try {
+                    check_video_frames(*part.video);
+                } catch (const Error & e) {
+                    fail(e.kind(), what + ": " + e.what());
+                }
+                const VideoFrames & v = *part.video;
+                if (v.temporal_ids.empty()) {
+                    // The reference recipe of models without temporal ids: every frame an image.
+                    for (size_t f = 0; f < v.frames.size(); ++f) {
+                        if (f > 0) cm.content += sep;
+                        cm.content += r.marker;
+                        r.images.push_back(v.frames[f]);
+                        r.image_index.push_back(n_index++);
+                        r.image_video_slices.push_back(v.max_slice_nums);
+                    }
+                } else {
+                    // One placeholder per group: the reference skips the group's later frames and
+                    // strips the "\n" before them.
+                    for (size_t g = 0; g < v.temporal_ids.size(); ++g) {
+                        if (g > 0) cm.content += sep;
+                        cm.content += r.video_marker;
+                        r.video_groups.push_back(VideoGroup{part.video, g});
+                    }
+                    n_index += (int) v.frames.size();
+                }
             } else {
                 fail(ErrorKind::Unsupported, "message " + std::to_string(i) + ": unsupported content part");
             }
@@ -193,13 +244,15 @@ Message Message::assistant(std::string text) { return text_message("assistant", 
 
 std::string render_chat_text(const Model & model, const std::vector<Message> & messages, const ChatParams & params) {
     Rendered r = render(model, messages, params);
-    return replace_all(replace_all(r.text, r.marker, kImageText), r.audio_marker, kAudioText);
+    return replace_all(replace_all(replace_all(r.text, r.marker, kImageText), r.audio_marker, kAudioText), r.video_marker,
+                       kImageText);
 }
 
 ChatPrompt build_chat_prompt(const Model & model, const std::vector<Message> & messages, const ChatParams & params,
-                             const ImageEncodeFn & encode, const AudioEncodeFn & encode_audio) {
+                             const ImageEncodeFn & encode, const AudioEncodeFn & encode_audio,
+                             const VideoEncodeFn & encode_video) {
     Rendered r = render(model, messages, params);
-    if (!r.images.empty() && !model.has_vision()) {
+    if ((!r.images.empty() || !r.video_groups.empty()) && !model.has_vision()) {
         fail(ErrorKind::Unsupported, "model " + model.info().path + " has no vision encoder: convert the MiniCPM-V "
                                      "checkpoint with its vision tower, or load a separate mmproj file");
     }
@@ -207,13 +260,22 @@ ChatPrompt build_chat_prompt(const Model & model, const std::vector<Message> & m
         fail(ErrorKind::Unsupported, "model " + model.info().path + " has no audio encoder: convert a MiniCPM-o "
                                      "checkpoint with its audio encoder, or load a separate audio file");
     }
+    if (!r.video_groups.empty()) {
+        const VisionModel * vm = model.impl().vision();
+        if (vm && !vm->hp.temporal) {
+            fail(ErrorKind::Unsupported, "model " + model.info().path + " has no 3D resampler (temporal ids are "
+                                         "MiniCPM-V 4.5's): pass the video frames without temporal_ids");
+        }
+        if (!encode_video) fail(ErrorKind::Unsupported, "messages with video: build the prompt with a Session");
+    }
     if (!r.audio.empty() && !encode_audio) {
         fail(ErrorKind::Unsupported, "messages with audio: build the prompt with a Session (it owns the audio encoder)");
     }
     ChatPrompt out;
     out.thinking = r.thinking;
     out.tts = r.tts;
-    out.text = replace_all(replace_all(r.text, r.marker, kImageText), r.audio_marker, kAudioText);
+    out.text = replace_all(replace_all(replace_all(r.text, r.marker, kImageText), r.audio_marker, kAudioText),
+                           r.video_marker, kImageText);
     // o4.5's chat() cuts the answer at the first <|tts_eos|>; o2.6's removes every one (a special
     // token, which the streamed text leaves out anyway).
     if (r.tts && model.info().model_type != "minicpm-o-2.6") {
@@ -236,11 +298,13 @@ ChatPrompt build_chat_prompt(const Model & model, const std::vector<Message> & m
         if (listen >= 0) ids.erase(std::remove(ids.begin(), ids.end(), listen), ids.end());
         return ids;
     };
-    size_t begin = 0, k_img = 0, k_aud = 0;
+    size_t begin = 0, k_img = 0, k_aud = 0, k_vid = 0;
+    std::vector<std::shared_ptr<const ImageChunk>> video_chunks;   // of the current video
     for (;;) {
         const size_t at_img = r.text.find(r.marker, begin);
         const size_t at_aud = r.text.find(r.audio_marker, begin);
-        const size_t at = std::min(at_img, at_aud);
+        const size_t at_vid = r.text.find(r.video_marker, begin);
+        const size_t at = std::min({at_img, at_aud, at_vid});
         const std::string piece = r.text.substr(begin, at == std::string::npos ? std::string::npos : at - begin);
         if (!piece.empty()) out.segments.push_back(PromptSegment{text_tokens(piece), nullptr});
         if (at == std::string::npos) break;
@@ -249,10 +313,28 @@ ChatPrompt build_chat_prompt(const Model & model, const std::vector<Message> & m
             ImageOptions io;
             io.max_slice_nums = params.max_slice_nums;
             io.use_image_id = params.use_image_id;
-            io.image_id = (int) k_img;
+            io.image_id = r.image_index[k_img];
+            if (r.image_video_slices[k_img] > 0) {
+                io.max_slice_nums = r.image_video_slices[k_img];
+                io.use_image_id = false;
+            }
             out.segments.push_back(PromptSegment{{}, encode(*r.images[k_img], io)});
             ++k_img;
             begin = at + r.marker.size();
+        } else if (at == at_vid) {
+            if (k_vid >= r.video_groups.size()) fail(ErrorKind::Format, "the model's chat template repeated a video slot");
+            const VideoGroup & vg = r.video_groups[k_vid];
+            if (vg.group == 0) {
+                video_chunks = encode_video(*vg.video);
+                if (video_chunks.size() != vg.video->temporal_ids.size()) {
+                    fail(ErrorKind::Internal, "video encoder returned " + std::to_string(video_chunks.size()) +
+                                                  " chunks for " + std::to_string(vg.video->temporal_ids.size()) + " groups");
+                }
+            }
+            if (vg.group >= video_chunks.size()) fail(ErrorKind::Format, "the model's chat template reordered a video");
+            out.segments.push_back(PromptSegment{{}, video_chunks[vg.group]});
+            ++k_vid;
+            begin = at + r.video_marker.size();
         } else {
             if (k_aud >= r.audio.size()) fail(ErrorKind::Format, "the model's chat template repeated an audio slot");
             const AudioPiece & a = r.audio[k_aud];
@@ -261,7 +343,7 @@ ChatPrompt build_chat_prompt(const Model & model, const std::vector<Message> & m
             begin = at + r.audio_marker.size();
         }
     }
-    if (k_img != r.images.size() || k_aud != r.audio.size()) {
+    if (k_img != r.images.size() || k_aud != r.audio.size() || k_vid != r.video_groups.size()) {
         fail(ErrorKind::Format, "the model's chat template dropped a media slot");
     }
     return out;

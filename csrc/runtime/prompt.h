@@ -18,10 +18,15 @@ using ImageEncodeFn = std::function<std::shared_ptr<const ImageChunk>(const RgbI
 // mel frames (the reference encodes a chat's audio as one padded batch).
 using AudioEncodeFn = std::function<std::shared_ptr<const AudioChunk>(const float * pcm, size_t n, int64_t batch_frames)>;
 
+// A video with temporal ids: one image chunk per temporal group, in order.
+using VideoEncodeFn = std::function<std::vector<std::shared_ptr<const ImageChunk>>(const VideoFrames &)>;
+
 // Throws Error(InvalidArgument) for bad messages; images and audio pieces go through `encode` /
-// `encode_audio` in order.
+// `encode_audio` in order, videos with temporal ids through `encode_video` (frames without
+// temporal ids are images for `encode`).
 ChatPrompt build_chat_prompt(const Model & model, const std::vector<Message> & messages, const ChatParams & params,
-                             const ImageEncodeFn & encode, const AudioEncodeFn & encode_audio = {});
+                             const ImageEncodeFn & encode, const AudioEncodeFn & encode_audio = {},
+                             const VideoEncodeFn & encode_video = {});
 
 // 16 kHz samples per audio piece: the reference splits longer clips into 30 s pieces.
 constexpr size_t kAudioPieceSamples = 30 * 16000;

@@ -88,6 +88,12 @@ struct ImageEncoder::Impl {
         if (!encoder) encoder = std::make_unique<VisionEncoder>(vm, backends, debug);
         return encode_image_chunk(*encoder, model->tokenizer(), rgb, w, h, opts, model->impl().params.max_image_patches);
     }
+
+    std::vector<std::shared_ptr<const ImageChunk>> encode_video(const VideoFrames & video) {
+        const VisionModel & vm = need_vision(*model);
+        if (!encoder) encoder = std::make_unique<VisionEncoder>(vm, backends, debug);
+        return encode_video_chunks(*encoder, model->tokenizer(), video, model->impl().params.max_image_patches);
+    }
 };
 
 ImageEncoder::ImageEncoder(std::shared_ptr<Model> model, int n_threads, DebugOptions debug) {
@@ -104,6 +110,11 @@ std::shared_ptr<const ImageChunk> ImageEncoder::encode(const uint8_t * rgb, int 
     return impl_->encode(rgb, width, height, opts);
 }
 
+std::vector<std::shared_ptr<const ImageChunk>> ImageEncoder::encode_video(const VideoFrames & video) {
+    BusyGuard g(impl_->busy, "ImageEncoder");
+    return impl_->encode_video(video);
+}
+
 // ---- Session --------------------------------------------------------------------------------
 
 struct Session::Impl {
@@ -115,6 +126,9 @@ struct Session::Impl {
     std::unique_ptr<AudioEncoder>  audio;    // created at the first audio clip
     ImageChunkCache        image_cache;
     ImageChunkCache        audio_cache;
+    // The last videos with temporal ids encoded (key: frames, sizes and ids), so that passing a
+    // conversation again each turn does not encode its video again.
+    std::deque<std::pair<uint64_t, std::vector<std::shared_ptr<const ImageChunk>>>> video_cache;
     Generator              gen;
     std::mt19937_64        rng;
     Timings                timings;
@@ -211,6 +225,30 @@ struct Session::Impl {
         timings.n_images += 1;
         image_cache.put(key, chunk);
         return chunk;
+    }
+
+    std::vector<std::shared_ptr<const ImageChunk>> encode_video(const VideoFrames & video) {
+        check_video_frames(video);
+        uint64_t key = fnv1a("video", 5);
+        for (const auto & f : video.frames) {
+            const int size[2] = {f->width, f->height};
+            key = fnv1a(size, sizeof(size), fnv1a(f->pixels.data(), f->pixels.size(), key));
+        }
+        for (const auto & g : video.temporal_ids) {
+            const int n = (int) g.size();
+            key = fnv1a(g.data(), g.size() * sizeof(int), fnv1a(&n, sizeof(n), key));
+        }
+        for (const auto & e : video_cache) {
+            if (e.first == key) return e.second;
+        }
+        const double t0 = now_ms();
+        if (!vision) vision = std::make_unique<VisionEncoder>(need_vision(*model), backends, params.debug);
+        auto chunks = encode_video_chunks(*vision, model->tokenizer(), video, model->impl().params.max_image_patches);
+        timings.encode_ms += now_ms() - t0;
+        timings.n_images += (int64_t) chunks.size();
+        video_cache.emplace_back(key, chunks);
+        if (video_cache.size() > 2) video_cache.pop_front();
+        return chunks;
     }
 
     AudioEncoder & audio_encoder() {
@@ -408,7 +446,8 @@ struct Session::Impl {
                 }
                 return encode_image(img.pixels.data(), img.width, img.height, o);
             },
-            [&](const float * pcm, size_t n, int64_t batch_frames) { return encode_audio_piece(pcm, n, batch_frames); });
+            [&](const float * pcm, size_t n, int64_t batch_frames) { return encode_audio_piece(pcm, n, batch_frames); },
+            [&](const VideoFrames & v) { return encode_video(v); });
     }
 
     void begin_generation(GenerationParams p) {

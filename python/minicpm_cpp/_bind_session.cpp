@@ -65,6 +65,24 @@ std::shared_ptr<const AudioPcm> to_pcm(const py::handle & h, const std::string &
     return pcm;
 }
 
+// A video part as content.py hands it over: {"video_frames": [HxWx3 uint8, ...],
+// "temporal_ids": [[int, ...], ...] or None, "max_slice_nums": int}.
+std::shared_ptr<const VideoFrames> to_video(const py::dict & d, const std::string & what) {
+    auto v = std::make_shared<VideoFrames>();
+    if (!py::isinstance<py::list>(d["video_frames"])) throw Error(ErrorKind::InvalidArgument, what + ": frames must be a list");
+    size_t k = 0;
+    for (const auto & f : d["video_frames"].cast<py::list>()) v->frames.push_back(to_rgb(f, what + " frame " + std::to_string(k++)));
+    if (d.contains("temporal_ids") && !d["temporal_ids"].is_none()) {
+        for (const auto & g : d["temporal_ids"].cast<py::list>()) {
+            std::vector<int> ids;
+            for (const auto & t : g.cast<py::list>()) ids.push_back(t.cast<int>());
+            v->temporal_ids.push_back(std::move(ids));
+        }
+    }
+    if (d.contains("max_slice_nums") && !d["max_slice_nums"].is_none()) v->max_slice_nums = d["max_slice_nums"].cast<int>();
+    return v;
+}
+
 std::vector<Message> to_messages(const py::list & messages) {
     std::vector<Message> out;
     size_t i = 0;
@@ -80,6 +98,8 @@ std::vector<Message> to_messages(const py::list & messages) {
         for (const auto & part : content.cast<py::list>()) {
             const std::string pw = where + " part " + std::to_string(j++);
             if (py::isinstance<py::str>(part)) m.content.push_back(ContentPart::make_text(text_of(part, pw)));
+            else if (py::isinstance<py::dict>(part) && part.cast<py::dict>().contains("video_frames"))
+                m.content.push_back(ContentPart::make_video(to_video(part.cast<py::dict>(), pw)));
             else if (py::isinstance<py::array>(part) && py::reinterpret_borrow<py::array>(part).ndim() == 1)
                 m.content.push_back(ContentPart::make_audio(to_pcm(part, pw)));
             else m.content.push_back(ContentPart::make_image(to_rgb(part, pw)));
@@ -231,9 +251,12 @@ void bind_session(py::module_ & mod) {
         ChatPrompt p;
         {
             py::gil_scoped_release nogil;
-            p = build_chat_prompt(m, msgs, cp, [&](const RgbImage & img, const ImageOptions & o) {
-                return enc.encode(img.pixels.data(), img.width, img.height, o);
-            });
+            p = build_chat_prompt(
+                m, msgs, cp,
+                [&](const RgbImage & img, const ImageOptions & o) {
+                    return enc.encode(img.pixels.data(), img.width, img.height, o);
+                },
+                {}, [&](const VideoFrames & v) { return enc.encode_video(v); });
         }
         return prompt_tuple(p);
     }, py::arg("model"), py::arg("encoder"), py::arg("messages"), py::arg("add_generation_prompt") = true,

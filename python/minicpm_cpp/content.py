@@ -6,7 +6,7 @@ sampled and decoded by video.py into ``{"type": "video", "frames", "temporal_ids
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -61,7 +61,7 @@ def image_part(ref: Any, where: str, allow_local_files: bool = True) -> np.ndarr
 VIDEO_PART_OPTIONS = ("fps", "max_frames", "max_packing", "force_packing", "recipe", "audio")
 
 
-def video_part(part: Mapping, where: str, allow_local_files: bool = True) -> dict:
+def video_part(part: Mapping, where: str, allow_local_files: bool = True, recipe: Optional[str] = None) -> dict:
     """A video content part -> ``{"type": "video", "frames": [...], "temporal_ids": [...]}``.
 
     ``{"type": "video", "path": p}``, ``{"type": "video", "video": p}`` and
@@ -97,10 +97,42 @@ def video_part(part: Mapping, where: str, allow_local_files: bool = True) -> dic
         raise InvalidArgumentError(f"{where}: unknown video option(s) {', '.join(map(repr, unknown))} "
                                    f"(known: {', '.join(VIDEO_PART_OPTIONS)})")
     opts = {k: part[k] for k in VIDEO_PART_OPTIONS if part.get(k) is not None}
-    return load_video(ref, name=f"{where} ({ref})", **opts).to_part()
+    if recipe is not None:
+        opts.setdefault("recipe", recipe)
+    v = load_video(ref, name=f"{where} ({ref})", **opts)
+    out = v.to_part()
+    if v.temporal_ids is None:   # frames as plain images, sliced as the recipe's chat() call says
+        out["max_slice_nums"] = int(v.chat_settings.get("max_slice_nums", 1))
+    if v.audio is not None and v.recipe == "o26":
+        out["unit_marker"] = "<unit>"
+    return out
 
 
-def normalise_parts(content: Any, where: str, allow_local_files: bool = True) -> list:
+def video_parts(part: Mapping, where: str) -> list:
+    """A video part with its frames -> the core's parts: one video item, or, with the omni
+    recipes' audio pieces, each frame followed by its audio (o2.6: each unit after "<unit>"), as
+    the reference's content list interleaves them."""
+    from ._video_part import video_part as frames_part
+
+    audio = part.get("audio")
+    if audio is None:
+        return [frames_part(part, where)]
+    frames = list(part.get("frames") or [])
+    if len(audio) != len(frames):
+        raise InvalidArgumentError(f"{where}: {len(audio)} audio pieces for {len(frames)} frames (one per frame)")
+    if part.get("temporal_ids") is not None:
+        raise InvalidArgumentError(f"{where}: a video with audio pieces has no temporal_ids (the omni recipes)")
+    out: list = []
+    for i, (fr, a) in enumerate(zip(frames, audio)):
+        w = f"{where}, unit {i}"
+        if part.get("unit_marker"):
+            out.append(str(part["unit_marker"]))
+        out.append(frames_part({"frames": [fr], "max_slice_nums": part.get("max_slice_nums", 1)}, w))
+        out.append(audio_part(np.asarray(a, np.float32), w))
+    return out
+
+
+def normalise_parts(content: Any, where: str, allow_local_files: bool = True, video_recipe: Optional[str] = None) -> list:
     """Content -> a list of str, HxWx3 uint8 arrays (images) and 1-D float32 arrays (16 kHz
     audio): the parts the core joins. A 1-D float array is audio, as in the reference; a str
     that names an existing audio file (by its ending, see AUDIO_EXTENSIONS) is read as audio
@@ -139,7 +171,7 @@ def normalise_parts(content: Any, where: str, allow_local_files: bool = True) ->
             elif kind in ("input_audio", "audio_url", "audio"):
                 parts.append(audio_part(part, w, loc))
             elif kind in ("video", "video_url"):
-                parts.append(video_part(part, w, loc))
+                parts.extend(video_parts(video_part(part, w, loc, video_recipe), w))
             else:
                 raise InvalidArgumentError(f"{w}: unsupported content part type {kind!r}")
         elif is_image_like(part):
@@ -154,7 +186,8 @@ def normalise_parts(content: Any, where: str, allow_local_files: bool = True) ->
     return parts
 
 
-def normalise_messages(messages: Sequence[Message], allow_local_files: bool = True) -> list:
+def normalise_messages(messages: Sequence[Message], allow_local_files: bool = True,
+                       video_recipe: Optional[str] = None) -> list:
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
         raise InvalidArgumentError("messages must be a list of {'role': ..., 'content': ...} dicts")
     out = []
@@ -163,7 +196,7 @@ def normalise_messages(messages: Sequence[Message], allow_local_files: bool = Tr
             raise InvalidArgumentError(f"message {i} must be a dict with 'role' and 'content'")
         if not isinstance(m["role"], str):
             raise InvalidArgumentError(f"message {i}: role must be a str")
-        d = {"role": m["role"], "content": normalise_parts(m["content"], f"message {i}", allow_local_files)}
+        d = {"role": m["role"], "content": normalise_parts(m["content"], f"message {i}", allow_local_files, video_recipe)}
         if m.get("reasoning_content") is not None:
             d["reasoning_content"] = str(m["reasoning_content"])
         out.append(d)

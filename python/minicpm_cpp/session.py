@@ -50,6 +50,13 @@ def set_log_level(level: str) -> None:
     _core.set_log_level(_str_arg(level, "level"))
 
 
+
+def _video_recipe(model: Any) -> str:
+    """The frame recipe of video parts given by path for this model's family (video.py)."""
+    from .video import recipe_for_model_type
+
+    return recipe_for_model_type(model.info.get("model_type"))
+
 class Tokenizer:
     """The tokenizer of a GGUF file (vocab-only files included), without loading weights."""
 
@@ -246,7 +253,7 @@ class Model(SpeechModel):
         ``(<image>./</image>)``, audio as ``(<audio>./</audio>)``); ``enable_thinking=None`` takes
         the model's default, ``use_tts_template=None`` switches the speech template on when a
         message holds audio (as the reference ``chat()``)."""
-        return _core.render_chat(self._m, _normalise_messages(messages), add_generation_prompt,
+        return _core.render_chat(self._m, _normalise_messages(messages, True, _video_recipe(self)), add_generation_prompt,
                                  _opt_bool(enable_thinking, "enable_thinking"),
                                  _opt_bool(use_tts_template, "use_tts_template"), bool(omni_mode))
 
@@ -260,7 +267,7 @@ class Model(SpeechModel):
     ) -> list:
         """The prompt of ``messages`` as segments: lists of token ids and encoded images, in order.
         Images are numbered 0, 1, ... across the conversation (``<image_id>N</image_id>``)."""
-        msgs = _normalise_messages(messages)
+        msgs = _normalise_messages(messages, True, _video_recipe(self))
         slices = _max_slices(max_slice_nums)
         uid = _opt_bool(use_image_id, "use_image_id")
         think = _opt_bool(enable_thinking, "enable_thinking")
@@ -551,7 +558,7 @@ class Session(SpeechSession):
         """The prompt :meth:`chat` would evaluate: ``{"segments", "text", "thinking", "answer_prefix", "tts"}``
         (segments: token-id lists and encoded images / audio pieces, in order)."""
         segs, text, thinking, prefix, tts = self._s.chat_prompt(
-            _normalise_messages(messages, self.allow_local_files), add_generation_prompt,
+            _normalise_messages(messages, self.allow_local_files, _video_recipe(self.model)), add_generation_prompt,
             _opt_bool(enable_thinking, "enable_thinking"),
             _max_slices(max_slice_nums), _opt_bool(use_image_id, "use_image_id"),
             _opt_bool(use_tts_template, "use_tts_template"), bool(omni_mode))
@@ -621,7 +628,7 @@ class Session(SpeechSession):
         p = _sampling(sampling)
         self.last_stop_reason = None
         speech = _bool_arg(generate_audio, "generate_audio")
-        msgs = _normalise_messages(messages, self.allow_local_files)
+        msgs = _normalise_messages(messages, self.allow_local_files, _video_recipe(self.model))
 
         def begin():
             _segs, _text, _thinking, prefix, _tts = self._s.begin_chat(

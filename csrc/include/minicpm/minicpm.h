@@ -175,6 +175,8 @@ private:
     std::unique_ptr<Impl> impl_;
 };
 
+struct VideoFrames;
+
 // The compute state of the vision encoder (backends, scheduler, buffers): one per thread.
 // Sessions have their own; this one is for encoding images outside a session.
 class ImageEncoder {
@@ -188,6 +190,8 @@ public:
     // without a vision tower, Error(InvalidArgument) for a bad image, Error(Busy) when another
     // thread is inside this encoder.
     std::shared_ptr<const ImageChunk> encode(const uint8_t * rgb, int width, int height, const ImageOptions & opts);
+    // A video with temporal ids (MiniCPM-V 4.5's 3D resampler): one chunk per temporal group.
+    std::vector<std::shared_ptr<const ImageChunk>> encode_video(const VideoFrames & video);
 
     struct Impl;
 
@@ -201,6 +205,17 @@ private:
 struct RgbImage {
     int                  width = 0, height = 0;
     std::vector<uint8_t> pixels;
+};
+
+// A video as sampled frames (RGB8, in time order). With temporal_ids (MiniCPM-V 4.5's 3D
+// resampler; the reference chat()'s temporal_ids argument): one list per group of consecutive
+// frames, one id per frame (time in 0.1 s units, -1 for a still image), 1..6 frames a group;
+// each group is one unsliced image placeholder without <image_id>. Without: each frame is a
+// plain image (max_slice_nums, no <image_id>), as the reference recipes of the other models.
+struct VideoFrames {
+    std::vector<std::shared_ptr<const RgbImage>> frames;
+    std::vector<std::vector<int>>                temporal_ids;
+    int                                          max_slice_nums = 1;   // frames without temporal ids (1 with them)
 };
 
 // Mono float PCM. The audio encoder takes 16 kHz (what the reference feeds its feature
@@ -217,15 +232,17 @@ constexpr int kMaxAudioSeconds = 3600;
 // (text with "\n" between parts; an image stands where it is, as its placeholder).
 // Audio stands as its placeholder group(s): one per 30 s piece, each piece encoded as its own item.
 struct ContentPart {
-    enum class Type { Text, Image, Audio };   // video comes with its component
+    enum class Type { Text, Image, Audio, Video };
     Type                            type = Type::Text;
     std::string                     text;
     std::shared_ptr<const RgbImage> image;
     std::shared_ptr<const AudioPcm> audio;
+    std::shared_ptr<const VideoFrames> video;
 
     static ContentPart make_text(std::string t);
     static ContentPart make_image(std::shared_ptr<const RgbImage> img);
     static ContentPart make_audio(std::shared_ptr<const AudioPcm> pcm);
+    static ContentPart make_video(std::shared_ptr<const VideoFrames> video);
 };
 
 struct Message {
