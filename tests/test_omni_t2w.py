@@ -43,7 +43,7 @@ def rel(a, b) -> float:
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    d = tiny_models.make_minicpmo45(tmp_path_factory.mktemp("tiny-o45-omni-t2w"), dtype="float32")
+    d = tiny_models.make_minicpmo45(tmp_path_factory.mktemp("tiny-o45-omni-t2w"), dtype="float32", vision=False)
     tiny_token2wav.add_token2wav_flow(d)
     tiny_hift.add_hift(d, seed=3)
     return d
@@ -132,7 +132,7 @@ def test_flow_mel_equals_native_and_reference(native, omni_model, omni_dir, flow
     hp = dict(ours.hparams)
     want_hp = dict(nat.hparams)
     assert {k: v for k, v in hp.items() if k in want_hp} == want_hp
-    alone = Token2Wav(omni_dir, n_threads=1, device="cpu")            # the folder, without a Model
+    alone = mc.Token2Wav(omni_dir, n_threads=1, device="cpu")         # the folder, without a Model
     rng = np.random.default_rng(11)
     tokens, prompt = _tokens(12, 12), _tokens(7, 13)
     prompt_mel = rng.standard_normal((14, N_MEL)).astype(np.float32)
@@ -212,7 +212,7 @@ def test_session_speaks_from_llama_cpp_omni_files(ckpt, llm_only, omni_dir, nati
     out = []
     for model in (m, native):
         s = mc.Session(model, n_ctx=1024, seed=11)
-        out.append(s.chat(msgs, generate_audio=True, voice=voice, max_tokens=12, tts_seed=5, tts_steps=3,
+        out.append(s.chat(msgs, generate_audio=True, voice=voice, max_tokens=6, tts_seed=5, tts_steps=3,
                           temperature=0))
     a, b = out
     assert a.text == b.text and a.codes == b.codes and len(a.codes) > 0

@@ -24,6 +24,7 @@ from .wav import SPEECH_SAMPLE_RATE, AudioChunk, write_wav
 from .speech_prompt import system_prompt
 from .voice import Voice
 from .session import AudioStream, ChatTemplate, Model, Session, Tokenizer, find_model_files, list_devices, set_log_level
+from .token2wav import Token2Wav
 
 __version__ = "0.1.0"
 
@@ -53,4 +54,5 @@ __all__ = [
     "SPEECH_SAMPLE_RATE",
     "system_prompt",
     "Voice",
+    "Token2Wav",
 ]
