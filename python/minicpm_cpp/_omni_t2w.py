@@ -45,6 +45,17 @@ def flow_file(path: PathLike, what: str = "token2wav") -> str:
     return p
 
 
+def vocoder_file(path: PathLike, what: str = "vocoder") -> str:
+    """``path``, or for a ``token2wav-gguf`` folder its ``hifigan2.gguf`` (checked)."""
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        v = os.path.join(p, VOCODER_FILE)
+        if not os.path.isfile(v):
+            raise FileError(f"{what}: llama.cpp-omni's Token2Wav folder {p!r} lacks {VOCODER_FILE}")
+        return v
+    return p
+
+
 def expand_extra_files(paths: Sequence[PathLike]) -> List[PathLike]:
     """``Model(extra_files=...)`` with llama.cpp-omni's Token2Wav folder or files: a folder gives
     its ``flow_matching.gguf`` (after checking the three flow files) and ``hifigan2.gguf``; one of
