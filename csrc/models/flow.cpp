@@ -363,7 +363,15 @@ struct FlowDecl {
                           TensorRole role = TensorRole::Auto) const {
         if (!omni) return own.require(tensor_name(r.t, r.il), std::move(shape), p, role);
         const OmniName o = omni_flow_name(r.t, r.il, n_blocks);
-        return store(o.part).require(o.name, std::move(shape), p, role);
+        ggml_tensor * t = store(o.part).require(o.name, shape, p, role);
+        // Our converter writes norms, biases and position biases F32 (the graphs add and multiply
+        // them as F32); llama.cpp-omni's files are F32 throughout: other vectors are refused here.
+        const bool matrix = p == Placement::Matrix || role == TensorRole::Weight;
+        if (!matrix && t->type != GGML_TYPE_F32) {
+            fail(ErrorKind::Unsupported, "tensor " + o.name + " in " + kOmniFileNames[o.part] + " is " +
+                                             ggml_type_name(t->type) + "; the flow takes its vectors (norms, biases) in F32");
+        }
+        return t;
     }
 
     // A convolution kernel, [in, k, out] in ggml order for the graphs (names.def). llama.cpp-omni
