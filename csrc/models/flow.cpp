@@ -13,6 +13,7 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <string>
 
 namespace minicpm {
@@ -35,15 +36,26 @@ float need_f32(const GgufFile & f, KeyName k, float lo, float hi, bool lo_open =
     return v;
 }
 
+bool is_omni_flow_file_(const GgufFile & f);
+
 bool flow_present(const GgufFile & f) {
     return f.find_tensor(tensor_name(TensorName::FLOW_DIT_IN_PROJ)) != nullptr ||
-           f.opt_u32(key_name(KeyName::T2W_FLOW_DIT_DEPTH)).has_value();
+           f.opt_u32(key_name(KeyName::T2W_FLOW_DIT_DEPTH)).has_value() || is_omni_flow_file_(f);
 }
 
 std::string name(TensorName t, int il = -1) { return tensor_name(t, il); }
 
 constexpr float kPi = 3.14159265358979323846f;   // torch.pi as float32
 
+// Relations between the hyperparameters that the graphs rely on.
+void check_consistent(const FlowHparams & hp, const std::string & path) {
+    auto bad = [&](const std::string & what) { fail(ErrorKind::Format, path + ": token2wav flow: " + what); };
+    if (hp.n_embd % hp.n_head) bad("encoder width not divisible by its heads");
+    if (hp.n_in != hp.n_embd) bad("input_size differs from the encoder width (up_embed needs them equal)");
+    if (hp.dit_in != 4 * hp.n_mel || hp.dit_out != hp.n_mel) bad("estimator channels are not x | mu | spk | cond");
+    if (hp.t_freq % 2) bad("odd time-embedding width");
+    if (hp.stream_history % hp.up_stride) bad("history_frames is not a multiple of up_stride");
+}
 
 } // namespace
 
@@ -92,26 +104,314 @@ FlowHparams FlowHparams::from_gguf(const GgufFile & f) {
                       name(TensorName::FLOW_ENC_ATTN_NORM, (int) (hp.n_blocks + hp.n_up_blocks - 1)));
     check_layer_count(f, key_name(KeyName::T2W_FLOW_DIT_DEPTH), hp.dit_depth, kMaxLayers,
                       name(TensorName::FLOW_DIT_ADALN, (int) hp.dit_depth - 1));
-    auto bad = [&](const std::string & what) { fail(ErrorKind::Format, f.path() + ": token2wav flow: " + what); };
-    if (hp.n_embd % hp.n_head) bad("encoder width not divisible by its heads");
-    if (hp.n_in != hp.n_embd) bad("input_size differs from the encoder width (up_embed needs them equal)");
-    if (up_scale != (float) hp.up_stride) bad("up_scale_factor differs from up_stride (nearest x stride only)");
-    if (hp.dit_in != 4 * hp.n_mel || hp.dit_out != hp.n_mel) bad("estimator channels are not x | mu | spk | cond");
-    if (hp.t_freq % 2) bad("odd time-embedding width");
-    if (hp.stream_history % hp.up_stride) bad("history_frames is not a multiple of up_stride");
+    if (up_scale != (float) hp.up_stride) {
+        fail(ErrorKind::Format, f.path() + ": token2wav flow: up_scale_factor differs from up_stride (nearest x stride only)");
+    }
+    check_consistent(hp, f.path());
     return hp;
 }
 
-FlowWeights FlowWeights::declare(WeightStore & s, const FlowHparams & hp) {
+namespace {
+
+// ---- llama.cpp-omni's token2wav-gguf/{encoder,flow_matching,flow_extra}.gguf ---------------------
+// Their loader (tools/omni/token2wav/token2wav-impl.cpp: bind_flow_extra_weights,
+// ue_loader_bind_all_weights, bind_flow_matching_weights) reads the flow.pt state dict under its
+// own names: flow_extra.gguf the top-level tensors, encoder.gguf `encoder.*` without the prefix,
+// flow_matching.gguf `decoder.estimator.*` as `estimator.*`. Shapes are torch's reversed (ggml
+// order), convolution kernels [k, in, out]; the files carry no hyperparameters.
+enum OmniPart { kOmniEnc = 0, kOmniDit = 1, kOmniExtra = 2 };
+
+struct OmniName {
+    OmniPart    part;
+    std::string name;
+};
+
+OmniName omni_flow_name(TensorName t, int il, int64_t n_blocks) {
+    using T = TensorName;
+    const std::string enc = il < 0 ? std::string()
+                            : il < n_blocks ? "encoders." + std::to_string(il) + "."
+                                            : "up_encoders." + std::to_string(il - n_blocks) + ".";
+    const std::string blk = "estimator.blocks." + std::to_string(il) + ".";
+    switch (t) {
+        case T::FLOW_TOKEN_EMBD: return {kOmniExtra, "input_embedding.weight"};
+        case T::FLOW_SPK_PROJ: return {kOmniExtra, "spk_embed_affine_layer.weight"};
+        case T::FLOW_SPK_PROJ_BIAS: return {kOmniExtra, "spk_embed_affine_layer.bias"};
+        case T::FLOW_ENC_PROJ: return {kOmniExtra, "encoder_proj.weight"};
+        case T::FLOW_ENC_PROJ_BIAS: return {kOmniExtra, "encoder_proj.bias"};
+        case T::FLOW_ENC_EMBD: return {kOmniEnc, "embed.out.0.weight"};
+        case T::FLOW_ENC_EMBD_BIAS: return {kOmniEnc, "embed.out.0.bias"};
+        case T::FLOW_ENC_EMBD_NORM: return {kOmniEnc, "embed.out.1.weight"};
+        case T::FLOW_ENC_EMBD_NORM_BIAS: return {kOmniEnc, "embed.out.1.bias"};
+        case T::FLOW_ENC_LA_CONV1: return {kOmniEnc, "pre_lookahead_layer.conv1.weight"};
+        case T::FLOW_ENC_LA_CONV1_BIAS: return {kOmniEnc, "pre_lookahead_layer.conv1.bias"};
+        case T::FLOW_ENC_LA_CONV2: return {kOmniEnc, "pre_lookahead_layer.conv2.weight"};
+        case T::FLOW_ENC_LA_CONV2_BIAS: return {kOmniEnc, "pre_lookahead_layer.conv2.bias"};
+        case T::FLOW_ENC_ATTN_NORM: return {kOmniEnc, enc + "norm_mha.weight"};
+        case T::FLOW_ENC_ATTN_NORM_BIAS: return {kOmniEnc, enc + "norm_mha.bias"};
+        case T::FLOW_ENC_ATTN_Q: return {kOmniEnc, enc + "self_attn.linear_q.weight"};
+        case T::FLOW_ENC_ATTN_Q_BIAS: return {kOmniEnc, enc + "self_attn.linear_q.bias"};
+        case T::FLOW_ENC_ATTN_K: return {kOmniEnc, enc + "self_attn.linear_k.weight"};
+        case T::FLOW_ENC_ATTN_K_BIAS: return {kOmniEnc, enc + "self_attn.linear_k.bias"};
+        case T::FLOW_ENC_ATTN_V: return {kOmniEnc, enc + "self_attn.linear_v.weight"};
+        case T::FLOW_ENC_ATTN_V_BIAS: return {kOmniEnc, enc + "self_attn.linear_v.bias"};
+        case T::FLOW_ENC_ATTN_OUT: return {kOmniEnc, enc + "self_attn.linear_out.weight"};
+        case T::FLOW_ENC_ATTN_OUT_BIAS: return {kOmniEnc, enc + "self_attn.linear_out.bias"};
+        case T::FLOW_ENC_ATTN_POS: return {kOmniEnc, enc + "self_attn.linear_pos.weight"};
+        case T::FLOW_ENC_POS_BIAS_U: return {kOmniEnc, enc + "self_attn.pos_bias_u"};
+        case T::FLOW_ENC_POS_BIAS_V: return {kOmniEnc, enc + "self_attn.pos_bias_v"};
+        case T::FLOW_ENC_FFN_NORM: return {kOmniEnc, enc + "norm_ff.weight"};
+        case T::FLOW_ENC_FFN_NORM_BIAS: return {kOmniEnc, enc + "norm_ff.bias"};
+        case T::FLOW_ENC_FFN_UP: return {kOmniEnc, enc + "feed_forward.w_1.weight"};
+        case T::FLOW_ENC_FFN_UP_BIAS: return {kOmniEnc, enc + "feed_forward.w_1.bias"};
+        case T::FLOW_ENC_FFN_DOWN: return {kOmniEnc, enc + "feed_forward.w_2.weight"};
+        case T::FLOW_ENC_FFN_DOWN_BIAS: return {kOmniEnc, enc + "feed_forward.w_2.bias"};
+        case T::FLOW_ENC_UP_CONV: return {kOmniEnc, "up_layer.conv.weight"};
+        case T::FLOW_ENC_UP_CONV_BIAS: return {kOmniEnc, "up_layer.conv.bias"};
+        case T::FLOW_ENC_UP_EMBD: return {kOmniEnc, "up_embed.out.0.weight"};
+        case T::FLOW_ENC_UP_EMBD_BIAS: return {kOmniEnc, "up_embed.out.0.bias"};
+        case T::FLOW_ENC_UP_EMBD_NORM: return {kOmniEnc, "up_embed.out.1.weight"};
+        case T::FLOW_ENC_UP_EMBD_NORM_BIAS: return {kOmniEnc, "up_embed.out.1.bias"};
+        case T::FLOW_ENC_OUT_NORM: return {kOmniEnc, "after_norm.weight"};
+        case T::FLOW_ENC_OUT_NORM_BIAS: return {kOmniEnc, "after_norm.bias"};
+        case T::FLOW_DIT_T_EMBD_1: return {kOmniDit, "estimator.t_embedder.mlp.0.weight"};
+        case T::FLOW_DIT_T_EMBD_1_BIAS: return {kOmniDit, "estimator.t_embedder.mlp.0.bias"};
+        case T::FLOW_DIT_T_EMBD_2: return {kOmniDit, "estimator.t_embedder.mlp.2.weight"};
+        case T::FLOW_DIT_T_EMBD_2_BIAS: return {kOmniDit, "estimator.t_embedder.mlp.2.bias"};
+        case T::FLOW_DIT_IN_PROJ: return {kOmniDit, "estimator.in_proj.weight"};
+        case T::FLOW_DIT_IN_PROJ_BIAS: return {kOmniDit, "estimator.in_proj.bias"};
+        case T::FLOW_DIT_ADALN: return {kOmniDit, blk + "adaLN_modulation.1.weight"};
+        case T::FLOW_DIT_ADALN_BIAS: return {kOmniDit, blk + "adaLN_modulation.1.bias"};
+        case T::FLOW_DIT_ATTN_Q: return {kOmniDit, blk + "attn.to_q.weight"};
+        case T::FLOW_DIT_ATTN_Q_BIAS: return {kOmniDit, blk + "attn.to_q.bias"};
+        case T::FLOW_DIT_ATTN_K: return {kOmniDit, blk + "attn.to_k.weight"};
+        case T::FLOW_DIT_ATTN_K_BIAS: return {kOmniDit, blk + "attn.to_k.bias"};
+        case T::FLOW_DIT_ATTN_V: return {kOmniDit, blk + "attn.to_v.weight"};
+        case T::FLOW_DIT_ATTN_V_BIAS: return {kOmniDit, blk + "attn.to_v.bias"};
+        case T::FLOW_DIT_ATTN_Q_NORM: return {kOmniDit, blk + "attn.q_norm.weight"};
+        case T::FLOW_DIT_ATTN_Q_NORM_BIAS: return {kOmniDit, blk + "attn.q_norm.bias"};
+        case T::FLOW_DIT_ATTN_K_NORM: return {kOmniDit, blk + "attn.k_norm.weight"};
+        case T::FLOW_DIT_ATTN_K_NORM_BIAS: return {kOmniDit, blk + "attn.k_norm.bias"};
+        case T::FLOW_DIT_ATTN_OUT: return {kOmniDit, blk + "attn.proj.weight"};
+        case T::FLOW_DIT_ATTN_OUT_BIAS: return {kOmniDit, blk + "attn.proj.bias"};
+        case T::FLOW_DIT_CONV1: return {kOmniDit, blk + "conv.block.1.weight"};
+        case T::FLOW_DIT_CONV1_BIAS: return {kOmniDit, blk + "conv.block.1.bias"};
+        case T::FLOW_DIT_CONV_NORM: return {kOmniDit, blk + "conv.block.3.weight"};
+        case T::FLOW_DIT_CONV_NORM_BIAS: return {kOmniDit, blk + "conv.block.3.bias"};
+        case T::FLOW_DIT_CONV2: return {kOmniDit, blk + "conv.block.6.weight"};
+        case T::FLOW_DIT_CONV2_BIAS: return {kOmniDit, blk + "conv.block.6.bias"};
+        case T::FLOW_DIT_FFN_UP: return {kOmniDit, blk + "mlp.fc1.weight"};
+        case T::FLOW_DIT_FFN_UP_BIAS: return {kOmniDit, blk + "mlp.fc1.bias"};
+        case T::FLOW_DIT_FFN_DOWN: return {kOmniDit, blk + "mlp.fc2.weight"};
+        case T::FLOW_DIT_FFN_DOWN_BIAS: return {kOmniDit, blk + "mlp.fc2.bias"};
+        case T::FLOW_DIT_FINAL_ADALN: return {kOmniDit, "estimator.final_layer.adaLN_modulation.1.weight"};
+        case T::FLOW_DIT_FINAL_ADALN_BIAS: return {kOmniDit, "estimator.final_layer.adaLN_modulation.1.bias"};
+        case T::FLOW_DIT_FINAL_PROJ: return {kOmniDit, "estimator.final_layer.linear.weight"};
+        case T::FLOW_DIT_FINAL_PROJ_BIAS: return {kOmniDit, "estimator.final_layer.linear.bias"};
+        default: break;
+    }
+    fail(ErrorKind::Internal, "token2wav flow: no llama.cpp-omni name for tensor " + tensor_name(t, il));
+}
+
+const char * const kOmniFileNames[3] = {"encoder.gguf", "flow_matching.gguf", "flow_extra.gguf"};
+
+// A tensor of one of the three files with its ggml shape, `dims` dimensions and bounded sizes.
+const TensorInfo & omni_need(const GgufFile & f, const std::string & n, int dims) {
+    const TensorInfo * t = f.find_tensor(n);
+    if (!t) {
+        fail(ErrorKind::Format, "tensor " + n + " not found in " + f.path() +
+                                    " (llama.cpp-omni's token2wav-gguf layout expected)");
+    }
+    if (t->n_dims != dims) {
+        fail(ErrorKind::Format, "tensor " + n + " in " + f.path() + ": shape " + shape_str(t->ne, t->n_dims) + ", expected " +
+                                    std::to_string(dims) + " dimensions");
+    }
+    for (int d = 0; d < dims; ++d) {
+        if (t->ne[d] < 1 || t->ne[d] > (1 << 24)) {
+            fail(ErrorKind::Format, "tensor " + n + " in " + f.path() + ": shape " + shape_str(t->ne, t->n_dims) +
+                                        " out of range");
+        }
+    }
+    return *t;
+}
+
+// Layers numbered prefix.0., prefix.1., ... (probed through `suffix`), bounded.
+int64_t omni_count(const GgufFile & f, const std::string & prefix, const std::string & suffix, int64_t max_layers) {
+    int64_t n = 0;
+    while (n <= max_layers && f.find_tensor(prefix + std::to_string(n) + suffix)) ++n;
+    if (n > max_layers) {
+        fail(ErrorKind::Format, f.path() + ": more than " + std::to_string(max_layers) + " " + prefix + "* layers");
+    }
+    return n;
+}
+
+} // namespace
+
+namespace {
+bool is_omni_flow_file_(const GgufFile & f) {
+    return f.find_tensor("estimator.in_proj.weight") && f.find_tensor("estimator.t_embedder.mlp.0.weight") &&
+           !f.has_key(key_name(KeyName::T2W_FLOW_DIT_DEPTH));
+}
+} // namespace
+
+bool is_omni_flow_file(const GgufFile & f) { return is_omni_flow_file_(f); }
+
+bool is_omni_flow_part(const GgufFile & f) {
+    return (f.find_tensor("embed.out.0.weight") && f.find_tensor("pre_lookahead_layer.conv1.weight")) ||
+           (f.find_tensor("input_embedding.weight") && f.find_tensor("encoder_proj.weight"));
+}
+
+FlowHparams FlowHparams::from_omni(const GgufFile & enc, const GgufFile & dit, const GgufFile & extra) {
+    constexpr int64_t kMaxLayers = 256;
+    FlowHparams hp;
+    hp.omni_layout = true;
+    // shapes (ggml order: torch's reversed)
+    const TensorInfo & emb = omni_need(extra, "input_embedding.weight", 2);        // [n_in, vocab]
+    hp.n_in = emb.ne[0];
+    hp.n_vocab = emb.ne[1];
+    const TensorInfo & spk = omni_need(extra, "spk_embed_affine_layer.weight", 2); // [n_spk, n_mel]
+    hp.n_spk = spk.ne[0];
+    hp.n_mel = spk.ne[1];
+    const TensorInfo & embed = omni_need(enc, "embed.out.0.weight", 2);           // [n_in, E]
+    hp.n_embd = embed.ne[1];
+    const TensorInfo & pos_u = omni_need(enc, "encoders.0.self_attn.pos_bias_u", 2);   // [d_k, heads]
+    hp.n_head = pos_u.ne[1];
+    hp.n_ff = omni_need(enc, "encoders.0.feed_forward.w_1.weight", 2).ne[1];
+    hp.n_blocks = omni_count(enc, "encoders.", ".norm_mha.weight", kMaxLayers);
+    hp.n_up_blocks = omni_count(enc, "up_encoders.", ".norm_mha.weight", kMaxLayers);
+    // pre_lookahead_len = conv1 kernel - 1 (token2wav-impl.cpp reads it the same way)
+    hp.lookahead = omni_need(enc, "pre_lookahead_layer.conv1.weight", 3).ne[0] - 1;
+    // Upsample1D's conv kernel is 2 * stride + 1
+    const int64_t up_k = omni_need(enc, "up_layer.conv.weight", 3).ne[0];
+    if (up_k < 3 || up_k % 2 == 0) {
+        fail(ErrorKind::Format, "tensor up_layer.conv.weight in " + enc.path() + ": kernel " + std::to_string(up_k) +
+                                    ", expected 2 * up_stride + 1");
+    }
+    hp.up_stride = (up_k - 1) / 2;
+    hp.key_bias = enc.find_tensor("encoders.0.self_attn.linear_k.bias") != nullptr;
+    const TensorInfo & in_proj = omni_need(dit, "estimator.in_proj.weight", 2);   // [dit_in, D]
+    hp.dit_in = in_proj.ne[0];
+    hp.dit_embd = in_proj.ne[1];
+    hp.dit_out = omni_need(dit, "estimator.final_layer.linear.weight", 2).ne[1];
+    hp.dit_depth = omni_count(dit, "estimator.blocks.", ".adaLN_modulation.1.weight", kMaxLayers);
+    hp.dit_head_dim = omni_need(dit, "estimator.blocks.0.attn.q_norm.weight", 1).ne[0];
+    const int64_t inner = omni_need(dit, "estimator.blocks.0.attn.to_q.weight", 2).ne[1];
+    if (inner % hp.dit_head_dim) {
+        fail(ErrorKind::Format, dit.path() + ": estimator attention width " + std::to_string(inner) +
+                                    " is not a multiple of its head size " + std::to_string(hp.dit_head_dim));
+    }
+    hp.dit_head = inner / hp.dit_head_dim;
+    hp.dit_ff = omni_need(dit, "estimator.blocks.0.mlp.fc1.weight", 2).ne[1];
+    hp.conv_kernel = omni_need(dit, "estimator.blocks.0.conv.block.1.weight", 3).ne[0];
+    hp.t_freq = omni_need(dit, "estimator.t_embedder.mlp.0.weight", 2).ne[0];
+    // The release's fixed values (the reference code's literals and class defaults, the same
+    // values convert/t2w_flow.py writes; llama.cpp-omni hard-codes them too).
+    hp.spk_eps = 1e-12f;
+    hp.embed_eps = 1e-5f;
+    hp.layer_eps = 1e-12f;
+    hp.out_eps = 1e-5f;
+    hp.pos_base = 10000.0f;
+    hp.lrelu_slope = 0.01f;
+    hp.dit_eps = 1e-6f;
+    hp.qk_eps = 1e-5f;
+    hp.conv_eps = 1e-5f;
+    hp.t_scale = 1000.0f;
+    hp.t_max_period = 10000.0f;
+    hp.cfg_rate = 0.7f;
+    hp.temperature = 1.0f;
+    hp.n_timesteps = 10;
+    hp.max_frames = 50 * 600;
+    hp.stream_history = 100;
+    auto range = [&](const GgufFile & f, const char * what, int64_t v, int64_t lo, int64_t hi) {
+        if (v < lo || v > hi) {
+            fail(ErrorKind::Format, f.path() + ": token2wav flow " + what + " " + std::to_string(v) + " out of range [" +
+                                        std::to_string(lo) + ", " + std::to_string(hi) + "]");
+        }
+    };
+    range(enc, "encoder blocks", hp.n_blocks, 1, kMaxLayers);
+    range(enc, "encoder up blocks", hp.n_up_blocks, 1, kMaxLayers);
+    range(dit, "estimator depth", hp.dit_depth, 1, kMaxLayers);
+    range(enc, "look-ahead", hp.lookahead, 1, 64);
+    range(enc, "up_stride", hp.up_stride, 1, 16);
+    range(enc, "attention heads", hp.n_head, 1, 256);
+    range(dit, "estimator heads", hp.dit_head, 1, 256);
+    range(dit, "conv kernel", hp.conv_kernel, 1, 64);
+    range(extra, "mel bins", hp.n_mel, 1, 1024);
+    range(extra, "speaker width", hp.n_spk, 1, 4096);
+    if (pos_u.ne[0] * hp.n_head != hp.n_embd) {
+        fail(ErrorKind::Format, "tensor encoders.0.self_attn.pos_bias_u in " + enc.path() + ": shape " +
+                                    shape_str(pos_u.ne, pos_u.n_dims) + ", expected [d_k, heads] with d_k * heads = " +
+                                    std::to_string(hp.n_embd));
+    }
+    check_consistent(hp, dit.path());
+    return hp;
+}
+
+namespace {
+
+// A tensor to declare: its ID and layer, named and placed in the right file by FlowDecl.
+struct FlowRef {
+    TensorName t;
+    int        il;
+};
+
+// Declares the flow's tensors in our file (t2w.flow.* names) or in llama.cpp-omni's three files.
+struct FlowDecl {
+    WeightStore &          own;
+    const FlowOmniStores * omni;
+    int64_t                n_blocks;
+
+    ggml_tensor * require(FlowRef r, std::vector<int64_t> shape, Placement p = Placement::Main,
+                          TensorRole role = TensorRole::Auto) const {
+        if (!omni) return own.require(tensor_name(r.t, r.il), std::move(shape), p, role);
+        const OmniName o = omni_flow_name(r.t, r.il, n_blocks);
+        ggml_tensor * t = store(o.part).require(o.name, shape, p, role);
+        // Our converter writes norms, biases and position biases F32 (the graphs add and multiply
+        // them as F32); llama.cpp-omni's files are F32 throughout: other vectors are refused here.
+        const bool matrix = p == Placement::Matrix || role == TensorRole::Weight;
+        if (!matrix && t->type != GGML_TYPE_F32) {
+            fail(ErrorKind::Unsupported, "tensor " + o.name + " in " + kOmniFileNames[o.part] + " is " +
+                                             ggml_type_name(t->type) + "; the flow takes its vectors (norms, biases) in F32");
+        }
+        return t;
+    }
+
+    // A convolution kernel, [in, k, out] in ggml order for the graphs (names.def). llama.cpp-omni
+    // stores torch's [out, in, k] (ggml [k, in, out]): permuted into an F32 copy at load.
+    ggml_tensor * conv(FlowRef r, int64_t k, int64_t in, int64_t out) const {
+        if (!omni) return own.require(tensor_name(r.t, r.il), {in, k, out}, Placement::Main, TensorRole::Vector);
+        const OmniName o = omni_flow_name(r.t, r.il, n_blocks);
+        WeightStore & st = store(o.part);
+        ggml_tensor * src = st.require(o.name, {k, in, out}, Placement::Main, TensorRole::Vector);
+        ggml_tensor * dst = st.derived(o.name + ".in_k_out", GGML_TYPE_F32, {in, k, out}, [&st, src, k, in, out](uint8_t * d) {
+            const std::vector<float> v = st.read_f32(src);   // [out][in][k]
+            float * w = (float *) d;                          // [out][k][in]
+            for (int64_t o2 = 0; o2 < out; ++o2) {
+                for (int64_t i = 0; i < in; ++i) {
+                    for (int64_t j = 0; j < k; ++j) w[(o2 * k + j) * in + i] = v[(size_t) ((o2 * in + i) * k + j)];
+                }
+            }
+        });
+        st.drop(src);
+        return dst;
+    }
+
+    WeightStore & store(OmniPart part) const {
+        return part == kOmniEnc ? *omni->enc : part == kOmniDit ? *omni->dit : *omni->extra;
+    }
+};
+
+} // namespace
+
+FlowWeights FlowWeights::declare(WeightStore & store, const FlowHparams & hp, const FlowOmniStores * omni) {
     using T = TensorName;
     const int64_t E = hp.n_embd, M = hp.n_mel, D = hp.dit_embd, dk = E / hp.n_head;
     const int64_t inner = hp.dit_head * hp.dit_head_dim, K = hp.conv_kernel;
     const auto W = Placement::Matrix;
     const auto V = TensorRole::Vector;
+    const FlowDecl s{store, omni, hp.n_blocks};
+    auto name = [](T t, int il = -1) { return FlowRef{t, il}; };
     // conv kernels [in, kernel, out] in ggml order (see names.def)
-    auto conv = [&](T t, int64_t k, int64_t in, int64_t out, int il = -1) {
-        return s.require(name(t, il), {in, k, out}, Placement::Main, V);
-    };
+    auto conv = [&](T t, int64_t k, int64_t in, int64_t out, int il = -1) { return s.conv({t, il}, k, in, out); };
     FlowWeights w;
     w.tok_embd = s.require(name(T::FLOW_TOKEN_EMBD), {hp.n_in, hp.n_vocab}, Placement::Main, TensorRole::Weight);
     w.spk_w = s.require(name(T::FLOW_SPK_PROJ), {hp.n_spk, M}, W);
@@ -198,21 +498,67 @@ FlowWeights FlowWeights::declare(WeightStore & s, const FlowHparams & hp) {
     return w;
 }
 
-size_t FlowModel::weight_bytes() const { return store->bytes_on_main() + store->bytes_on_host() + store->bytes_repacked(); }
+size_t FlowModel::weight_bytes() const {
+    size_t n = store->bytes_on_main() + store->bytes_on_host() + store->bytes_repacked();
+    for (const auto & s : omni_stores) n += s->bytes_on_main() + s->bytes_on_host() + s->bytes_repacked();
+    return n;
+}
 
 namespace {
 
+// The directory part of a path ("" for a bare file name).
+std::string dir_of(const std::string & path) {
+    const size_t slash = path.find_last_of("/\\");
+    return slash == std::string::npos ? std::string() : path.substr(0, slash + 1);
+}
+
+// llama.cpp-omni's layout: `in.file` is flow_matching.gguf; encoder.gguf and flow_extra.gguf
+// come from its folder (token2wav-gguf/, as omni.cpp finds them).
+void load_omni(FlowModel & m, const ComponentLoad & in) {
+    const std::string dir = dir_of(in.file.path());
+    for (int part : {kOmniEnc, kOmniExtra}) {
+        const std::string p = dir + kOmniFileNames[part];
+        std::error_code ec;
+        if (!std::filesystem::is_regular_file(p, ec)) {
+            fail(ErrorKind::File, in.file.path() + " is llama.cpp-omni's Token2Wav flow_matching.gguf; it needs " +
+                                      kOmniFileNames[part] + " in the same folder (" + p + " not found)");
+        }
+        m.omni_files.push_back(std::make_unique<GgufFile>(p));
+    }
+    const GgufFile & enc = *m.omni_files[0];
+    const GgufFile & extra = *m.omni_files[1];
+    if (!enc.find_tensor("embed.out.0.weight")) {
+        fail(ErrorKind::Format, enc.path() + " is not llama.cpp-omni's Token2Wav encoder.gguf (no embed.out.0.weight)");
+    }
+    if (!extra.find_tensor("input_embedding.weight")) {
+        fail(ErrorKind::Format, extra.path() + " is not llama.cpp-omni's Token2Wav flow_extra.gguf (no input_embedding.weight)");
+    }
+    m.hp = FlowHparams::from_omni(enc, in.file, extra);
+    const size_t n_enc = (size_t) ((m.hp.n_blocks + m.hp.n_up_blocks) * 20 + 32);
+    m.omni_stores.push_back(std::make_unique<WeightStore>(enc, in.devices, n_enc));
+    m.omni_stores.push_back(std::make_unique<WeightStore>(extra, in.devices, 8));
+    m.store = std::make_unique<WeightStore>(in.file, in.devices, (size_t) (m.hp.dit_depth * 30 + 16));
+    const FlowOmniStores stores{m.omni_stores[0].get(), m.store.get(), m.omni_stores[1].get()};
+    m.w = FlowWeights::declare(*m.store, m.hp, &stores);
+    for (auto & s : m.omni_stores) s->load();
+    m.store->load();
+}
+
 std::unique_ptr<Component> flow_load(const ComponentLoad & in) {
     auto m = std::make_unique<FlowModel>();
-    m->hp = FlowHparams::from_gguf(in.file);
-    const size_t n_tensors = (size_t) ((m->hp.n_blocks + m->hp.n_up_blocks) * 20 + m->hp.dit_depth * 26 + 48);
-    m->store = std::make_unique<WeightStore>(in.file, in.devices, n_tensors);
-    m->w = FlowWeights::declare(*m->store, m->hp);
-    m->store->load();
-    MINICPM_LOG_INFO("token2wav flow: encoder %lld+%lld layers x %lld, DiT %lld blocks x %lld, %lld steps, cfg %.2f",
+    if (is_omni_flow_file(in.file)) {
+        load_omni(*m, in);
+    } else {
+        m->hp = FlowHparams::from_gguf(in.file);
+        const size_t n_tensors = (size_t) ((m->hp.n_blocks + m->hp.n_up_blocks) * 20 + m->hp.dit_depth * 26 + 48);
+        m->store = std::make_unique<WeightStore>(in.file, in.devices, n_tensors);
+        m->w = FlowWeights::declare(*m->store, m->hp);
+        m->store->load();
+    }
+    MINICPM_LOG_INFO("token2wav flow: encoder %lld+%lld layers x %lld, DiT %lld blocks x %lld, %lld steps, cfg %.2f%s",
                      (long long) m->hp.n_blocks, (long long) m->hp.n_up_blocks, (long long) m->hp.n_embd,
                      (long long) m->hp.dit_depth, (long long) m->hp.dit_embd, (long long) m->hp.n_timesteps,
-                     m->hp.cfg_rate);
+                     m->hp.cfg_rate, m->hp.omni_layout ? " (llama.cpp-omni token2wav-gguf files)" : "");
     return m;
 }
 

@@ -56,8 +56,26 @@ struct FlowHparams {
     int64_t n_timesteps = 0;  // default Euler steps
     int64_t max_frames = 0;   // longest mel of one call (the reference's noise buffer)
     int64_t stream_history = 0; // mel frames kept past the prompt in the streaming caches
+    bool    omni_layout = false;  // llama.cpp-omni's token2wav-gguf files (see from_omni)
 
     static FlowHparams from_gguf(const GgufFile & f);
+    // llama.cpp-omni's encoder.gguf, flow_matching.gguf and flow_extra.gguf (no hyperparameter
+    // metadata: widths, depths and heads from the tensor shapes, the rest the release's fixed
+    // values, as llama.cpp-omni's token2wav-impl.cpp hard-codes them).
+    static FlowHparams from_omni(const GgufFile & enc, const GgufFile & dit, const GgufFile & extra);
+};
+
+// llama.cpp-omni's token2wav-gguf/flow_matching.gguf (the DiT estimator, `estimator.*` tensors);
+// its encoder.gguf / flow_extra.gguf siblings are read from the same folder.
+bool is_omni_flow_file(const GgufFile & f);
+// encoder.gguf or flow_extra.gguf of that folder (read through flow_matching.gguf).
+bool is_omni_flow_part(const GgufFile & f);
+
+// The stores of llama.cpp-omni's three files, one per file.
+struct FlowOmniStores {
+    WeightStore * enc;
+    WeightStore * dit;
+    WeightStore * extra;
 };
 
 struct FlowEncLayer {
@@ -88,7 +106,7 @@ struct FlowWeights {
     std::vector<FlowDitBlock> dit;
     ggml_tensor * final_adaln_w = nullptr, * final_adaln_b = nullptr, * final_w = nullptr, * final_b = nullptr;
 
-    static FlowWeights declare(WeightStore & store, const FlowHparams & hp);
+    static FlowWeights declare(WeightStore & store, const FlowHparams & hp, const FlowOmniStores * omni = nullptr);
 };
 
 // The flow component (read-only, shared by sessions).
@@ -99,6 +117,10 @@ public:
 
     FlowHparams                  hp;
     FlowWeights                  w;
+    // llama.cpp-omni's layout: the sibling files (encoder.gguf, flow_extra.gguf), then the stores
+    // of encoder, flow_extra (the files outlive their stores).
+    std::vector<std::unique_ptr<GgufFile>>    omni_files;
+    std::vector<std::unique_ptr<WeightStore>> omni_stores;
     std::unique_ptr<WeightStore> store;
 };
 

@@ -61,15 +61,63 @@ std::vector<std::vector<int64_t>> split(const GgufFile & f, KeyName k, const std
     return out;
 }
 
-const TensorInfo * need_tensor(const GgufFile & f, TensorName t, int i = -1) {
-    const TensorInfo * ti = f.find_tensor(tensor_name(t, i));
-    if (!ti) fail(ErrorKind::Format, "tensor " + tensor_name(t, i) + " not found in " + f.path());
+// ---- llama.cpp-omni's token2wav-gguf/hifigan2.gguf: the original HiFT (its loader,
+// token2wav-impl.cpp hg2_model::hg_model_bind_from_loader, builds HiFTGenerator's structure with
+// conv_pre k7/p3, ups 8/5/3, source_downs and Snake ResBlocks) under the state-dict names of
+// hift_original.pt without the generator. prefix, weight norms folded, torch shapes reversed
+// (conv kernels [k, in, out], ConvTranspose1d [k, out, in]), F32. The resblock flat index of
+// names.def is block * dilations + dilation there.
+constexpr int64_t kOmniDilations = 3;   // resblock_dilation_sizes [[1, 3, 5]] * 3 of the release
+
+std::string omni_hift_name(TensorName t, int i) {
+    using T = TensorName;
+    const std::string rb = i < 0 ? std::string()
+                                 : std::to_string(i / kOmniDilations) + ".";
+    const std::string j = i < 0 ? std::string() : std::to_string(i % kOmniDilations);
+    switch (t) {
+        case T::HIFT_F0_CONV: return "f0_predictor.condnet." + std::to_string(2 * i) + ".weight";
+        case T::HIFT_F0_CONV_BIAS: return "f0_predictor.condnet." + std::to_string(2 * i) + ".bias";
+        case T::HIFT_F0_CLS: return "f0_predictor.classifier.weight";
+        case T::HIFT_F0_CLS_BIAS: return "f0_predictor.classifier.bias";
+        case T::HIFT_SRC_LINEAR: return "m_source.l_linear.weight";
+        case T::HIFT_SRC_LINEAR_BIAS: return "m_source.l_linear.bias";
+        case T::HIFT_CONV_PRE: return "conv_pre.weight";
+        case T::HIFT_CONV_PRE_BIAS: return "conv_pre.bias";
+        case T::HIFT_CONV_POST: return "conv_post.weight";
+        case T::HIFT_CONV_POST_BIAS: return "conv_post.bias";
+        case T::HIFT_UP: return "ups." + std::to_string(i) + ".weight";
+        case T::HIFT_UP_BIAS: return "ups." + std::to_string(i) + ".bias";
+        case T::HIFT_SRC_DOWN: return "source_downs." + std::to_string(i) + ".weight";
+        case T::HIFT_SRC_DOWN_BIAS: return "source_downs." + std::to_string(i) + ".bias";
+        case T::HIFT_RB_CONV1: return "resblocks." + rb + "convs1." + j + ".weight";
+        case T::HIFT_RB_CONV1_BIAS: return "resblocks." + rb + "convs1." + j + ".bias";
+        case T::HIFT_RB_CONV2: return "resblocks." + rb + "convs2." + j + ".weight";
+        case T::HIFT_RB_CONV2_BIAS: return "resblocks." + rb + "convs2." + j + ".bias";
+        case T::HIFT_RB_ALPHA1: return "resblocks." + rb + "activations1." + j + ".alpha";
+        case T::HIFT_RB_ALPHA2: return "resblocks." + rb + "activations2." + j + ".alpha";
+        case T::HIFT_SRB_CONV1: return "source_resblocks." + rb + "convs1." + j + ".weight";
+        case T::HIFT_SRB_CONV1_BIAS: return "source_resblocks." + rb + "convs1." + j + ".bias";
+        case T::HIFT_SRB_CONV2: return "source_resblocks." + rb + "convs2." + j + ".weight";
+        case T::HIFT_SRB_CONV2_BIAS: return "source_resblocks." + rb + "convs2." + j + ".bias";
+        case T::HIFT_SRB_ALPHA1: return "source_resblocks." + rb + "activations1." + j + ".alpha";
+        case T::HIFT_SRB_ALPHA2: return "source_resblocks." + rb + "activations2." + j + ".alpha";
+        default: break;
+    }
+    fail(ErrorKind::Internal, "hift: no llama.cpp-omni name for tensor " + tensor_name(t, i));
+}
+
+// The name of a vocoder tensor in our file or in llama.cpp-omni's.
+std::string hname(bool omni, TensorName t, int i = -1) { return omni ? omni_hift_name(t, i) : tensor_name(t, i); }
+
+const TensorInfo * need_tensor(const GgufFile & f, TensorName t, int i = -1, bool omni = false) {
+    const TensorInfo * ti = f.find_tensor(hname(omni, t, i));
+    if (!ti) fail(ErrorKind::Format, "tensor " + hname(omni, t, i) + " not found in " + f.path());
     return ti;
 }
 
 // The kernel size of a [k, in, out] convolution in the file, bounded.
-int64_t kernel_of(const GgufFile & f, TensorName t, int i = -1) {
-    const TensorInfo * ti = need_tensor(f, t, i);
+int64_t kernel_of(const GgufFile & f, TensorName t, int i = -1, bool omni = false) {
+    const TensorInfo * ti = need_tensor(f, t, i, omni);
     if (ti->n_dims != 3 || ti->ne[0] < 1 || ti->ne[0] > kMaxKernel) {
         fail(ErrorKind::Format, "tensor " + ti->name + " in " + f.path() + ": shape " + shape_str(ti->ne, ti->n_dims) +
                                     ", expected a 1-D convolution kernel [k <= " + std::to_string(kMaxKernel) +
@@ -78,7 +126,9 @@ int64_t kernel_of(const GgufFile & f, TensorName t, int i = -1) {
     return ti->ne[0];
 }
 
-bool hift_present(const GgufFile & f) { return f.find_tensor(tensor_name(TensorName::HIFT_CONV_PRE)) != nullptr; }
+bool hift_present(const GgufFile & f) {
+    return f.find_tensor(tensor_name(TensorName::HIFT_CONV_PRE)) != nullptr || is_omni_hift_file(f);
+}
 
 int64_t conv_out(int64_t n, int64_t k, int64_t s, int64_t p, int64_t d) { return (n + 2 * p - d * (k - 1) - 1) / s + 1; }
 
@@ -136,13 +186,22 @@ HiftHparams HiftHparams::from_gguf(const GgufFile & f) {
                                     std::to_string(ns) + " times");
     }
     if (hp.upsample_scale() > (1 << 20)) fail(ErrorKind::Format, f.path() + ": samples per mel frame out of range");
+    hp.kernels_from_tensors(f);
+    return hp;
+}
+
+void HiftHparams::kernels_from_tensors(const GgufFile & f) {
+    HiftHparams & hp = *this;
+    const bool omni = hp.omni_layout;
+    const size_t ns = hp.up_rates.size();
     // kernel sizes the metadata does not carry: from the tensors
-    hp.f0_kernel = kernel_of(f, TensorName::HIFT_F0_CONV, 0);
-    hp.f0_channels = need_tensor(f, TensorName::HIFT_F0_CONV, 0)->ne[2];
-    check_int_range(f, tensor_name(TensorName::HIFT_F0_CONV, 0) + " channels", hp.f0_channels, 1, kMaxChannels);
-    hp.conv_pre_kernel = kernel_of(f, TensorName::HIFT_CONV_PRE);
-    hp.conv_post_kernel = kernel_of(f, TensorName::HIFT_CONV_POST);
-    for (size_t i = 0; i < ns; ++i) hp.down_kernels.push_back(kernel_of(f, TensorName::HIFT_SRC_DOWN, (int) i));
+    hp.f0_kernel = kernel_of(f, TensorName::HIFT_F0_CONV, 0, omni);
+    hp.f0_channels = need_tensor(f, TensorName::HIFT_F0_CONV, 0, omni)->ne[2];
+    check_int_range(f, hname(omni, TensorName::HIFT_F0_CONV, 0) + " channels", hp.f0_channels, 1, kMaxChannels);
+    hp.conv_pre_kernel = kernel_of(f, TensorName::HIFT_CONV_PRE, -1, omni);
+    hp.conv_post_kernel = kernel_of(f, TensorName::HIFT_CONV_POST, -1, omni);
+    hp.down_kernels.clear();
+    for (size_t i = 0; i < ns; ++i) hp.down_kernels.push_back(kernel_of(f, TensorName::HIFT_SRC_DOWN, (int) i, omni));
     // Lengths are kept by the "same" convolutions (F0 predictor, conv_pre, conv_post).
     auto same = [&](int64_t k, int64_t p, const char * what) {
         if (conv_out(100, k, 1, p, 1) != 100) {
@@ -153,12 +212,87 @@ HiftHparams HiftHparams::from_gguf(const GgufFile & f) {
     same(hp.f0_kernel, hp.f0_pad, "F0 predictor convolution");
     same(hp.conv_pre_kernel, hp.conv_pre_pad, "conv_pre");
     same(hp.conv_post_kernel, hp.conv_post_pad, "conv_post");
+}
+
+bool is_omni_hift_file(const GgufFile & f) {
+    return f.find_tensor("conv_pre.weight") && f.find_tensor("m_source.l_linear.weight") &&
+           f.find_tensor("f0_predictor.classifier.weight") && !f.has_key(K(KeyName::MINICPM_HIFT_SAMPLE_RATE));
+}
+
+HiftHparams HiftHparams::from_omni(const GgufFile & f) {
+    if (!is_omni_hift_file(f)) {
+        fail(ErrorKind::Format, f.path() + " is not llama.cpp-omni's hifigan2.gguf (conv_pre.weight, m_source.l_linear.weight, "
+                                           "f0_predictor.classifier.weight)");
+    }
+    HiftHparams hp;
+    hp.omni_layout = true;
+    // HiFTGenerator()'s class defaults and code literals (the release builds it bare; the same
+    // values convert/t2w_hift.py writes as metadata, and llama.cpp-omni hard-codes them).
+    hp.sample_rate = 24000;
+    hp.sine_amp = 0.1f;
+    hp.noise_std = 0.003f;
+    hp.unvoiced_noise_div = 3.0f;
+    hp.voiced_threshold = 10.0f;
+    hp.up_rates = {8, 5, 3};
+    hp.n_fft = 16;
+    hp.hop = 4;
+    hp.rb_kernels = {3, 7, 11};
+    hp.rb_dilations = {{1, 3, 5}, {1, 3, 5}, {1, 3, 5}};
+    hp.srb_kernels = {7, 7, 11};
+    hp.srb_dilations = {{1, 3, 5}, {1, 3, 5}, {1, 3, 5}};
+    hp.conv_pre_pad = 3;
+    hp.conv_post_pad = 3;
+    hp.f0_pad = 1;
+    hp.reflect_pad = 1;
+    hp.lrelu_slope = 0.1f;
+    hp.post_lrelu_slope = 0.01f;
+    hp.audio_limit = 0.99f;
+    hp.magnitude_clip = 100.0f;
+    hp.snake_eps = 1e-9f;
+    // source_downs: strides = cumulative products of [1] + reversed rates, reversed (15, 3, 1);
+    // kernel 2u, padding u / 2 (kernel 1, no padding for u = 1), as HiFTGenerator builds them.
+    const size_t ns = hp.up_rates.size();
+    std::vector<int64_t> cum(ns, 1);
+    for (size_t i = 1; i < ns; ++i) cum[i] = cum[i - 1] * hp.up_rates[ns - i];
+    for (size_t i = 0; i < ns; ++i) {
+        const int64_t u = cum[ns - 1 - i];
+        hp.down_strides.push_back(u);
+        hp.down_pad.push_back(u == 1 ? 0 : u / 2);
+    }
+    // sizes from the tensors: mel bins and base width (conv_pre [k, n_mel, base]), harmonics
+    // (m_source.l_linear [harmonics + 1, 1]), F0 layers, upsampling kernels
+    const TensorInfo * pre = need_tensor(f, TensorName::HIFT_CONV_PRE, -1, true);
+    if (pre->n_dims != 3) fail(ErrorKind::Format, "tensor conv_pre.weight in " + f.path() + ": expected [k, in, out]");
+    hp.n_mel = pre->ne[1];
+    hp.base = pre->ne[2];
+    check_int_range(f, "conv_pre.weight mel bins", hp.n_mel, 1, 1024);
+    check_int_range(f, "conv_pre.weight channels", hp.base, 1, kMaxChannels);
+    const TensorInfo * lin = need_tensor(f, TensorName::HIFT_SRC_LINEAR, -1, true);
+    hp.n_harmonics = lin->ne[0] - 1;
+    check_int_range(f, "m_source.l_linear.weight harmonics", hp.n_harmonics, 0, 63);
+    while (hp.n_f0_layers <= kMaxLayers && f.find_tensor(omni_hift_name(TensorName::HIFT_F0_CONV, (int) hp.n_f0_layers))) {
+        ++hp.n_f0_layers;
+    }
+    check_int_range(f, "f0_predictor.condnet convolutions", hp.n_f0_layers, 1, kMaxLayers);
+    for (size_t i = 0; i < ns; ++i) {
+        const TensorInfo * up = need_tensor(f, TensorName::HIFT_UP, (int) i, true);
+        if (up->n_dims != 3 || up->ne[0] < hp.up_rates[i] || up->ne[0] > kMaxKernel) {
+            fail(ErrorKind::Format, "tensor " + up->name + " in " + f.path() + ": shape " + shape_str(up->ne, up->n_dims) +
+                                        ", expected a ConvTranspose1d kernel [k >= " + std::to_string(hp.up_rates[i]) +
+                                        ", out, in]");
+        }
+        hp.up_kernels.push_back(up->ne[0]);
+        hp.up_pad.push_back((up->ne[0] - hp.up_rates[i]) / 2);
+    }
+    if ((hp.base >> ns) < 1) fail(ErrorKind::Format, f.path() + ": conv_pre width too small for 3 stages");
+    hp.kernels_from_tensors(f);
     return hp;
 }
 
 HiftWeights HiftWeights::declare(WeightStore & s, const GgufFile & f, const HiftHparams & hp) {
     using T = TensorName;
     const auto V = TensorRole::Vector;
+    auto tensor_name = [omni = hp.omni_layout](T t, int i = -1) { return hname(omni, t, i); };
     auto conv = [&](T wt, T bt, int i, int64_t k, int64_t in, int64_t out) {
         HiftConv c;
         c.w = s.require(tensor_name(wt, i), {k, in, out}, Placement::Main, V);
@@ -232,12 +366,13 @@ size_t count_tensors(const HiftHparams & hp) {
 
 std::unique_ptr<Component> hift_load(const ComponentLoad & in) {
     auto m = std::make_unique<HiftModel>();
-    m->hp = HiftHparams::from_gguf(in.file);
+    const bool omni = is_omni_hift_file(in.file);
+    m->hp = omni ? HiftHparams::from_omni(in.file) : HiftHparams::from_gguf(in.file);
     m->store = std::make_unique<WeightStore>(in.file, in.devices, count_tensors(m->hp));
     m->w = HiftWeights::declare(*m->store, in.file, m->hp);
     // The graphs compute in F32 (products with the kernels as the second operand need F32).
     const std::string first = tensor_name(TensorName::HIFT_CONV_PRE);
-    const std::string prefix = first.substr(0, first.find('.') + 1);   // the component's name prefix
+    const std::string prefix = omni ? std::string() : first.substr(0, first.find('.') + 1);   // the component's name prefix
     for (const TensorInfo & ti : in.file.tensors()) {
         if (ti.name.rfind(prefix, 0) == 0 && ti.type != GGML_TYPE_F32) {
             fail(ErrorKind::Unsupported, in.file.path() + ": vocoder tensor " + ti.name + " is " +
@@ -247,9 +382,10 @@ std::unique_ptr<Component> hift_load(const ComponentLoad & in) {
     m->store->load();
     m->src_w = m->store->read_f32(m->w.src_w);
     m->src_b = m->store->read_f32(m->w.src_b);
-    MINICPM_LOG_INFO("hift: vocoder %lld mel bins, %lld channels, %lld stages, %lld samples per frame at %lld Hz",
+    MINICPM_LOG_INFO("hift: vocoder %lld mel bins, %lld channels, %lld stages, %lld samples per frame at %lld Hz%s",
                      (long long) m->hp.n_mel, (long long) m->hp.base, (long long) m->hp.n_stages(),
-                     (long long) m->hp.upsample_scale(), (long long) m->hp.sample_rate);
+                     (long long) m->hp.upsample_scale(), (long long) m->hp.sample_rate,
+                     omni ? " (llama.cpp-omni hifigan2.gguf)" : "");
     return m;
 }
 

@@ -55,8 +55,18 @@ struct HiftHparams {
     int64_t upsample_scale() const;   // samples per mel frame: prod(up_rates) * hop
     int64_t n_bins() const { return n_fft / 2 + 1; }
 
+    bool    omni_layout = false;   // llama.cpp-omni's hifigan2.gguf (from_omni)
+
     static HiftHparams from_gguf(const GgufFile & f);
+    // llama.cpp-omni's token2wav-gguf/hifigan2.gguf: no metadata; sizes from the tensor shapes,
+    // the rest HiFTGenerator()'s class defaults (the release's vocoder, as that loader builds it).
+    static HiftHparams from_omni(const GgufFile & f);
+    // The kernel sizes and widths the metadata does not carry, from the tensors (with checks).
+    void kernels_from_tensors(const GgufFile & f);
 };
+
+// Whether `f` is llama.cpp-omni's hifigan2.gguf (original HiFT under hift_original.pt's names).
+bool is_omni_hift_file(const GgufFile & f);
 
 struct HiftConv {
     ggml_tensor * w = nullptr;   // [k, in, out] (ConvTranspose1d: [k, out, in])

@@ -1,4 +1,5 @@
 #include "llm.h"
+#include "models/tts.h"
 
 #include "minicpm/minicpm.h"
 
@@ -158,7 +159,9 @@ namespace {
 
 bool llm_present(const GgufFile & f) {
     const auto arch = f.opt_str(key_name(KeyName::GENERAL_ARCHITECTURE));
-    return arch && *arch != "clip" && f.find_tensor(tensor_name(TensorName::LLM_TOKEN_EMBD)) != nullptr;
+    // (llama.cpp-omni's TTS file is a llama GGUF too: the tts component reads it)
+    return arch && *arch != "clip" && f.find_tensor(tensor_name(TensorName::LLM_TOKEN_EMBD)) != nullptr &&
+           !is_omni_tts_file(f);
 }
 
 std::unique_ptr<Component> llm_load(const ComponentLoad & in) {

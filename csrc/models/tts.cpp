@@ -11,6 +11,7 @@
 #include "model/names.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -31,7 +32,7 @@ int64_t need_u32(const GgufFile & f, KeyName k, int64_t lo, int64_t hi) {
 
 bool tts_present(const GgufFile & f) {
     return f.opt_bool(key(KeyName::MINICPM_TTS_HAS_TTS)).value_or(false) ||
-           f.find_tensor(tensor_name(TensorName::TTS_HEAD_CODE)) != nullptr;
+           f.find_tensor(tensor_name(TensorName::TTS_HEAD_CODE)) != nullptr || is_omni_tts_file(f);
 }
 
 // ---- llama.cpp-omni's files (tools/omni/convert: convert_hf_to_gguf.py on surgery.py's tts/ dir,
@@ -281,6 +282,14 @@ void log_loaded(const TtsModel & m) {
 }
 
 std::unique_ptr<Component> tts_load(const ComponentLoad & in) {
+    if (is_omni_tts_file(in.file)) {
+        // llama.cpp-omni's tts/<name>-tts-F16.gguf among a model's files: its projector file
+        // from the same folder, owned by the component.
+        auto proj = std::make_unique<GgufFile>(find_omni_projector(in.file.path()));
+        auto om = load_tts_omni(in.file, *proj, in.devices, in.params);
+        om->omni_projector = std::move(proj);
+        return om;
+    }
     auto m = std::make_unique<TtsModel>();
     m->hp = TtsHparams::from_gguf(in.file);
     m->store = std::make_unique<WeightStore>(in.file, in.devices, (size_t) (m->hp.n_layer * 10 + 16));
@@ -303,6 +312,30 @@ void cb(ggml_tensor * t, const char * name, int il = -1) {
 } // namespace
 
 const ComponentType kTtsComponent = {"tts", &tts_present, &tts_load};
+
+std::string find_omni_projector(const std::string & tts_path) {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    const fs::path dir = fs::path(tts_path).parent_path();
+    std::vector<std::string> found;
+    for (fs::directory_iterator it(dir.empty() ? fs::path(".") : dir, ec), end; !ec && it != end; it.increment(ec)) {
+        const std::string name = it->path().filename().string();
+        if (name.find("projector") == std::string::npos || it->path().extension() != ".gguf") continue;
+        std::error_code ec2;
+        if (!fs::is_regular_file(it->path(), ec2)) continue;
+        found.push_back(it->path().string());
+    }
+    std::sort(found.begin(), found.end());
+    for (const auto & p : found) {
+        try {
+            if (is_omni_projector_file(GgufFile(p))) return p;
+        } catch (const Error &) {
+        }
+    }
+    fail(ErrorKind::File, tts_path + " is llama.cpp-omni's TTS file; its projector (" +
+                              "<name>-projector-F16.gguf, general.architecture projector) was not found in " +
+                              (dir.empty() ? std::string(".") : dir.string()));
+}
 
 std::unique_ptr<TtsModel> load_tts_omni(const GgufFile & tts, const GgufFile & projector, const Devices & devices,
                                         const ModelParams & params) {

@@ -92,6 +92,7 @@ public:
     TtsWeights                   w;
     bool                         exact = true;   // every matrix F32: F32 cache
     std::vector<float>           code_rows;      // emb_code as F32 [n_audio][E] (the embedding of each fed-back code)
+    std::unique_ptr<GgufFile>    omni_projector; // llama.cpp-omni, loaded as a component: the projector file it found
     std::unique_ptr<WeightStore> store;
     std::unique_ptr<WeightStore> proj_store;     // llama.cpp-omni: the projector's own file
 };
@@ -104,6 +105,10 @@ bool is_omni_projector_file(const GgufFile & f);
 // The talker from llama.cpp-omni's two files.
 std::unique_ptr<TtsModel> load_tts_omni(const GgufFile & tts, const GgufFile & projector, const Devices & devices,
                                         const ModelParams & params);
+// llama.cpp-omni's projector file next to its TTS file `tts_path`: the *projector*.gguf of that
+// folder that is_omni_projector_file accepts (omni.cpp reads <tts dir>/<name>-projector-F16.gguf).
+// Throws Error(File) when there is none.
+std::string find_omni_projector(const std::string & tts_path);
 
 // ---- sampling (pure functions) ------------------------------------------------------------------
 

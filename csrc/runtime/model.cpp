@@ -2,6 +2,8 @@
 
 #include "core/log.h"
 #include "model/names.h"
+#include "models/flow.h"
+#include "models/tts.h"
 #include "runtime/defaults.h"
 
 #include <algorithm>
@@ -10,6 +12,10 @@
 namespace minicpm {
 
 namespace {
+
+bool is_omni_companion(const GgufFile & f) {
+    return is_omni_flow_part(f) || is_omni_projector_file(f) || f.find_tensor("prompt_cache.spk_cb") != nullptr;
+}
 
 // Loads every component `file` holds into `m` (only `only` when given); two files may not bring
 // the same component.
@@ -38,6 +44,12 @@ void load_components(Model::Impl & m, const GgufFile & file, bool first, const c
         fail(ErrorKind::Format, file.path() + " has no MiniCPM-V vision encoder (expected clip metadata with " +
                                     key_name(KeyName::CLIP_HAS_MINICPMV_PROJ) + " and tensor " +
                                     tensor_name(TensorName::V_PATCH_EMBD) + ")");
+    }
+    if (!any && !first && !only && is_omni_companion(file)) {
+        // llama.cpp-omni's files that other files read: encoder.gguf / flow_extra.gguf (read by
+        // flow_matching.gguf), the TTS projector (read by the TTS file), prompt_cache.gguf (a voice)
+        MINICPM_LOG_INFO("%s: llama.cpp-omni companion file, read through its main file", file.path().c_str());
+        return;
     }
     if (!any) {
         fail(ErrorKind::Format, file.path() + " holds no component this library runs (" +

@@ -24,6 +24,7 @@ from .wav import SPEECH_SAMPLE_RATE, AudioChunk, write_wav
 from .speech_prompt import system_prompt
 from .voice import Voice
 from .session import AudioStream, ChatTemplate, Model, Session, Tokenizer, find_model_files, list_devices, set_log_level
+from .token2wav import Token2Wav
 
 from .video import Video, VideoError, load_video
 
@@ -58,4 +59,5 @@ __all__ = [
     "load_video",
     "Video",
     "VideoError",
+    "Token2Wav",
 ]

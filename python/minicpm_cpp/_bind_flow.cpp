@@ -47,7 +47,10 @@ public:
     PyFlow(const std::string & path, const std::string & device, int n_threads) {
         check_n_threads(n_threads);
         file_ = std::make_unique<GgufFile>(path);
-        if (!kFlowComponent.present(*file_)) throw Error(ErrorKind::Format, path + " has no Token2Wav flow model (t2w.flow.*)");
+        if (!kFlowComponent.present(*file_)) {
+            throw Error(ErrorKind::Format, path + " has no Token2Wav flow model (t2w.flow.*, or llama.cpp-omni's "
+                                                  "flow_matching.gguf)");
+        }
         ModelParams params;
         params.device = device;
         params.n_threads = n_threads;
@@ -61,6 +64,7 @@ public:
     py::dict hparams() const {
         const FlowHparams & h = flow_->hp;
         py::dict d;
+        d["omni_layout"] = h.omni_layout;
         d["vocab_size"] = h.n_vocab;
         d["n_mel"] = h.n_mel;
         d["spk_embed_dim"] = h.n_spk;

@@ -2,6 +2,7 @@
 // validation only.
 #include "core/backend.h"
 #include "core/error.h"
+#include "core/gguf_file.h"
 #include "minicpm/minicpm.h"
 #include "models/hift.h"
 #include "runtime/model_impl.h"
@@ -37,9 +38,27 @@ public:
         vocoder_ = std::make_unique<Vocoder>(*hift_, *backends_);
     }
 
+    // The vocoder component alone from one GGUF file (ours, or llama.cpp-omni's hifigan2.gguf).
+    PyVocoder(const std::string & path, const std::string & device, int n_threads) {
+        if (n_threads < 0) throw Error(ErrorKind::InvalidArgument, "n_threads must be >= 0");
+        file_ = std::make_unique<GgufFile>(path);
+        if (!kHiftComponent.present(*file_)) {
+            throw Error(ErrorKind::Format, path + " has no vocoder (hift.* tensors, or llama.cpp-omni's hifigan2.gguf)");
+        }
+        ModelParams params;
+        params.device = device;
+        params.n_threads = n_threads;
+        devices_ = std::make_unique<Devices>(device, n_threads);
+        own_ = kHiftComponent.load(ComponentLoad{*file_, *devices_, params});
+        hift_ = static_cast<const HiftModel *>(own_.get());
+        backends_ = std::make_unique<ComputeBackends>(*devices_, n_threads);
+        vocoder_ = std::make_unique<Vocoder>(*hift_, *backends_);
+    }
+
     py::dict hparams() const {
         const HiftHparams & h = hift_->hp;
         py::dict d;
+        d["omni_layout"] = h.omni_layout;
         d["sample_rate"] = h.sample_rate;
         d["n_mel"] = h.n_mel;
         d["base_channels"] = h.base;
@@ -104,6 +123,9 @@ private:
     }
 
     std::shared_ptr<Model>           model_;
+    std::unique_ptr<GgufFile>        file_;      // (file-only handle)
+    std::unique_ptr<Devices>         devices_;
+    std::unique_ptr<Component>       own_;
     const HiftModel *                hift_ = nullptr;
     std::unique_ptr<ComputeBackends> backends_;
     std::unique_ptr<Vocoder>         vocoder_;
@@ -115,6 +137,8 @@ void bind_hift(py::module_ & mod) {
     py::class_<PyVocoder>(mod, "Vocoder")
         .def(py::init<std::shared_ptr<Model>, int>(), py::arg("model"), py::arg("n_threads") = 0,
              py::call_guard<py::gil_scoped_release>())
+        .def(py::init<const std::string &, const std::string &, int>(), py::arg("path"), py::arg("device") = "auto",
+             py::arg("n_threads") = 0, py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("hparams", &PyVocoder::hparams)
         .def("vocode", &PyVocoder::vocode, py::arg("mel"), py::arg("seed") = 0, py::arg("add_noise") = true,
              py::arg("noise") = py::none(), py::arg("phases") = py::none(), py::arg("f0") = py::none());

@@ -159,7 +159,9 @@ class Model(SpeechModel):
         self.path = p
         self.mmproj = _check_path(mmproj, "mmproj") if mmproj is not None else None
         self.audio = _check_path(audio, "audio file") if audio is not None else None
-        extra = [_check_path(f, "extra file") for f in extra_files]
+        from ._omni_t2w import expand_extra_files
+
+        extra = [_check_path(f, "extra file") for f in expand_extra_files(extra_files)]
         self.extra_files = list(extra)
         self._device, self._n_threads = device, n
         self._m = _core.Model(

@@ -73,7 +73,9 @@ def _steps(n: Any) -> int:
 
 class Token2Wav:
     """The flow-matching stage of Token2Wav over a loaded model (or, given a path, over the flow
-    weights of one GGUF file alone). Calls are serialised per object."""
+    weights of one GGUF file alone, or of llama.cpp-omni's ``token2wav-gguf`` folder: the folder
+    or any of its ``encoder`` / ``flow_matching`` / ``flow_extra.gguf``). Calls are serialised
+    per object."""
 
     def __init__(self, model: Union["_core.Model", str, "os.PathLike[str]"], n_threads: int = 0,
                  device: str = "auto") -> None:
@@ -82,7 +84,11 @@ class Token2Wav:
         if isinstance(model, (str, os.PathLike)):
             if not isinstance(device, str):
                 raise InvalidArgumentError("device must be a str")
-            self._flow = _core.Token2WavFlow(os.fspath(model), device, n_threads)
+            from ._omni_t2w import flow_file
+
+            # llama.cpp-omni's token2wav-gguf folder (or one of its flow files): flow_matching.gguf,
+            # which reads encoder.gguf and flow_extra.gguf from its folder
+            self._flow = _core.Token2WavFlow(flow_file(model), device, n_threads)
         else:
             self._flow = _core.Token2WavFlow(model, n_threads)
         self._lock = threading.Lock()

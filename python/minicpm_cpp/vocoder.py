@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
@@ -31,7 +32,8 @@ class VocoderOutput:
 
 
 class Vocoder:
-    """The HiFT vocoder of a loaded model.
+    """The HiFT vocoder of a loaded model, or of a GGUF file given by path (ours, or
+    llama.cpp-omni's ``hifigan2.gguf`` / its ``token2wav-gguf`` folder).
 
     The source module's random parts (the reference draws them from torch's global generator on
     every call) are seeded here: ``seed`` picks the noise (and the initial harmonic phases, which
@@ -44,8 +46,18 @@ class Vocoder:
     so a relative difference e in F0 moves the late samples' phase by about e times that: the
     source is exact for a given F0, and follows the F0 predictor's rounding otherwise."""
 
-    def __init__(self, model: "_core.Model", n_threads: int = 0) -> None:
-        self._v = _core.Vocoder(model, int(n_threads))
+    def __init__(self, model: Any, n_threads: int = 0, device: str = "auto") -> None:
+        if isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 0:
+            raise InvalidArgumentError("n_threads must be an int >= 0")
+        if isinstance(model, (str, os.PathLike)):
+            # a vocoder file alone: ours, llama.cpp-omni's hifigan2.gguf, or its token2wav-gguf folder
+            if not isinstance(device, str):
+                raise InvalidArgumentError("device must be a str")
+            from ._omni_t2w import vocoder_file
+
+            self._v = _core.Vocoder(vocoder_file(model), device, n_threads)
+        else:
+            self._v = _core.Vocoder(model, int(n_threads))
         self._lock = threading.Lock()
 
     @property
