@@ -112,10 +112,11 @@ def _reference(model, voice, s, ref_llm, ref_tts, seed, whole, steps=10):
     return answer, codes, [vs.push(flow.push(c, last=last), last=last) for c, last in windows]
 
 
-@pytest.mark.parametrize("whole", [True, False], ids=["whole", "windows"])
-def test_cpp_turn_equals_the_reference_stages(model, voice, ref_llm, ref_tts, whole):
-    s, evs, codes = _events(model, voice, whole, seed=5, max_tokens=40)
-    tokens, want_codes, want_chunks = _reference(model, voice, s, ref_llm, ref_tts, 5, whole)
+# the whole answer with the reference's 10 steps; the windows (one flow call per window) with 3
+@pytest.mark.parametrize("whole,steps", [(True, 10), (False, 3)], ids=["whole", "windows"])
+def test_cpp_turn_equals_the_reference_stages(model, voice, ref_llm, ref_tts, whole, steps):
+    s, evs, codes = _events(model, voice, whole, seed=5, max_tokens=40, steps=steps)
+    tokens, want_codes, want_chunks = _reference(model, voice, s, ref_llm, ref_tts, 5, whole, steps)
     assert codes == want_codes and len(codes) > 0
     chunks = [e for e in evs if isinstance(e, minicpm_cpp.AudioChunk)]
     assert len(chunks) == len(want_chunks) and chunks[-1].last and not any(c.last for c in chunks[:-1])
@@ -133,8 +134,9 @@ def test_cpp_turn_equals_the_reference_stages(model, voice, ref_llm, ref_tts, wh
 
 def test_cpp_turn_whole_audio_is_the_concatenated_events(model, voice):
     s = minicpm_cpp.Session(model, n_ctx=1024, seed=11)
-    r = s.chat(MSGS, generate_audio=True, voice=voice, max_tokens=40, tts_seed=9, whole_audio=False, temperature=0)
-    _s, evs, codes = _events(model, voice, False, seed=9, max_tokens=40)
+    r = s.chat(MSGS, generate_audio=True, voice=voice, max_tokens=20, tts_seed=9, whole_audio=False, temperature=0,
+               tts_steps=2)
+    _s, evs, codes = _events(model, voice, False, seed=9, max_tokens=20, steps=2)
     assert r.codes == codes
     assert np.array_equal(r.audio, np.concatenate([e.audio for e in evs if isinstance(e, minicpm_cpp.AudioChunk)]))
     assert r.text == "".join(e for e in evs if isinstance(e, str))
