@@ -10,8 +10,10 @@
 #include "models/flow.h"
 #include "models/hift.h"
 #include "models/tts.h"
+#include "runtime/busy.h"
 #include "runtime/model_impl.h"
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <deque>
@@ -168,6 +170,7 @@ struct SpeechState {
     std::unique_ptr<CausalVocoder>   stream_vocoder;   // streaming vocoder (windows)
     uint64_t                         turn = 0;         // the active turn's number
     uint64_t                         n_spoken = 0;     // turns with a seed from the session
+    std::atomic<bool>                busy{false};      // the stages are used by one thread at a time
 
     explicit SpeechState(const Model & m) {
         const std::string path = model_path(m);
@@ -396,6 +399,7 @@ void SpeechTurn::start_begun(const std::string & answer_prefix) {
     Impl & s = *impl_;
     if (s.turn != 0) fail(ErrorKind::InvalidArgument, "speech turn: already started");
     SpeechState & st = *s.st;
+    BusyGuard     guard(st.busy, "Session");
     s.pos = s.session.n_past();
     // TTSStreamingGenerator: a new turn of the talker; Token2wav.stream: the prompt pass fills
     // the flow's caches and the vocoder stream starts.
@@ -414,6 +418,7 @@ void SpeechTurn::start_begun(const std::string & answer_prefix) {
 
 bool SpeechTurn::next(SpeechEvent & ev) {
     Impl & s = *impl_;
+    BusyGuard guard(s.st->busy, "Session");
     s.check_active();
     while (s.events.empty() && !s.finished) s.step();
     if (s.events.empty()) return false;

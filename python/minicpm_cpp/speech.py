@@ -81,7 +81,12 @@ def speak(session: Any, begin, *, voice: Any, tts_steps: int, seed: int, stream:
     starts the LLM answer with ``speech=True``) and relays the turn's events."""
     steps = _steps_arg(tts_steps)
     v = None if voice is None else flow_voice(voice)
-    args = (None, None, None) if v is None else (v["prompt_tokens"], v["spk"], v["prompt_mel"])
+    args = (None, None, None)
+    if v is not None:
+        spk = v.get("spk", v.get("speaker_embedding"))
+        if v.get("prompt_tokens") is None or spk is None or v.get("prompt_mel") is None:
+            raise InvalidArgumentError("voice: a dict voice needs prompt_tokens, prompt_mel and spk")
+        args = (v["prompt_tokens"], spk, v["prompt_mel"])
     turn = _core.SpeechTurn(session._s, *args, steps, int(seed), whole)
     it = _TurnIter(session, begin, turn)
     if stream:
