@@ -182,3 +182,35 @@ def test_cpp_turn_errors(model, voice, converted, tiny_qwen3_dir):
     with pytest.raises(minicpm_cpp.UnsupportedError, match="cannot speak"):
         _core.SpeechTurn(minicpm_cpp.Session(text_only, n_ctx=256)._s, *V, 10, 1, None)
     assert not _core.can_speak(text_only._m) and _core.can_speak(model._m)
+
+
+def test_cpp_voice_load_equals_python(voice, tmp_path):
+    # Voice::load reads what Voice.save writes, and the voice tensors embedded in another GGUF
+    p = tmp_path / "v.voice.gguf"
+    voice.save(p)
+    tok, spk, mel, sr, audio = _core.voice_load(str(p))
+    assert np.array_equal(tok, voice.tokens) and np.array_equal(spk, voice.speaker)
+    assert np.array_equal(mel, voice.prompt_mel) and sr == voice.source_sample_rate
+    assert np.array_equal(audio, voice.audio_16k)
+    from gguf import GGUFWriter
+
+    e = tmp_path / "model-with-voice.gguf"
+    w = GGUFWriter(str(e), "qwen3")
+    for k, val in (("voice.version", 1), ("voice.n_tokens", len(voice.tokens)), ("voice.speaker_dim", len(voice.speaker)),
+                   ("voice.mel_bins", voice.prompt_mel.shape[1]), ("voice.source_sample_rate", 16000)):
+        w.add_uint32(k, val)
+    w.add_tensor("voice.tokens", voice.tokens)
+    w.add_tensor("voice.speaker", voice.speaker)
+    w.add_tensor("voice.prompt_mel", voice.prompt_mel)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(minicpm_cpp.FormatError, match="not a voice file"):
+        _core.voice_load(str(e))
+    tok, spk, mel, _sr, audio = _core.voice_load(str(e), True)
+    want = minicpm_cpp.Voice.load(e, embedded=True)
+    assert np.array_equal(tok, want.tokens) and np.array_equal(spk, want.speaker) and np.array_equal(mel, want.prompt_mel)
+    assert audio is None
+    with pytest.raises(minicpm_cpp.FileError):
+        _core.voice_load(str(tmp_path / "missing.gguf"))

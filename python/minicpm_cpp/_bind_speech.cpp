@@ -90,5 +90,26 @@ void bind_speech(py::module_ & mod) {
         .def_property_readonly("stop_reason", &PySpeechTurn::stop_reason)
         .def_property_readonly("whole", &PySpeechTurn::whole)
         .def_property_readonly("seed", &PySpeechTurn::seed);
+    // Voice::load: (tokens, speaker, prompt_mel [frames, bins], source_sample_rate, audio_16k or None).
+    mod.def("voice_load", [](const std::string & path, bool embedded) {
+        Voice v;
+        {
+            py::gil_scoped_release nogil;
+            v = Voice::load(path, embedded);
+        }
+        py::array_t<int32_t> t((py::ssize_t) v.tokens.size());
+        std::memcpy(t.mutable_data(), v.tokens.data(), v.tokens.size() * sizeof(int32_t));
+        F32 s((py::ssize_t) v.speaker.size());
+        std::memcpy(s.mutable_data(), v.speaker.data(), v.speaker.size() * sizeof(float));
+        F32 m({(py::ssize_t) (v.prompt_mel.size() / (size_t) v.n_mel), (py::ssize_t) v.n_mel});
+        std::memcpy(m.mutable_data(), v.prompt_mel.data(), v.prompt_mel.size() * sizeof(float));
+        py::object a = py::none();
+        if (!v.audio_16k.empty()) {
+            F32 x((py::ssize_t) v.audio_16k.size());
+            std::memcpy(x.mutable_data(), v.audio_16k.data(), v.audio_16k.size() * sizeof(float));
+            a = x;
+        }
+        return py::make_tuple(t, s, m, v.source_sample_rate, a);
+    }, py::arg("path"), py::arg("embedded") = false);
     mod.def("can_speak", [](const std::shared_ptr<Model> & m) { return can_speak(*m); }, py::arg("model"));
 }

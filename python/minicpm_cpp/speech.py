@@ -86,7 +86,8 @@ def speak(session: Any, begin, *, voice: Any, tts_steps: int, seed: int, stream:
         spk = v.get("spk", v.get("speaker_embedding"))
         if v.get("prompt_tokens") is None or spk is None or v.get("prompt_mel") is None:
             raise InvalidArgumentError("voice: a dict voice needs prompt_tokens, prompt_mel and spk")
-        args = (v["prompt_tokens"], spk, v["prompt_mel"])
+        mel = np.asarray(v["prompt_mel"])
+        args = (v["prompt_tokens"], spk, mel[0] if mel.ndim == 3 and mel.shape[0] == 1 else mel)
     turn = _core.SpeechTurn(session._s, *args, steps, int(seed), whole)
     it = _TurnIter(session, begin, turn)
     if stream:
