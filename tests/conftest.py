@@ -97,3 +97,20 @@ def tiny_minicpmo26_dir_audio(tmp_path_factory) -> Path:
     """MiniCPM-o 2.6 layout: the Qwen2 LLM and vision of tiny_minicpmv26_vision_dir plus the audio
     encoder of tiny_minicpmo45_dir, pool step 2 (float32). See tiny_models.make_minicpmo26."""
     return tiny_models.make_minicpmo26(tmp_path_factory.mktemp("tiny-minicpmo26-audio"))
+
+
+@pytest.fixture(scope="session")
+def tiny_speech_dir(tmp_path_factory) -> Path:
+    """MiniCPM-o 4.5 with every speech part (float32): the TTS talker, Token2Wav's flow, the
+    original and the streaming HiFT, and the voice assets (S3 tokenizer, CAM++), as
+    test_speech.py builds it."""
+    import tiny_hift
+    import tiny_token2wav
+    import tiny_voice
+
+    d = tiny_models.make_minicpmo45(tmp_path_factory.mktemp("tiny-o45-speech-shared"), dtype="float32")
+    tiny_token2wav.add_token2wav_flow(d)
+    tiny_hift.add_hift(d, seed=3)
+    tiny_hift.add_causal_hift(d, seed=4)
+    tiny_voice.add_voice_assets(d)
+    return d

@@ -660,4 +660,7 @@ const Timings & Session::timings() const { return impl_->timings; }
 void Session::reset_timings() { impl_->timings = Timings{}; }
 const std::shared_ptr<Model> & Session::model() const { return impl_->model; }
 
+// The session's seed, for the default seed of a spoken turn (runtime/speech.cpp).
+std::optional<uint64_t> SpeechTurn::session_seed(const Session & session) { return session.impl_->params.seed; }
+
 } // namespace minicpm

@@ -125,6 +125,7 @@ void bind_session(py::module_ & mod);
 void bind_hift(py::module_ & mod);
 void bind_flow(py::module_ & mod);
 void bind_cvoc(py::module_ & mod);
+void bind_speech(py::module_ & mod);
 
 PYBIND11_MODULE(_core, mod) {
     mod.doc() = "minicpm.cpp native core";
@@ -282,4 +283,5 @@ PYBIND11_MODULE(_core, mod) {
     bind_session(mod);
     bind_hift(mod);
     bind_cvoc(mod);
+    bind_speech(mod);
 }

@@ -1,5 +1,6 @@
 """The speech-output side of :class:`~minicpm_cpp.Model` and :class:`~minicpm_cpp.Session`
-(MiniCPM-o 4.5): the stage handles, voices, and a session's own compute states for a spoken turn.
+(MiniCPM-o 4.5): the stage handles, voices and the seed of a spoken turn (the turn itself, with
+the session's own talker and Token2Wav states, runs in the C++ core: :mod:`minicpm_cpp.speech`).
 Mixed into those classes; nothing here is public on its own."""
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class SpeechModel:
 
     def _stage(self, attr: str, make) -> Any:
         # One handle per model, created at first use under the model's lock (sessions that speak
-        # have their own states: SpeechSession._speech_parts).
+        # have their own states, in the C++ session).
         with self._encoder_lock:
             h = self.__dict__.get(attr)
             if h is None:
@@ -153,24 +154,3 @@ class SpeechSession:
                 return int((self._seed_base * 1000003 + self._n_spoken) % 2**63)
             return int(np.random.default_rng().integers(0, 2**63))
         return _seed_arg(seed, "tts_seed", bits=63)
-
-    def _speech_parts(self):
-        """This session's own talker, flow and vocoder states (the model's weights, a compute
-        state per session, as the LLM's): (tts, flow, original vocoder or None, streaming
-        vocoder or None)."""
-        parts = self.__dict__.get("_speech")
-        if parts is None:
-            from .token2wav import Token2Wav
-            from .vocoder import Vocoder
-
-            m = self.model
-            n = m._n_threads or 0
-            stream_vocoder = None
-            if m._m.has_component("cvoc"):   # the streaming vocoder (assets/token2wav/hift.pt)
-                from .causal_vocoder import CausalVocoder
-
-                stream_vocoder = CausalVocoder(m._m, n)
-            vocoder = Vocoder(m._m, n) if m._m.has_component("hift") else None
-            parts = (m.tts.fork(), Token2Wav(m._m, n), vocoder, stream_vocoder)
-            self._speech = parts
-        return parts

@@ -12,27 +12,22 @@ The layout is the reference's ``streaming_generate`` (the official offline
 3. the codes, after three ``4218`` silence codes, are synthesised in windows of 28 that advance by
    25 (1 s of audio each), the rest at the end of the answer; or, with ``whole=True``, in one
    flow-matching call and one vocoder call over the whole answer.
+
+The turn runs in the C++ core (``minicpm::SpeechTurn``, csrc/runtime/speech.cpp; C++ programs
+call ``Session::speak`` with callbacks); this module checks the arguments and turns its events
+into text pieces and :class:`~minicpm_cpp.AudioChunk` objects.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, List, Optional, Sequence, Union
+from typing import Any, Iterator, List, Optional, Union
 
 import numpy as np
 
-from .errors import InvalidArgumentError, UnsupportedError
+from . import _core
+from .errors import InvalidArgumentError
 from .wav import SPEECH_SAMPLE_RATE, AudioChunk
-
-#: Text (token, hidden) pairs per talker chunk, as ``streaming_generate`` (``generate_chunk_size``).
-TEXT_CHUNK = 10
-#: Codes per synthesis window advance (1 s) and the look-ahead codes each window also reads.
-CODES_PER_WINDOW = 25
-LOOKAHEAD = 3
-#: The silence code the reference puts before the first window.
-SILENCE_CODE = 4218
-#: Most codes drawn after one text chunk (``TTSStreamingGenerator``).
-MAX_CODES_PER_CHUNK = 500
 
 
 @dataclasses.dataclass
@@ -60,7 +55,7 @@ class SpeechResult:
 
 
 def flow_voice(voice: Any) -> dict:
-    """A :class:`~minicpm_cpp.Voice` as the flow stage takes it."""
+    """A :class:`~minicpm_cpp.Voice` as the flow stage takes it (a dict of its three arrays)."""
     from .voice import Voice
 
     if isinstance(voice, dict):
@@ -79,174 +74,63 @@ def _steps_arg(n: Any) -> int:
     return int(n)
 
 
-class SpeechTurn:
-    """The talker and Token2Wav side of one spoken answer. ``feed(token, hidden)`` per answer
-    token (in order), ``finish(text_finished)`` at the end; each returns the ``AudioChunk``s that
-    became ready. ``whole=True`` keeps every code and synthesises once, in ``finish``."""
-
-    def __init__(self, model: Any, voice: Any, *, tts: Any, flow: Any, vocoder: Any, stream_vocoder: Any = None,
-                 tts_steps: int = 10, seed: int = 0, whole: bool = False, tts_sampling: Optional[dict] = None) -> None:
-        self._model = model
-        self._voice = flow_voice(voice)
-        self._tts = tts
-        self._flow = flow
-        self._vocoder = vocoder
-        self._stream_vocoder = stream_vocoder
-        self._steps = _steps_arg(tts_steps)
-        self._seed = int(seed)
-        self._whole = bool(whole)
-        self._stream = tts.stream(seed=self._seed, **(tts_sampling or {}))
-        self._tokens: List[int] = []
-        self._hidden: List[np.ndarray] = []
-        self.codes: List[int] = []
-        self._buffer: List[int] = [SILENCE_CODE] * LOOKAHEAD
-        self._vstream = None
-        if not self._whole:
-            # Token2wav.stream: the prompt pass fills the flow's caches; the vocoder stream starts.
-            self._flow.set_prompt(self._voice, n_timesteps=self._steps, seed=self._seed)
-            self._vstream = self._stream_vocoder.stream(seed=self._seed)
-
-    # -- text side ---------------------------------------------------------------------------
-    def feed(self, token: int, hidden: np.ndarray, more: bool) -> List[AudioChunk]:
-        """One answer token with its hidden state. ``more``: another answer token follows (so a
-        full chunk of 10 is not the last one)."""
-        self._tokens.append(int(token))
-        self._hidden.append(np.asarray(hidden, dtype=np.float32).reshape(-1))
-        if len(self._tokens) == TEXT_CHUNK and more:
-            return self._push_text(last=False)
-        return []
-
-    def finish(self, text_finished: bool = True) -> List[AudioChunk]:
-        """The end of the answer: the remaining pairs (with ``E`` when the text ended, not when a
-        token limit cut it), then the remaining codes."""
-        out: List[AudioChunk] = []
-        if self._tokens or text_finished:
-            out += self._push_text(last=text_finished, final=True)
-        out += self._flush()
-        return out
-
-    def _push_text(self, last: bool, final: bool = False) -> List[AudioChunk]:
-        tts = self._tts
-        if self._tokens:
-            cond = tts.condition(self._tokens, np.stack(self._hidden))
-        else:
-            cond = np.zeros((0, int(tts.hparams["n_embd"])), np.float32)
-        self._tokens, self._hidden = [], []
-        codes = self._stream.push(cond, last=last, max_new_tokens=MAX_CODES_PER_CHUNK) if (len(cond) or last) else []
-        self.codes += codes
-        if self._whole:
-            return []
-        self._buffer += codes
-        out = []
-        while len(self._buffer) >= CODES_PER_WINDOW + LOOKAHEAD:
-            out.append(self._window(self._buffer[: CODES_PER_WINDOW + LOOKAHEAD], last=False))
-            self._buffer = self._buffer[CODES_PER_WINDOW:]
-        return out
-
-    def _window(self, codes: Sequence[int], last: bool) -> AudioChunk:
-        mel = self._flow.push(list(codes), last=last)
-        pcm = self._vstream.push(mel, last=last)
-        return AudioChunk(np.asarray(pcm, dtype=np.float32), SPEECH_SAMPLE_RATE, last=last)
-
-    def _flush(self) -> List[AudioChunk]:
-        if self._whole:
-            if not self.codes:
-                return [AudioChunk(np.zeros(0, np.float32), SPEECH_SAMPLE_RATE, last=True)]
-            mel = self._flow.flow_mel(self.codes, self._voice, n_timesteps=self._steps, seed=self._seed)
-            # Token2wav.__call__ vocodes a whole utterance with the original HiFT; a file with
-            # only the streaming vocoder runs that one over the whole mel.
-            voc = self._vocoder if self._vocoder is not None else self._stream_vocoder
-            pcm = voc.vocode(mel, seed=self._seed)
-            return [AudioChunk(np.asarray(pcm, dtype=np.float32), SPEECH_SAMPLE_RATE, last=True)]
-        buf, self._buffer = self._buffer, []
-        if not buf:
-            return [AudioChunk(np.zeros(0, np.float32), SPEECH_SAMPLE_RATE, last=True)]
-        return [self._window(buf, last=True)]
-
-
-def _require_speech(model: Any) -> None:
-    for part, what in (("tts", "TTS talker (tts.*)"), ("token2wav", "Token2Wav flow (t2w.flow.*)"),
-                       ("vocoder", "vocoder (HiFT)")):
-        try:
-            getattr(model, part)
-        except UnsupportedError:
-            raise UnsupportedError(f"{model.path} cannot speak: it has no {what}; convert a MiniCPM-o 4.5 "
-                                   "checkpoint with its assets/token2wav folder") from None
-
-
 def speak(session: Any, begin, *, voice: Any, tts_steps: int, seed: int, stream: bool,
-          whole: bool) -> Union[SpeechResult, Iterator[Union[str, AudioChunk]]]:
-    """Runs ``begin()`` (which starts the LLM answer with ``speech=True``) and drives the turn."""
-    model = session.model
-    _require_speech(model)
-    if voice is None:
-        voice = model.default_voice()
-    it = _turn(session, begin, voice, tts_steps, seed, whole)
+          whole: Optional[bool]) -> Union[SpeechResult, Iterator[Union[str, AudioChunk]]]:
+    """Checks the arguments, prepares the C++ turn (which refuses a file that cannot speak, a
+    missing default voice, windows without the streaming vocoder), then runs ``begin()`` (which
+    starts the LLM answer with ``speech=True``) and relays the turn's events."""
+    steps = _steps_arg(tts_steps)
+    v = None if voice is None else flow_voice(voice)
+    args = (None, None, None)
+    if v is not None:
+        spk = v.get("spk", v.get("speaker_embedding"))
+        if v.get("prompt_tokens") is None or spk is None or v.get("prompt_mel") is None:
+            raise InvalidArgumentError("voice: a dict voice needs prompt_tokens, prompt_mel and spk")
+        mel = np.asarray(v["prompt_mel"])
+        args = (v["prompt_tokens"], spk, mel[0] if mel.ndim == 3 and mel.shape[0] == 1 else mel)
+    turn = _core.SpeechTurn(session._s, *args, steps, int(seed), whole)
+    it = _TurnIter(session, begin, turn)
     if stream:
         return it
     text, chunks = [], []
     for ev in it:
         (chunks if isinstance(ev, AudioChunk) else text).append(ev)
     audio = np.concatenate([c.audio for c in chunks]) if chunks else np.zeros(0, np.float32)
-    return SpeechResult("".join(text), audio, SPEECH_SAMPLE_RATE, list(getattr(it, "codes", [])),
-                        session.last_stop_reason)
+    return SpeechResult("".join(text), audio, SPEECH_SAMPLE_RATE, it.codes, session.last_stop_reason)
 
 
 class _TurnIter:
-    def __init__(self, gen, turn_box):
-        self._gen = gen
-        self._box = turn_box
+    """Text pieces and :class:`AudioChunk` objects of one C++ turn, begun at the first ``next``."""
+
+    def __init__(self, session: Any, begin, turn: "_core.SpeechTurn") -> None:
+        self._session = session
+        self._begin = begin
+        self._turn = turn
+        self._started = False
+        self._done = False
 
     def __iter__(self):
         return self
 
-    def __next__(self):
-        return next(self._gen)
+    def __next__(self) -> Union[str, AudioChunk]:
+        if self._done:
+            raise StopIteration
+        if not self._started:
+            self._started = True
+            prefix, _first = self._begin()
+            self._turn.start_begun(prefix)
+        ev = self._turn.next()
+        reason = self._turn.stop_reason
+        if reason != "none":
+            self._session.last_stop_reason = reason
+        if ev is None:
+            self._done = True
+            raise StopIteration
+        if isinstance(ev, str):
+            return ev
+        pcm, last, rate = ev
+        return AudioChunk(np.asarray(pcm, dtype=np.float32), int(rate), last=bool(last))
 
     @property
     def codes(self) -> List[int]:
-        return list(self._box[0].codes) if self._box else []
-
-
-def _turn(session, begin, voice, tts_steps, seed, whole):
-    box: List[SpeechTurn] = []
-
-    def gen():
-        s = session
-        tts, flow, vocoder, stream_vocoder = s._speech_parts()
-        nonlocal whole
-        if whole is None:   # windows when the file has the streaming vocoder, else one piece
-            whole = stream_vocoder is None
-        if not whole and stream_vocoder is None:
-            raise UnsupportedError("windowed speech needs the streaming vocoder (cvoc.*, from assets/token2wav/"
-                                   "hift.pt); pass whole_audio=True to synthesise the answer in one piece")
-        prefix, first = begin()
-        turn = SpeechTurn(s.model, voice, tts=tts, flow=flow, vocoder=vocoder, stream_vocoder=stream_vocoder,
-                          tts_steps=tts_steps, seed=seed, whole=whole)
-        box.append(turn)
-        if prefix:
-            yield prefix
-        pos = first               # context position of the next answer token
-        pending: Optional[int] = None   # the last sampled answer token, not yet evaluated
-        while True:
-            text, tok, done, reason = s._s.next()
-            if pending is not None:
-                # Every step evaluates the token drawn at the step before (then draws the next):
-                # `pending` now has its hidden state, at context position `pos`.
-                hidden = s._s.hidden_states(pos, 1)
-                pos += 1
-                for c in turn.feed(pending, hidden[0], more=not done):
-                    yield c
-                pending = None
-            if text:
-                yield text
-            if done:
-                s.last_stop_reason = reason
-                # A terminator ends the text (E goes to the talker); a token limit only cuts it,
-                # and its last token, never evaluated, has no hidden state (as in the reference).
-                for c in turn.finish(text_finished=reason == "end_of_turn"):
-                    yield c
-                return
-            pending = tok
-
-    return _TurnIter(gen(), box)
+        return list(self._turn.codes) if self._started else []

@@ -331,6 +331,11 @@ struct SessionParams {
     DebugOptions debug;
 };
 
+struct SpeechParams;
+struct SpeechCallbacks;
+struct SpeechResult;
+struct SpeechState;
+
 class Session {
 public:
     Session(std::shared_ptr<Model> model, const SessionParams & params);
@@ -409,10 +414,21 @@ public:
     void reset_timings();
     const std::shared_ptr<Model> & model() const;
 
+    // A spoken answer (MiniCPM-o 4.5, see minicpm/speech.h): the chat answer decoded with the
+    // speech template, the talker and Token2Wav; on_text / on_audio get the text pieces and the
+    // 24 kHz PCM chunks as they are ready. Returns the text, the codes and the whole audio.
+    SpeechResult speak(const std::vector<Message> & messages, const ChatParams & params, const SpeechParams & speech,
+                       const SpeechCallbacks & callbacks);
+    SpeechResult speak(const std::vector<Message> & messages, const ChatParams & params, const SpeechParams & speech);
+
     struct Impl;
 
 private:
     std::unique_ptr<Impl> impl_;
+    std::shared_ptr<SpeechState> speech_;   // the talker / Token2Wav states of spoken turns (speech.cpp)
+    friend class SpeechTurn;
 };
 
 } // namespace minicpm
+
+#include "minicpm/speech.h"
