@@ -32,7 +32,7 @@ from .quant import ENCODINGS, OUTTYPES, encode_rows, tensor_bytes
 from .tokenizer import add_tokenizer
 from .t2w_flow import detect_flow, plan_flow, write_flow_metadata
 from .audio import AUDIO_OUTTYPES, AudioSpec, audio_qtypes, detect_audio, has_audio, plan_audio, write_audio_metadata
-from .t2w_voice import (find_default_voice, find_voice_assets, plan_default_voice, plan_voice, read_default_voice,
+from .t2w_voice import (find_default_voice, find_voice_assets, make_default_voice, plan_default_voice, plan_voice,
                         write_default_voice_metadata, write_voice_metadata)
 from .tts import TtsSpec, detect_tts, has_tts, plan_tts, write_tts_metadata
 from .vision import VISION_OUTTYPES, VisionSpec, detect_vision, has_vision, plan_vision, vision_qtypes, write_vision_metadata
@@ -427,21 +427,21 @@ def convert(
             voice_plan, voice_notes = plan_voice(voice, audio_qtypes(outtype, audio_outtype)[0])
             for note in voice_notes:
                 say(note)
-        dv_path = None
+        dv_path = dv = None
         if default_voice is not None and no_default_voice:
             raise ConvertError("--default-voice and --no-default-voice contradict each other")
-        if voice is not None and voice.spk_bytes is not None and not no_default_voice:
+        if voice is not None and voice.spk_bytes is not None and voice.s3 is not None and not no_default_voice:
             dv_path = find_default_voice(hf_dir, Path(default_voice) if default_voice is not None else None)
             if dv_path is not None:
-                dv_pcm = read_default_voice(dv_path)
-                voice_plan = voice_plan + plan_default_voice(dv_pcm)
-                say(f"default voice: {dv_path} ({dv_pcm.shape[0] / 16000:.1f} s at 16 kHz)")
+                dv = make_default_voice(voice, dv_path)
+                voice_plan = voice_plan + plan_default_voice(dv)
+                say(f"default voice: {dv_path} ({dv.audio_16k.shape[0] / 16000:.1f} s, {dv.tokens.shape[0]} speech tokens)")
             else:
                 say("default voice: none in the checkpoint folder (--default-voice FILE to add one); speech then "
                     "needs a voice from the caller, as the reference code does")
         elif default_voice is not None:
-            raise ConvertError(f"--default-voice: {hf_dir} has no speaker encoder (assets/token2wav/campplus.onnx) "
-                               "to make a voice with")
+            raise ConvertError(f"--default-voice: {hf_dir} lacks the voice encoders (assets/token2wav/campplus.onnx and "
+                               "speech_tokenizer_v2_25hz.onnx) to make a voice with")
         hspec = None   # Token2Wav vocoder (assets/token2wav/hift_original.pt)
         if not vocab_only and not llm_only and find_hift(hf_dir) is not None:
             hspec = load_hift(find_hift(hf_dir))
@@ -518,8 +518,8 @@ def convert(
                 write_audio_metadata(writer, aspec)
             if voice is not None:
                 write_voice_metadata(writer, voice)
-            if dv_path is not None:
-                write_default_voice_metadata(writer, dv_path)
+            if dv is not None:
+                write_default_voice_metadata(writer, dv, dv_path)
             if hspec is not None:
                 write_hift_metadata(writer, hspec)
             if fspec is not None:

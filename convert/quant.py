@@ -78,6 +78,16 @@ def _encode_bytes(rows: np.ndarray) -> np.ndarray:
 ENCODINGS[Q.I8] = Encoding(Q.I8, _encode_bytes)
 
 
+def _encode_i32(rows: np.ndarray) -> np.ndarray:
+    if rows.dtype.kind not in "iu":
+        raise ConvertError("I32 tensors hold integers, not float values")
+    return np.ascontiguousarray(rows, dtype=np.int32)
+
+
+# Integers (a default voice's speech tokens, convert/t2w_voice.py).
+ENCODINGS[Q.I32] = Encoding(Q.I32, _encode_i32)
+
+
 def _default_pick(out: "OutType", tensor_id: str, shape: Sequence[int]) -> Tuple[GGMLQuantizationType, Optional[str]]:
     """The rules shared by every output type.
 

@@ -21,9 +21,9 @@ Either file may be absent: the converter then writes nothing for it (with a noti
 
 The default voice (what a model speaks with when the caller gives no voice): the official code
 ships none (``get_sys_prompt`` and ``init_token2wav_cache`` take the recording from the caller),
-so the converter stores a recording, 16 kHz mono F32, under ``spk.default_voice.audio_16k``:
-``--default-voice FILE``, else the first of ``DEFAULT_VOICE_FILES`` found in the checkpoint
-folder. The runtime makes it into a Voice on first use, exactly as ``Model.voice(FILE)`` does.
+so the converter makes one from a recording (``--default-voice FILE``, else the first of
+``DEFAULT_VOICE_FILES`` found in the checkpoint folder) with these same encoders, exactly as
+``Model.voice(FILE)`` does, and stores it as a voice file holds it (``voice.*``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from .checkpoint import ConvertError
 from .names import key_name, tensor_name
 from .vision import VisionTensor
 
-__all__ = ["DEFAULT_VOICE_FILES", "find_default_voice", "plan_default_voice", "write_default_voice_metadata",
+__all__ = ["DEFAULT_VOICE_FILES", "find_default_voice", "make_default_voice", "plan_default_voice",
+           "write_default_voice_metadata",
            "VoiceAssets", "T2W_DIR", "S3_FILE", "CAMPPLUS_FILE", "find_voice_assets", "plan_voice", "write_voice_metadata",
            "onnx_to_s3_state"]
 
@@ -375,25 +376,43 @@ def find_default_voice(hf_dir: Path, given: Optional[Path] = None) -> Optional[P
     return None
 
 
-def read_default_voice(path: Path) -> np.ndarray:
-    """The recording decoded and resampled to 16 kHz mono float32, with the runtime's checks of a
-    reference voice (length 0.5 s to 300 s)."""
+def make_default_voice(assets: "VoiceAssets", path: Path) -> Any:
+    """The Voice of the recording at ``path``, made by the runtime with the assets' encoders (S3
+    tokenizer in F32, CAM++ through onnxruntime), as ``Model.voice(path)`` makes one."""
+    import tempfile
+
+    if assets.s3 is None or assets.spk_bytes is None:
+        raise ConvertError("a default voice needs both voice encoders (assets/token2wav/" + S3_FILE + " and " +
+                           CAMPPLUS_FILE + ")")
     try:
         from minicpm_cpp.errors import Error
-        from minicpm_cpp.voice import _load_pcm
+        from minicpm_cpp.voice import Voice
     except ImportError as e:  # pragma: no cover - the converter ships inside the package
-        raise ConvertError(f"the default voice needs the minicpm_cpp runtime to decode {path}: {e}") from None
-    try:
-        return np.ascontiguousarray(_load_pcm(str(path), SAMPLE_RATE), dtype=np.float32)
-    except Error as e:
-        raise ConvertError(f"default voice {path}: {e}") from None
+        raise ConvertError(f"the default voice needs the minicpm_cpp runtime: {e}") from None
+    with tempfile.TemporaryDirectory(prefix="minicpm-voice-") as td:
+        enc = write_voice_gguf(assets.root, Path(td) / "encoders.gguf", Q.F32)
+        try:
+            return Voice.from_audio(enc, str(path), SAMPLE_RATE, device="cpu")
+        except Error as e:
+            raise ConvertError(f"default voice {path}: {e}") from None
 
 
-def plan_default_voice(pcm: np.ndarray) -> List[VoiceTensor]:
-    return [VoiceTensor("SPK_DEFAULT_VOICE", tensor_name("SPK_DEFAULT_VOICE"), "default voice", (int(pcm.shape[0]),),
-                        qtype=Q.F32, source=_from_array(pcm))]
+def plan_default_voice(v: Any) -> List[VoiceTensor]:
+    audio = np.ascontiguousarray(v.audio_16k, dtype=np.float32)
+    return [VoiceTensor("SPK_VOICE_TOKENS", tensor_name("SPK_VOICE_TOKENS"), "default voice", tuple(v.tokens.shape),
+                        qtype=Q.I32, source=_from_array(v.tokens)),
+            VoiceTensor("SPK_VOICE_SPEAKER", tensor_name("SPK_VOICE_SPEAKER"), "default voice", tuple(v.speaker.shape),
+                        qtype=Q.F32, source=_from_array(v.speaker)),
+            VoiceTensor("SPK_VOICE_MEL", tensor_name("SPK_VOICE_MEL"), "default voice", tuple(v.prompt_mel.shape),
+                        qtype=Q.F32, source=_from_array(v.prompt_mel)),
+            VoiceTensor("SPK_VOICE_AUDIO", tensor_name("SPK_VOICE_AUDIO"), "default voice", tuple(audio.shape),
+                        qtype=Q.F32, source=_from_array(audio))]
 
 
-def write_default_voice_metadata(writer: Any, path: Path) -> None:
-    writer.add_string(key_name("MINICPM_SPK_DEFAULT_VOICE_SOURCE"), Path(path).name)
-
+def write_default_voice_metadata(writer: Any, v: Any, path: Path) -> None:
+    writer.add_uint32(key_name("VOICE_VERSION"), 1)
+    writer.add_uint32(key_name("VOICE_N_TOKENS"), int(v.tokens.shape[0]))
+    writer.add_uint32(key_name("VOICE_SPEAKER_DIM"), int(v.speaker.shape[0]))
+    writer.add_uint32(key_name("VOICE_MEL_BINS"), int(v.prompt_mel.shape[1]))
+    writer.add_uint32(key_name("VOICE_SOURCE_RATE"), SAMPLE_RATE)
+    writer.add_string(key_name("VOICE_SOURCE"), Path(path).name)

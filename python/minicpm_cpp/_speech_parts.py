@@ -12,7 +12,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core
-from .errors import FormatError, UnsupportedError
+from .errors import UnsupportedError
 from ._args import _seed_arg
 
 
@@ -93,52 +93,23 @@ class SpeechModel:
             self._m.has_component("hift") or self._m.has_component("cvoc"))
 
     def default_voice(self) -> Any:
-        """The voice spoken when none is given: voice tensors stored in the model file, or the
-        default voice recording the converter stored (``minicpm-convert --default-voice``; made
-        into a Voice on first use, exactly as :meth:`voice` makes one from that recording).
-        Raises UnsupportedError when the file has neither."""
+        """The voice spoken when none is given: the voice stored in the model file (the converter
+        makes it from a recording: ``minicpm-convert --default-voice FILE``, or one found in the
+        checkpoint folder). Raises UnsupportedError when there is none."""
         from .voice import Voice
 
         v = self.__dict__.get("_default_voice")
         if v is None:
-            files = [self.path, *self.extra_files]
-            for p in files:
+            for p in [self.path, *self.extra_files]:
                 if _core.gguf_has_tensor(os.fspath(p), "voice.tokens"):
                     v = Voice.load(p, embedded=True)
                     break
-            if v is None:
-                for p in files:
-                    if _core.gguf_has_tensor(os.fspath(p), _DEFAULT_VOICE_TENSOR):
-                        v = self.voice(_read_default_recording(os.fspath(p)), 16000)
-                        break
             if v is None:
                 raise UnsupportedError(
                     f"{self.path} has no default voice: pass voice=model.voice('reference.wav'), or convert with "
                     "minicpm-convert --default-voice FILE (the reference code takes the voice from the caller too)")
             self._default_voice = v
         return v
-
-
-_DEFAULT_VOICE_TENSOR = "spk.default_voice.audio_16k"
-
-
-def _read_default_recording(path: str) -> np.ndarray:
-    """The default voice recording of a model file: finite float32 16 kHz samples."""
-    from gguf import GGUFReader
-
-    from .voice import MAX_VOICE_SECONDS, MIN_VOICE_SECONDS
-
-    try:
-        r = GGUFReader(path)
-    except Exception as e:
-        raise FormatError(f"{path}: cannot read the default voice ({e})") from None
-    t = next((t for t in r.tensors if t.name == _DEFAULT_VOICE_TENSOR), None)
-    a = None if t is None else np.asarray(t.data)
-    if a is None or a.dtype != np.float32 or a.ndim != 1 or not np.isfinite(a).all() or \
-            not MIN_VOICE_SECONDS * 16000 <= a.shape[0] <= MAX_VOICE_SECONDS * 16000:
-        raise FormatError(f"{path}: {_DEFAULT_VOICE_TENSOR} must be finite float32 16 kHz samples of "
-                          f"{MIN_VOICE_SECONDS}-{MAX_VOICE_SECONDS:.0f} s")
-    return np.array(a)
 
 
 class SpeechSession:
