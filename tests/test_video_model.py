@@ -423,3 +423,38 @@ def test_official_remote_code(setup, tiny_minicpmv45_vision_dir):
     err = _rel(got, want)
     print(f"official remote code: prompt ids equal, resampler rel err {err:.2e}")
     assert err <= 1e-4
+
+
+def test_video_file_chat_and_cli(setup, tmp_path):
+    """A video file end to end: the path part decodes with the V4.5 recipe and chats as the
+    frames form of minicpm_cpp.load_video does; minicpm-cli --video gives the same answer."""
+    import subprocess
+    import sys
+
+    av = pytest.importorskip("av")
+    _, model = setup(V45)
+    path = tmp_path / "clip.mkv"
+    frames = _frames(20, 64, 48, seed=91)
+    with av.open(str(path), "w") as out:
+        st = out.add_stream("ffv1", rate=10)
+        st.width, st.height, st.pix_fmt = 64, 48, "bgr0"
+        for f in frames:
+            for pkt in st.encode(av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="bgr0")):
+                out.mux(pkt)
+        for pkt in st.encode():
+            out.mux(pkt)
+    v = minicpm_cpp.load_video(str(path), fps=5, max_packing=2, force_packing=2)
+    assert v.temporal_ids and all(len(g) <= 2 for g in v.temporal_ids)
+    kw = dict(max_tokens=6, temperature=0, repeat_penalty=1.0, stop_at_end_of_turn=False)
+    part = {"type": "video", "path": str(path), "fps": 5, "max_packing": 2, "force_packing": 2}
+    a = minicpm_cpp.Session(model, n_ctx=2048).chat([{"role": "user", "content": [part, QUESTION]}], **kw)
+    b = minicpm_cpp.Session(model, n_ctx=2048).chat([{"role": "user", "content": [v.to_part(), QUESTION]}], **kw)
+    assert a == b
+    r = subprocess.run([sys.executable, "-m", "minicpm_cpp.cli", "-m", model.path, "--video", str(path), "--video-fps", "5",
+                        "--max-packing", "2", "-p", QUESTION, "-n", "6", "--temp", "0", "--repeat-penalty", "1.0",
+                        "--device", "cpu", "-t", "2"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    c = minicpm_cpp.Session(model, n_ctx=2048).chat(
+        [{"role": "user", "content": [{"type": "video", "path": str(path), "fps": 5, "max_packing": 2}, QUESTION]}],
+        max_tokens=6, temperature=0, repeat_penalty=1.0)
+    assert r.stdout.strip() == c.strip()
