@@ -145,9 +145,10 @@ def _compile_names() -> List[Tuple["re.Pattern[str]", str]]:
 _NAME_TABLE = _compile_names()
 # Prefixes of encoder tensors the name table does not list (clip.cpp's projector names etc.).
 _ENCODER_PREFIXES = ("v.", "resampler.", "mm.", "a.", "model.vision")
-# S3_ / SPK_: the voice-cloning encoders (convert/t2w_voice.py); FLOW_: Token2Wav flow matching;
-# TTS_: the talker. All F16 like the encoders.
-_ENCODER_IDS = ("V_", "RS_", "S3_", "SPK_", "FLOW_", "TTS_")
+# A_: the audio encoder and projector; S3_ / SPK_: the voice-cloning encoders
+# (convert/t2w_voice.py); FLOW_: Token2Wav flow matching; TTS_: the talker; HIFT_ / CV_: the
+# vocoders. All F16 like the encoders.
+_ENCODER_IDS = ("V_", "RS_", "A_", "S3_", "SPK_", "FLOW_", "TTS_", "HIFT_", "CV_")
 
 
 def is_encoder_tensor(name: str) -> bool:

@@ -468,6 +468,19 @@ def test_vision_tensors_stay_f16_unless_asked(tiny_minicpmv45_vision_dir, conver
     assert rel < 5e-2
 
 
+def test_audio_tensors_stay_f16(tiny_minicpmo45_dir, converted, out_dir):
+    """The Whisper encoder and projector of MiniCPM-o (a.*, mm.a.*) are encoder matrices: F16 in a
+    quantized file unless --encoder-type says otherwise, as the vision tower."""
+    src = converted(tiny_minicpmo45_dir, "f16")
+    _, orig = _tensors(src)
+    enc = [n for n in orig if n.startswith(("a.", "mm.a."))]
+    assert len(enc) > 10
+    res = _quantize(src, out_dir / "o45-q4km.gguf", "Q4_K_M")
+    for n in enc:
+        assert res.types[n] == orig[n][1], n
+    assert res.types["blk.0.attn_q.weight"] not in (Q.F16, Q.F32)
+
+
 def test_encoder_k_quant_falls_back(tiny_minicpmv45_vision_dir, converted):
     """Vision rows (64, 128) do not split into 256-blocks: Q4_K becomes Q5_0 there."""
     types = plan_types(converted(tiny_minicpmv45_vision_dir, "f16"), "Q4_K_M", encoder_type="Q4_K")
