@@ -21,10 +21,8 @@ import pytest
 import torch
 
 import minicpm_cpp
-import tiny_hift
 import tiny_models
-import tiny_token2wav
-import tiny_voice
+from tiny_voice import tone
 
 RTOL = 1e-4
 
@@ -34,30 +32,14 @@ def rel(a, b) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
 
 
-def tone(seconds: float, f0: float = 180.0, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * 16000)) / 16000.0
-    x = 0.3 * np.sin(2 * np.pi * f0 * t) * (1 + 0.3 * np.sin(2 * np.pi * 3 * t)) + 0.01 * rng.standard_normal(t.size)
-    return x.astype(np.float32)
+@pytest.fixture(scope="module")
+def speech_ckpt(tiny_speech_dir) -> Path:
+    return tiny_speech_dir   # conftest: every speech part, float32
 
 
 @pytest.fixture(scope="module")
-def speech_ckpt(tmp_path_factory) -> Path:
-    d = tiny_models.make_minicpmo45(tmp_path_factory.mktemp("tiny-o45-speech"), dtype="float32")
-    tiny_token2wav.add_token2wav_flow(d)
-    tiny_hift.add_hift(d, seed=3)
-    tiny_hift.add_causal_hift(d, seed=4)
-    tiny_voice.add_voice_assets(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def speech_gguf(speech_ckpt, tmp_path_factory) -> Path:
-    from minicpm_cpp.convert import convert
-
-    out = tmp_path_factory.mktemp("speech-gguf") / "o45-speech-f32.gguf"
-    convert(speech_ckpt, out, "f32", force=True, progress=False, log=lambda m: None)
-    return out
+def speech_gguf(tiny_speech_dir, converted) -> Path:
+    return converted(tiny_speech_dir, "f32")
 
 
 @pytest.fixture(scope="module")

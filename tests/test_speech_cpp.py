@@ -20,6 +20,7 @@ import torch
 import minicpm_cpp
 from minicpm_cpp import _core
 import tiny_models
+from tiny_voice import tone
 
 MSGS = [{"role": "user", "content": "Tell me something."}]
 ATOL_REL = 1e-5
@@ -28,13 +29,6 @@ ATOL_REL = 1e-5
 def rel(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
-
-
-def tone(seconds: float, f0: float = 180.0, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * 16000)) / 16000.0
-    x = 0.3 * np.sin(2 * np.pi * f0 * t) * (1 + 0.3 * np.sin(2 * np.pi * 3 * t)) + 0.01 * rng.standard_normal(t.size)
-    return x.astype(np.float32)
 
 
 @pytest.fixture(scope="module")

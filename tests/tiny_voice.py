@@ -185,3 +185,12 @@ def add_voice_assets(ckpt_dir: PathLike, seed: int = 0, s3: bool = True, campplu
     if campplus:
         write_campplus_onnx(root / "campplus.onnx", seed + 1)
     return root
+
+
+def tone(seconds: float, f0: float = 180.0, seed: int = 0) -> np.ndarray:
+    """A voiced test recording at 16 kHz: a tone with a slow tremolo and a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 16000)) / 16000.0
+    x = 0.3 * np.sin(2 * np.pi * f0 * t) * (1 + 0.3 * np.sin(2 * np.pi * 3 * t)) + 0.01 * rng.standard_normal(t.size)
+    return x.astype(np.float32)
+
