@@ -226,6 +226,22 @@ def test_session_speaks_from_llama_cpp_omni_files(ckpt, llm_only, omni_dir, nati
     r = rel(a.audio, b.audio)
     assert r <= 1e-4
     print(f"spoken answer ({len(a.codes)} codes): omni files vs native {r:.2e}")
+    # the release directory layout: Model(directory) finds tts/ and token2wav-gguf/ itself
+    import os
+
+    d = tmp_path / "MiniCPM-o-4_5-gguf"
+    (d / "tts").mkdir(parents=True)
+    os.link(llm_only, d / "MiniCPM-o-4_5-F32.gguf")
+    os.link(tts, d / "tts" / Path(tts).name)
+    os.link(proj, d / "tts" / Path(proj).name)
+    shutil.copytree(omni_dir, d / "token2wav-gguf")
+    found = mc.find_model_files(d)
+    assert found["tts"] == str(d / "tts" / Path(tts).name) and found["token2wav"] == str(d / "token2wav-gguf")
+    md = mc.Model(d, device="cpu", n_threads=2, warmup=False)
+    assert md.can_speak
+    c = mc.Session(md, n_ctx=1024, seed=11).chat(msgs, generate_audio=True, voice=voice, max_tokens=6, tts_seed=5,
+                                                   tts_steps=3, temperature=0)
+    assert c.codes == a.codes and np.array_equal(c.audio, a.audio)
 
 
 # ---- errors ------------------------------------------------------------------------------------

@@ -154,6 +154,8 @@ class Model(SpeechModel):
             path = found["model"]
             if audio is None and found.get("audio"):
                 audio = found["audio"]
+            if not extra_files:   # speech output: the release's talker and Token2Wav files
+                extra_files = [f for f in (found.get("tts"), found.get("token2wav")) if f]
         p = _check_path(path)
         n = 0 if n_threads is None else _threads(n_threads)
         self.path = p
@@ -286,9 +288,11 @@ class Model(SpeechModel):
 def find_model_files(directory: Union[str, os.PathLike]) -> Dict[str, Optional[str]]:
     """The files of a model directory in llama.cpp-omni's release layout: the LLM GGUF at the
     top (``MiniCPM-o-4_5-Q4_K_M.gguf``; when several, the one whose name says Q4_K_M, else F16,
-    else the first by name), ``audio/*audio*.gguf`` and ``vision/*vision*.gguf``. Only the
-    LLM, audio and vision files are used; ``tts/`` and ``token2wav-gguf/`` are not read here.
-    Returns ``{"model", "audio", "vision"}`` (``None`` where absent)."""
+    else the first by name), ``audio/*audio*.gguf``, ``vision/*vision*.gguf``, the talker
+    ``tts/*tts*.gguf`` (its ``*projector*.gguf`` beside it) and the ``token2wav-gguf/`` folder
+    (when it holds ``flow_matching.gguf``). ``Model(directory)`` loads all but the vision file
+    (pass that as ``mmproj=``). Returns ``{"model", "audio", "vision", "tts", "token2wav"}``
+    (``None`` where absent)."""
     d = _check_path(directory, "model directory")
     if not os.path.isdir(d):
         raise FileError(f"{d}: not a directory (find_model_files takes a model directory)")
@@ -310,7 +314,12 @@ def find_model_files(directory: Union[str, os.PathLike]) -> Dict[str, Optional[s
         fs = sorted(f for f in os.listdir(sd) if f.lower().endswith(".gguf") and word in f.lower())
         return os.path.join(sd, pick(fs)) if fs else None
 
-    return {"model": os.path.join(d, pick(top)), "audio": sub("audio", "audio"), "vision": sub("vision", "vision")}
+    tts = sub("tts", "tts")
+    if tts is not None and "projector" in os.path.basename(tts).lower():
+        tts = None
+    t2w = os.path.join(d, "token2wav-gguf")
+    return {"model": os.path.join(d, pick(top)), "audio": sub("audio", "audio"), "vision": sub("vision", "vision"),
+            "tts": tts, "token2wav": t2w if os.path.isfile(os.path.join(t2w, "flow_matching.gguf")) else None}
 
 
 def _image_args(image: Any, max_slice_nums: Optional[int], use_image_id: Optional[bool], image_id: int) -> tuple:
