@@ -593,7 +593,7 @@ def test_content_parts(vids):
         msgs = normalise_messages([{"role": "user", "content": [part, "Describe the video."]}])
         got, text = msgs[0]["content"]
         assert text == "Describe the video."
-        # the core's form of a video item (python/minicpm_cpp/_video_part.py)
+        # the core's form of a video item (content.frames_part)
         assert got["temporal_ids"] == ref.temporal_ids and got["max_slice_nums"] == 1
         assert len(got["video_frames"]) == len(ref.frames)
         for a, b in zip(got["video_frames"], ref.frames):

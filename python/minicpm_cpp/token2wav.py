@@ -118,18 +118,22 @@ class Token2Wav:
         ``[1, 80, ...]``) replaces the seeded default noise."""
         p = self._prompt(voice_or_parts)
         t = _tokens(tokens, "tokens")
-        z = None
-        if noise is not None:
-            z = _floats(noise, "noise")
-            if z.ndim == 3 and z.shape[0] == 1:
-                z = z[0]
-            if z.ndim != 2:
-                raise InvalidArgumentError(f"noise must be [{self.hparams['n_mel']}, frames], got shape {z.shape}")
-            z = np.ascontiguousarray(z.T)
+        z = self._noise(noise)
         _seed_arg(seed)
         with self._lock:
             mel = self._flow.flow_mel(t, p.prompt_tokens, p.prompt_mel, p.spk, _steps(n_timesteps), z, int(seed))
         return np.ascontiguousarray(mel.T)
+
+    def _noise(self, noise: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        """An injected noise table [80, frames] (or [1, 80, frames]) as the core takes it."""
+        if noise is None:
+            return None
+        z = _floats(noise, "noise")
+        if z.ndim == 3 and z.shape[0] == 1:
+            z = z[0]
+        if z.ndim != 2:
+            raise InvalidArgumentError(f"noise must be [{self.hparams['n_mel']}, frames], got shape {z.shape}")
+        return np.ascontiguousarray(z.T)
 
     # ---- streaming ----------------------------------------------------------------------------
 
@@ -140,14 +144,7 @@ class Token2Wav:
         encoder and estimator caches. ``noise`` ``[80, frames]`` replaces the seeded table; each
         chunk reads it from the estimator cache length, as the reference's ``rand_noise``."""
         p = self._prompt(voice)
-        z = None
-        if noise is not None:
-            z = _floats(noise, "noise")
-            if z.ndim == 3 and z.shape[0] == 1:
-                z = z[0]
-            if z.ndim != 2:
-                raise InvalidArgumentError(f"noise must be [{self.hparams['n_mel']}, frames], got shape {z.shape}")
-            z = np.ascontiguousarray(z.T)
+        z = self._noise(noise)
         _seed_arg(seed)
         with self._lock:
             self._flow.stream_start(p.prompt_tokens, p.prompt_mel, p.spk, _steps(n_timesteps), z, int(seed))
