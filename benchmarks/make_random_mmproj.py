@@ -6,7 +6,8 @@ tensor names of csrc/model/names.def), so minicpm.cpp (``Model(llm, mmproj=...)`
 llama.cpp's ``llama-mtmd-cli --mmproj`` load the same file. Speed does not depend on weight
 values; the values are small random numbers so activations stay finite.
 
-    python benchmarks/make_random_mmproj.py mmproj-v45-f16.gguf --llm-dim 4096
+    python benchmarks/make_random_mmproj.py mmproj-o45-f16.gguf --llm-dim 4096 --version 100045
+    python benchmarks/make_random_mmproj.py mmproj-v45-f16.gguf --llm-dim 4096 --layers 27   # V4.5 (3D resampler)
 """
 
 from __future__ import annotations
@@ -55,10 +56,13 @@ def main() -> int:
     p.add_argument("--ffn", type=int, default=4304)
     p.add_argument("--queries", type=int, default=64)
     p.add_argument("--version", type=int, default=6, help="clip.minicpmv_version (V4.5: 6, o4.5: 100045, V2.6: 3)")
+    p.add_argument("--kind", choices=("2d", "3d"), default=None,
+                   help="resampler: 3d = MiniCPM-V 4.5's temporal one (default: 3d for --version 6, else 2d)")
     p.add_argument("--type", choices=("f16", "f32"), default="f16")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
+    kind = args.kind or ("3d" if args.version == 6 else "2d")
     rng = np.random.default_rng(args.seed)
     wdt = np.float16 if args.type == "f16" else np.float32
     Dv, D, F, L = args.hidden, args.llm_dim, args.ffn, args.layers
@@ -79,7 +83,7 @@ def main() -> int:
         flavour="v", version="4.5", minicpmv_version=args.version, n_embd=Dv, n_ff=F, n_head=args.heads,
         n_layer_stored=L, n_layer=L, patch_size=patch, n_positions=side * side, eps=1e-6, rs_embd=D,
         rs_heads=D // 128, rs_eps=1e-6, query_num=args.queries, image_size=448, max_slice_nums=9,
-        scale_resolution=448, use_image_id=True, kind="2d", image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+        scale_resolution=448, use_image_id=True, kind=kind, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
     )
     write_vision_metadata(w, spec)
 
@@ -117,7 +121,7 @@ def main() -> int:
     w.write_tensors_to_file()
     w.close()
     size = args.out.stat().st_size
-    print(f"wrote {args.out}: {L} vision layers, resampler width {D}, {size / 2**20:.0f} MiB in {time.time() - t0:.1f} s")
+    print(f"wrote {args.out}: {L} vision layers, {kind} resampler of width {D}, {size / 2**20:.0f} MiB in {time.time() - t0:.1f} s")
     return 0
 
 
