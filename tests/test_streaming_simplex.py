@@ -206,7 +206,7 @@ def forced(gguf, omni, tmp_path_factory):
     mm[at: at + row.shape[0] * 4] = np.frombuffer(row.numpy().astype("<f4").tobytes(), np.uint8)
     mm.flush()
     del mm
-    return minicpm_cpp.Model(str(out), device="cpu", n_threads=2), row, r["tokens"][:3]
+    return minicpm_cpp.Model(str(out), device="cpu", n_threads=2, warmup=False), row, r["tokens"][:3]
 
 
 class _patched_head:
@@ -275,6 +275,26 @@ def test_next_turn_after_a_completed_and_a_cut_answer(case, model, forced, omni)
     assert s.tokens == want.ids and omni.tok.decode(want.ids[-3:]).endswith("Be brief.")
 
 
+def test_penalty_sees_the_answer_only(model, omni):
+    """The repetition penalty (here 1.5) counts the current answer's tokens only
+    (chunk_generate's all_input_ids), not the context: a second answer may begin as the first did."""
+    s = minicpm_cpp.Session(model, n_ctx=1024)
+    want = sref.StreamingRef(omni)
+    _first_turn(want, s)
+    got = []
+    for k in range(2):
+        if k:
+            want.streaming_prefill("b", {"role": "user", "content": ["Again."]})
+            s.streaming_prefill(text="Again.")
+        ans = s.streaming_generate(False, do_sample=False, max_new_tokens=10, repetition_penalty=1.5)
+        texts = list(ans)
+        r = want.streaming_generate(False, max_new_tokens=10, repetition_penalty=1.5)
+        assert ans.answer_tokens == r["tokens"] and texts == [t for t, _, _ in r["events"] if t]
+        got.append(r["tokens"])
+    assert s.tokens == want.ids + r["drawn"][-1:]
+    assert got[1][:2] == got[0][:2]   # (penalising the context's tokens would change them)
+
+
 def test_errors(model, voice, converted, tiny_qwen3_dir):
     s = minicpm_cpp.Session(model, n_ctx=1024)
     for audio in (True, False):
@@ -317,7 +337,8 @@ def test_errors(model, voice, converted, tiny_qwen3_dir):
         s.streaming_system("me.wav")
     assert s.n_past == n + 12
     # a model without vision, audio or speech parts
-    plain = minicpm_cpp.Session(minicpm_cpp.Model(str(converted(tiny_qwen3_dir, "f32")), device="cpu"), n_ctx=256)
+    plain = minicpm_cpp.Session(minicpm_cpp.Model(str(converted(tiny_qwen3_dir, "f32")), device="cpu", warmup=False),
+                                n_ctx=256)
     with pytest.raises(minicpm_cpp.UnsupportedError, match="vision"):
         plain.streaming_prefill(frame=image(32, 32, 1), text="What is this?")
     with pytest.raises(minicpm_cpp.UnsupportedError, match="audio"):
