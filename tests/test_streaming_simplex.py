@@ -293,6 +293,13 @@ def test_penalty_sees_the_answer_only(model, omni):
         got.append(r["tokens"])
     assert s.tokens == want.ids + r["drawn"][-1:]
     assert got[1][:2] == got[0][:2]   # (penalising the context's tokens would change them)
+    # sampling (do_sample=True, the default) with top_k 1 is the reference's argmax
+    want.streaming_prefill("b", {"role": "user", "content": ["Once more."]})
+    s.streaming_prefill(text="Once more.")
+    ans = s.streaming_generate(False, max_new_tokens=10, top_k=1, repetition_penalty=1.5)
+    list(ans)
+    r = want.streaming_generate(False, max_new_tokens=10, repetition_penalty=1.5)
+    assert ans.answer_tokens == r["tokens"]
 
 
 def test_errors(model, voice, converted, tiny_qwen3_dir):
