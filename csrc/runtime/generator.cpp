@@ -2,6 +2,7 @@
 
 #include "runtime/sampler.h"
 
+#include <algorithm>
 #include <chrono>
 #include <limits>
 
@@ -21,6 +22,9 @@ void Generator::begin(const GenerationParams & params, const SamplerConfig & sam
     validate_sampling(sampler);
     for (const auto & st : params.stop) {
         if (st.empty()) fail(ErrorKind::InvalidArgument, "stop strings must not be empty");
+    }
+    if (params.answer_penalty_chunk < 0) {
+        fail(ErrorKind::InvalidArgument, "answer_penalty_chunk must be >= 0, got " + std::to_string(params.answer_penalty_chunk));
     }
     for (int32_t id : params.suppress_tokens) {
         if (id < 0 || id >= tok.n_tokens()) {
@@ -88,7 +92,22 @@ GenerationStep Generator::next(LlmContext & ctx, const Model & model, std::mt199
         }
         logits = masked_.data();
     }
-    const int32_t id = sample_token(logits, (int64_t) ctx.logits().size(), sampler_, ctx.tokens(), rng);
+    int32_t id;
+    if (params_.answer_penalty_chunk > 0) {
+        // chunk_generate's history: all_input_ids[-window:] (the answer before this chunk) plus
+        // the tokens drawn so far in the chunk.
+        const size_t c = (size_t) params_.answer_penalty_chunk, i = (size_t) n_generated_;
+        const size_t chunk_start = i <= c ? 0 : c + 1 + ((i - c - 1) / c) * c;
+        const size_t w = sampler_.repeat_last_n < 0 ? chunk_start : std::min(chunk_start, (size_t) sampler_.repeat_last_n);
+        const auto & toks = ctx.tokens();
+        const size_t answer0 = toks.size() - i;
+        history_.assign(toks.begin() + (ptrdiff_t) (answer0 + chunk_start - w), toks.end());
+        SamplerConfig cfg = sampler_;
+        cfg.repeat_last_n = -1;
+        id = sample_token(logits, (int64_t) ctx.logits().size(), cfg, history_, rng);
+    } else {
+        id = sample_token(logits, (int64_t) ctx.logits().size(), sampler_, ctx.tokens(), rng);
+    }
     sample_ms = now_ms() - t1;
     step.token = id;
     ctx.append_token(id);   // pending: evaluated on the next step or the next prefill

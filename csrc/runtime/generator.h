@@ -37,6 +37,7 @@ private:
     std::unique_ptr<StreamDecoder> decoder_;
     std::string                    held_;   // text not yet returned (may be the start of a stop string)
     std::vector<float>             masked_; // the logits with suppress_tokens at -inf
+    std::vector<int32_t>           history_; // the penalties' tokens (answer_penalty_chunk)
 };
 
 } // namespace minicpm

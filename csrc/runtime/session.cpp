@@ -9,6 +9,7 @@
 #include "runtime/llm_context.h"
 #include "runtime/prompt.h"
 #include "runtime/sampler.h"
+#include "minicpm/speech.h"
 #include "preprocess/audio_mel.h"
 #include "preprocess/tokenizer.h"
 
@@ -143,6 +144,16 @@ struct Session::Impl {
         bool                          any_chunk = false;  // a chunk was encoded in this session
         bool                          answered = false;   // a streamed answer was generated
     } stream;
+
+    // Simplex streaming (streaming_prefill / StreamingTurn): the reference model's session state.
+    struct SimplexState {
+        bool                          started = false;        // the reference's session_id is set
+        bool                          new_user_msg = true;    // the next user message opens a turn
+        bool                          llm_generated = false;  // an answer was streamed in this session
+        bool                          llm_generate_completed = false;   // never set by streaming_generate
+        int64_t                       audio_chunk_idx = 0;    // audio chunks since the processor began
+        std::unique_ptr<StreamingMel> mel;
+    } simplex;
 
     Impl(std::shared_ptr<Model> m, const SessionParams & p)
         : model(std::move(m)), params(p), backends(*model->impl().devices, p.n_threads),
@@ -303,6 +314,8 @@ struct Session::Impl {
 
     // The reference's chunk sizes: 1035 ms first (aligned to the hop), then 1000 ms.
     static constexpr size_t kFirstChunk = 16560, kChunk = 16000;
+    // ChunkPrefillChunkGenerate: tokens per LLM chunk and the repetition penalty's window.
+    static constexpr int kStreamChunk = 10, kStreamPenaltyWindow = 128;
 
     void begin_audio_stream() {
         if (audio_groups_per_second(*model)) {
@@ -433,6 +446,247 @@ struct Session::Impl {
         stream.answered = true;
     }
 
+    // ---- simplex streaming (streaming_prefill, streaming_generate) ----
+
+    void check_image(const RgbImage & img, const std::string & what) const {
+        if (img.width <= 0 || img.height <= 0 || img.pixels.size() != (size_t) img.width * (size_t) img.height * 3) {
+            fail(ErrorKind::InvalidArgument, what + ": image of " + std::to_string(img.width) + "x" +
+                                                 std::to_string(img.height) + " has " + std::to_string(img.pixels.size()) +
+                                                 " bytes, expected width * height * 3");
+        }
+    }
+
+    // Text of a streamed prompt, tokenised as the processor does (<|listen|> deleted).
+    std::vector<int32_t> stream_text_tokens(const std::string & text) const {
+        std::vector<int32_t> ids = model->tokenize(text, true);
+        const int32_t listen = model->tokenizer().find_token("<|listen|>");
+        if (listen >= 0) ids.erase(std::remove(ids.begin(), ids.end(), listen), ids.end());
+        return ids;
+    }
+
+    // The reference voice of a system message (get_sys_prompt): streaming_prefill encodes it
+    // with get_audio_embedding's default chunk_length -1, i.e. full attention, one group.
+    std::shared_ptr<const AudioChunk> encode_system_audio(const float * pcm, size_t n) {
+        const double t0 = now_ms();
+        AudioEncoder & enc = audio_encoder();
+        const MelFeatures mel = log_mel_clip(pcm, n, backends.n_threads());
+        const int64_t meta[2] = {(int64_t) n, -1};
+        auto chunk = audio_chunk(enc.encode(mel.data.data(), mel.n_frames, mel.n_frames, false), n,
+                                 fnv1a(meta, sizeof(meta), fnv1a(pcm, n * sizeof(float))), 0);
+        timings.audio_ms += now_ms() - t0;
+        timings.n_audio += 1;
+        return chunk;
+    }
+
+    // One user audio chunk through the streaming processor and the encoder's cache.
+    std::shared_ptr<const AudioChunk> encode_user_chunk(const AudioPcm & in, bool is_last, bool is_first) {
+        AudioEncoder & enc = audio_encoder();
+        const AudioHparams & hp = enc.hparams();
+        std::vector<float> pcm = in.samples;
+        // streaming_prefill: the first audio chunk of a turn is left-padded to FIRST_CHUNK_MS.
+        if (simplex.audio_chunk_idx == 0 && pcm.size() < kFirstChunk) pcm.insert(pcm.begin(), kFirstChunk - pcm.size(), 0.0f);
+        const double t0 = now_ms();
+        // get_audio_placeholder: the positions follow from the sample count; the rows from the
+        // frames the streaming log-mel emits. The reference raises when they differ.
+        const int64_t n_pos = hp.pooled(AudioHparams::encoder_frames(audio_mel_frames(pcm.size())));
+        const StreamingMel before = *simplex.mel;
+        const MelFeatures mel = simplex.mel->push(pcm.data(), pcm.size(), is_last);
+        const int64_t n_enc = mel.n_frames > 0 ? AudioHparams::encoder_frames(mel.n_frames) : 0;
+        const int64_t rows = hp.pooled(n_enc);
+        if (rows < 1 || rows != n_pos) {
+            *simplex.mel = before;
+            fail(ErrorKind::InvalidArgument,
+                 "streaming_prefill: the audio chunk of " + std::to_string(pcm.size()) + " samples has " + std::to_string(n_pos) +
+                     " audio positions, but the " + std::to_string(mel.n_frames) + " mel frames the stream emits for it give " +
+                     std::to_string(rows) + " embeddings (the reference raises here): send 1 s chunks (16000 samples; "
+                     "the first of a turn up to 16560), a shorter last one with is_last_chunk");
+        }
+        std::vector<float> emb = enc.encode_stream(mel.data.data(), mel.n_frames);
+        // streaming_prefill drops the encoder cache after the first call of a session.
+        if (is_first) enc.reset_stream();
+        simplex.audio_chunk_idx += 1;
+        timings.audio_ms += now_ms() - t0;
+        timings.n_audio += 1;
+        const int64_t meta[2] = {(int64_t) pcm.size(), simplex.audio_chunk_idx};
+        const uint64_t hash = fnv1a(meta, sizeof(meta), fnv1a(emb.data(), emb.size() * sizeof(float)));
+        return audio_chunk(std::move(emb), pcm.size(), hash, 0);
+    }
+
+    int streaming_prefill(const Message & msg, const StreamingPrefillParams & p) {
+        const std::string & role = msg.role;
+        if (role != "system" && role != "user" && role != "assistant") {
+            fail(ErrorKind::InvalidArgument, "streaming_prefill: the role must be \"system\", \"user\" or \"assistant\", got \"" + role + "\"");
+        }
+        if (stream.active) fail(ErrorKind::InvalidArgument, "streaming_prefill: an audio stream is open (end_audio_stream() first)");
+        if (p.max_slice_nums < 1) {
+            fail(ErrorKind::InvalidArgument, "streaming_prefill: max_slice_nums must be >= 1, got " + std::to_string(p.max_slice_nums));
+        }
+        const bool streamed = role != "system";   // the reference's is_not_system_prefill
+        size_t n_audio = 0;
+        for (size_t i = 0; i < msg.content.size(); ++i) {
+            const ContentPart & part = msg.content[i];
+            const std::string what = "streaming_prefill part " + std::to_string(i);
+            switch (part.type) {
+            case ContentPart::Type::Text: break;
+            case ContentPart::Type::Image:
+                if (!part.image) fail(ErrorKind::InvalidArgument, what + ": image part without an image");
+                check_image(*part.image, what);
+                need_vision(*model);
+                break;
+            case ContentPart::Type::Audio:
+                if (!part.audio) fail(ErrorKind::InvalidArgument, what + ": audio part without audio");
+                check_audio(*part.audio, what);
+                need_audio(*model);
+                if (audio_groups_per_second(*model)) {
+                    fail(ErrorKind::Unsupported, "streaming_prefill follows MiniCPM-o 4.5; MiniCPM-o 2.6 takes audio through chat()");
+                }
+                if (role == "assistant") fail(ErrorKind::InvalidArgument, what + ": audio in an assistant message is not supported");
+                if (!streamed && part.audio->samples.size() > kAudioPieceSamples) {
+                    fail(ErrorKind::InvalidArgument, what + ": the system prompt's audio must be at most 30 s, got " +
+                                                         std::to_string(part.audio->samples.size() / kAudioRate) + " s");
+                }
+                ++n_audio;
+                break;
+            case ContentPart::Type::Video:
+                fail(ErrorKind::InvalidArgument, what + ": streaming_prefill takes text, image and audio parts "
+                                                        "(send a video as its frames and 1 s audio chunks)");
+            }
+        }
+        if (streamed && n_audio > 1) {
+            fail(ErrorKind::InvalidArgument, "streaming_prefill: one audio chunk per call (the reference's streaming mode takes "
+                                             "a single audio), got " + std::to_string(n_audio));
+        }
+        drop_pending_terminator();
+        const bool is_first = !simplex.started;
+        if (is_first || !simplex.mel) {
+            // reset_session + init_streaming_processor
+            simplex.mel = std::make_unique<StreamingMel>(StreamingMelConfig{});
+            simplex.audio_chunk_idx = 0;
+        }
+        if ((is_first || role != "user") && audio) audio->reset_stream();
+        ImageOptions io;
+        io.max_slice_nums = p.max_slice_nums;
+        io.use_image_id = false;
+        std::vector<PromptSegment> segs;
+        if (is_first && role != "user") {
+            // a first system / assistant message: the chat template without generation prompt
+            ChatParams cp;
+            cp.omni_mode = p.omni_mode;
+            cp.add_generation_prompt = false;
+            cp.use_tts_template = p.use_tts_template;
+            cp.enable_thinking = p.enable_thinking;
+            cp.max_slice_nums = p.max_slice_nums;
+            cp.use_image_id = false;
+            ChatPrompt cpr = build_chat_prompt(
+                *model, {msg}, cp,
+                [&](const RgbImage & img, const ImageOptions &) { return encode_image(img.pixels.data(), img.width, img.height, io); },
+                [&](const float * pcm, size_t n, int64_t) { return encode_system_audio(pcm, n); });
+            segs = std::move(cpr.segments);
+        } else {
+            std::string text;
+            if (is_first) {
+                text = "<|im_start|>user\n";
+            } else if (simplex.new_user_msg && role == "user") {
+                text = !simplex.llm_generated           ? "<|im_start|>user\n"
+                       : simplex.llm_generate_completed ? "<|im_end|>\n<|im_start|>user\n"
+                                                        : "<|tts_eos|><|im_end|>\n<|im_start|>user\n";
+            }
+            auto flush_text = [&]() {
+                if (!text.empty()) segs.push_back(PromptSegment{stream_text_tokens(text), nullptr});
+                text.clear();
+            };
+            const std::string sep = p.omni_mode ? "" : "\n";
+            for (size_t i = 0; i < msg.content.size(); ++i) {
+                const ContentPart & part = msg.content[i];
+                if (i > 0) text += sep;
+                if (part.type == ContentPart::Type::Text) {
+                    text += part.text;
+                    continue;
+                }
+                flush_text();
+                if (part.type == ContentPart::Type::Image) {
+                    segs.push_back(PromptSegment{{}, encode_image(part.image->pixels.data(), part.image->width, part.image->height, io)});
+                } else if (streamed) {
+                    segs.push_back(PromptSegment{{}, encode_user_chunk(*part.audio, p.is_last_chunk, is_first)});
+                } else {
+                    segs.push_back(PromptSegment{{}, encode_system_audio(part.audio->samples.data(), part.audio->samples.size())});
+                }
+            }
+            flush_text();
+        }
+        if (is_first) {
+            // reset_session: a new streaming session starts from an empty context
+            ctx.clear();
+            gen.end();
+            simplex.llm_generated = false;
+            simplex.llm_generate_completed = false;
+            simplex.new_user_msg = true;
+        }
+        const int n = prefill(segs);
+        simplex.started = true;
+        if (role != "user") simplex.new_user_msg = true;
+        else simplex.new_user_msg = false;
+        return n;
+    }
+
+    void begin_streaming_generate(const StreamingGenerateParams & p) {
+        if (!simplex.started) {
+            fail(ErrorKind::InvalidArgument, "streaming_generate: nothing was prefilled: call streaming_prefill first "
+                                             "(a system prompt, the user's chunks)");
+        }
+        if (stream.active) fail(ErrorKind::InvalidArgument, "streaming_generate: an audio stream is open (end_audio_stream() first)");
+        if (p.max_new_tokens < 1) {
+            fail(ErrorKind::InvalidArgument, "streaming_generate: max_new_tokens must be >= 1, got " + std::to_string(p.max_new_tokens));
+        }
+        GenerationParams g;
+        g.sampling.temperature = p.do_sample ? p.temperature : 0.0f;
+        g.sampling.top_p = p.do_sample ? p.top_p : 1.0f;
+        g.sampling.top_k = p.do_sample ? p.top_k : 0;
+        g.sampling.min_p = 0.0f;
+        g.sampling.presence_penalty = 0.0f;
+        g.sampling.repeat_penalty = p.repetition_penalty;
+        g.sampling.repeat_last_n = kStreamPenaltyWindow;
+        validate_sampling(g.sampling.resolve(SamplerConfig{}));
+        // ChunkPrefillChunkGenerate: ceil(max_new_tokens / 10) chunks, the first draws 11 tokens
+        // and each later one 10; the last draw of the last chunk is never fed nor yielded.
+        const int64_t chunks = ((int64_t) p.max_new_tokens + kStreamChunk - 1) / kStreamChunk;
+        g.max_tokens = (int) std::min<int64_t>(1 + chunks * kStreamChunk, 1 << 30);
+        g.answer_penalty_chunk = kStreamChunk;
+        g.stop_at_end_of_turn = false;
+        g.skip_special = false;
+        // streaming_generate's terminators ("</s>" is not in the vocabulary: convert_tokens_to_ids
+        // gives <unk>, which the decoder also suppresses).
+        const Tokenizer & tok = model->tokenizer();
+        for (const char * t : {"<|tts_eos|>", "<|im_end|>", "</s>"}) {
+            int32_t id = tok.find_token(t);
+            if (id < 0) id = tok.find_token("<unk>");
+            if (id >= 0) g.stop_tokens.push_back(id);
+        }
+        g.suppress_tokens = stream_forbidden_tokens();
+        std::string bos;
+        if (p.bos_input) {
+            bos = *p.bos_input;
+        } else {
+            bos = "<|im_end|>\n<|im_start|>assistant\n";
+            if (!p.enable_thinking && model->info().arch == "qwen3") bos += "<think>\n\n</think>\n\n";
+            if (p.use_tts_template) bos += "<|tts_bos|>";
+        }
+        const std::vector<int32_t> bos_ids = model->tokenize(bos, true);
+        if (bos_ids.empty()) fail(ErrorKind::InvalidArgument, "streaming_generate: bos_input is empty");
+        drop_pending_terminator();
+        ctx.check_fits(bos_ids.size(), "streaming_generate's assistant prompt");
+        // the reference's turn bookkeeping, then init_streaming_processor
+        simplex.new_user_msg = true;
+        simplex.llm_generated = true;
+        simplex.llm_generate_completed = false;
+        if (audio) audio->reset_stream();
+        simplex.mel = std::make_unique<StreamingMel>(StreamingMelConfig{});
+        simplex.audio_chunk_idx = 0;
+        if (p.generate_audio) ctx.set_capture(true, ctx.capture_logits());
+        prefill({PromptSegment{bos_ids, nullptr}});
+        begin_generation(g);
+    }
+
     ChatPrompt chat_prompt(const std::vector<Message> & messages, const ChatParams & params) {
         return build_chat_prompt(
             *model, messages, params,
@@ -560,6 +814,18 @@ void Session::begin_stream_response(const GenerationParams & params) {
 
 bool Session::audio_stream_active() const { return impl_->stream.active; }
 
+int Session::streaming_prefill(const Message & msg, const StreamingPrefillParams & params) {
+    MINICPM_SESSION_GUARD;
+    return impl_->streaming_prefill(msg, params);
+}
+
+bool Session::streaming_started() const { return impl_->simplex.started; }
+
+void Session::begin_streaming_generate(const StreamingGenerateParams & params) {
+    MINICPM_SESSION_GUARD;
+    impl_->begin_streaming_generate(params);
+}
+
 ChatPrompt Session::chat_prompt(const std::vector<Message> & messages, const ChatParams & params) {
     MINICPM_SESSION_GUARD;
     return impl_->chat_prompt(messages, params);
@@ -650,6 +916,7 @@ void Session::reset() {
     impl_->gen.end();
     if (impl_->audio) impl_->audio->reset_stream();
     impl_->stream = Impl::AudioStreamState{};
+    impl_->simplex = Impl::SimplexState{};
 }
 
 int  Session::n_past() const { return (int) impl_->ctx.size(); }

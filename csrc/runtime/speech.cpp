@@ -13,6 +13,7 @@
 #include "runtime/busy.h"
 #include "runtime/model_impl.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -219,10 +220,30 @@ struct SpeechTurn::Impl {
     std::vector<int32_t>         codes;           // every code of the turn
     std::vector<int32_t>         buffer;          // codes not yet synthesised (windows)
     std::deque<SpeechEvent>      events;
+    // streaming_generate (StreamingTurn): the text goes out with the audio, as the reference pairs
+    // them, decoded from the tokens given to the talker; `capture` keeps their hidden states.
+    bool                         paired = false;
+    bool                         capture = false;
+    std::vector<int32_t>         spoken;          // every answer token given to the talker
+    std::vector<float>           spoken_hidden;
+    size_t                       said = 0;        // bytes of their text given out
+
+    // streaming_generate's new_text: the decoded text of the spoken tokens past what was given
+    // out, trailing U+FFFD (an incomplete character) held back except at the end.
+    void paired_text(bool final) {
+        const std::string full = session.model()->detokenize(spoken, false);
+        size_t end = full.size();
+        if (!final) {
+            while (end >= 3 && full.compare(end - 3, 3, "\xEF\xBF\xBD") == 0) end -= 3;
+        }
+        if (end > said) text(full.substr(said, end - said));
+        said = std::max(said, end);
+    }
 
     Impl(Session & s, std::shared_ptr<SpeechState> state) : session(s), st(std::move(state)) {}
 
     void audio(std::vector<float> pcm, bool last) {
+        if (paired) paired_text(last);
         SpeechEvent ev;
         ev.kind = SpeechEvent::Kind::Audio;
         ev.pcm = std::move(pcm);
@@ -252,6 +273,8 @@ struct SpeechTurn::Impl {
 
     void push_text(bool last) {
         const int64_t      n = (int64_t) tokens.size();
+        spoken.insert(spoken.end(), tokens.begin(), tokens.end());
+        if (capture) spoken_hidden.insert(spoken_hidden.end(), hidden.begin(), hidden.end());
         std::vector<float> cond;
         if (n > 0) cond = st->talker->condition(tokens.data(), hidden.data(), n);
         tokens.clear();
@@ -316,7 +339,7 @@ struct SpeechTurn::Impl {
             feed(pending, h, !g.done);
             pending = -1;
         }
-        if (!g.text.empty()) text(g.text);
+        if (!g.text.empty() && !paired) text(g.text);
         if (g.done) {
             reason = g.reason;
             finished = true;
@@ -456,6 +479,118 @@ SpeechResult Session::speak(const std::vector<Message> & messages, const ChatPar
 
 SpeechResult Session::speak(const std::vector<Message> & messages, const ChatParams & params, const SpeechParams & speech) {
     return speak(messages, params, speech, SpeechCallbacks{});
+}
+
+// ---- StreamingTurn ----------------------------------------------------------------------------
+
+struct StreamingTurn::Impl {
+    Session &                   session;
+    std::unique_ptr<SpeechTurn> speech;   // generate_audio
+    // text only: the answer tokens yielded per LLM chunk, as streaming_token_decoder decodes them
+    std::vector<int32_t>        ids;
+    std::vector<int32_t>        no_codes;
+    std::vector<float>          no_hidden;
+    int32_t                     pending = -1;   // the last drawn token, fed at the next draw
+    int64_t                     drawn = 0;
+    bool                        finished = false;
+    StopReason                  reason = StopReason::None;
+    size_t                      said = 0;
+    std::deque<SpeechEvent>     events;
+
+    explicit Impl(Session & s) : session(s) {}
+
+    void chunk_text(bool final) {
+        const std::string full = session.model()->detokenize(ids, false);
+        size_t end = full.size();
+        if (!final) {
+            while (end >= 3 && full.compare(end - 3, 3, "\xEF\xBF\xBD") == 0) end -= 3;
+        }
+        if (end > said) {
+            SpeechEvent ev;
+            ev.kind = SpeechEvent::Kind::Text;
+            ev.text = full.substr(said, end - said);
+            events.push_back(std::move(ev));
+        }
+        said = std::max(said, end);
+    }
+
+    void step() {
+        const GenerationStep g = session.next();
+        if (pending >= 0) ids.push_back(pending);   // evaluated by this step
+        pending = -1;
+        if (g.done) {
+            reason = g.reason;
+            finished = true;
+            // a terminator ends the text (the decoder's final piece); at the chunk limit the
+            // last drawn token is never yielded, and a trailing incomplete character stays out
+            chunk_text(g.reason == StopReason::EndOfTurn);
+            return;
+        }
+        pending = g.token;
+        drawn += 1;
+        // chunk_generate's chunks: 11 draws, then 10 each; a chunk yields the tokens fed in it
+        if (drawn >= 11 && (drawn - 11) % 10 == 0) chunk_text(false);
+    }
+};
+
+StreamingTurn::StreamingTurn(Session & session, const StreamingGenerateParams & params) {
+    if (!session.streaming_started()) {
+        fail(ErrorKind::InvalidArgument, "streaming_generate: nothing was prefilled: call streaming_prefill first "
+                                         "(a system prompt, the user's chunks)");
+    }
+    impl_ = std::make_unique<Impl>(session);
+    if (params.generate_audio) {
+        impl_->speech = std::make_unique<SpeechTurn>(session, params.speech);
+        SpeechTurn::Impl & t = *impl_->speech->impl_;
+        t.paired = true;
+        t.capture = params.capture;
+    }
+    session.begin_streaming_generate(params);
+    if (impl_->speech) impl_->speech->start_begun("");
+}
+
+StreamingTurn::~StreamingTurn() = default;
+
+bool StreamingTurn::next(SpeechEvent & ev) {
+    Impl & s = *impl_;
+    if (s.speech) return s.speech->next(ev);
+    while (s.events.empty() && !s.finished) s.step();
+    if (s.events.empty()) return false;
+    ev = std::move(s.events.front());
+    s.events.pop_front();
+    return true;
+}
+
+const std::vector<int32_t> & StreamingTurn::codes() const { return impl_->speech ? impl_->speech->codes() : impl_->no_codes; }
+const std::vector<int32_t> & StreamingTurn::answer_tokens() const {
+    return impl_->speech ? impl_->speech->impl_->spoken : impl_->ids;
+}
+const std::vector<float> & StreamingTurn::talker_hidden() const {
+    return impl_->speech ? impl_->speech->impl_->spoken_hidden : impl_->no_hidden;
+}
+StopReason StreamingTurn::stop_reason() const { return impl_->speech ? impl_->speech->stop_reason() : impl_->reason; }
+uint64_t StreamingTurn::seed() const { return impl_->speech ? impl_->speech->seed() : 0; }
+
+SpeechResult Session::streaming_generate(const StreamingGenerateParams & params, const SpeechCallbacks & callbacks) {
+    StreamingTurn turn(*this, params);
+    SpeechResult  r;
+    SpeechEvent   ev;
+    while (turn.next(ev)) {
+        if (ev.kind == SpeechEvent::Kind::Text) {
+            r.text += ev.text;
+            if (callbacks.on_text) callbacks.on_text(ev.text);
+        } else {
+            r.audio.insert(r.audio.end(), ev.pcm.begin(), ev.pcm.end());
+            if (callbacks.on_audio) callbacks.on_audio(ev.pcm.data(), ev.pcm.size(), ev.sample_rate);
+        }
+    }
+    r.codes = turn.codes();
+    r.reason = turn.stop_reason();
+    return r;
+}
+
+SpeechResult Session::streaming_generate(const StreamingGenerateParams & params) {
+    return streaming_generate(params, SpeechCallbacks{});
 }
 
 } // namespace minicpm

@@ -324,6 +324,22 @@ void bind_session(py::module_ & mod) {
             s.begin_stream_response(g);
         }, py::arg("max_tokens"), py::arg("stop"), py::arg("sampling"), py::arg("skip_special"))
         .def_property_readonly("audio_stream_active", &Session::audio_stream_active)
+        .def("streaming_prefill", [](Session & s, const py::dict & msg, bool omni_mode, bool is_last_chunk,
+                                     int max_slice_nums, bool use_tts_template, bool enable_thinking) {
+            py::list one;
+            one.append(msg);
+            const Message m = to_messages(one).front();
+            StreamingPrefillParams p;
+            p.omni_mode = omni_mode;
+            p.is_last_chunk = is_last_chunk;
+            p.max_slice_nums = max_slice_nums;
+            p.use_tts_template = use_tts_template;
+            p.enable_thinking = enable_thinking;
+            py::gil_scoped_release nogil;
+            return s.streaming_prefill(m, p);
+        }, py::arg("msg"), py::arg("omni_mode") = true, py::arg("is_last_chunk") = false, py::arg("max_slice_nums") = 1,
+            py::arg("use_tts_template") = true, py::arg("enable_thinking") = false)
+        .def_property_readonly("streaming_started", &Session::streaming_started)
         .def("chat_prompt", [](Session & s, const py::list & messages, bool add_generation_prompt,
                                std::optional<bool> enable_thinking, int max_slice_nums, std::optional<bool> use_image_id,
                                std::optional<bool> use_tts_template, bool omni_mode) {

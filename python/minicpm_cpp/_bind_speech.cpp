@@ -76,9 +76,83 @@ private:
     std::unique_ptr<SpeechTurn> turn_;
 };
 
+// A simplex streamed answer (StreamingTurn): begun by the constructor (GIL released).
+class PyStreamingTurn {
+public:
+    PyStreamingTurn(Session & s, bool generate_audio, int max_new_tokens, bool do_sample, float temperature, float top_p,
+                    int top_k, float repetition_penalty, bool enable_thinking, bool use_tts_template,
+                    std::optional<std::string> bos_input, const py::handle & tokens, const py::handle & speaker,
+                    const py::handle & prompt_mel, int n_timesteps, uint64_t seed, std::optional<bool> whole, bool capture)
+        : n_embd_(s.model()->info().n_embd) {
+        StreamingGenerateParams p;
+        p.generate_audio = generate_audio;
+        p.max_new_tokens = max_new_tokens;
+        p.do_sample = do_sample;
+        p.temperature = temperature;
+        p.top_p = top_p;
+        p.top_k = top_k;
+        p.repetition_penalty = repetition_penalty;
+        p.enable_thinking = enable_thinking;
+        p.use_tts_template = use_tts_template;
+        p.bos_input = std::move(bos_input);
+        if (!tokens.is_none()) p.speech.voice = to_voice(tokens, speaker, prompt_mel);
+        p.speech.n_timesteps = n_timesteps;
+        p.speech.seed = seed;
+        p.speech.whole_audio = whole;
+        p.capture = capture;
+        py::gil_scoped_release nogil;
+        turn_ = std::make_unique<StreamingTurn>(s, p);
+    }
+
+    // None at the end, a str for text, (pcm float32 array, last, sample rate) for audio.
+    py::object next() {
+        SpeechEvent ev;
+        bool        more;
+        {
+            py::gil_scoped_release nogil;
+            more = turn_->next(ev);
+        }
+        if (!more) return py::none();
+        if (ev.kind == SpeechEvent::Kind::Text) return minicpm_py::utf8(ev.text);
+        py::array_t<float> a((py::ssize_t) ev.pcm.size());
+        if (!ev.pcm.empty()) std::memcpy(a.mutable_data(), ev.pcm.data(), ev.pcm.size() * sizeof(float));
+        return py::make_tuple(a, ev.last, ev.sample_rate);
+    }
+
+    std::vector<int32_t> codes() const { return turn_->codes(); }
+    std::vector<int32_t> answer_tokens() const { return turn_->answer_tokens(); }
+    py::array_t<float>   talker_hidden() const {
+        const std::vector<float> & h = turn_->talker_hidden();
+        const py::ssize_t n = n_embd_ > 0 ? (py::ssize_t) (h.size() / (size_t) n_embd_) : 0;
+        py::array_t<float> a({n, (py::ssize_t) n_embd_});
+        if (!h.empty()) std::memcpy(a.mutable_data(), h.data(), h.size() * sizeof(float));
+        return a;
+    }
+    const char * stop_reason() const { return stop_reason_name(turn_->stop_reason()); }
+    uint64_t     seed() const { return turn_->seed(); }
+
+private:
+    int64_t                        n_embd_;
+    std::unique_ptr<StreamingTurn> turn_;
+};
+
 } // namespace
 
 void bind_speech(py::module_ & mod) {
+    py::class_<PyStreamingTurn>(mod, "StreamingTurn")
+        .def(py::init<Session &, bool, int, bool, float, float, int, float, bool, bool, std::optional<std::string>,
+                      const py::handle &, const py::handle &, const py::handle &, int, uint64_t, std::optional<bool>, bool>(),
+             py::arg("session"), py::arg("generate_audio"), py::arg("max_new_tokens"), py::arg("do_sample"),
+             py::arg("temperature"), py::arg("top_p"), py::arg("top_k"), py::arg("repetition_penalty"),
+             py::arg("enable_thinking"), py::arg("use_tts_template"), py::arg("bos_input"), py::arg("tokens"),
+             py::arg("speaker"), py::arg("prompt_mel"), py::arg("n_timesteps"), py::arg("seed"), py::arg("whole"),
+             py::arg("capture"), py::keep_alive<1, 2>())
+        .def("next", &PyStreamingTurn::next)
+        .def_property_readonly("codes", &PyStreamingTurn::codes)
+        .def_property_readonly("answer_tokens", &PyStreamingTurn::answer_tokens)
+        .def_property_readonly("talker_hidden", &PyStreamingTurn::talker_hidden)
+        .def_property_readonly("stop_reason", &PyStreamingTurn::stop_reason)
+        .def_property_readonly("seed", &PyStreamingTurn::seed);
     py::class_<PySpeechTurn>(mod, "SpeechTurn")
         .def(py::init<Session &, const py::handle &, const py::handle &, const py::handle &, int, uint64_t,
                       std::optional<bool>>(),

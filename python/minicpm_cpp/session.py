@@ -31,6 +31,7 @@ from ._args import (
     _threads,
 )
 from ._speech_parts import SpeechModel, SpeechSession
+from .simplex import SimplexSession
 from .content import Message, audio_part as _audio_part, normalise_messages as _normalise_messages
 from .errors import FileError, InvalidArgumentError, UnsupportedError
 
@@ -330,7 +331,7 @@ def _image_args(image: Any, max_slice_nums: Optional[int], use_image_id: Optiona
             _small_count(image_id, "image_id"))
 
 
-class Session(SpeechSession):
+class Session(SpeechSession, SimplexSession):
     """A conversation state (KV cache, compute buffers, sampler) over a :class:`Model`.
 
     Sessions on one model run in parallel, one per thread; one session is used from one thread
@@ -480,6 +481,7 @@ class Session(SpeechSession):
         """Empties the context (the KV cache is reused)."""
         self._s.reset()
         self._n_images = 0
+        self._stream_voice = None
 
     @property
     def n_past(self) -> int:

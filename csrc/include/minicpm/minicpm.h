@@ -275,6 +275,11 @@ struct GenerationParams {
     bool                     stop_at_end_of_turn = true;
     bool                     skip_special = true; // leave special tokens out of the text
     bool                     thinking = false;    // sample with the reasoning defaults (chat() sets it)
+    // > 0: the penalties look at the answer only, as streaming_generate's decoder
+    // (ChunkPrefillChunkGenerate) does: the answer is drawn in chunks of this many tokens (the first
+    // one token longer), and each draw sees the last repeat_last_n answer tokens before its chunk
+    // plus the chunk's own earlier ones. 0: the last repeat_last_n tokens of the context.
+    int                      answer_penalty_chunk = 0;
 };
 
 struct ChatParams {
@@ -331,10 +336,20 @@ struct SessionParams {
     DebugOptions debug;
 };
 
+// Simplex streaming input, MiniCPM-o 4.5's MiniCPMO.streaming_prefill (see Session::streaming_prefill).
+struct StreamingPrefillParams {
+    bool omni_mode = true;          // content parts joined with "" (false: "\n")
+    bool is_last_chunk = false;     // the last audio chunk of the user turn: the streaming log-mel emits its rest
+    int  max_slice_nums = 1;        // image slicing of frames (the reference's None means 1)
+    bool use_tts_template = true;   // chat template options of a first system / assistant message
+    bool enable_thinking = false;
+};
+
 struct SpeechParams;
 struct SpeechCallbacks;
 struct SpeechResult;
 struct SpeechState;
+struct StreamingGenerateParams;
 
 class Session {
 public:
@@ -375,6 +390,27 @@ public:
     int  end_audio_stream();
     void begin_stream_response(const GenerationParams & params);
     bool audio_stream_active() const;
+
+    // Simplex streaming (MiniCPM-o 4.5), as the reference's streaming_prefill: one message per
+    // call, role "system", "user" or "assistant", its parts (text, images, one audio chunk of
+    // about 1 s) joined as omni_mode joins them; the caller sends each frame and 1 s audio chunk
+    // of a user turn in order (StreamingTurn, minicpm/speech.h, answers). The first call starts a
+    // new streaming session (the context is cleared, as reset_session): a system or assistant
+    // message is rendered with the chat template (no generation prompt), a user message opens
+    // with "<|im_start|>user\n". Later: the first user message of a turn opens with
+    // "<|im_start|>user\n", after a streamed answer with "<|tts_eos|><|im_end|>\n<|im_start|>user\n"
+    // (the reference's llm_generate_completed is never set); other messages add their content
+    // only. Audio in a system message (the reference voice of get_sys_prompt) is encoded whole,
+    // full attention, one placeholder group (at most 30 s). User audio goes through the streaming
+    // log-mel and the encoder's cache, the first chunk of a turn left-padded to 1035 ms; its
+    // placeholder has as many positions as its sample count gives (get_audio_placeholder), and a
+    // chunk whose emitted frames give another count is refused, as the reference raises (give
+    // 1 s chunks; the stream is left as it was). Images are unsliced placeholders without
+    // <image_id>. Returns the positions added. Errors: Error(InvalidArgument) for a bad role,
+    // part, image or audio (the session unchanged), Error(Unsupported) for an image or audio the
+    // model has no encoder for.
+    int  streaming_prefill(const Message & msg, const StreamingPrefillParams & params = {});
+    bool streaming_started() const;   // a streaming_prefill since the session began (or reset())
 
     // Renders `messages` with the chat template and builds the prompt (images encoded here).
     ChatPrompt chat_prompt(const std::vector<Message> & messages, const ChatParams & params);
@@ -420,13 +456,21 @@ public:
     SpeechResult speak(const std::vector<Message> & messages, const ChatParams & params, const SpeechParams & speech,
                        const SpeechCallbacks & callbacks);
     SpeechResult speak(const std::vector<Message> & messages, const ChatParams & params, const SpeechParams & speech);
+    // A simplex streamed answer (see StreamingTurn, minicpm/speech.h) with callbacks: text pieces
+    // and 24 kHz PCM chunks as the reference's streaming_generate yields them.
+    SpeechResult streaming_generate(const StreamingGenerateParams & params, const SpeechCallbacks & callbacks);
+    SpeechResult streaming_generate(const StreamingGenerateParams & params);
 
     struct Impl;
 
 private:
+    // streaming_generate's bookkeeping and assistant prompt, then the generation (StreamingTurn).
+    void begin_streaming_generate(const StreamingGenerateParams & params);
+
     std::unique_ptr<Impl> impl_;
     std::shared_ptr<SpeechState> speech_;   // the talker / Token2Wav states of spoken turns (speech.cpp)
     friend class SpeechTurn;
+    friend class StreamingTurn;
 };
 
 } // namespace minicpm

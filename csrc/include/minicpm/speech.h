@@ -96,6 +96,58 @@ struct SpeechResult {
     StopReason           reason = StopReason::None;
 };
 
+// streaming_generate's arguments, with its defaults (MiniCPMO.streaming_generate and
+// ChunkPrefillChunkGenerate.chunk_generate of MiniCPM-o 4.5).
+struct StreamingGenerateParams {
+    bool  generate_audio = true;        // false: text only (no talker, no Token2Wav)
+    int   max_new_tokens = 256;         // ceil(n / 10) LLM chunks of 10 answer tokens
+    bool  do_sample = true;             // false: argmax (after the suppressed tokens and the penalty)
+    float temperature = 0.7f;
+    float top_p = 0.8f;
+    int   top_k = 100;
+    float repetition_penalty = 1.02f;   // over the last 128 answer tokens before each chunk and the chunk's own
+    bool  enable_thinking = false;      // true: no empty <think></think> block in the assistant prompt
+    bool  use_tts_template = true;      // <|tts_bos|> at the end of the assistant prompt
+    std::optional<std::string> bos_input;   // the whole assistant prompt instead of the default
+    SpeechParams speech;                // voice, flow steps, seed, whole_audio (generate_audio only)
+    bool  capture = false;              // keep the last-layer hidden states given to the talker
+};
+
+// One streamed answer of a simplex session (Session::streaming_prefill), pulled event by event
+// as the reference's streaming_generate yields: with audio, each 1 s window of speech comes
+// after the text of the answer tokens the talker has received so far (decoded whole, a trailing
+// incomplete character held back to the next window), the last window (last set) with the rest
+// of the text; without audio, the text of each LLM chunk (10 tokens). The LLM draws its answer
+// in chunks of 10 (11 in the first, whose last token starts the next chunk), with
+// ChunkPrefillChunkGenerate's suppressed tokens and repetition penalty, until <|tts_eos|> or
+// <|im_end|> (never fed back) or the chunk limit; the talker and Token2Wav are SpeechTurn's.
+// The constructor checks everything first (Error(InvalidArgument): nothing prefilled, bad
+// values; the SpeechTurn errors with generate_audio), then adds the assistant prompt
+// "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n<|tts_bos|>" and begins.
+class StreamingTurn {
+public:
+    StreamingTurn(Session & session, const StreamingGenerateParams & params);
+    ~StreamingTurn();
+    StreamingTurn(const StreamingTurn &) = delete;
+    StreamingTurn & operator=(const StreamingTurn &) = delete;
+
+    bool next(SpeechEvent & ev);
+
+    const std::vector<int32_t> & codes() const;           // the talker's codes (generate_audio)
+    // The answer tokens the reference yields (to the talker, or as text), in order: the
+    // terminator and a last token drawn at the chunk limit are not among them.
+    const std::vector<int32_t> & answer_tokens() const;
+    // With capture (generate_audio): [answer_tokens().size()][n_embd] hidden states the talker got.
+    const std::vector<float> &   talker_hidden() const;
+    StopReason                   stop_reason() const;
+    uint64_t                     seed() const;
+
+    struct Impl;
+
+private:
+    std::unique_ptr<Impl> impl_;
+};
+
 // Whether `model` holds what speech output needs: the talker, Token2Wav's flow and a vocoder.
 bool can_speak(const Model & model);
 
@@ -129,6 +181,7 @@ public:
 private:
     static std::optional<uint64_t> session_seed(const Session & session);   // SessionParams::seed
     std::unique_ptr<Impl> impl_;
+    friend class StreamingTurn;
 };
 
 } // namespace minicpm
