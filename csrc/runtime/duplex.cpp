@@ -463,7 +463,9 @@ struct DuplexSession::Impl {
 
         decode_unit(logits, bias, r, t0);
 
-        feed_tokens({id.unit_end});
+        // The unit's terminator and </unit> in one evaluation: the reference feeds them one by
+        // one and never reads the terminator's logits, so the cache is the same.
+        feed_tokens({r.tokens.back(), id.unit_end});
         record_unit_tokens(unit_from, r);
         window->unit_end(llm->n_past(), r.tokens, r.listening, r.text);
         window->enforce();
@@ -495,8 +497,7 @@ struct DuplexSession::Impl {
         const int64_t E = model->info().n_embd;
         for (int j = 0; j < p.max_speak_tokens; ++j) {
             if (j == p.max_speak_tokens - 1) {
-                feed_tokens({id.chunk_eos});
-                r.tokens.push_back(id.chunk_eos);
+                r.tokens.push_back(id.chunk_eos);   // fed with </unit> (step)
                 break;
             }
             int32_t t;
@@ -510,10 +511,7 @@ struct DuplexSession::Impl {
             if (j == 0) r.ms_decision = now_ms() - t0;
             r.tokens.push_back(t);
             is_listen = t == id.listen;
-            if (t == id.listen || t == id.chunk_eos || t == id.chunk_tts_eos) {
-                feed_tokens({t});
-                break;
-            }
+            if (t == id.listen || t == id.chunk_eos || t == id.chunk_tts_eos) break;   // fed with </unit> (step)
             turn_ended = false;
             llm->set_capture(true, false);
             feed_tokens({t});

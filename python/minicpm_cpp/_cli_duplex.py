@@ -46,7 +46,7 @@ def run_duplex(model: Any, args: Any) -> int:
     n_units = max(1, -(-len(pcm) // UNIT_SAMPLES))
     padded = np.zeros(n_units * UNIT_SAMPLES, np.float32)
     padded[: len(pcm)] = pcm
-    kw = dict(seed=args.seed, generate_audio=speak, tts_steps=args.tts_steps, n_ctx=max(args.ctx_size, 8192))
+    kw = dict(seed=args.seed, generate_audio=speak, max_speak_tokens=args.max_speak_tokens, tts_steps=args.tts_steps, n_ctx=max(args.ctx_size, 8192))
     if args.system is not None:
         kw["system"] = args.system
     if args.temp is not None:

@@ -147,6 +147,8 @@ def build_parser(model_path: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--duplex", action="store_true",
                    help="full-duplex voice session (MiniCPM-o 4.5) over --input; -o writes the reply track")
     p.add_argument("--input", default=None, help="with --duplex: the conversation audio (any rate, mono)")
+    p.add_argument("--max-speak-tokens", type=_int_in(1, 4096, "--max-speak-tokens"), default=20,
+                   help="with --duplex: most tokens the model says in one unit (default 20, the reference's)")
     p.add_argument("--realtime", action="store_true",
                    help="with --duplex: feed the input at its own pace (worker thread) and report the lag")
     p.add_argument("--no-timings", action="store_true", help="do not print the timing line")
