@@ -129,6 +129,8 @@ struct DuplexSession::Impl {
     int64_t              tts_pos = 0;              // tts_text_start_pos
     std::vector<int32_t> t2w_buffer;
     uint64_t             t2w_seed = 0;
+    std::vector<int32_t> unit_generated;           // total_ids_in_unit of the last unit (window bookkeeping)
+    std::string          unit_text;
 
     // async
     std::thread                                    worker;
@@ -467,7 +469,7 @@ struct DuplexSession::Impl {
         // one and never reads the terminator's logits, so the cache is the same.
         feed_tokens({r.tokens.back(), id.unit_end});
         record_unit_tokens(unit_from, r);
-        window->unit_end(llm->n_past(), r.tokens, r.listening, r.text);
+        window->unit_end(llm->n_past(), unit_generated, r.listening, unit_text);
         window->enforce();
         unit_idx += 1;
         r.ms_total = now_ms() - t0;
@@ -528,14 +530,17 @@ struct DuplexSession::Impl {
         }
         r.listening = is_listen;
         r.end_of_turn = is_listen ? false : end_of_turn;
-        r.text = unit_ids.empty() ? std::string() : model->detokenize(unit_ids, true);
+        unit_text = unit_ids.empty() ? std::string() : model->detokenize(unit_ids, true);
+        unit_generated = unit_ids;
+        if (is_listen) {
+            // streaming_generate's listen result: no text, silence, nothing for the talker
+            r.audio.assign((size_t) kSpeechUnitSamples, 0.0f);
+            return;
+        }
+        r.text = unit_text;
         if (p.capture) {
             r.tts_tokens = pair_tokens;
             r.tts_hidden = pair_hidden;
-        }
-        if (is_listen) {
-            r.audio.assign((size_t) kSpeechUnitSamples, 0.0f);
-            return;
         }
         if (!p.generate_audio) return;
         speak_unit(pair_tokens, pair_hidden, end_of_turn, r, t0);
