@@ -110,6 +110,39 @@ def test_remove_realign_f16_cache(setup):
     assert err < 5e-3 and err_plain > 10 * err
 
 
+def _gpu():
+    return any(d["type"] == "gpu" for d in minicpm_cpp.list_devices())
+
+
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
+@pytest.mark.parametrize("kv,flash,tol", [("f32", "off", 1e-4), ("f16", "off", 5e-3), ("f16", "on", 5e-3)])
+def test_realign_then_replace_per_backend(device, kv, flash, tol, setup, converted, tiny_qwen3_dir):
+    """A realigned cut, then a replacement, against the reference, with the cache on each
+    backend (the K-shift graph in device memory on a GPU) and each cache type."""
+    if device == "gpu" and not _gpu():
+        pytest.skip("no GPU device in this ggml build")
+    hf, _, tok = setup("tiny_qwen3_dir")
+    model = minicpm_cpp.Model(converted(tiny_qwen3_dir, "f32"), device=device)
+    ids, more = _ids(tok, PROMPT), _ids(tok, MORE)
+    s = minicpm_cpp.Session(model, n_ctx=256, n_batch=5, kv_type=kv, flash_attn=flash)
+    s.prefill(tokens=ids)
+    s.remove(2, 9, realign=True)
+    s.replace(3, 6, more[:4])
+    s.set_capture(hidden=False, logits=True)
+    s.prefill(tokens=more)
+    r = ref.KvModel(hf)
+    r.feed(ids)
+    r.drop(2, 9)
+    head, _ = r.forward(r.slice(0, 3), more[:4], 3)
+    n = r.length()
+    tail = [(ref.realign_keys(k, range(6, n), range(7, n + 1), r.theta), v) for k, v in r.slice(6, None)]
+    r.kv = [(torch.cat([hk, tk], 2), torch.cat([hv, tv], 2)) for (hk, hv), (tk, tv) in zip(head, tail)]
+    r.tokens = r.tokens[:3] + more[:4] + r.tokens[6:]
+    assert s.tokens == r.tokens + more and s.positions == list(range(len(r.tokens) + len(more)))
+    got = s.position_logits(len(r.tokens))
+    assert _rel(got, r.feed(more)) < tol
+
+
 def test_remove_realign_twice_and_pending(setup):
     """Two realigned cuts compose (the second moves keys already moved), and pending tokens
     are evaluated first."""
