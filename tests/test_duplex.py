@@ -107,30 +107,29 @@ def test_reference_layout_and_decode_rules(tiny_speech_dir, parts):
 
 
 def test_reference_repetition_and_length_penalty(tiny_speech_dir, parts):
-    """StreamDecoder.decode on hand-made logits: the penalty divides every repeated id's logit
-    (negative ones too), the length penalty divides / multiplies <|turn_eos|> by sign."""
+    """StreamDecoder.decode on hand-made logits: the repetition penalty divides every repeated
+    id's logit by 1.05, negative ones too; the length penalty divides a positive / multiplies a
+    negative <|turn_eos|> logit by 1.1; the raw draw sees <|chunk_eos|> before any rule."""
     r = make_ref(tiny_speech_dir, parts, generate_audio=False)
-    V = r.llm.config.vocab_size
-    x = torch.full((V,), -50.0)
-    x[10], x[11], x[TURN_EOS] = 5.0, -1.0, -1.04
-    r.decoded = [10, 11]
-    # 10: 5 / 1.05 = 4.76; 11: -1 / 1.05 = -0.952 (a multiply rule would give -1.05);
-    # <|turn_eos|>: -1.04 * 1.1 = -1.144. Greedy: argmax = 10.
-    assert r._decode(x.clone()) == 10
-    x[10] = -1.0
-    # now 10 and 11 both -0.952 (10 first), turn_eos -1.144
-    assert r._decode(x.clone()) == 10
-    x[10] = -2.0  # 10 -> -1.905; 11 (-0.952) beats turn_eos (-1.144)
-    r.decoded = [10, 11]
-    assert r._decode(x.clone()) == 11
-    r.decoded = [10]                      # 11 unpenalised: -1.0 still beats turn_eos
-    assert r._decode(x.clone()) == 11
-    x[TURN_EOS] = 1.05                    # positive: 1.05 / 1.1 = 0.955 > -1.0
-    assert r._decode(x.clone()) == TURN_EOS
-    x[CHUNK_EOS] = 60.0                   # the raw draw takes <|chunk_eos|> before any rule
-    assert r._decode(x.clone()) == CHUNK_EOS
-    x[CHUNK_EOS], x[TTS_PAD] = -60.0, 70.0   # <|tts_pad|> is forbidden
-    assert r._decode(x.clone()) == TURN_EOS
+    x = torch.full((r.llm.config.vocab_size,), -50.0)
+    x[11], x[20] = -1.0, -0.97
+
+    def pick(history):
+        r.decoded = list(history)
+        return r._decode(x.clone())
+
+    assert pick([11]) == 11                 # -1 / 1.05 = -0.952 > -0.97 (a sign rule: -1.05, 20)
+    assert pick([12]) == 20                 # 11 unrepeated
+    assert pick([11] + [12] * 512) == 20    # only the last 512 ids count
+    x[TURN_EOS] = -0.9
+    assert pick([12]) == 20                 # -0.9 * 1.1 = -0.99
+    x[TURN_EOS] = 1.05
+    assert pick([12]) == TURN_EOS           # 1.05 / 1.1 = 0.955
+    assert r.decoded == [12, TURN_EOS]      # the history gets the decoded id
+    x[CHUNK_EOS] = 60.0
+    assert pick([12]) == CHUNK_EOS and r.decoded == [12]   # raw <|chunk_eos|>: not recorded
+    x[CHUNK_EOS], x[TTS_PAD] = -60.0, 70.0
+    assert pick([12]) == TURN_EOS           # <|tts_pad|> drawn raw, then forbidden
 
 
 @torch.no_grad()
@@ -149,6 +148,17 @@ def test_reference_rope_realign(parts):
     assert rel(keys[1], keys[0]) > 1e-2
 
 
+def layer0_keys_match(r) -> float:
+    """Layer-0 keys depend on a row's input and position only: those of the cache's token rows
+    must be the keys a fresh forward of the same ids at positions 0.. gives (rows re-rotated
+    after an eviction included)."""
+    ids = torch.tensor([[t if t >= 0 else 0 for t in r.tokens]])
+    with torch.no_grad():
+        fresh = r.llm.model(ids, position_ids=torch.arange(ids.shape[1])[None], use_cache=True).past_key_values
+    rows = [i for i, t in enumerate(r.tokens) if t >= 0]
+    return rel(r.kv.layers[0][0][:, :, rows], fresh.layers[0].keys[:, :, rows])
+
+
 def _script_units(r, n_units, bias):
     return [r.step(pcm(k), logit_bias=bias(k)) for k in range(n_units)]
 
@@ -163,6 +173,7 @@ def test_reference_basic_window(tiny_speech_dir, parts):
     assert [o["evicted"] for o in outs] == [[], [], [], [0, 1], []]
     assert r.tokens == PREFIX_IDS + SUFFIX_IDS + outs[2]["unit_tokens"] + outs[3]["unit_tokens"] + outs[4]["unit_tokens"]
     assert r.n_past == 12 + 16 + 13 + 13 and r.system_length == 12
+    assert layer0_keys_match(r) < 1e-5
 
 
 @torch.no_grad()
@@ -181,6 +192,7 @@ def test_reference_context_window(tiny_speech_dir, parts):
     assert r.previous_ids == prev
     assert r.tokens == PREFIX_IDS + prev + SUFFIX_IDS + outs[3]["unit_tokens"] + outs[4]["unit_tokens"]
     assert r.system_length == 12 + len(prev)
+    assert layer0_keys_match(r) < 1e-5
     # the rebuilt system part is exactly a fresh prefill of its ids
     ids = torch.tensor([PREFIX_IDS + prev + SUFFIX_IDS])
     fresh = r.llm.model(ids, position_ids=torch.arange(ids.shape[1])[None], use_cache=True).past_key_values
