@@ -165,6 +165,10 @@ class RefDuplex:
 
     ``ref_audio``: the 16 kHz reference recording put in the system prompt (None: none). The
     knobs are those of the agreed ``minicpm_cpp.DuplexSession`` (defaults: the official ones).
+    Draws (the LLM's when not greedy, the talker's always) use minicpm.cpp's splitmix64 generator
+    (``ref_minicpmo_tts.SplitMix``) instead of torch.multinomial, the LLM's seeded with ``seed``,
+    the talker's with ``(seed * 1000003 + 1) mod 2^63`` as the runtime derives it, so that a seeded
+    session's codes can be compared.
     ``step()`` returns a dict: listening, text, end_of_turn, tokens, unit_tokens (-1 per
     embedding row), tts_tokens, tts_hidden ([n, n_embd]), tts_condition ([L, tts_hidden]),
     tts_codes, t2w_chunks ([(codes, last_chunk)]), is_listen_official (the official return's
@@ -177,7 +181,7 @@ class RefDuplex:
                  window_target_tokens: int = 3500, context_max_units: int = 24, max_previous_tokens: int = 500,
                  temperature: float = 0.7, top_k: int = 20, top_p: float = 0.8, repetition_penalty: float = 1.05,
                  repetition_window: int = 512, length_penalty: float = 1.1, greedy: bool = False,
-                 seed: Optional[int] = None, generate_audio: bool = True, tts_greedy: Optional[bool] = None,
+                 seed: Optional[int] = None, generate_audio: bool = True, tts_greedy: bool = False,
                  tts_temperature: float = 0.8, tts_repetition_penalty: float = 1.05, pre_lookahead: int = 3,
                  parts=None):
         if window not in ("off", "basic", "context"):
@@ -204,7 +208,7 @@ class RefDuplex:
         self.repetition_penalty, self.repetition_window = float(repetition_penalty), int(repetition_window)
         self.length_penalty = float(length_penalty)
         self.greedy = bool(greedy)
-        self.tts_greedy = self.greedy if tts_greedy is None else bool(tts_greedy)
+        self.tts_greedy = bool(tts_greedy)   # the official talker always samples (decode_mode is the LLM's)
         self.seed = seed
         self.generate_audio = bool(generate_audio) and self.tts is not None
         self.tts_temperature, self.tts_repetition_penalty = float(tts_temperature), float(tts_repetition_penalty)
@@ -232,7 +236,10 @@ class RefDuplex:
         init_streaming_processor)."""
         from ref_minicpmo_tts import SplitMix
 
-        self.rng = SplitMix(0 if self.seed is None else int(self.seed))
+        seed = 0 if self.seed is None else int(self.seed)
+        self.rng = SplitMix(seed)
+        # the talker's own stream, seeded as minicpm.cpp derives it ((seed * 1000003 + 1) mod 2^63)
+        self.tts_rng = SplitMix((seed * 1000003 + 1) % (1 << 63))
         self.kv = _Kv()
         self.ctx: List[int] = []            # ids in the cache, -1 for embedding rows
         self.decoded: List[int] = []        # StreamDecoder.generated_tokens
@@ -476,7 +483,7 @@ class RefDuplex:
             if step < min_new:
                 lg[:, t.eos] = -torch.inf
             p = F.softmax(lg, -1)[0]
-            idx = int(torch.argmax(p)) if self.tts_greedy else self._draw(p)
+            idx = int(torch.argmax(p)) if self.tts_greedy else int(self.tts_rng.draw(p.double().numpy()))
             new.append(idx)
             if idx == t.eos:
                 break
