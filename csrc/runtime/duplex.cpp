@@ -755,7 +755,11 @@ bool DuplexSession::async_active() const { return impl_->async_on; }
 int DuplexSession::n_past() const { return impl_->llm->n_past(); }
 std::vector<int32_t> DuplexSession::tokens() const { return impl_->context_tokens(); }
 std::vector<int32_t> DuplexSession::positions() const { return impl_->llm->positions(); }
-int DuplexSession::system_length() const { return impl_->system_len; }
+int DuplexSession::system_length() const {
+    // the kept system part: the window's (it grows by the "previous" text in context mode)
+    const int w = impl_->window ? impl_->window->system_length() : 0;
+    return w > 0 ? w : impl_->system_len;
+}
 int DuplexSession::units() const { return impl_->unit_idx; }
 int64_t DuplexSession::n_embd() const { return impl_->model->info().n_embd; }
 Session & DuplexSession::session() { return *impl_->llm; }
