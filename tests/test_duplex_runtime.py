@@ -245,17 +245,18 @@ def test_cli_duplex_deterministic(gguf, tmp_path, capsys):
     from minicpm_cpp.cli import main
     from minicpm_cpp.wav import write_wav
 
-    wav = tmp_path / "talk.wav"
+    wav, ref = tmp_path / "talk.wav", tmp_path / "me.wav"
     write_wav(wav, tone(2.5, seed=5), 16000)
+    write_wav(ref, tone(2.0), 16000)
     outs = []
     for k in range(2):
         out = tmp_path / f"reply{k}.wav"
-        rc = main(["-m", str(gguf), "--duplex", "--input", str(wav), "-o", str(out), "--seed", "3", "--tts-steps", "1",
+        rc = main(["-m", str(gguf), "--duplex", "--input", str(wav), "-o", str(out), "--ref-audio", str(ref), "--seed", "3",
+                   "--tts-steps", "1",
                    "--max-speak-tokens", "3", "-t", "2", "--no-timings"])
         assert rc == 0
         outs.append((out.read_bytes(), capsys.readouterr().out))
     assert outs[0] == outs[1]
-    pcm = minicpm_cpp.load_audio(str(tmp_path / "reply0.wav"), sample_rate=24000) if False else None
     import wave
 
     with wave.open(str(tmp_path / "reply0.wav")) as w:
