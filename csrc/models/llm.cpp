@@ -188,6 +188,13 @@ void cb(ggml_tensor * t, const char * name, int64_t il = -1) {
     else ggml_set_name(t, name);
 }
 
+// The decoder's RoPE (NEOX layout, no scaling): transformers' Qwen2/Qwen3 rotary embedding.
+ggml_tensor * rope(ggml_context * ctx, ggml_tensor * x, ggml_tensor * pos, const LlmHparams & hp, bool inplace) {
+    auto f = inplace ? ggml_rope_ext_inplace : ggml_rope_ext;
+    return f(ctx, x, pos, nullptr, (int) hp.head_dim, GGML_ROPE_TYPE_NEOX, (int) hp.n_ctx_train, hp.rope_base, 1.0f,
+             0.0f, 1.0f, 0.0f, 0.0f);
+}
+
 } // namespace
 
 const ComponentType kLlmComponent = {"llm", &llm_present, &llm_load};
@@ -262,10 +269,8 @@ void build_llm_graph(ggml_context * ctx, ggml_cgraph * gf, const LlmModel & m, c
             q = rms_norm(ctx, q, L.q_norm, hp.rms_eps);
             k = rms_norm(ctx, k, L.k_norm, hp.rms_eps);
         }
-        q = ggml_rope_ext(ctx, q, in.pos, nullptr, (int) head_dim, GGML_ROPE_TYPE_NEOX, (int) hp.n_ctx_train,
-                          hp.rope_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
-        k = ggml_rope_ext(ctx, k, in.pos, nullptr, (int) head_dim, GGML_ROPE_TYPE_NEOX, (int) hp.n_ctx_train,
-                          hp.rope_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+        q = rope(ctx, q, in.pos, hp, false);
+        k = rope(ctx, k, in.pos, hp, false);
 
         // Write this batch's keys/values into the cache cells listed in kv_idx. Rows are
         // scattered by an input tensor rather than copied into a view at an offset, so the graph
@@ -311,6 +316,20 @@ void build_llm_graph(ggml_context * ctx, ggml_cgraph * gf, const LlmModel & m, c
     ggml_set_output(in.logits);
     ggml_build_forward_expand(gf, in.logits);
     if (in.hidden) ggml_build_forward_expand(gf, in.hidden);
+}
+
+void build_llm_kshift_graph(ggml_context * ctx, ggml_cgraph * gf, const LlmModel & m, const KvTensors & kv,
+                            int64_t first_cell, int64_t n_cells, ggml_tensor * shift) {
+    const LlmHparams & hp = m.hp;
+    const size_t kv_row = ggml_row_size(kv.type, hp.n_embd_kv());
+    for (int64_t il = 0; il < hp.n_layer; ++il) {
+        // [head_dim, n_head_kv, n_cells] view of the layer's keys
+        ggml_tensor * k = ggml_view_3d(ctx, kv.k[(size_t) il], hp.head_dim, hp.n_head_kv, n_cells,
+                                       ggml_row_size(kv.type, hp.head_dim), kv_row, (size_t) first_cell * kv_row);
+        ggml_tensor * r = rope(ctx, k, shift, hp, true);
+        cb(r, "k_shift", il);
+        ggml_build_forward_expand(gf, r);
+    }
 }
 
 } // namespace minicpm

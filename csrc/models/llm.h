@@ -111,6 +111,13 @@ struct LlmGraphParams {
 void build_llm_graph(ggml_context * ctx, ggml_cgraph * gf, const LlmModel & m, const KvTensors & kv,
                      const LlmGraphParams & p, LlmGraphInputs & in);
 
+// The K-shift graph: rotates the cached keys of cells [first_cell, first_cell + n_cells) of every
+// layer in place by the I32 position deltas `shift` ([n_cells]; 0 leaves a cell unchanged), with
+// the forward pass's RoPE (llama.cpp's K-shift). The stored keys are rope(k_norm(k), pos), so a
+// rotation by d moves them to pos + d.
+void build_llm_kshift_graph(ggml_context * ctx, ggml_cgraph * gf, const LlmModel & m, const KvTensors & kv,
+                            int64_t first_cell, int64_t n_cells, ggml_tensor * shift);
+
 // An upper bound on the nodes of build_llm_graph.
 size_t llm_graph_max_nodes(const LlmHparams & hp);
 

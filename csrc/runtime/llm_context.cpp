@@ -169,6 +169,108 @@ void LlmContext::remove(size_t first, size_t last) {
     if (last_removed) logits_valid_ = false;
 }
 
+void LlmContext::insert_entries(size_t at, const std::vector<int32_t> & tokens, int32_t first_pos) {
+    const auto k = (std::ptrdiff_t) tokens.size();
+    const auto w = (std::ptrdiff_t) at;
+    tokens_.insert(tokens_.begin() + w, tokens.begin(), tokens.end());
+    tags_.insert(tags_.begin() + w, (size_t) k, 0);
+    std::vector<int32_t> pos((size_t) k);
+    for (std::ptrdiff_t j = 0; j < k; ++j) pos[(size_t) j] = first_pos + (int32_t) j;
+    pos_.insert(pos_.begin() + w, pos.begin(), pos.end());
+    cells_.insert(cells_.begin() + w, (size_t) k, -1);
+    refs_.insert(refs_.begin() + w, (size_t) k, EmbRef{});
+    hidden_rows_.insert(hidden_rows_.begin() + w, (size_t) k, std::vector<float>{});
+    logit_rows_.insert(logit_rows_.begin() + w, (size_t) k, std::vector<float>{});
+}
+
+void LlmContext::shift_keys(const std::vector<int64_t> & cells, const std::vector<int32_t> & deltas) {
+    if (cells.empty()) return;
+    const auto [lo, hi] = std::minmax_element(cells.begin(), cells.end());
+    const int64_t c0 = *lo, n = *hi - *lo + 1;
+    std::vector<int32_t> shift((size_t) n, 0);
+    for (size_t i = 0; i < cells.size(); ++i) shift[(size_t) (cells[i] - c0)] = deltas[i];
+    // A graph of its own (key tagged -1, never an LLM forward key); the next forward rebuilds.
+    runner_.prepare({-1, c0, n}, [&](ggml_context * ctx, ggml_cgraph * gf) {
+        shift_in_ = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n);
+        ggml_set_name(shift_in_, "k_shift_pos");
+        ggml_set_input(shift_in_);
+        build_llm_kshift_graph(ctx, gf, m_, kv_, c0, n, shift_in_);
+    });
+    ggml_backend_tensor_set(shift_in_, shift.data(), 0, shift.size() * sizeof(int32_t));
+    runner_.compute();
+    observer_.finish();
+}
+
+size_t LlmContext::replace(size_t first, size_t last, const std::vector<int32_t> & tokens) {
+    if (first > last || last > size()) {
+        fail(ErrorKind::InvalidArgument, "replace range [" + std::to_string(first) + ", " + std::to_string(last) +
+                                             ") is outside the context of " + std::to_string(size()) + " entries");
+    }
+    if (n_eval_ != size()) fail(ErrorKind::Internal, "replace() with pending entries");
+    for (int32_t t : tokens) {
+        if (t < 0 || t >= m_.hp.n_vocab) fail(ErrorKind::InvalidArgument, out_of_range(t, m_.hp.n_vocab));
+    }
+    if (size() - (last - first) + tokens.size() > (size_t) kv_.n_cells) {
+        fail(ErrorKind::ContextFull, "replacing " + std::to_string(last - first) + " entries with " +
+                                         std::to_string(tokens.size()) + " tokens does not fit a context of " +
+                                         std::to_string(kv_.n_cells));
+    }
+    const bool tail_was_last = last == size();
+    erase_entries(first, last);
+    const int32_t base = first > 0 ? pos_[first - 1] + 1 : 0;
+    const size_t  k = tokens.size();
+
+    // The entries after the range follow the new tokens: base + k, base + k + 1, ...
+    std::vector<int64_t> cells;
+    std::vector<int32_t> deltas;
+    for (size_t i = first; i < size(); ++i) {
+        const int32_t want = base + (int32_t) (k + (i - first));
+        if (want == pos_[i]) continue;
+        cells.push_back(cells_[i]);
+        deltas.push_back(want - pos_[i]);
+    }
+    shift_keys(cells, deltas);
+    for (size_t i = first; i < size(); ++i) {
+        const int32_t want = base + (int32_t) (k + (i - first));
+        pos_[i] = want;
+        kv_.cell_pos[(size_t) cells_[i]] = want;
+    }
+    if (k == 0) {
+        if (tail_was_last) logits_valid_ = false;
+        return 0;
+    }
+
+    // The new tokens, evaluated in place: their positions are below the moved entries', so the
+    // mask keeps them from attending those.
+    insert_entries(first, tokens, base);
+    size_t done = 0;
+    try {
+        while (done < k) {
+            const int64_t n = std::min<int64_t>(params_.n_batch, (int64_t) (k - done));
+            eval_batch(first + done, n);
+            done += (size_t) n;
+        }
+    } catch (...) {
+        for (size_t i = first; i < first + k; ++i) {
+            if (cells_[i] >= 0) kv_.release(cells_[i]);
+        }
+        auto cut = [&](auto & v) { v.erase(v.begin() + (std::ptrdiff_t) first, v.begin() + (std::ptrdiff_t) (first + k)); };
+        cut(tokens_);
+        cut(tags_);
+        cut(pos_);
+        cut(cells_);
+        cut(refs_);
+        cut(hidden_rows_);
+        cut(logit_rows_);
+        logits_valid_ = false;
+        throw;
+    }
+    n_eval_ = size();
+    // The logits are those of the last new token: the last entry's only when nothing follows.
+    logits_valid_ = first + k == size();
+    return k;
+}
+
 size_t LlmContext::eval_pending() {
     const size_t start = n_eval_;
     while (n_eval_ < size()) {

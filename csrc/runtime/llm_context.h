@@ -56,6 +56,13 @@ public:
     void truncate(size_t n);
     // Drops entries [first, last); the others keep their positions.
     void remove(size_t first, size_t last);
+    // Replaces entries [first, last) with text `tokens`, every entry being evaluated (no pending
+    // ones). The new tokens take the positions after entry first - 1 and are evaluated now,
+    // attending the entries before them only; the entries after the range are not evaluated
+    // again: their positions move to follow the new tokens (contiguously) and their cached keys
+    // are re-rotated by the change, as the MiniCPM-o duplex window's realign_rotary_suffix does.
+    // With no tokens this is a removal that closes the gap. Returns the tokens evaluated.
+    size_t replace(size_t first, size_t last, const std::vector<int32_t> & tokens);
     void clear() { truncate(0); }
 
     // Evaluates every pending entry; returns how many were evaluated. On failure the pending
@@ -78,6 +85,9 @@ private:
     void eval_batch(size_t first, int64_t n_tokens);
     void fill_embeddings(size_t first, int64_t n, std::vector<float> & out) const;
     void erase_entries(size_t first, size_t last);
+    void insert_entries(size_t at, const std::vector<int32_t> & tokens, int32_t first_pos);
+    // Rotates the cached keys of `cells` by `deltas` positions (RoPE composes: R(p + d) = R(d) R(p)).
+    void shift_keys(const std::vector<int64_t> & cells, const std::vector<int32_t> & deltas);
 
     const LlmModel &      m_;
     SessionParams         params_;
@@ -86,6 +96,7 @@ private:
     EvalObserver          observer_;
     KvCache               kv_;
     LlmGraphInputs        in_;
+    ggml_tensor *         shift_in_ = nullptr;   // I32 position deltas of the K-shift graph
 
     std::vector<int32_t>  tokens_;
     std::vector<uint64_t> tags_;

@@ -886,6 +886,28 @@ void Session::remove(int first, int last) {
     impl_->gen.end();
 }
 
+void Session::remove(int first, int last, bool realign) {
+    if (!realign) return remove(first, last);
+    replace(first, last, {});
+}
+
+int Session::replace(int first, int last, const std::vector<int32_t> & tokens) {
+    MINICPM_SESSION_GUARD;
+    auto & s = *impl_;
+    if (first < 0 || last < 0) fail(ErrorKind::InvalidArgument, "replace: positions must be >= 0");
+    if (first > last || (size_t) last > s.ctx.size()) {
+        fail(ErrorKind::InvalidArgument, "range [" + std::to_string(first) + ", " + std::to_string(last) +
+                                             ") is outside the context of " + std::to_string(s.ctx.size()) + " entries");
+    }
+    s.gen.end();
+    s.eval();
+    const double t0 = now_ms();
+    const size_t n = s.ctx.replace((size_t) first, (size_t) last, tokens);
+    s.timings.prefill_ms += now_ms() - t0;
+    s.timings.n_prefill += (int64_t) n;
+    return (int) n;
+}
+
 int32_t Session::sample(const SamplingParams & p) {
     MINICPM_SESSION_GUARD;
     auto & s = *impl_;

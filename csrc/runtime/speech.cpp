@@ -12,6 +12,7 @@
 #include "models/tts.h"
 #include "runtime/busy.h"
 #include "runtime/model_impl.h"
+#include "runtime/speech_stages.h"
 
 #include <algorithm>
 #include <atomic>
@@ -29,9 +30,9 @@ namespace {
 // The layout of streaming_generate / Token2wav.stream (reference constants, not file metadata:
 // the official code has them as literals of the turn, not of a checkpoint).
 constexpr size_t  kTextChunk = 10;           // generate_chunk_size
-constexpr size_t  kCodesPerWindow = 25;      // 1 s of codes per window advance
-constexpr size_t  kLookahead = 3;            // look-ahead codes each window also reads
-constexpr int32_t kSilenceCode = 4218;       // put before the first window, kLookahead times
+constexpr size_t  kCodesPerWindow = kT2wCodesPerWindow;
+constexpr size_t  kLookahead = kT2wLookahead;
+constexpr int32_t kSilenceCode = kT2wSilenceCode;
 constexpr int32_t kMaxCodesPerChunk = 500;   // TTSStreamingGenerator's per-chunk limit
 constexpr int     kTokenMelRatio = 2;        // prompt mel frames per prompt token (Voice)
 
@@ -159,44 +160,75 @@ bool can_speak(const Model & model) {
 
 // ---- the session's stage states --------------------------------------------------------------
 
-struct SpeechState {
-    const TtsModel *                 tts = nullptr;
-    const FlowModel *                flow = nullptr;
-    const HiftModel *                hift = nullptr;
-    const CausalVocoderModel *       cvoc = nullptr;
-    std::unique_ptr<ComputeBackends> backends;
-    std::unique_ptr<TtsContext>      talker;
-    std::unique_ptr<FlowRunner>      flow_runner;
-    std::unique_ptr<Vocoder>         vocoder;          // original HiFT (whole answers)
-    std::unique_ptr<CausalVocoder>   stream_vocoder;   // streaming vocoder (windows)
-    uint64_t                         turn = 0;         // the active turn's number
-    uint64_t                         n_spoken = 0;     // turns with a seed from the session
-    std::atomic<bool>                busy{false};      // the stages are used by one thread at a time
-
-    explicit SpeechState(const Model & m) {
-        const std::string path = model_path(m);
-        tts = comp<TtsModel>(m, "tts");
-        flow = comp<FlowModel>(m, "flow");
-        hift = comp<HiftModel>(m, "hift");
-        cvoc = comp<CausalVocoderModel>(m, "cvoc");
-        auto cannot = [&](const std::string & what) {
-            fail(ErrorKind::Unsupported, path + " cannot speak: it has no " + what +
-                                             "; convert a MiniCPM-o 4.5 checkpoint with its assets/token2wav folder");
-        };
-        if (!tts) cannot("TTS talker (tts.*)");
-        if (!flow) cannot("Token2Wav flow (t2w.flow.*)");
-        if (!hift && !cvoc) cannot("vocoder (HiFT)");
-        if (tts->hp.llm_dim != m.info().n_embd) {
-            fail(ErrorKind::Format, path + ": the TTS projector takes " + std::to_string(tts->hp.llm_dim) +
-                                        "-d hidden states, the LLM has " + std::to_string(m.info().n_embd));
-        }
-        backends = std::make_unique<ComputeBackends>(*m.impl().devices, m.params().n_threads);
-        talker = std::make_unique<TtsContext>(*tts, *backends, 0);
-        flow_runner = std::make_unique<FlowRunner>(*flow, *backends);
-        if (hift) vocoder = std::make_unique<Vocoder>(*hift, *backends);
-        if (cvoc) stream_vocoder = std::make_unique<CausalVocoder>(*cvoc, *backends);
+SpeechState::SpeechState(const Model & m, int n_threads) {
+    const std::string path = model_path(m);
+    tts = comp<TtsModel>(m, "tts");
+    flow = comp<FlowModel>(m, "flow");
+    hift = comp<HiftModel>(m, "hift");
+    cvoc = comp<CausalVocoderModel>(m, "cvoc");
+    auto cannot = [&](const std::string & what) {
+        fail(ErrorKind::Unsupported, path + " cannot speak: it has no " + what +
+                                         "; convert a MiniCPM-o 4.5 checkpoint with its assets/token2wav folder");
+    };
+    if (!tts) cannot("TTS talker (tts.*)");
+    if (!flow) cannot("Token2Wav flow (t2w.flow.*)");
+    if (!hift && !cvoc) cannot("vocoder (HiFT)");
+    if (tts->hp.llm_dim != m.info().n_embd) {
+        fail(ErrorKind::Format, path + ": the TTS projector takes " + std::to_string(tts->hp.llm_dim) +
+                                    "-d hidden states, the LLM has " + std::to_string(m.info().n_embd));
     }
-};
+    backends = std::make_unique<ComputeBackends>(*m.impl().devices, n_threads > 0 ? n_threads : m.params().n_threads);
+    talker = std::make_unique<TtsContext>(*tts, *backends, 0);
+    flow_runner = std::make_unique<FlowRunner>(*flow, *backends);
+    if (hift) vocoder = std::make_unique<Vocoder>(*hift, *backends);
+    if (cvoc) stream_vocoder = std::make_unique<CausalVocoder>(*cvoc, *backends);
+}
+
+FlowPrompt voice_prompt(const SpeechState & st, const Voice & voice) {
+    voice.validate();
+    const FlowHparams & fh = st.flow->hp;
+    if ((int64_t) voice.speaker.size() != fh.n_spk) {
+        fail(ErrorKind::InvalidArgument, "voice: the speaker vector has " + std::to_string(voice.speaker.size()) +
+                                             " values, the flow model takes " + std::to_string(fh.n_spk));
+    }
+    if (voice.n_mel != fh.n_mel) {
+        fail(ErrorKind::InvalidArgument, "voice: the prompt mel has " + std::to_string(voice.n_mel) + " bins, the flow model " +
+                                             std::to_string(fh.n_mel));
+    }
+    for (int32_t t : voice.tokens) {
+        if (t >= fh.n_vocab) {
+            fail(ErrorKind::InvalidArgument, "voice: prompt speech token " + std::to_string(t) + " is out of range [0, " +
+                                                 std::to_string(fh.n_vocab - 1) + "]");
+        }
+    }
+    FlowPrompt p;
+    p.tokens = voice.tokens;
+    p.mel = voice.prompt_mel;
+    p.spk = voice.speaker;
+    return p;
+}
+
+uint64_t derive_speech_seed(const std::optional<uint64_t> & base, uint64_t counter) {
+    if (base) {
+        const unsigned __int128 v = (unsigned __int128) *base * 1000003u + counter;
+        return (uint64_t) (v % ((unsigned __int128) 1 << 63));
+    }
+    std::random_device rd;
+    return (((uint64_t) rd() << 32) ^ (uint64_t) rd()) & ((1ull << 63) - 1);
+}
+
+void start_token2wav_stream(SpeechState & st, const FlowPrompt & prompt, int n_steps, uint64_t seed) {
+    st.flow_runner->stream_start(prompt, n_steps, nullptr, seed);
+    CvocNoise nz;
+    nz.seed = seed;
+    st.stream_vocoder->reset(nz, true);
+}
+
+std::vector<float> token2wav_window(SpeechState & st, const std::vector<int32_t> & w, bool last) {
+    const int64_t            M = st.flow->hp.n_mel;
+    const std::vector<float> mel = transpose(st.flow_runner->stream_push(w, last), M);
+    return st.stream_vocoder->push(mel.data(), (int64_t) mel.size() / M, last);
+}
 
 // ---- one turn ---------------------------------------------------------------------------------
 
@@ -293,11 +325,7 @@ struct SpeechTurn::Impl {
         }
     }
 
-    void window(const std::vector<int32_t> & w, bool last) {
-        const int64_t            M = st->flow->hp.n_mel;
-        const std::vector<float> mel = transpose(st->flow_runner->stream_push(w, last), M);
-        audio(st->stream_vocoder->push(mel.data(), (int64_t) mel.size() / M, last), last);
-    }
+    void window(const std::vector<int32_t> & w, bool last) { audio(token2wav_window(*st, w, last), last); }
 
     void flush() {
         if (whole) {
@@ -369,27 +397,10 @@ SpeechTurn::SpeechTurn(Session & session, const SpeechParams & params) {
                                      "set whole_audio to synthesise the answer in one piece");
     }
     const Voice voice = params.voice ? *params.voice : Voice::default_for(m);
-    voice.validate();
-    const FlowHparams & fh = st->flow->hp;
-    if ((int64_t) voice.speaker.size() != fh.n_spk) {
-        fail(ErrorKind::InvalidArgument, "voice: the speaker vector has " + std::to_string(voice.speaker.size()) +
-                                             " values, the flow model takes " + std::to_string(fh.n_spk));
-    }
-    if (voice.n_mel != fh.n_mel) {
-        fail(ErrorKind::InvalidArgument, "voice: the prompt mel has " + std::to_string(voice.n_mel) + " bins, the flow model " +
-                                             std::to_string(fh.n_mel));
-    }
-    for (int32_t t : voice.tokens) {
-        if (t >= fh.n_vocab) {
-            fail(ErrorKind::InvalidArgument, "voice: prompt speech token " + std::to_string(t) + " is out of range [0, " +
-                                                 std::to_string(fh.n_vocab - 1) + "]");
-        }
-    }
+    FlowPrompt  prompt = voice_prompt(*st, voice);
     impl_ = std::make_unique<Impl>(session, st);
     Impl & s = *impl_;
-    s.prompt.tokens = voice.tokens;
-    s.prompt.mel = voice.prompt_mel;
-    s.prompt.spk = voice.speaker;
+    s.prompt = std::move(prompt);
     s.steps = params.n_timesteps;
     s.whole = whole;
     if (params.seed) {
@@ -397,14 +408,7 @@ SpeechTurn::SpeechTurn(Session & session, const SpeechParams & params) {
     } else {
         // from the session's seed and the count of spoken answers (as the Python layer), else random
         st->n_spoken += 1;
-        const std::optional<uint64_t> base = session_seed(session);
-        if (base) {
-            const unsigned __int128 v = (unsigned __int128) *base * 1000003u + st->n_spoken;
-            s.seed = (uint64_t) (v % ((unsigned __int128) 1 << 63));
-        } else {
-            std::random_device rd;
-            s.seed = (((uint64_t) rd() << 32) ^ (uint64_t) rd()) & ((1ull << 63) - 1);
-        }
+        s.seed = derive_speech_seed(session_seed(session), st->n_spoken);
     }
     s.sampling = st->tts->hp.sampling;
 }
@@ -430,10 +434,7 @@ void SpeechTurn::start_begun(const std::string & answer_prefix) {
     s.rng = TtsRng(s.seed);
     if (!s.whole) {
         s.buffer.assign(kLookahead, kSilenceCode);   // Token2wav.stream's silence before the first window
-        st.flow_runner->stream_start(s.prompt, s.steps, nullptr, s.seed);
-        CvocNoise nz;
-        nz.seed = s.seed;
-        st.stream_vocoder->reset(nz, true);
+        start_token2wav_stream(st, s.prompt, s.steps, s.seed);
     }
     s.turn = ++st.turn;
     if (!answer_prefix.empty()) s.text(answer_prefix);

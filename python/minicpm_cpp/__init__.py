@@ -25,6 +25,7 @@ from .speech_prompt import system_prompt
 from .voice import Voice
 from .session import AudioStream, ChatTemplate, Model, Session, Tokenizer, find_model_files, list_devices, set_log_level
 from .token2wav import Token2Wav
+from .duplex import DuplexResult, DuplexSession
 
 from .video import Video, VideoError, load_video
 
@@ -60,4 +61,6 @@ __all__ = [
     "Video",
     "VideoError",
     "Token2Wav",
+    "DuplexSession",
+    "DuplexResult",
 ]

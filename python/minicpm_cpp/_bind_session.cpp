@@ -390,7 +390,10 @@ void bind_session(py::module_ & mod) {
         .def("position_logits", [](const Session & s, int first, int n) {
             return rows(s.position_logits(first, n), (size_t) n, (size_t) s.model()->info().n_vocab);
         }, py::arg("first"), py::arg("n"))
-        .def("remove", &Session::remove, py::arg("first"), py::arg("last"), py::call_guard<py::gil_scoped_release>())
+        .def("remove", [](Session & s, int first, int last, bool realign) { s.remove(first, last, realign); },
+             py::arg("first"), py::arg("last"), py::arg("realign") = false, py::call_guard<py::gil_scoped_release>())
+        .def("replace", &Session::replace, py::arg("first"), py::arg("last"), py::arg("tokens"),
+             py::call_guard<py::gil_scoped_release>())
         .def("sample", [](Session & s, const py::dict & sampling) {
             SamplingParams p = to_sampling(sampling);
             py::gil_scoped_release nogil;

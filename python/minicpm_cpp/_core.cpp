@@ -126,6 +126,8 @@ void bind_hift(py::module_ & mod);
 void bind_flow(py::module_ & mod);
 void bind_cvoc(py::module_ & mod);
 void bind_speech(py::module_ & mod);
+void bind_duplex(py::module_ & mod);
+void bind_duplex_window(py::module_ & mod);
 
 PYBIND11_MODULE(_core, mod) {
     mod.doc() = "minicpm.cpp native core";
@@ -284,4 +286,6 @@ PYBIND11_MODULE(_core, mod) {
     bind_hift(mod);
     bind_cvoc(mod);
     bind_speech(mod);
+    bind_duplex(mod);
+    bind_duplex_window(mod);
 }

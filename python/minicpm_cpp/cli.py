@@ -144,6 +144,13 @@ def build_parser(model_path: Optional[str] = None) -> argparse.ArgumentParser:
                         "audio_assistant mode)")
     p.add_argument("--tts-steps", type=_int_in(1, 1000, "--tts-steps"), default=10,
                    help="flow-matching steps of Token2Wav (default 10, the reference's; 5 and 3 are faster)")
+    p.add_argument("--duplex", action="store_true",
+                   help="full-duplex voice session (MiniCPM-o 4.5) over --input; -o writes the reply track")
+    p.add_argument("--input", default=None, help="with --duplex: the conversation audio (any rate, mono)")
+    p.add_argument("--max-speak-tokens", type=_int_in(1, 4096, "--max-speak-tokens"), default=20,
+                   help="with --duplex: most tokens the model says in one unit (default 20, the reference's)")
+    p.add_argument("--realtime", action="store_true",
+                   help="with --duplex: feed the input at its own pace (worker thread) and report the lag")
     p.add_argument("--no-timings", action="store_true", help="do not print the timing line")
     p.add_argument("-v", "--verbose", action="store_true", help="log loading details (and show tracebacks)")
     return p
@@ -248,7 +255,13 @@ def _run(args: argparse.Namespace) -> int:
         prompt = _read_prompt_file(args.file)
     elif prompt == "-":
         prompt = sys.stdin.read()
-    if prompt is None and not args.interactive:
+    if (args.input or args.realtime) and not args.duplex:
+        print("minicpm-cli: error: --input and --realtime go with --duplex", file=sys.stderr)
+        return 2
+    if args.duplex and (args.speak or args.interactive or args.raw or prompt is not None):
+        print("minicpm-cli: error: --duplex takes --input (no -p / -f / -i / --raw / --speak)", file=sys.stderr)
+        return 2
+    if prompt is None and not args.interactive and not args.duplex:
         print("minicpm-cli: error: give a prompt with -p, -f, or use -i", file=sys.stderr)
         return 2
 
@@ -278,6 +291,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.speak and not args.output:
         print("minicpm-cli: error: --speak needs -o FILE.wav", file=sys.stderr)
         return 2
+    if args.duplex:
+        from ._cli_duplex import run_duplex
+
+        return run_duplex(model, args)
     if (args.output or args.ref_audio) and not args.speak:
         print("minicpm-cli: error: -o and --ref-audio go with --speak", file=sys.stderr)
         return 2

@@ -465,11 +465,23 @@ class Session(SpeechSession, SimplexSession):
         """Float32 ``(end - start, n_vocab)``: the captured logits of positions ``[start, end)``."""
         return self._s.position_logits(*self._range(start, end))
 
-    def remove(self, start: int, end: int) -> None:
+    def remove(self, start: int, end: int, realign: bool = False) -> None:
         """Removes context positions ``[start, end)``; the positions after them keep their RoPE
-        positions (a windowed cache), and the next tokens continue after the last one."""
+        positions (a windowed cache), and the next tokens continue after the last one.
+
+        With ``realign=True`` the gap is closed: the positions after the range move back to
+        follow the one before it and their cached keys are re-rotated by the change, nothing
+        evaluated again (MiniCPM-o 4.5's duplex window, ``realign_rotary_suffix``)."""
         first, n = self._range(start, end)
-        self._s.remove(first, first + n)
+        self._s.remove(first, first + n, bool(realign))
+
+    def replace(self, start: int, end: int, tokens: Sequence[int]) -> int:
+        """Replaces context positions ``[start, end)`` with text ``tokens``, evaluated now at the
+        positions after ``start - 1`` and attending only what precedes them; the positions after
+        the range are kept and re-rotated to follow the new tokens (MiniCPM-o 4.5's duplex
+        window, ``_rebuild_cache_with_previous``). Returns the number of tokens evaluated."""
+        first, n = self._range(start, end)
+        return self._s.replace(first, first + n, _as_token_list(tokens))
 
     def tokenize(self, text: str, parse_special: bool = True) -> List[int]:
         return self.model.tokenize(text, parse_special)

@@ -435,6 +435,18 @@ public:
     // Removes context positions [first, last): their cache cells are freed and the tokens after
     // them keep their positions (RoPE phases), as in a windowed cache. Generation state is reset.
     void remove(int first, int last);
+    // With realign, the gap is closed instead: the positions after the range move back to
+    // follow the one before it, and their cached keys are re-rotated by the change (RoPE
+    // composes), nothing being evaluated again, as the MiniCPM-o 4.5 duplex window's
+    // drop_tokens_from_cache / realign_rotary_suffix do. Pending positions are evaluated first.
+    void remove(int first, int last, bool realign);
+    // Replaces context positions [first, last) with text tokens: they take the positions after
+    // first - 1 and are evaluated now, attending what comes before them only; the positions after
+    // the range are kept (not evaluated again) and re-rotated to follow them contiguously (the
+    // duplex window's _rebuild_cache_with_previous). Returns the tokens evaluated. The logits are
+    // then valid only when nothing follows the new tokens. Throws Error(ContextFull) when the
+    // result does not fit (nothing changed); on a compute failure the new tokens are left out.
+    int replace(int first, int last, const std::vector<int32_t> & tokens);
 
     int32_t sample(const SamplingParams & params);
 

@@ -1,0 +1,98 @@
+// StreamDecoder.decode (utils.py) and top_k_top_p_filtering, see duplex_sampling.h.
+#include "runtime/duplex_sampling.h"
+
+#include "core/error.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <unordered_set>
+
+namespace minicpm {
+
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+int32_t argmax(const std::vector<float> & x) {
+    return (int32_t) (std::max_element(x.begin(), x.end()) - x.begin());
+}
+
+// softmax (0 for -inf) and a multinomial draw
+int32_t draw(const std::vector<float> & x, TtsRng & rng) {
+    double mx = -std::numeric_limits<double>::infinity();
+    for (float v : x) mx = std::max(mx, (double) v);
+    if (!std::isfinite(mx)) fail(ErrorKind::InvalidArgument, "duplex: every token is masked (or the logits are not finite)");
+    std::vector<float> p(x.size());
+    for (size_t i = 0; i < x.size(); ++i) p[i] = (float) std::exp((double) x[i] - mx);
+    return tts_draw(p, rng);
+}
+
+} // namespace
+
+int32_t duplex_decode(const std::vector<float> & in, const DuplexSampling & s, std::vector<int32_t> & generated, TtsRng & rng) {
+    const int64_t n = (int64_t) in.size();
+    if (n == 0) fail(ErrorKind::InvalidArgument, "duplex: no logits to sample from");
+    const int32_t raw = s.greedy ? argmax(in) : draw(in, rng);
+    if (raw == s.chunk_eos) return raw;
+
+    std::vector<float> x = in;
+    if (s.forbidden) {
+        for (int32_t t : *s.forbidden) {
+            if (t >= 0 && t < n) x[(size_t) t] = kNegInf;
+        }
+    }
+    if (s.repetition_penalty != 1.0f && !generated.empty()) {
+        const size_t from = generated.size() > (size_t) s.repetition_window ? generated.size() - (size_t) s.repetition_window : 0;
+        std::unordered_set<int32_t> seen(generated.begin() + (std::ptrdiff_t) from, generated.end());
+        for (int32_t t : seen) {
+            if (t >= 0 && t < n) x[(size_t) t] /= s.repetition_penalty;   // > 1 divides, < 1 multiplies by 1/p: the same
+        }
+    }
+    if (s.length_penalty != 1.0f && s.turn_eos >= 0 && s.turn_eos < n) {
+        float & v = x[(size_t) s.turn_eos];
+        v = v > 0 ? v / s.length_penalty : v * s.length_penalty;
+    }
+    int32_t next;
+    if (s.greedy) {
+        next = argmax(x);
+    } else {
+        for (float & v : x) v /= s.temperature;
+        if (s.top_k > 0) {
+            const int64_t k = std::min<int64_t>(s.top_k, n);
+            std::vector<float> sorted = x;
+            std::nth_element(sorted.begin(), sorted.begin() + (k - 1), sorted.end(), std::greater<float>());
+            const float kth = sorted[(size_t) (k - 1)];
+            for (float & v : x) {
+                if (v < kth) v = kNegInf;
+            }
+        }
+        if (s.top_p > 0.0f) {
+            std::vector<int32_t> idx;
+            for (int64_t i = 0; i < n; ++i) {
+                if (x[(size_t) i] != kNegInf) idx.push_back((int32_t) i);
+            }
+            std::stable_sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) { return x[(size_t) a] > x[(size_t) b]; });
+            if (!idx.empty()) {
+                const double mx = x[(size_t) idx[0]];
+                double sum = 0.0;
+                std::vector<double> e(idx.size());
+                for (size_t r = 0; r < idx.size(); ++r) sum += (e[r] = std::exp((double) x[(size_t) idx[r]] - mx));
+                // remove where the cumulative probability exceeds top_p, shifted right by one
+                double cum = 0.0;
+                bool prev_over = false;
+                for (size_t r = 0; r < idx.size(); ++r) {
+                    if (r > 0 && prev_over) x[(size_t) idx[r]] = kNegInf;
+                    cum += e[r] / sum;
+                    prev_over = cum > (double) s.top_p;
+                }
+            }
+        }
+        next = draw(x, rng);
+    }
+    generated.push_back(next);
+    return next;
+}
+
+} // namespace minicpm

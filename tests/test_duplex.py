@@ -1,0 +1,291 @@
+"""Full-duplex sessions (minicpm_cpp.DuplexSession) against the official algorithm.
+
+The reference is ``ref_minicpmo_duplex.RefDuplex`` (MiniCPMODuplex + StreamDecoder of the
+official MiniCPM-o 4.5 code, in PyTorch, see its module documentation). Decisions are scripted
+per unit with ``logit_bias`` (a large bias on ``<|speak|>`` / ``<|listen|>`` / ``<|turn_eos|>``),
+some units decode freely; everything is greedy, so the unit layout, the decisions, the generated
+ids and the TTS inputs must be identical, the TTS hidden states within 1e-4 (relative).
+
+The reference itself is checked against hand-derived expectations first (literal token ids of
+the system prompt and of whole units, the decode-loop rules, the audio consumption, RoPE
+re-alignment, window bookkeeping), so a rule ported wrongly on both sides cannot pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import minicpm_cpp
+import ref_minicpmo_duplex as R
+from tiny_voice import tone
+
+BIG = 1000.0  # the tiny model's logits stay within +-40
+
+# o4.5 ids (tokenizer added_tokens.json), written out on purpose.
+UNIT, UNIT_END = 151683, 151684
+LISTEN, SPEAK, TTS_BOS = 151705, 151706, 151703
+TURN_EOS, CHUNK_EOS, TTS_PAD = 151717, 151718, 151722
+IM_START, IM_END, AUDIO_START, AUDIO_END = 151644, 151645, 151697, 151699
+# "<|im_start|>system\nYou are a helpful assistant.\n<|audio_start|>" / "<|audio_end|><|im_end|>"
+PREFIX_IDS = [IM_START, 8948, 198, 2610, 525, 264, 10950, 17847, 624, AUDIO_START]
+SUFFIX_IDS = [AUDIO_END, IM_END]
+N_AUDIO = 10  # 1 s of audio: 102 / 104 mel frames -> 50 encoder frames -> 10 rows
+
+HAS_RUNTIME = hasattr(minicpm_cpp, "DuplexSession")
+needs_runtime = pytest.mark.skipif(not HAS_RUNTIME, reason="minicpm_cpp.DuplexSession is not built in this tree")
+
+
+def rel(a, b) -> float:
+    a, b = (np.asarray(x.detach().numpy() if torch.is_tensor(x) else x, np.float64) for x in (a, b))
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def pcm(k: int) -> np.ndarray:
+    """Unit k's second of user audio (a different tone each unit)."""
+    return tone(1.0, f0=140.0 + 17.0 * k, seed=k).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def parts(tiny_speech_dir):
+    return R.load_parts(tiny_speech_dir)
+
+
+@pytest.fixture(scope="module")
+def ref_voice_pcm():
+    return tone(2.0)
+
+
+def make_ref(tiny_speech_dir, parts, ref_audio=None, **kw):
+    kw.setdefault("greedy", True)
+    return R.RefDuplex(tiny_speech_dir, ref_audio=ref_audio, parts=parts, **kw)
+
+
+# ---- the reference against hand-derived expectations ---------------------------------------------
+
+
+def test_reference_layout_and_decode_rules(tiny_speech_dir, parts):
+    r = make_ref(tiny_speech_dir, parts, max_speak_tokens=5, force_listen_count=1, generate_audio=False)
+    assert r.tokens == PREFIX_IDS + SUFFIX_IDS and r.system_length == 12 and r.n_past == 12
+
+    # force_listen_count: the first unit listens whatever the logits say.
+    o = r.step(pcm(0), logit_bias={SPEAK: BIG})
+    assert o["listening"] and o["tokens"] == [LISTEN]
+    assert o["unit_tokens"] == [UNIT] + [-1] * N_AUDIO + [LISTEN, UNIT_END]
+    # the first unit took 16480 of the 16560 left-padded samples: 80 wait for the next one
+    assert len(r.audio_buffer) == 80
+
+    # speak: <|speak|> at every step, <|chunk_eos|> forced at j = max - 1; the TTS gets j >= 1 only.
+    o = r.step(pcm(1), logit_bias={SPEAK: BIG})
+    assert not o["listening"] and not o["end_of_turn"]
+    assert o["tokens"] == [SPEAK] * 4 + [CHUNK_EOS]
+    assert o["unit_tokens"] == [UNIT] + [-1] * N_AUDIO + [SPEAK] * 4 + [CHUNK_EOS, UNIT_END]
+    assert o["tts_tokens"] == [SPEAK] * 3 and o["tts_hidden"].shape == (3, r.llm.config.hidden_size)
+    assert len(r.audio_buffer) == 80
+
+    # <|listen|> while the turn is open becomes <|tts_bos|>.
+    o = r.step(pcm(2), logit_bias={LISTEN: BIG})
+    assert o["tokens"] == [TTS_BOS] * 4 + [CHUNK_EOS] and not o["listening"]
+
+    # <|turn_eos|> ends the turn (end_of_turn: it was the last non-terminator) ...
+    o = r.step(pcm(3), logit_bias={TURN_EOS: BIG})
+    assert o["tokens"] == [TURN_EOS] * 4 + [CHUNK_EOS] and o["end_of_turn"]
+    # ... after which <|listen|> is a real listen.
+    o = r.step(pcm(4), logit_bias={LISTEN: BIG})
+    assert o["listening"] and o["tokens"] == [LISTEN] and o["text"] == ""
+
+    # text of a unit follows the audio rows (its ids, no markers).
+    o = r.step(pcm(5), text="hi", logit_bias={LISTEN: BIG})
+    hi = r.tok.encode("hi", add_special_tokens=False)
+    assert o["unit_tokens"] == [UNIT] + [-1] * N_AUDIO + hi + [LISTEN, UNIT_END]
+    assert r.n_past == 12 + 13 + 3 * 17 + 13 + 13 + len(hi)
+    assert r.tokens[:12] == PREFIX_IDS + SUFFIX_IDS
+
+    # the decode history: every drawn id (the replaced listens as <|listen|>, no forced listen)
+    assert r.decoded == [SPEAK] * 4 + [LISTEN] * 4 + [TURN_EOS] * 4 + [LISTEN, LISTEN]
+
+
+def test_reference_repetition_and_length_penalty(tiny_speech_dir, parts):
+    """StreamDecoder.decode on hand-made logits: the repetition penalty divides every repeated
+    id's logit by 1.05, negative ones too; the length penalty divides a positive / multiplies a
+    negative <|turn_eos|> logit by 1.1; the raw draw sees <|chunk_eos|> before any rule."""
+    r = make_ref(tiny_speech_dir, parts, generate_audio=False)
+    x = torch.full((r.llm.config.vocab_size,), -50.0)
+    x[11], x[20] = -1.0, -0.97
+
+    def pick(history):
+        r.decoded = list(history)
+        return r._decode(x.clone())
+
+    assert pick([11]) == 11                 # -1 / 1.05 = -0.952 > -0.97 (a sign rule: -1.05, 20)
+    assert pick([12]) == 20                 # 11 unrepeated
+    assert pick([11] + [12] * 512) == 20    # only the last 512 ids count
+    x[TURN_EOS] = -0.9
+    assert pick([12]) == 20                 # -0.9 * 1.1 = -0.99
+    x[TURN_EOS] = 1.05
+    assert pick([12]) == TURN_EOS           # 1.05 / 1.1 = 0.955
+    assert r.decoded == [12, TURN_EOS]      # the history gets the decoded id
+    x[CHUNK_EOS] = 60.0
+    assert pick([12]) == CHUNK_EOS and r.decoded == [12]   # raw <|chunk_eos|>: not recorded
+    x[CHUNK_EOS], x[TTS_PAD] = -60.0, 70.0
+    assert pick([12]) == TURN_EOS           # <|tts_pad|> drawn raw, then forbidden
+
+
+@torch.no_grad()
+def test_reference_rope_realign(parts):
+    """realign_keys(K at positions a..) == K computed at positions b.. (layer 0: the keys depend
+    on the token and its position only)."""
+    llm = parts["llm"]
+    ids = torch.tensor([[5, 77, 901, 4242, 17]])
+    keys = []
+    for start in (3, 40):
+        out = llm.model(ids, position_ids=torch.arange(start, start + 5)[None], use_cache=True)
+        keys.append(out.past_key_values.layers[0].keys)
+    theta = float(llm.config.rope_parameters["rope_theta"]) if getattr(llm.config, "rope_parameters", None) else llm.config.rope_theta
+    moved = R.realign_keys(keys[1], 40, 3, theta)
+    assert rel(moved, keys[0]) < 1e-5
+    assert rel(keys[1], keys[0]) > 1e-2
+
+
+def layer0_keys_match(r) -> float:
+    """Layer-0 keys depend on a row's input and position only: those of the cache's token rows
+    must be the keys a fresh forward of the same ids at positions 0.. gives (rows re-rotated
+    after an eviction included)."""
+    ids = torch.tensor([[t if t >= 0 else 0 for t in r.tokens]])
+    with torch.no_grad():
+        fresh = r.llm.model(ids, position_ids=torch.arange(ids.shape[1])[None], use_cache=True).past_key_values
+    rows = [i for i, t in enumerate(r.tokens) if t >= 0]
+    return rel(r.kv.layers[0][0][:, :, rows], fresh.layers[0].keys[:, :, rows])
+
+
+def _script_units(r, n_units, bias):
+    return [r.step(pcm(k), logit_bias=bias(k)) for k in range(n_units)]
+
+
+def test_reference_basic_window(tiny_speech_dir, parts):
+    # units: listen 13 rows, speak (max 4) 1 + 10 + 4 + 1 = 16 rows; system 12
+    r = make_ref(tiny_speech_dir, parts, max_speak_tokens=4, window="basic", window_max_tokens=12 + 45,
+                 window_target_tokens=12 + 30, generate_audio=False)
+    script = [LISTEN, SPEAK, TURN_EOS, LISTEN, LISTEN]
+    outs = _script_units(r, 5, lambda k: {script[k]: BIG})
+    # units of 13, 16, 16, 13 rows: after unit 3 (58 > 45) drop unit 0 (-> 45 > 30), unit 1 (-> 29)
+    assert [o["evicted"] for o in outs] == [[], [], [], [0, 1], []]
+    assert r.tokens == PREFIX_IDS + SUFFIX_IDS + outs[2]["unit_tokens"] + outs[3]["unit_tokens"] + outs[4]["unit_tokens"]
+    assert r.n_past == 12 + 16 + 13 + 13 and r.system_length == 12
+    assert layer0_keys_match(r) < 1e-5
+
+
+@torch.no_grad()
+def test_reference_context_window(tiny_speech_dir, parts):
+    r = make_ref(tiny_speech_dir, parts, max_speak_tokens=5, window="context", context_max_units=2,
+                 max_previous_tokens=5, generate_audio=False)
+    assert r.system_length == 12
+    outs = _script_units(r, 5, lambda k: {LISTEN: BIG} if k in (0, 3) else None)
+    marker = r.tok.encode("\n\nprevious: ", add_special_tokens=False)
+    assert marker == [271, 19702, 25, 220]
+    assert [o["evicted"] for o in outs] == [[], [], [0], [1], [2]]
+    # unit 0 listened: no previous yet; unit 1 and 2 spoke freely: their j >= 1 ids without
+    # special ids, the last 5 kept
+    spoken = [t for o in outs[1:3] for t in o["tts_tokens"] if t not in r.special_ids]
+    prev = marker + spoken[-5:] if spoken else []
+    assert r.previous_ids == prev
+    assert r.tokens == PREFIX_IDS + prev + SUFFIX_IDS + outs[3]["unit_tokens"] + outs[4]["unit_tokens"]
+    assert r.system_length == 12 + len(prev)
+    assert layer0_keys_match(r) < 1e-5
+    # the rebuilt system part is exactly a fresh prefill of its ids
+    ids = torch.tensor([PREFIX_IDS + prev + SUFFIX_IDS])
+    fresh = r.llm.model(ids, position_ids=torch.arange(ids.shape[1])[None], use_cache=True).past_key_values
+    n = ids.shape[1]
+    for li, (k, v) in enumerate(r.kv.layers):
+        assert rel(k[:, :, :n], fresh.layers[li].keys) < 1e-5
+        assert rel(v[:, :, :n], fresh.layers[li].values) < 1e-5
+
+
+# ---- runtime parity ------------------------------------------------------------------------------
+
+# A 12-unit session: listen (forced), listen, speak, free, barge-in (turn end), listen, text,
+# speak, listen-while-speaking (-> <|tts_bos|>), free, turn end, listen.
+SCRIPT = [
+    {SPEAK: BIG}, {LISTEN: BIG}, {SPEAK: BIG}, None, {TURN_EOS: BIG}, {LISTEN: BIG},
+    ("hello", {LISTEN: BIG}), {SPEAK: BIG}, {LISTEN: BIG}, None, {TURN_EOS: BIG}, {LISTEN: BIG},
+]
+
+
+def _unit_args(k):
+    s = SCRIPT[k]
+    text, bias = (s if isinstance(s, tuple) else (None, s))
+    return dict(audio=pcm(k), text=text, logit_bias=bias)
+
+
+def _field(out, name):
+    return out[name] if isinstance(out, dict) else getattr(out, name)
+
+
+def _compare_session(tiny_speech_dir, parts, model, voice, knobs, tts: bool):
+    """Run SCRIPT on both sides; per unit: decisions, ids, layout, text and TTS inputs equal,
+    TTS hidden states within 1e-4; with ``tts`` (seeded) also the talker's codes; after each unit
+    the whole LLM context and the kept system length."""
+    r = make_ref(tiny_speech_dir, parts, ref_audio=voice.audio_16k, generate_audio=tts, seed=7, **knobs)
+    d = minicpm_cpp.DuplexSession(model, voice=voice, greedy=True, seed=7, generate_audio=tts, capture=True, **knobs)
+    assert list(d.tokens) == r.tokens and d.system_length == r.system_length
+    evicted = 0
+    for k in range(len(SCRIPT)):
+        ro = r.step(**_unit_args(k))
+        do = d.step(**_unit_args(k))
+        where = f"unit {k}"
+        for name in ("listening", "end_of_turn", "tokens", "unit_tokens", "text"):
+            got, want = _field(do, name), ro[name]
+            got = list(got) if isinstance(want, list) else got
+            assert got == want, f"{where}: {name} {got!r} != {want!r}"
+        assert list(_field(do, "tts_tokens") or []) == ro["tts_tokens"], where
+        hid = np.asarray(_field(do, "tts_hidden") if _field(do, "tts_hidden") is not None else np.zeros((0,)))
+        if ro["tts_tokens"]:
+            hid = hid.reshape(ro["tts_hidden"].shape)
+            assert rel(hid, ro["tts_hidden"]) <= 1e-4, where
+        else:
+            assert hid.size == 0, where
+        if tts:
+            assert list(_field(do, "codes")) == ro["tts_codes"], f"{where}: talker codes"
+        assert list(d.tokens) == r.tokens, f"{where}: context"
+        assert d.n_past == r.n_past and d.system_length == r.system_length, where
+        evicted += len(ro["evicted"])
+    return r, evicted
+
+
+@pytest.fixture(scope="module")
+def model(tiny_speech_dir, converted):
+    if not HAS_RUNTIME:
+        pytest.skip("minicpm_cpp.DuplexSession is not built in this tree")
+    return minicpm_cpp.Model(str(converted(tiny_speech_dir, "f32")), device="cpu", n_threads=2)
+
+
+@pytest.fixture(scope="module")
+def voice(model, ref_voice_pcm):
+    return model.voice(ref_voice_pcm)
+
+
+@needs_runtime
+def test_duplex_session_matches_reference(tiny_speech_dir, parts, model, voice):
+    r, _ = _compare_session(tiny_speech_dir, parts, model, voice,
+                            dict(max_speak_tokens=6, force_listen_count=1), tts=True)
+    assert any(not o["listening"] for o in r.history) and any(o["end_of_turn"] for o in r.history)
+
+
+@needs_runtime
+def test_duplex_session_basic_window(tiny_speech_dir, parts, model, voice):
+    sys_len = minicpm_cpp.DuplexSession(model, voice=voice, generate_audio=False).system_length
+    # units hold 13 (listen) to 18 (speak, max 6) rows: evict a few times in 12 units
+    _, evicted = _compare_session(tiny_speech_dir, parts, model, voice,
+                                  dict(max_speak_tokens=6, force_listen_count=1, window="basic",
+                                       window_max_tokens=sys_len + 60, window_target_tokens=sys_len + 40), tts=False)
+    assert evicted >= 4
+
+
+@needs_runtime
+def test_duplex_session_context_window(tiny_speech_dir, parts, model, voice):
+    r, evicted = _compare_session(tiny_speech_dir, parts, model, voice,
+                                  dict(max_speak_tokens=6, force_listen_count=1, window="context",
+                                       context_max_units=3, max_previous_tokens=6), tts=False)
+    assert evicted == len(SCRIPT) - 3
+    assert r.previous_ids[:4] == [271, 19702, 25, 220]
