@@ -10,6 +10,7 @@
 #include "preprocess/tokenizer.h"
 #include "runtime/busy.h"
 #include "runtime/duplex_sampling.h"
+#include "runtime/duplex_window.h"
 #include "runtime/model_impl.h"
 #include "runtime/speech_stages.h"
 
@@ -56,44 +57,6 @@ struct Ids {
 
 } // namespace
 
-// ---- the built-in window bookkeeping (until the KV re-rotation window lands) -------------------
-
-namespace {
-
-// StreamDecoder's unit history with the basic policy: above the high water mark, drop the
-// oldest units until the cache is at the low mark. The system prompt is always kept.
-class BasicWindow : public DuplexWindowHook {
-public:
-    BasicWindow(Session & s, const DuplexParams & p, std::function<void(int, int)> remove)
-        : s_(s), p_(p), remove_(std::move(remove)) {}
-    void register_system(int, int system_len) override { system_ = system_len; }
-    void unit_start(int n_past) override { start_ = n_past; }
-    void unit_end(int n_past, const std::vector<int32_t> &, bool, const std::string &) override {
-        if (n_past > start_) units_.push_back(n_past - start_);
-    }
-    void enforce() override {
-        if (p_.window == "off") return;
-        int len = s_.n_past();
-        if (len <= p_.window_max_tokens) return;
-        int drop = 0;
-        while (!units_.empty() && len > p_.window_target_tokens) {
-            drop += units_.front();
-            len -= units_.front();
-            units_.pop_front();
-        }
-        if (drop > 0) remove_(system_, system_ + drop);
-    }
-
-private:
-    Session &            s_;
-    const DuplexParams & p_;
-    std::function<void(int, int)> remove_;
-    int                  system_ = 0, start_ = 0;
-    std::deque<int>      units_;
-};
-
-} // namespace
-
 // ---- the session --------------------------------------------------------------------------------
 
 struct DuplexSession::Impl {
@@ -106,7 +69,7 @@ struct DuplexSession::Impl {
     std::unique_ptr<AudioEncoder> audio_enc;
     std::unique_ptr<StreamingMel> mel;
     std::shared_ptr<SpeechState> speech;
-    std::unique_ptr<DuplexWindowHook> window;
+    std::unique_ptr<DuplexWindow> window;
     FlowPrompt                   prompt;
     bool                         has_voice_prompt = false;
     std::vector<float>           ref_audio;        // the voice's 16 kHz recording (LLM system prompt)
@@ -115,7 +78,6 @@ struct DuplexSession::Impl {
     std::atomic<bool>            interrupt_pending{false};   // interrupt() while the worker runs
 
     // per-session state (_reset_streaming_state)
-    std::vector<int32_t> mirror;                   // context tokens, -1 for embeddings
     int                  system_len = 0;
     int                  unit_idx = 0;
     int                  audio_chunk_idx = 0;
@@ -264,28 +226,19 @@ struct DuplexSession::Impl {
     // ---- context bookkeeping
 
     void feed_tokens(const std::vector<int32_t> & t) {
-        if (t.empty()) return;
-        llm->prefill(t);
-        mirror.insert(mirror.end(), t.begin(), t.end());
+        if (!t.empty()) llm->prefill(t);
     }
 
-    void feed_segments(const std::vector<PromptSegment> & segs) {
-        llm->prefill(segs);
-        for (const auto & s : segs) {
-            if (s.media) {
-                std::vector<int32_t> t = s.media->tokens;
-                for (int32_t pos : s.media->embed_pos) t[(size_t) pos] = -1;
-                mirror.insert(mirror.end(), t.begin(), t.end());
-            } else {
-                mirror.insert(mirror.end(), s.tokens.begin(), s.tokens.end());
-            }
+    void feed_segments(const std::vector<PromptSegment> & segs) { llm->prefill(segs); }
+
+    // The context as ids, -1 at the embedding positions (those hold the placeholder id).
+    std::vector<int32_t> context_tokens(int from = 0) const {
+        const std::vector<int32_t> & t = llm->tokens();
+        std::vector<int32_t> out(t.begin() + from, t.end());
+        for (int32_t & x : out) {
+            if (x == id.placeholder) x = -1;
         }
-    }
-
-    // Context positions [first, last) out of the cache and the mirror.
-    void remove_range(int first, int last) {
-        llm->remove(first, last);
-        mirror.erase(mirror.begin() + first, mirror.begin() + last);
+        return out;
     }
 
     // ---- prepare / reset
@@ -307,7 +260,6 @@ struct DuplexSession::Impl {
 
     void prepare() {
         llm->reset();
-        mirror.clear();
         reset_state();
         // init_streaming_processor: the duplex stream constants; the first chunk padded and cut by the caller.
         StreamingMelConfig mc;
@@ -321,16 +273,29 @@ struct DuplexSession::Impl {
             speech->talker->clear();
             reset_token2wav();
         }
-        window = std::make_unique<BasicWindow>(*llm, p, [this](int first, int last) { remove_range(first, last); });
+        DuplexWindowConfig wc;
+        wc.mode = p.window;
+        wc.basic_high_tokens = p.window_max_tokens;
+        wc.basic_low_tokens = p.window_target_tokens;
+        wc.context_max_units = p.context_max_units;
+        wc.context_previous_max_tokens = p.max_previous_tokens;
+        window = std::make_unique<DuplexWindow>(*llm, wc);
 
         const std::string prefix = p.prefix ? *p.prefix : "<|im_start|>system\n" + p.system + "\n<|audio_start|>";
         const std::string suffix = p.suffix ? *p.suffix : "<|audio_end|><|im_end|>";
         feed_tokens(model->tokenize(prefix, true));
         if (ref_chunk) feed_segments({PromptSegment{{}, ref_chunk}});
-        const int prefix_len = llm->n_past();
-        feed_tokens(model->tokenize(suffix, true));
+        const std::vector<int32_t> suffix_ids = model->tokenize(suffix, true);
+        // the reference registers the kept system part only when it has one
+        const bool system = !prefix.empty() || !suffix.empty() || ref_chunk;
+        if (system && p.window == "context") {
+            window->register_system_prompt_with_context(suffix_ids);
+            feed_tokens(suffix_ids);
+        } else {
+            feed_tokens(suffix_ids);
+            if (system) window->register_system_prompt();
+        }
         system_len = llm->n_past();
-        if (!prefix.empty() || !suffix.empty() || ref_chunk) window->register_system(prefix_len, system_len);
     }
 
     void reset_token2wav() {
@@ -400,10 +365,6 @@ struct DuplexSession::Impl {
         return c;
     }
 
-    void record_unit_tokens(size_t from, DuplexUnitResult & r) const {
-        r.unit_tokens.assign(mirror.begin() + (std::ptrdiff_t) from, mirror.end());
-    }
-
     DuplexUnitResult step(const float * pcm, size_t n, const std::vector<std::shared_ptr<const RgbImage>> & frames,
                           const std::string & text, const std::vector<std::pair<int32_t, float>> & bias) {
         const double t0 = now_ms();
@@ -444,8 +405,8 @@ struct DuplexSession::Impl {
                                              std::to_string(unit_idx) + " units: turn the window on or raise n_ctx");
         }
 
-        window->unit_start(llm->n_past());
-        const size_t unit_from = mirror.size();
+        window->register_unit_start();
+        const int unit_from = llm->n_past();
         std::vector<PromptSegment> segs;
         segs.push_back(PromptSegment{{id.unit}, nullptr});
         if (vision) segs.push_back(PromptSegment{{}, frames_chunk(frames)});
@@ -468,8 +429,9 @@ struct DuplexSession::Impl {
         // The unit's terminator and </unit> in one evaluation: the reference feeds them one by
         // one and never reads the terminator's logits, so the cache is the same.
         feed_tokens({r.tokens.back(), id.unit_end});
-        record_unit_tokens(unit_from, r);
-        window->unit_end(llm->n_past(), unit_generated, r.listening, unit_text);
+        r.unit_tokens = context_tokens(unit_from);
+        const char * mode = vision ? (has_audio ? "omni" : "vision") : (has_audio ? "audio" : "text");
+        window->register_unit_end(mode, unit_generated, r.listening, unit_text);
         window->enforce();
         unit_idx += 1;
         r.ms_total = now_ms() - t0;
@@ -791,19 +753,16 @@ void DuplexSession::stop_async() {
 bool DuplexSession::async_active() const { return impl_->async_on; }
 
 int DuplexSession::n_past() const { return impl_->llm->n_past(); }
-std::vector<int32_t> DuplexSession::tokens() const { return impl_->mirror; }
+std::vector<int32_t> DuplexSession::tokens() const { return impl_->context_tokens(); }
 std::vector<int32_t> DuplexSession::positions() const { return impl_->llm->positions(); }
-int DuplexSession::system_length() const { return impl_->system_len; }
+int DuplexSession::system_length() const {
+    // the kept system part: the window's (it grows by the "previous" text in context mode)
+    const int w = impl_->window ? impl_->window->system_length() : 0;
+    return w > 0 ? w : impl_->system_len;
+}
 int DuplexSession::units() const { return impl_->unit_idx; }
 int64_t DuplexSession::n_embd() const { return impl_->model->info().n_embd; }
 Session & DuplexSession::session() { return *impl_->llm; }
 const DuplexParams & DuplexSession::params() const { return impl_->p; }
-
-void DuplexSession::set_window_hook(std::unique_ptr<DuplexWindowHook> hook) {
-    if (!hook) fail(ErrorKind::InvalidArgument, "duplex: null window hook");
-    BusyGuard g(impl_->busy, "DuplexSession");
-    impl_->window = std::move(hook);
-    impl_->window->register_system(impl_->system_len, impl_->system_len);
-}
 
 } // namespace minicpm

@@ -90,16 +90,6 @@ struct DuplexUnitResult {
     double               ms_decision = 0, ms_first_audio = 0, ms_total = 0;
 };
 
-// Window bookkeeping calls (the reference's StreamDecoder.register_* / enforce_window*).
-class DuplexWindowHook {
-public:
-    virtual ~DuplexWindowHook() = default;
-    virtual void register_system(int prefix_len, int system_len) = 0;
-    virtual void unit_start(int n_past) = 0;
-    virtual void unit_end(int n_past, const std::vector<int32_t> & generated, bool listening, const std::string & text) = 0;
-    virtual void enforce() = 0;
-};
-
 class DuplexSession {
 public:
     // Checks the model (MiniCPM-o 4.5 with an audio encoder; the speech stages when
@@ -142,8 +132,6 @@ public:
     int64_t              n_embd() const;
     Session &            session();
     const DuplexParams & params() const;
-    // Replaces the window bookkeeping (the built-in one follows DuplexParams::window).
-    void set_window_hook(std::unique_ptr<DuplexWindowHook> hook);
 
     struct Impl;
 
