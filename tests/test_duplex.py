@@ -342,6 +342,8 @@ def _replay(ref_session, model, voice, name, **extra):
         if tts:
             assert list(_field(do, "codes")) == ro["tts_codes"], f"{where}: talker codes"
         assert (list(d.tokens), d.n_past, d.system_length) == snaps[k + 1], f"{where}: context"
+        # StreamDecoder feeds at position = cache length: evictions compress the positions
+        assert list(d.positions) == list(range(d.n_past)), f"{where}: positions"
     return d
 
 
