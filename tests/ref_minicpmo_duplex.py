@@ -259,6 +259,7 @@ class RefDuplex:
         self.previous_ids: List[int] = []
         self.has_previous = False
         self.history: List[Dict[str, object]] = []
+        self.ref_rows: Optional[torch.Tensor] = None   # the reference audio's embedding rows
 
         if self.prefix:
             for t in self.tok.encode(self.prefix, add_special_tokens=False):
@@ -267,6 +268,7 @@ class RefDuplex:
             mels = ref_audio_mel.offline_features(self.ref_audio)
             embs = self.audio.get_audio_embedding(mels, self.audio.config.chunk_length)
             rows = torch.from_numpy(np.concatenate(embs, 0))
+            self.ref_rows = rows
             self._feed(rows, [-1] * rows.shape[0])
         self.suffix_ids = self.tok.encode(self.suffix, add_special_tokens=False) if self.suffix else []
         self.preserve_prefix = len(self.kv)

@@ -159,50 +159,7 @@ def layer0_keys_match(r) -> float:
     return rel(r.kv.layers[0][0][:, :, rows], fresh.layers[0].keys[:, :, rows])
 
 
-def _script_units(r, n_units, bias):
-    return [r.step(pcm(k), logit_bias=bias(k)) for k in range(n_units)]
-
-
-def test_reference_basic_window(tiny_speech_dir, parts):
-    # units: listen 13 rows, speak (max 4) 1 + 10 + 4 + 1 = 16 rows; system 12
-    r = make_ref(tiny_speech_dir, parts, max_speak_tokens=4, window="basic", window_max_tokens=12 + 45,
-                 window_target_tokens=12 + 30, generate_audio=False)
-    script = [LISTEN, SPEAK, TURN_EOS, LISTEN, LISTEN]
-    outs = _script_units(r, 5, lambda k: {script[k]: BIG})
-    # units of 13, 16, 16, 13 rows: after unit 3 (58 > 45) drop unit 0 (-> 45 > 30), unit 1 (-> 29)
-    assert [o["evicted"] for o in outs] == [[], [], [], [0, 1], []]
-    assert r.tokens == PREFIX_IDS + SUFFIX_IDS + outs[2]["unit_tokens"] + outs[3]["unit_tokens"] + outs[4]["unit_tokens"]
-    assert r.n_past == 12 + 16 + 13 + 13 and r.system_length == 12
-    assert layer0_keys_match(r) < 1e-5
-
-
-@torch.no_grad()
-def test_reference_context_window(tiny_speech_dir, parts):
-    r = make_ref(tiny_speech_dir, parts, max_speak_tokens=5, window="context", context_max_units=2,
-                 max_previous_tokens=5, generate_audio=False)
-    assert r.system_length == 12
-    outs = _script_units(r, 5, lambda k: {LISTEN: BIG} if k in (0, 3) else None)
-    marker = r.tok.encode("\n\nprevious: ", add_special_tokens=False)
-    assert marker == [271, 19702, 25, 220]
-    assert [o["evicted"] for o in outs] == [[], [], [0], [1], [2]]
-    # unit 0 listened: no previous yet; unit 1 and 2 spoke freely: their j >= 1 ids without
-    # special ids, the last 5 kept
-    spoken = [t for o in outs[1:3] for t in o["tts_tokens"] if t not in r.special_ids]
-    prev = marker + spoken[-5:] if spoken else []
-    assert r.previous_ids == prev
-    assert r.tokens == PREFIX_IDS + prev + SUFFIX_IDS + outs[3]["unit_tokens"] + outs[4]["unit_tokens"]
-    assert r.system_length == 12 + len(prev)
-    assert layer0_keys_match(r) < 1e-5
-    # the rebuilt system part is exactly a fresh prefill of its ids
-    ids = torch.tensor([PREFIX_IDS + prev + SUFFIX_IDS])
-    fresh = r.llm.model(ids, position_ids=torch.arange(ids.shape[1])[None], use_cache=True).past_key_values
-    n = ids.shape[1]
-    for li, (k, v) in enumerate(r.kv.layers):
-        assert rel(k[:, :, :n], fresh.layers[li].keys) < 1e-5
-        assert rel(v[:, :, :n], fresh.layers[li].values) < 1e-5
-
-
-# ---- runtime parity ------------------------------------------------------------------------------
+# ---- scripted sessions (the reference runs each once; the runtime replays them) --------------------
 
 # A 12-unit session: listen (forced), listen, speak, free, barge-in (turn end), listen, text,
 # speak, listen-while-speaking (-> <|tts_bos|>), free, turn end, listen.
@@ -210,47 +167,138 @@ SCRIPT = [
     {SPEAK: BIG}, {LISTEN: BIG}, {SPEAK: BIG}, None, {TURN_EOS: BIG}, {LISTEN: BIG},
     ("hello", {LISTEN: BIG}), {SPEAK: BIG}, {LISTEN: BIG}, None, {TURN_EOS: BIG}, {LISTEN: BIG},
 ]
+# speak (the turn's first talker chunk: min 0, force flush), speak (min 26), turn end (flush all)
+TTS_SCRIPT = [{SPEAK: BIG}, {SPEAK: BIG}, {TURN_EOS: BIG}]
+SYS = 12 + 20  # prefix + suffix ids, the 2-s reference voice's 20 offline audio rows
+SESSIONS = {
+    "off": (SCRIPT, dict(max_speak_tokens=6, force_listen_count=1)),
+    "basic": (SCRIPT, dict(max_speak_tokens=4, force_listen_count=1, window="basic", window_max_tokens=SYS + 48,
+                           window_target_tokens=SYS + 32)),
+    "context": (SCRIPT, dict(max_speak_tokens=4, force_listen_count=1, window="context", context_max_units=3,
+                             max_previous_tokens=1)),
+    "tts": (TTS_SCRIPT, dict(max_speak_tokens=4)),
+}
 
 
-def _unit_args(k):
-    s = SCRIPT[k]
+def _unit_args(script, k):
+    s = script[k]
     text, bias = (s if isinstance(s, tuple) else (None, s))
     return dict(audio=pcm(k), text=text, logit_bias=bias)
 
 
+@pytest.fixture(scope="module")
+def ref_session(tiny_speech_dir, parts, ref_voice_pcm):
+    """ref_session(name) -> (RefDuplex after the script, [unit outputs], [(tokens, n_past, system_length)])."""
+    cache = {}
+
+    def run(name):
+        if name not in cache:
+            script, knobs = SESSIONS[name]
+            r = make_ref(tiny_speech_dir, parts, ref_audio=ref_voice_pcm, generate_audio=name == "tts", seed=7, **knobs)
+            start = (r.tokens, r.n_past, r.system_length)
+            outs, snaps = [], []
+            for k in range(len(script)):
+                outs.append(r.step(**_unit_args(script, k)))
+                snaps.append((r.tokens, r.n_past, r.system_length))
+            cache[name] = (r, outs, [start] + snaps)
+        return cache[name]
+
+    return run
+
+
+def test_reference_session_off(ref_session):
+    r, outs, snaps = ref_session("off")
+    assert snaps[0][0] == PREFIX_IDS + [-1] * 20 + SUFFIX_IDS and r.system_length == SYS
+    assert outs[0]["tokens"] == [LISTEN]                       # forced, against the speak bias
+    assert outs[2]["tokens"] == [SPEAK] * 5 + [CHUNK_EOS] and outs[2]["tts_tokens"] == [SPEAK] * 4
+    assert outs[4]["end_of_turn"] and outs[5]["listening"]
+    hello = r.tok.encode("hello", add_special_tokens=False)
+    assert outs[6]["unit_tokens"] == [UNIT] + [-1] * N_AUDIO + hello + [LISTEN, UNIT_END]
+    assert outs[8]["tokens"] == [TTS_BOS] * 5 + [CHUNK_EOS]     # listen while the turn is open
+    assert r.tokens == snaps[0][0] + [t for o in outs for t in o["unit_tokens"]]
+
+
+def _expected_basic_evictions(lengths, high, low):
+    held, out = [], []
+    for i, n in enumerate(lengths):
+        held.append((i, n))
+        ev = []
+        if SYS + sum(m for _, m in held) > high:
+            while SYS + sum(m for _, m in held) > low and held:
+                ev.append(held.pop(0)[0])
+        out.append(ev)
+    return out, [i for i, _ in held]
+
+
+def test_reference_basic_window(ref_session):
+    r, outs, _ = ref_session("basic")
+    lengths = [len(o["unit_tokens"]) for o in outs]
+    want, kept = _expected_basic_evictions(lengths, SYS + 48, SYS + 32)
+    assert [o["evicted"] for o in outs] == want and sum(map(len, want)) >= 4
+    assert r.tokens == PREFIX_IDS + [-1] * 20 + SUFFIX_IDS + [t for i in kept for t in outs[i]["unit_tokens"]]
+    assert r.system_length == SYS
+    assert layer0_keys_match(r) < 1e-5     # the kept rows were re-rotated to their new positions
+
+
+@torch.no_grad()
+def test_reference_context_window(ref_session):
+    r, outs, _ = ref_session("context")
+    n = len(outs)
+    assert [o["evicted"] for o in outs] == [[]] * 3 + [[k] for k in range(n - 3)]
+    marker = r.tok.encode("\n\nprevious: ", add_special_tokens=False)
+    assert marker == [271, 19702, 25, 220]
+    spoken = [t for o in outs[: n - 3] if not o["listening"] for t in o["tts_tokens"] if t not in r.special_ids]
+    prev = marker + spoken[-1:] if spoken else []
+    assert spoken and r.previous_ids == prev
+    kept = [t for o in outs[n - 3:] for t in o["unit_tokens"]]
+    assert r.tokens == PREFIX_IDS + [-1] * 20 + prev + SUFFIX_IDS + kept
+    assert r.system_length == SYS + len(prev)
+    # the rebuilt system part is exactly a fresh prefill of its rows; the units were re-rotated
+    ids = torch.tensor(PREFIX_IDS + [0] * 20 + prev + SUFFIX_IDS)
+    rows = r.embed(ids).clone()
+    rows[len(PREFIX_IDS): len(PREFIX_IDS) + 20] = r.ref_rows
+    fresh = r.llm.model(inputs_embeds=rows[None], position_ids=torch.arange(len(ids))[None], use_cache=True).past_key_values
+    for li, (k, v) in enumerate(r.kv.layers):
+        assert rel(k[:, :, : len(ids)], fresh.layers[li].keys) < 1e-5
+        assert rel(v[:, :, : len(ids)], fresh.layers[li].values) < 1e-5
+    assert layer0_keys_match(r) < 1e-5
+
+
+def test_reference_talker_chunks(ref_session):
+    """The talker's chunk sizes and the Token2Wav windows of one turn (3 silence codes first)."""
+    r, outs, _ = ref_session("tts")
+    c = [o["tts_codes"] for o in outs]
+    assert len(c[1]) == 25                                   # mid-turn: EOS masked, 26 draws, last dropped
+    assert 0 <= len(c[0]) <= 25 and 0 <= len(c[2]) <= 25
+    buf = [R.SILENCE_CODE] * 3 + c[0]
+    want0 = []
+    while len(buf) >= 3 + 5:                                 # first chunk: force flush
+        w = min(28, len(buf))
+        want0.append((buf[:w], False))
+        buf = buf[min(25, w - 3):]
+    assert outs[0]["t2w_chunks"] == want0
+    buf += c[1]
+    want1 = []
+    while len(buf) >= 28:
+        want1.append((buf[:28], False))
+        buf = buf[25:]
+    assert outs[1]["t2w_chunks"] == want1
+    buf += c[2]
+    want2 = []
+    while len(buf) >= 28:
+        want2.append((buf[:28], False))
+        buf = buf[25:]
+    if buf:
+        want2.append((buf, True))
+    assert outs[2]["t2w_chunks"] == want2 and outs[2]["end_of_turn"]
+    assert r.t2w_buffer == [R.SILENCE_CODE] * 3 and r.tts_text_start_pos == 0
+
+
+# ---- runtime parity ------------------------------------------------------------------------------
+
+
 def _field(out, name):
     return out[name] if isinstance(out, dict) else getattr(out, name)
-
-
-def _compare_session(tiny_speech_dir, parts, model, voice, knobs, tts: bool):
-    """Run SCRIPT on both sides; per unit: decisions, ids, layout, text and TTS inputs equal,
-    TTS hidden states within 1e-4; with ``tts`` (seeded) also the talker's codes; after each unit
-    the whole LLM context and the kept system length."""
-    r = make_ref(tiny_speech_dir, parts, ref_audio=voice.audio_16k, generate_audio=tts, seed=7, **knobs)
-    d = minicpm_cpp.DuplexSession(model, voice=voice, greedy=True, seed=7, generate_audio=tts, capture=True, **knobs)
-    assert list(d.tokens) == r.tokens and d.system_length == r.system_length
-    evicted = 0
-    for k in range(len(SCRIPT)):
-        ro = r.step(**_unit_args(k))
-        do = d.step(**_unit_args(k))
-        where = f"unit {k}"
-        for name in ("listening", "end_of_turn", "tokens", "unit_tokens", "text"):
-            got, want = _field(do, name), ro[name]
-            got = list(got) if isinstance(want, list) else got
-            assert got == want, f"{where}: {name} {got!r} != {want!r}"
-        assert list(_field(do, "tts_tokens") or []) == ro["tts_tokens"], where
-        hid = np.asarray(_field(do, "tts_hidden") if _field(do, "tts_hidden") is not None else np.zeros((0,)))
-        if ro["tts_tokens"]:
-            hid = hid.reshape(ro["tts_hidden"].shape)
-            assert rel(hid, ro["tts_hidden"]) <= 1e-4, where
-        else:
-            assert hid.size == 0, where
-        if tts:
-            assert list(_field(do, "codes")) == ro["tts_codes"], f"{where}: talker codes"
-        assert list(d.tokens) == r.tokens, f"{where}: context"
-        assert d.n_past == r.n_past and d.system_length == r.system_length, where
-        evicted += len(ro["evicted"])
-    return r, evicted
 
 
 @pytest.fixture(scope="module")
@@ -262,30 +310,58 @@ def model(tiny_speech_dir, converted):
 
 @pytest.fixture(scope="module")
 def voice(model, ref_voice_pcm):
-    return model.voice(ref_voice_pcm)
+    v = model.voice(ref_voice_pcm)
+    assert np.array_equal(v.audio_16k, ref_voice_pcm)
+    return v
+
+
+def _replay(ref_session, model, voice, name, **extra):
+    """Replay a reference session on minicpm_cpp.DuplexSession; per unit: decisions, ids, layout,
+    text and TTS inputs equal, TTS hidden states within 1e-4; the talker's codes when speaking;
+    after each unit the whole LLM context and the kept system length."""
+    r, outs, snaps = ref_session(name)
+    script, knobs = SESSIONS[name]
+    tts = name == "tts"
+    d = minicpm_cpp.DuplexSession(model, voice=voice, greedy=True, seed=7, generate_audio=tts, capture=True,
+                                  **knobs, **extra)
+    assert (list(d.tokens), d.n_past, d.system_length) == snaps[0]
+    for k, ro in enumerate(outs):
+        do = d.step(**_unit_args(script, k))
+        where = f"{name} unit {k}"
+        for field in ("listening", "end_of_turn", "tokens", "unit_tokens", "text"):
+            got, want = _field(do, field), ro[field]
+            got = list(got) if isinstance(want, list) else got
+            assert got == want, f"{where}: {field} {got!r} != {want!r}"
+        assert list(_field(do, "tts_tokens") or []) == ro["tts_tokens"], where
+        hid = _field(do, "tts_hidden")
+        hid = np.zeros((0,)) if hid is None else np.asarray(hid)
+        if ro["tts_tokens"]:
+            assert rel(hid.reshape(ro["tts_hidden"].shape), ro["tts_hidden"]) <= 1e-4, where
+        else:
+            assert hid.size == 0, where
+        if tts:
+            assert list(_field(do, "codes")) == ro["tts_codes"], f"{where}: talker codes"
+        assert (list(d.tokens), d.n_past, d.system_length) == snaps[k + 1], f"{where}: context"
+        # StreamDecoder feeds at position = cache length: evictions compress the positions
+        assert list(d.positions) == list(range(d.n_past)), f"{where}: positions"
+    return d
 
 
 @needs_runtime
-def test_duplex_session_matches_reference(tiny_speech_dir, parts, model, voice):
-    r, _ = _compare_session(tiny_speech_dir, parts, model, voice,
-                            dict(max_speak_tokens=6, force_listen_count=1), tts=True)
-    assert any(not o["listening"] for o in r.history) and any(o["end_of_turn"] for o in r.history)
+def test_duplex_session_matches_reference(ref_session, model, voice):
+    _replay(ref_session, model, voice, "off")
 
 
 @needs_runtime
-def test_duplex_session_basic_window(tiny_speech_dir, parts, model, voice):
-    sys_len = minicpm_cpp.DuplexSession(model, voice=voice, generate_audio=False).system_length
-    # units hold 13 (listen) to 18 (speak, max 6) rows: evict a few times in 12 units
-    _, evicted = _compare_session(tiny_speech_dir, parts, model, voice,
-                                  dict(max_speak_tokens=6, force_listen_count=1, window="basic",
-                                       window_max_tokens=sys_len + 60, window_target_tokens=sys_len + 40), tts=False)
-    assert evicted >= 4
+def test_duplex_session_basic_window(ref_session, model, voice):
+    _replay(ref_session, model, voice, "basic")
 
 
 @needs_runtime
-def test_duplex_session_context_window(tiny_speech_dir, parts, model, voice):
-    r, evicted = _compare_session(tiny_speech_dir, parts, model, voice,
-                                  dict(max_speak_tokens=6, force_listen_count=1, window="context",
-                                       context_max_units=3, max_previous_tokens=6), tts=False)
-    assert evicted == len(SCRIPT) - 3
-    assert r.previous_ids[:4] == [271, 19702, 25, 220]
+def test_duplex_session_context_window(ref_session, model, voice):
+    _replay(ref_session, model, voice, "context")
+
+
+@needs_runtime
+def test_duplex_session_talker_codes(ref_session, model, voice):
+    _replay(ref_session, model, voice, "tts", tts_steps=1)
