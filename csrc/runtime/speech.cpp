@@ -458,10 +458,11 @@ uint64_t SpeechTurn::seed() const { return impl_->seed; }
 
 // ---- Session::speak ---------------------------------------------------------------------------
 
-SpeechResult Session::speak(const std::vector<Message> & messages, const ChatParams & params, const SpeechParams & speech,
-                            const SpeechCallbacks & callbacks) {
-    SpeechTurn turn(*this, speech);
-    turn.start(messages, params);
+namespace {
+
+// Runs a turn (SpeechTurn, StreamingTurn) to its end: the callbacks get each event, the result
+// the whole text, audio and codes.
+template <class Turn> SpeechResult drain_turn(Turn & turn, const SpeechCallbacks & callbacks) {
     SpeechResult r;
     SpeechEvent  ev;
     while (turn.next(ev)) {
@@ -476,6 +477,15 @@ SpeechResult Session::speak(const std::vector<Message> & messages, const ChatPar
     r.codes = turn.codes();
     r.reason = turn.stop_reason();
     return r;
+}
+
+} // namespace
+
+SpeechResult Session::speak(const std::vector<Message> & messages, const ChatParams & params, const SpeechParams & speech,
+                            const SpeechCallbacks & callbacks) {
+    SpeechTurn turn(*this, speech);
+    turn.start(messages, params);
+    return drain_turn(turn, callbacks);
 }
 
 SpeechResult Session::speak(const std::vector<Message> & messages, const ChatParams & params, const SpeechParams & speech) {
@@ -574,20 +584,7 @@ uint64_t StreamingTurn::seed() const { return impl_->speech ? impl_->speech->see
 
 SpeechResult Session::streaming_generate(const StreamingGenerateParams & params, const SpeechCallbacks & callbacks) {
     StreamingTurn turn(*this, params);
-    SpeechResult  r;
-    SpeechEvent   ev;
-    while (turn.next(ev)) {
-        if (ev.kind == SpeechEvent::Kind::Text) {
-            r.text += ev.text;
-            if (callbacks.on_text) callbacks.on_text(ev.text);
-        } else {
-            r.audio.insert(r.audio.end(), ev.pcm.begin(), ev.pcm.end());
-            if (callbacks.on_audio) callbacks.on_audio(ev.pcm.data(), ev.pcm.size(), ev.sample_rate);
-        }
-    }
-    r.codes = turn.codes();
-    r.reason = turn.stop_reason();
-    return r;
+    return drain_turn(turn, callbacks);
 }
 
 SpeechResult Session::streaming_generate(const StreamingGenerateParams & params) {

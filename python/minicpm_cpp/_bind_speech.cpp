@@ -37,6 +37,22 @@ Voice to_voice(const py::handle & tokens, const py::handle & speaker, const py::
     return v;
 }
 
+// The next event of a turn (SpeechTurn, StreamingTurn), pulled without the GIL: None at the
+// end, a str for text, (pcm float32 array, last, sample rate) for audio.
+template <class Turn> py::object next_event(Turn & turn) {
+    SpeechEvent ev;
+    bool        more;
+    {
+        py::gil_scoped_release nogil;
+        more = turn.next(ev);
+    }
+    if (!more) return py::none();
+    if (ev.kind == SpeechEvent::Kind::Text) return minicpm_py::utf8(ev.text);
+    py::array_t<float> a((py::ssize_t) ev.pcm.size());
+    if (!ev.pcm.empty()) std::memcpy(a.mutable_data(), ev.pcm.data(), ev.pcm.size() * sizeof(float));
+    return py::make_tuple(a, ev.last, ev.sample_rate);
+}
+
 class PySpeechTurn {
 public:
     PySpeechTurn(Session & s, const py::handle & tokens, const py::handle & speaker, const py::handle & prompt_mel,
@@ -52,20 +68,7 @@ public:
 
     void start_begun(const std::string & prefix) { turn_->start_begun(prefix); }
 
-    // None at the end, a str for text, (pcm float32 array, last) for audio.
-    py::object next() {
-        SpeechEvent ev;
-        bool        more;
-        {
-            py::gil_scoped_release nogil;
-            more = turn_->next(ev);
-        }
-        if (!more) return py::none();
-        if (ev.kind == SpeechEvent::Kind::Text) return minicpm_py::utf8(ev.text);
-        py::array_t<float> a((py::ssize_t) ev.pcm.size());
-        if (!ev.pcm.empty()) std::memcpy(a.mutable_data(), ev.pcm.data(), ev.pcm.size() * sizeof(float));
-        return py::make_tuple(a, ev.last, ev.sample_rate);
-    }
+    py::object next() { return next_event(*turn_); }
 
     std::vector<int32_t> codes() const { return turn_->codes(); }
     const char *         stop_reason() const { return stop_reason_name(turn_->stop_reason()); }
@@ -104,20 +107,7 @@ public:
         turn_ = std::make_unique<StreamingTurn>(s, p);
     }
 
-    // None at the end, a str for text, (pcm float32 array, last, sample rate) for audio.
-    py::object next() {
-        SpeechEvent ev;
-        bool        more;
-        {
-            py::gil_scoped_release nogil;
-            more = turn_->next(ev);
-        }
-        if (!more) return py::none();
-        if (ev.kind == SpeechEvent::Kind::Text) return minicpm_py::utf8(ev.text);
-        py::array_t<float> a((py::ssize_t) ev.pcm.size());
-        if (!ev.pcm.empty()) std::memcpy(a.mutable_data(), ev.pcm.data(), ev.pcm.size() * sizeof(float));
-        return py::make_tuple(a, ev.last, ev.sample_rate);
-    }
+    py::object next() { return next_event(*turn_); }
 
     std::vector<int32_t> codes() const { return turn_->codes(); }
     std::vector<int32_t> answer_tokens() const { return turn_->answer_tokens(); }
