@@ -28,7 +28,10 @@ P50 / P95 over the units of all sessions; ``rtf`` = the session's wall time / it
 ``first_speech_ms`` = from the end of the user's last talking unit (the moment the first silent
 second is complete) to the first PCM of the answer; ``p95_under_1s``: whether unit_ms P95 < 1000,
 the condition to keep up with real time. ``--sessions N`` runs N sessions on one model, each on
-its own thread, started together.
+its own thread, started together. ``--batch off,on`` measures each count both ways: every session
+on its own (``off``: its LLM steps run as graphs of their own, side by side on the device) and
+through the model's cross-session batcher (``on``: the LLM steps of the sessions waiting at the same
+moment run as one graph); the report gives the batcher's graphs and the requests per graph.
 
     python benchmarks/bench_duplex.py --size tiny --units 8 --json /tmp/duplex-tiny.json
     python benchmarks/bench_duplex.py /data/duplex --size real --types f16,q4_k_m --device cuda \\
@@ -113,13 +116,13 @@ def talk(k: int) -> np.ndarray:
     return tone(1.0, f0=150.0 + 7.0 * (k % 5), seed=k)
 
 
-def run_session(model, voice, args, seed: int) -> Dict[str, Any]:
+def run_session(model, voice, args, seed: int, batch: bool = False) -> Dict[str, Any]:
     import minicpm_cpp
 
     tok = {n: model.tokenize(n)[0] for n in ("<|listen|>", "<|speak|>", "<|turn_eos|>")}
     d = minicpm_cpp.DuplexSession(model, voice=voice, seed=seed, tts_steps=args.tts_steps,
                                   max_speak_tokens=args.max_speak_tokens, generate_audio=not args.no_audio,
-                                  window=args.window, n_ctx=args.n_ctx)
+                                  window=args.window, n_ctx=args.n_ctx, batch=batch)
     silence = np.zeros(16000, np.float32)
     units: List[Dict[str, Any]] = []
     first_speech = None
@@ -179,6 +182,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads per model (0: all cores)")
     ap.add_argument("--sessions", default="1", help="concurrent sessions, comma-separated (e.g. 1,4)")
+    ap.add_argument("--batch", default="off", help="LLM steps batched across sessions: off, on or off,on (both)")
     ap.add_argument("--units", type=int, default=12)
     ap.add_argument("--talk", type=int, default=3, help="units of user speech before the silence")
     ap.add_argument("--answer", type=int, default=4, help="units of answer before <|turn_eos|> is forced")
@@ -188,6 +192,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--n-ctx", type=int, default=8192)
     ap.add_argument("--no-audio", action="store_true", help="text only (no talker / Token2Wav)")
     ap.add_argument("--json", help="write the report here")
+    ap.add_argument("--prepare-only", action="store_true", help="make (and quantize) the files, then stop")
     args = ap.parse_args(argv)
 
     import minicpm_cpp
@@ -204,18 +209,29 @@ def main(argv: Optional[List[str]] = None) -> int:
         size=args.size, device=args.device, threads=args.threads, units=args.units, talk=args.talk,
         answer=args.answer, max_speak_tokens=args.max_speak_tokens, tts_steps=args.tts_steps, window=args.window,
         machine=dict(platform=platform.platform(), cpus=os.cpu_count()), results=[])
+    if args.prepare_only:
+        for typ in types:
+            log(f"  {quantized(base, typ, log)}")
+        return 0
     for typ in types:
         path = quantized(base, typ, log)
         model = minicpm_cpp.Model(str(path), device=args.device, n_threads=args.threads or None)
         voice = model.voice(tone(2.0))
         run_session(model, voice, argparse.Namespace(**{**vars(args), "units": 2}), seed=0)   # warm-up
-        for n in [int(x) for x in args.sessions.split(",")]:
+        modes = [m.strip() for m in args.batch.split(",") if m.strip()]
+        if not modes or any(m not in ("off", "on") for m in modes):
+            ap.error("--batch takes off, on or off,on")
+        if "on" in modes:
+            run_session(model, voice, argparse.Namespace(**{**vars(args), "units": 2}), seed=0, batch=True)
+        for n, mode in [(int(x), m) for x in args.sessions.split(",") for m in modes]:
             runs: List[Optional[Dict[str, Any]]] = [None] * n
             errors: List[BaseException] = []
+            batch = mode == "on"
+            stats0 = model.batch_stats()
 
             def work(i: int) -> None:
                 try:
-                    runs[i] = run_session(model, voice, args, seed=100 + i)
+                    runs[i] = run_session(model, voice, args, seed=100 + i, batch=batch)
                 except BaseException as e:   # noqa: BLE001
                     errors.append(e)
 
@@ -228,9 +244,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             if errors:
                 raise errors[0]
             s = summarize([r for r in runs if r is not None])
-            s.update(type=typ, sessions=n, wall_s=time.perf_counter() - t0, file=path.name)
+            s.update(type=typ, sessions=n, batch=mode, wall_s=time.perf_counter() - t0, file=path.name)
+            if batch:
+                st = model.batch_stats()
+                graphs = st["batches"] - stats0["batches"]
+                s.update(batch_graphs=graphs, requests_per_graph=(st["parts"] - stats0["parts"]) / max(graphs, 1),
+                         max_requests_per_graph=st["max_parts"])
             report["results"].append(s)
-            log(f"{typ} x{n}: unit P50 {s['unit_ms_p50']:.0f} ms P95 {s['unit_ms_p95']:.0f} ms, decision P95 "
+            log(f"{typ} x{n} batch {mode}: unit P50 {s['unit_ms_p50']:.0f} ms P95 {s['unit_ms_p95']:.0f} ms, decision P95 "
                 f"{s['decision_ms_p95']:.0f} ms, RTF {s['rtf']:.2f}, first speech "
                 f"{s['first_speech_ms'] if s['first_speech_ms'] is None else round(s['first_speech_ms'])} ms, "
                 f"P95 < 1 s: {s['p95_under_1s']}")

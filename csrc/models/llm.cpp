@@ -201,6 +201,114 @@ const ComponentType kLlmComponent = {"llm", &llm_present, &llm_load};
 
 size_t llm_graph_max_nodes(const LlmHparams & hp) { return (size_t) std::max<int64_t>(2048, hp.n_layer * 48 + 64); }
 
+namespace {
+
+// A sequence's share of the layer stack: its rows [row0, row0 + n_tokens) of the batch, its
+// cache and the inputs that place and mask its keys.
+struct SeqRows {
+    const KvTensors * kv;
+    int64_t           row0, n_tokens, n_kv;
+    ggml_tensor *     kv_idx, * kq_mask;
+};
+
+// The decoder layers over x [n_embd, n_rows] at positions pos; returns the last layer's output
+// (before the final norm). With one sequence the whole batch is its rows (no views).
+ggml_tensor * decoder_layers(ggml_context * ctx, const LlmModel & m, ggml_tensor * x, ggml_tensor * pos,
+                             const std::vector<SeqRows> & seqs, bool flash_attn) {
+    using namespace graph;
+    const LlmHparams & hp = m.hp;
+    const LlmWeights & w = m.w;
+    const int64_t n_rows = x->ne[1];
+    const int64_t head_dim = hp.head_dim;
+    const float kq_scale = 1.0f / std::sqrt((float) head_dim);
+    const bool one = seqs.size() == 1;
+
+    for (int64_t il = 0; il < hp.n_layer; ++il) {
+        const LlmLayer & L = w.layers[il];
+        ggml_tensor * resid = x;
+        ggml_tensor * cur = rms_norm(ctx, x, L.attn_norm, hp.rms_eps);
+        cb(cur, "attn_norm", il);
+
+        ggml_tensor * q, * k, * v;
+        if (L.wqkv) {
+            // One product for Q, K (and V): [n_q + n_kv (+ n_kv), n_rows]; Q and K are views of
+            // their rows as [head_dim, heads, n_rows] (made contiguous by the bias add if any).
+            ggml_tensor * qkv = ggml_mul_mat(ctx, L.wqkv, cur);
+            const size_t  es  = ggml_element_size(qkv);
+            auto part = [&](int64_t heads, int64_t first_row, ggml_tensor * bias) {
+                ggml_tensor * t = ggml_view_3d(ctx, qkv, head_dim, heads, n_rows, head_dim * es, qkv->nb[1], first_row * es);
+                return bias ? ggml_add(ctx, t, ggml_reshape_2d(ctx, bias, head_dim, heads)) : t;
+            };
+            q = part(hp.n_head, 0, L.bq);
+            k = part(hp.n_head_kv, hp.n_embd_q(), L.bk);
+            if (L.wqkv->ne[1] == hp.n_embd_q() + 2 * hp.n_embd_kv()) {
+                // V goes into the cache as rows [n_embd_kv, n_rows]
+                v = ggml_view_2d(ctx, qkv, hp.n_embd_kv(), n_rows, qkv->nb[1], (hp.n_embd_q() + hp.n_embd_kv()) * es);
+                if (L.bv) v = ggml_add(ctx, v, L.bv);
+            } else {
+                v = linear(ctx, cur, L.wv, L.bv);
+            }
+        } else {
+            q = ggml_reshape_3d(ctx, linear(ctx, cur, L.wq, L.bq), head_dim, hp.n_head, n_rows);
+            k = ggml_reshape_3d(ctx, linear(ctx, cur, L.wk, L.bk), head_dim, hp.n_head_kv, n_rows);
+            v = linear(ctx, cur, L.wv, L.bv);
+        }
+        if (hp.qk_norm) {
+            q = rms_norm(ctx, q, L.q_norm, hp.rms_eps);
+            k = rms_norm(ctx, k, L.k_norm, hp.rms_eps);
+        }
+        q = rope(ctx, q, pos, hp, false);
+        k = rope(ctx, k, pos, hp, false);
+        ggml_tensor * k_rows = ggml_reshape_2d(ctx, k, hp.n_embd_kv(), n_rows);
+
+        ggml_tensor * attn = nullptr;
+        for (const SeqRows & s : seqs) {
+            const KvTensors & kv = *s.kv;
+            const size_t kv_row = ggml_row_size(kv.type, hp.n_embd_kv());
+            ggml_tensor * ks = one ? k_rows : ggml_view_2d(ctx, k_rows, k_rows->ne[0], s.n_tokens, k_rows->nb[1], s.row0 * k_rows->nb[1]);
+            ggml_tensor * vs = one ? v : ggml_view_2d(ctx, v, v->ne[0], s.n_tokens, v->nb[1], s.row0 * v->nb[1]);
+            ggml_tensor * qs = one ? q : ggml_view_3d(ctx, q, head_dim, hp.n_head, s.n_tokens, q->nb[1], q->nb[2], s.row0 * q->nb[2]);
+            // Write the rows' keys/values into the cache cells listed in kv_idx. Rows are
+            // scattered by an input tensor rather than copied into a view at an offset, so the
+            // graph is the same at every decode step, and cells need not follow positions.
+            ggml_tensor * k_all = ggml_set_rows(ctx, kv.k[(size_t) il], ks, s.kv_idx);
+            ggml_tensor * v_all = ggml_set_rows(ctx, kv.v[(size_t) il], vs, s.kv_idx);
+            // Attend over cells [0, n_kv): [head_dim, n_kv, n_head_kv] views of the updated cache.
+            ggml_tensor * kc = ggml_view_3d(ctx, k_all, head_dim, s.n_kv, hp.n_head_kv, kv_row,
+                                            ggml_row_size(kv.type, head_dim), 0);
+            ggml_tensor * vc = ggml_view_3d(ctx, v_all, head_dim, s.n_kv, hp.n_head_kv, kv_row,
+                                            ggml_row_size(kv.type, head_dim), 0);
+            ggml_tensor * out = attention(ctx, qs, kc, vc, s.kq_mask, kq_scale, flash_attn);
+            attn = attn ? ggml_concat(ctx, attn, out, 1) : out;   // [n_q, rows so far]
+        }
+        cur = linear(ctx, attn, L.wo);
+        cb(cur, "attn_out", il);
+        x = ggml_add(ctx, cur, resid);
+
+        resid = x;
+        cur = rms_norm(ctx, x, L.ffn_norm, hp.rms_eps);
+        cb(cur, "ffn_norm", il);
+        cur = swiglu_mlp(ctx, cur, L.ffn_gate, L.ffn_up, L.ffn_down);
+        cb(cur, "ffn_out", il);
+        x = ggml_add(ctx, cur, resid);
+        cb(x, "l_out", il);
+    }
+    return x;
+}
+
+ggml_tensor * kv_inputs(ggml_context * ctx, int64_t n_tokens, int64_t n_kv, bool flash_attn, ggml_tensor ** mask,
+                        const std::string & suffix) {
+    ggml_tensor * idx = ggml_new_tensor_1d(ctx, GGML_TYPE_I64, n_tokens);
+    ggml_set_name(idx, ("kv_idx" + suffix).c_str());
+    ggml_set_input(idx);
+    *mask = ggml_new_tensor_2d(ctx, flash_attn ? GGML_TYPE_F16 : GGML_TYPE_F32, n_kv, n_tokens);
+    ggml_set_name(*mask, ("kq_mask" + suffix).c_str());
+    ggml_set_input(*mask);
+    return idx;
+}
+
+} // namespace
+
 void build_llm_graph(ggml_context * ctx, ggml_cgraph * gf, const LlmModel & m, const KvTensors & kv,
                      const LlmGraphParams & p, LlmGraphInputs & in) {
     using namespace graph;
@@ -208,8 +316,6 @@ void build_llm_graph(ggml_context * ctx, ggml_cgraph * gf, const LlmModel & m, c
     const LlmWeights & w = m.w;
     in = LlmGraphInputs{};
     const int64_t n_tokens = p.n_tokens;
-    const int64_t head_dim = hp.head_dim;
-    const size_t  kv_row   = ggml_row_size(kv.type, hp.n_embd_kv());
 
     ggml_tensor * x;
     if (p.use_embd) {
@@ -226,76 +332,9 @@ void build_llm_graph(ggml_context * ctx, ggml_cgraph * gf, const LlmModel & m, c
     in.pos = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_tokens);
     ggml_set_name(in.pos, "inp_pos");
     ggml_set_input(in.pos);
-    in.kv_idx = ggml_new_tensor_1d(ctx, GGML_TYPE_I64, n_tokens);
-    ggml_set_name(in.kv_idx, "kv_idx");
-    ggml_set_input(in.kv_idx);
-    in.kq_mask = ggml_new_tensor_2d(ctx, p.flash_attn ? GGML_TYPE_F16 : GGML_TYPE_F32, p.n_kv, n_tokens);
-    ggml_set_name(in.kq_mask, "kq_mask");
-    ggml_set_input(in.kq_mask);
+    in.kv_idx = kv_inputs(ctx, n_tokens, p.n_kv, p.flash_attn, &in.kq_mask, "");
 
-    const float kq_scale = 1.0f / std::sqrt((float) head_dim);
-
-    for (int64_t il = 0; il < hp.n_layer; ++il) {
-        const LlmLayer & L = w.layers[il];
-        ggml_tensor * resid = x;
-        ggml_tensor * cur = rms_norm(ctx, x, L.attn_norm, hp.rms_eps);
-        cb(cur, "attn_norm", il);
-
-        ggml_tensor * q, * k, * v;
-        if (L.wqkv) {
-            // One product for Q, K (and V): [n_q + n_kv (+ n_kv), n_tokens]; Q and K are views of
-            // their rows as [head_dim, heads, n_tokens] (made contiguous by the bias add if any).
-            ggml_tensor * qkv = ggml_mul_mat(ctx, L.wqkv, cur);
-            const size_t  es  = ggml_element_size(qkv);
-            auto part = [&](int64_t heads, int64_t first_row, ggml_tensor * bias) {
-                ggml_tensor * t = ggml_view_3d(ctx, qkv, head_dim, heads, n_tokens, head_dim * es, qkv->nb[1], first_row * es);
-                return bias ? ggml_add(ctx, t, ggml_reshape_2d(ctx, bias, head_dim, heads)) : t;
-            };
-            q = part(hp.n_head, 0, L.bq);
-            k = part(hp.n_head_kv, hp.n_embd_q(), L.bk);
-            if (L.wqkv->ne[1] == hp.n_embd_q() + 2 * hp.n_embd_kv()) {
-                // V goes into the cache as rows [n_embd_kv, n_tokens]
-                v = ggml_view_2d(ctx, qkv, hp.n_embd_kv(), n_tokens, qkv->nb[1], (hp.n_embd_q() + hp.n_embd_kv()) * es);
-                if (L.bv) v = ggml_add(ctx, v, L.bv);
-            } else {
-                v = linear(ctx, cur, L.wv, L.bv);
-            }
-        } else {
-            q = ggml_reshape_3d(ctx, linear(ctx, cur, L.wq, L.bq), head_dim, hp.n_head, n_tokens);
-            k = ggml_reshape_3d(ctx, linear(ctx, cur, L.wk, L.bk), head_dim, hp.n_head_kv, n_tokens);
-            v = linear(ctx, cur, L.wv, L.bv);
-        }
-        if (hp.qk_norm) {
-            q = rms_norm(ctx, q, L.q_norm, hp.rms_eps);
-            k = rms_norm(ctx, k, L.k_norm, hp.rms_eps);
-        }
-        q = rope(ctx, q, in.pos, hp, false);
-        k = rope(ctx, k, in.pos, hp, false);
-
-        // Write this batch's keys/values into the cache cells listed in kv_idx. Rows are
-        // scattered by an input tensor rather than copied into a view at an offset, so the graph
-        // is the same at every decode step, and cells need not follow positions.
-        ggml_tensor * k_all = ggml_set_rows(ctx, kv.k[il], ggml_reshape_2d(ctx, k, hp.n_embd_kv(), n_tokens), in.kv_idx);
-        ggml_tensor * v_all = ggml_set_rows(ctx, kv.v[il], v, in.kv_idx);
-
-        // Attend over cells [0, n_kv): [head_dim, n_kv, n_head_kv] views of the updated cache.
-        ggml_tensor * kc = ggml_view_3d(ctx, k_all, head_dim, p.n_kv, hp.n_head_kv, kv_row,
-                                        ggml_row_size(kv.type, head_dim), 0);
-        ggml_tensor * vc = ggml_view_3d(ctx, v_all, head_dim, p.n_kv, hp.n_head_kv, kv_row,
-                                        ggml_row_size(kv.type, head_dim), 0);
-        cur = attention(ctx, q, kc, vc, in.kq_mask, kq_scale, p.flash_attn);
-        cur = linear(ctx, cur, L.wo);
-        cb(cur, "attn_out", il);
-        x = ggml_add(ctx, cur, resid);
-
-        resid = x;
-        cur = rms_norm(ctx, x, L.ffn_norm, hp.rms_eps);
-        cb(cur, "ffn_norm", il);
-        cur = swiglu_mlp(ctx, cur, L.ffn_gate, L.ffn_up, L.ffn_down);
-        cb(cur, "ffn_out", il);
-        x = ggml_add(ctx, cur, resid);
-        cb(x, "l_out", il);
-    }
+    x = decoder_layers(ctx, m, x, in.pos, {SeqRows{&kv, 0, n_tokens, p.n_kv, in.kv_idx, in.kq_mask}}, p.flash_attn);
 
     if (p.hidden) {
         // Every position's last-layer hidden state after the final norm (hidden_states[-1]).
@@ -312,6 +351,55 @@ void build_llm_graph(ggml_context * ctx, ggml_cgraph * gf, const LlmModel & m, c
         cb(x, "result_norm");
     }
     in.logits = ggml_mul_mat(ctx, w.output, x);
+    cb(in.logits, "result_output");
+    ggml_set_output(in.logits);
+    ggml_build_forward_expand(gf, in.logits);
+    if (in.hidden) ggml_build_forward_expand(gf, in.hidden);
+}
+
+size_t llm_batch_graph_max_nodes(const LlmHparams & hp, size_t n_seq) {
+    return llm_graph_max_nodes(hp) + (size_t) hp.n_layer * 16 * n_seq + 4 * n_seq + 64;
+}
+
+void build_llm_batch_graph(ggml_context * ctx, ggml_cgraph * gf, const LlmModel & m, const std::vector<LlmBatchSeq> & seqs,
+                           bool flash_attn, bool hidden, LlmBatchInputs & in) {
+    using namespace graph;
+    const LlmHparams & hp = m.hp;
+    in = LlmBatchInputs{};
+    int64_t n_rows = 0;
+    std::vector<SeqRows> rows;
+    for (size_t i = 0; i < seqs.size(); ++i) {
+        const LlmBatchSeq & s = seqs[i];
+        ggml_tensor * mask = nullptr;
+        ggml_tensor * idx = kv_inputs(ctx, s.n_tokens, s.n_kv, flash_attn, &mask, "-" + std::to_string(i));
+        in.kv_idx.push_back(idx);
+        in.kq_mask.push_back(mask);
+        rows.push_back(SeqRows{s.kv, n_rows, s.n_tokens, s.n_kv, idx, mask});
+        n_rows += s.n_tokens;
+    }
+    in.embd = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, hp.n_embd, n_rows);
+    ggml_set_name(in.embd, "inp_embd");
+    ggml_set_input(in.embd);
+    in.pos = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_rows);
+    ggml_set_name(in.pos, "inp_pos");
+    ggml_set_input(in.pos);
+    in.last = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, (int64_t) seqs.size());
+    ggml_set_name(in.last, "inp_last_rows");
+    ggml_set_input(in.last);
+
+    ggml_tensor * x = decoder_layers(ctx, m, in.embd, in.pos, rows, flash_attn);
+    if (hidden) {
+        x = rms_norm(ctx, x, m.w.output_norm, hp.rms_eps);
+        cb(x, "result_norm");
+        in.hidden = x;
+        ggml_set_output(in.hidden);
+        x = ggml_get_rows(ctx, x, in.last);   // [n_embd, n_seq]
+    } else {
+        x = ggml_get_rows(ctx, x, in.last);
+        x = rms_norm(ctx, x, m.w.output_norm, hp.rms_eps);
+        cb(x, "result_norm");
+    }
+    in.logits = ggml_mul_mat(ctx, m.w.output, x);
     cb(in.logits, "result_output");
     ggml_set_output(in.logits);
     ggml_build_forward_expand(gf, in.logits);

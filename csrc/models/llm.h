@@ -111,6 +111,32 @@ struct LlmGraphParams {
 void build_llm_graph(ggml_context * ctx, ggml_cgraph * gf, const LlmModel & m, const KvTensors & kv,
                      const LlmGraphParams & p, LlmGraphInputs & in);
 
+// One sequence of a batched forward pass over several caches (several sessions): its rows of
+// the batch (consecutive, in the order of the list) and the cache it writes and attends.
+struct LlmBatchSeq {
+    const KvTensors * kv       = nullptr;
+    int64_t           n_tokens = 0;
+    int64_t           n_kv     = 0;   // cells of its cache attended
+};
+
+// Inputs and outputs of a batched pass (build_llm_batch_graph).
+struct LlmBatchInputs {
+    ggml_tensor *              embd = nullptr;     // F32 [n_embd, n_rows]: every row's embedding
+    ggml_tensor *              pos  = nullptr;     // I32 [n_rows]
+    std::vector<ggml_tensor *> kv_idx, kq_mask;    // per sequence: I64 [n_tokens], F32/F16 [n_kv, n_tokens]
+    ggml_tensor *              last = nullptr;     // I32 [n_seq]: the row of each sequence's last token
+    ggml_tensor *              logits = nullptr;   // F32 [n_vocab, n_seq]: each sequence's last row
+    ggml_tensor *              hidden = nullptr;   // F32 [n_embd, n_rows] after the final norm (when asked)
+};
+
+// The decoder over the rows of several sequences at once: the weight products see every row
+// (each weight is read once for the whole batch), each sequence's attention runs over its own
+// cache. Row r's output equals build_llm_graph's for its sequence alone (up to the kernels'
+// rounding for other batch sizes).
+void build_llm_batch_graph(ggml_context * ctx, ggml_cgraph * gf, const LlmModel & m, const std::vector<LlmBatchSeq> & seqs,
+                           bool flash_attn, bool hidden, LlmBatchInputs & in);
+size_t llm_batch_graph_max_nodes(const LlmHparams & hp, size_t n_seq);
+
 // The K-shift graph: rotates the cached keys of cells [first_cell, first_cell + n_cells) of every
 // layer in place by the I32 position deltas `shift` ([n_cells]; 0 leaves a cell unchanged), with
 // the forward pass's RoPE (llama.cpp's K-shift). The stored keys are rope(k_norm(k), pos), so a

@@ -173,6 +173,7 @@ struct DuplexSession::Impl {
         sp.n_ctx = p.n_ctx;
         sp.n_threads = p.n_threads;
         sp.seed = p.seed;
+        sp.batch = p.batch;
         llm = std::make_unique<Session>(model, sp);
         audio_backends = std::make_unique<ComputeBackends>(*model->impl().devices, p.n_threads > 0 ? p.n_threads : model->params().n_threads);
         audio_enc = std::make_unique<AudioEncoder>(*model->impl().audio(), *audio_backends);

@@ -302,7 +302,47 @@ void LlmContext::fill_embeddings(size_t first, int64_t n, std::vector<float> & o
     }
 }
 
+void LlmContext::begin_part(size_t first, int64_t n, LlmBatchPart & part) {
+    for (int64_t i = 0; i < n; ++i) {
+        const int32_t t = tokens_[first + (size_t) i];
+        if (t < 0 || t >= m_.hp.n_vocab) fail(ErrorKind::InvalidArgument, out_of_range(t, m_.hp.n_vocab));
+    }
+    part = LlmBatchPart{};
+    part.ctx = this;
+    part.first = first;
+    part.n = n;
+    part.flash_attn = flash_attn_;
+    part.hidden = capture_hidden_;
+    part.pos.assign(pos_.begin() + (std::ptrdiff_t) first, pos_.begin() + (std::ptrdiff_t) first + n);
+    fill_embeddings(first, n, part.embd);
+    part.cells = kv_.assign(part.pos);
+    part.n_kv = std::min<int64_t>(kv_.n_cells, ((kv_.extent() + kKvPad - 1) / kKvPad) * kKvPad);
+    kv_.build_mask(part.pos, part.n_kv, part.mask);
+}
+
+void LlmContext::commit_part(const LlmBatchPart & part, const float * logits, const float * hidden) {
+    const size_t V = (size_t) m_.hp.n_vocab, E = (size_t) m_.hp.n_embd;
+    std::copy(logits, logits + V, logits_.begin());
+    if (part.hidden && hidden) {
+        for (int64_t i = 0; i < part.n; ++i) {
+            hidden_rows_[part.first + (size_t) i].assign(hidden + (size_t) i * E, hidden + (size_t) (i + 1) * E);
+        }
+    }
+    for (int64_t i = 0; i < part.n; ++i) cells_[part.first + (size_t) i] = part.cells[(size_t) i];
+    logits_valid_ = true;
+}
+
+void LlmContext::abort_part(const LlmBatchPart & part) {
+    for (int64_t c : part.cells) kv_.release(c);
+}
+
 void LlmContext::eval_batch(size_t first, int64_t n_tokens) {
+    if (batcher_ && !capture_logits_ && n_tokens <= LlmBatcher::kMaxRows) {
+        LlmBatchPart part;
+        begin_part(first, n_tokens, part);
+        batcher_->eval(part);   // commits, or gives the cells back and throws
+        return;
+    }
     bool use_embd = false;
     for (int64_t i = 0; i < n_tokens; ++i) {
         const int32_t t = tokens_[first + (size_t) i];

@@ -13,6 +13,7 @@
 #include "core/runner.h"
 #include "models/llm.h"
 #include "runtime/kv_cache.h"
+#include "runtime/llm_batch.h"
 
 #include <memory>
 #include <vector>
@@ -81,6 +82,18 @@ public:
 
     const LlmModel & model() const { return m_; }
 
+    // Cross-session batching: with a batcher set, micro-batches are evaluated through it
+    // (together with other sessions' waiting ones) unless every position's logits are captured.
+    void set_batcher(LlmBatcher * b) { batcher_ = b; }
+    LlmBatcher * batcher() const { return batcher_; }
+    // The batcher's side: prepares entries [first, first + n) (checks, inputs, cells assigned),
+    // commits its results (the last row's logits, the rows' hidden states when captured), or
+    // gives the cells back when the batch failed.
+    void begin_part(size_t first, int64_t n, LlmBatchPart & part);
+    void commit_part(const LlmBatchPart & part, const float * logits, const float * hidden);
+    void abort_part(const LlmBatchPart & part);
+    const KvTensors & kv_tensors() const { return kv_; }
+
 private:
     void eval_batch(size_t first, int64_t n_tokens);
     void fill_embeddings(size_t first, int64_t n, std::vector<float> & out) const;
@@ -97,6 +110,7 @@ private:
     KvCache               kv_;
     LlmGraphInputs        in_;
     ggml_tensor *         shift_in_ = nullptr;   // I32 position deltas of the K-shift graph
+    LlmBatcher *          batcher_ = nullptr;
 
     std::vector<int32_t>  tokens_;
     std::vector<uint64_t> tags_;

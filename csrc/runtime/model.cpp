@@ -212,6 +212,18 @@ bool Model::is_end_of_turn(int32_t id) const {
 
 bool Model::has_component(const std::string & kind) const { return impl_->components.count(kind) > 0; }
 
+Model::BatchStats Model::batch_stats() const {
+    BatchStats out;
+    const LlmBatchStats s = impl_->llm_batcher().stats();
+    out.batches = s.batches;
+    out.parts = s.parts;
+    out.rows = s.rows;
+    out.max_parts = s.max_parts;
+    return out;
+}
+
+void Model::set_batch_gather(int min_parts, double wait_ms) { impl_->llm_batcher().set_gather(min_parts, wait_ms); }
+
 const char * stop_reason_name(StopReason r) {
     switch (r) {
         case StopReason::EndOfTurn: return "end_of_turn";

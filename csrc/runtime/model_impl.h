@@ -10,10 +10,12 @@
 #include "models/llm.h"
 #include "models/vision.h"
 #include "preprocess/tokenizer.h"
+#include "runtime/llm_batch.h"
 #include "minicpm/chat.h"
 
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 
 namespace minicpm {
@@ -32,6 +34,14 @@ struct Model::Impl {
     std::vector<int32_t>                 bad_token_ids;   // minicpm.bad_token_ids (empty when absent)
 
     const LlmModel &    llm() const { return static_cast<const LlmModel &>(*components.at("llm")); }
+
+    // The cross-session LLM batcher, made at its first use (its own lock; the rest stays immutable).
+    LlmBatcher & llm_batcher() const {
+        std::call_once(batcher_once, [&] { batcher = std::make_unique<LlmBatcher>(llm(), *devices, params.n_threads); });
+        return *batcher;
+    }
+    mutable std::once_flag              batcher_once;
+    mutable std::unique_ptr<LlmBatcher> batcher;
     const VisionModel * vision() const {
         auto it = components.find("vision");
         return it == components.end() ? nullptr : static_cast<const VisionModel *>(it->second.get());

@@ -160,6 +160,7 @@ struct Session::Impl {
           ctx(model->impl().llm(), backends, p) {
         if (p.seed) rng.seed(*p.seed);
         else rng.seed(std::random_device{}());
+        if (p.batch) ctx.set_batcher(&model->impl().llm_batcher());
     }
 
     // Evaluates what is pending, accounting the time as prefill (or decode for a single

@@ -265,7 +265,7 @@ void bind_session(py::module_ & mod) {
     py::class_<Session>(mod, "Session")
         .def(py::init([](std::shared_ptr<Model> model, int n_ctx, int n_batch, std::optional<uint64_t> seed,
                          const std::string & kv_type, const std::string & flash_attn, int n_threads,
-                         const py::object & eval_callback, const std::string & eval_filter, bool profile_ops) {
+                         const py::object & eval_callback, const std::string & eval_filter, bool profile_ops, bool batch) {
             SessionParams p;
             p.n_ctx = n_ctx;
             p.n_batch = n_batch;
@@ -273,12 +273,14 @@ void bind_session(py::module_ & mod) {
             p.kv_type = kv_type;
             p.flash_attn = flash_attn;
             p.n_threads = n_threads;
+            p.batch = batch;
             p.debug = to_debug(eval_callback, eval_filter, profile_ops);
             py::gil_scoped_release nogil;
             return std::make_unique<Session>(std::move(model), p);
         }), py::arg("model"), py::arg("n_ctx") = 4096, py::arg("n_batch") = 512, py::arg("seed") = py::none(),
             py::arg("kv_type") = "auto", py::arg("flash_attn") = "auto", py::arg("n_threads") = 0,
-            py::arg("eval_callback") = py::none(), py::arg("eval_filter") = "", py::arg("profile_ops") = false)
+            py::arg("eval_callback") = py::none(), py::arg("eval_filter") = "", py::arg("profile_ops") = false,
+            py::arg("batch") = false)
         .def("prefill", py::overload_cast<const std::vector<int32_t> &>(&Session::prefill), py::arg("tokens"),
              py::call_guard<py::gil_scoped_release>())
         .def("sync", py::overload_cast<const std::vector<int32_t> &>(&Session::sync), py::arg("tokens"),

@@ -269,6 +269,16 @@ PYBIND11_MODULE(_core, mod) {
         .def_property_readonly("has_vision", &Model::has_vision)
         .def_property_readonly("has_audio", &Model::has_audio)
         .def("has_component", &Model::has_component, py::arg("kind"))
+        .def("batch_stats", [](const Model & m) {
+            const Model::BatchStats s = m.batch_stats();
+            py::dict d;
+            d["batches"] = s.batches;
+            d["parts"] = s.parts;
+            d["rows"] = s.rows;
+            d["max_parts"] = s.max_parts;
+            return d;
+        })
+        .def("set_batch_gather", &Model::set_batch_gather, py::arg("min_parts"), py::arg("wait_ms"))
         .def_property_readonly("info", &model_info)
         .def_property_readonly("defaults", [](const Model & m) { return defaults_dict(m.defaults()); })
         .def("tokenize", &Model::tokenize, py::arg("text"), py::arg("parse_special") = true,

@@ -216,6 +216,22 @@ class Model(SpeechModel):
     def end_of_turn_ids(self) -> List[int]:
         return list(self._m.end_of_turn_ids)
 
+    def batch_stats(self) -> Dict[str, int]:
+        """What the cross-session batcher (sessions made with ``batch=True``) has run:
+        ``batches`` (graphs), ``parts`` (session requests in them), ``rows`` (positions) and
+        ``max_parts`` (the most requests one graph carried)."""
+        return dict(self._m.batch_stats())
+
+    def set_batch_gather(self, min_parts: int, wait_ms: float) -> None:
+        """How the batcher gathers: a batch waits up to ``wait_ms`` for ``min_parts`` session
+        requests before it runs (default 1 and 0: at once, with whatever is waiting). Waiting
+        trades each step's latency for larger batches."""
+        if isinstance(min_parts, bool) or not isinstance(min_parts, int):
+            raise InvalidArgumentError(f"min_parts must be an int, got {type(min_parts).__name__}")
+        if isinstance(wait_ms, bool) or not isinstance(wait_ms, (int, float)):
+            raise InvalidArgumentError(f"wait_ms must be a number, got {type(wait_ms).__name__}")
+        self._m.set_batch_gather(int(min_parts), float(wait_ms))
+
     def tokenize(self, text: str, parse_special: bool = True) -> List[int]:
         if not isinstance(text, str):
             raise InvalidArgumentError(f"text must be a str, got {type(text).__name__}")
@@ -349,6 +365,10 @@ class Session(SpeechSession, SimplexSession):
             (``"llm:attn_norm-3"``, ``"vision:vit_features"``), for debugging; slow.
         eval_filter: only names containing this string.
         profile_ops: print a per-op time table after each graph evaluation.
+        batch: evaluate through the model's cross-session batcher: the LLM steps of every
+            batched session of the model waiting at the same moment run as one graph, the
+            weights read once for all (see :meth:`Model.batch_stats`). For many concurrent
+            sessions on one model; one session alone gains nothing.
         device, mmproj: passed to :class:`Model` when ``model`` is a path.
         allow_local_files: whether message content may name local files (paths, ``file://``
             URLs); ``True`` for the library and the CLI. A server that takes messages from
@@ -369,6 +389,7 @@ class Session(SpeechSession, SimplexSession):
         eval_callback: Optional[Callable[[str, np.ndarray], None]] = None,
         eval_filter: str = "",
         profile_ops: bool = False,
+        batch: bool = False,
         device: str = "auto",
         mmproj: Optional[Union[str, os.PathLike]] = None,
         allow_local_files: bool = True,
@@ -391,7 +412,8 @@ class Session(SpeechSession, SimplexSession):
         self._seed_base, self._n_spoken = seed, 0
         self._s = _core.Session(model._m, n_ctx, n_batch, seed, _str_arg(kv_type, "kv_type"),
                                 _str_arg(flash_attn, "flash_attn"), threads, eval_callback,
-                                _str_arg(eval_filter, "eval_filter"), bool(profile_ops))
+                                _str_arg(eval_filter, "eval_filter"), bool(profile_ops),
+                                _bool_arg(batch, "batch"))
         self.last_stop_reason: Optional[str] = None
         self._n_images = 0
 

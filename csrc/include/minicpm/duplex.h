@@ -72,6 +72,7 @@ struct DuplexParams {
     bool  capture = false;                       // keep the talker's inputs per unit (tts_tokens / tts_hidden)
     int   n_ctx = 8192;                          // LLM context of the session
     int   n_threads = 0;                         // 0: the model's
+    bool  batch = false;                         // LLM steps through the model's cross-session batcher (SessionParams::batch)
 };
 
 struct DuplexUnitResult {

@@ -162,6 +162,15 @@ public:
     bool is_end_of_turn(int32_t id) const;
 
     bool has_component(const std::string & kind) const;   // "llm", "vision", ...
+
+    // The cross-session batcher (SessionParams::batch): what it has run so far, and how a
+    // batch is gathered (a leader waits up to wait_ms for min_parts requests; default 1 and 0:
+    // run at once with whatever is waiting).
+    struct BatchStats {
+        int64_t batches = 0, parts = 0, rows = 0, max_parts = 0;
+    };
+    BatchStats batch_stats() const;
+    void       set_batch_gather(int min_parts, double wait_ms);
     // Vision: present when the file (or the mmproj given at load) has a vision tower.
     bool has_vision() const { return has_component("vision"); }
     // Audio: present when the file (or the audio file given at load) has a MiniCPM-o audio encoder.
@@ -333,6 +342,10 @@ struct SessionParams {
     std::optional<uint64_t> seed;    // unset = random
     std::string kv_type  = "auto";   // "auto" (f32 for all-F32 models, else f16), "f16", "f32"
     std::string flash_attn = "auto"; // "auto" | "on" | "off"
+    // Cross-session batching: evaluate through the model's shared batcher, so that the LLM
+    // steps of every joined session waiting at the same moment run as one graph (the weights
+    // are read once for all of them). For many concurrent sessions; one alone gains nothing.
+    bool        batch = false;
     DebugOptions debug;
 };
 
