@@ -148,7 +148,8 @@ def run_session(model, voice, args, seed: int, batch: bool = False) -> Dict[str,
         if first_speech is None and t_silence is not None and not r.listening and r.ms_first_audio > 0:
             first_speech = (t0 - t_silence) * 1000.0 + r.ms_first_audio
         units.append(dict(listening=r.listening, decision_ms=r.ms_decision, first_pcm_ms=r.ms_first_audio,
-                          unit_ms=r.ms_total, audio_s=r.audio.size / 24000.0, n_tokens=len(r.tokens)))
+                          unit_ms=r.ms_total, llm_ms=r.ms_llm, talker_ms=r.ms_talker, token2wav_ms=r.ms_token2wav,
+                          audio_s=r.audio.size / 24000.0, n_tokens=len(r.tokens)))
     wall = time.perf_counter() - t_start
     return dict(units=units, wall_s=wall, rtf=wall / args.units, first_speech_ms=first_speech, n_past=d.n_past)
 
@@ -163,13 +164,20 @@ def summarize(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     tot = [u["unit_ms"] for u in us]
     pcm = [u["first_pcm_ms"] for u in us if not u["listening"] and u["first_pcm_ms"] > 0]
     fs = [r["first_speech_ms"] for r in runs if r["first_speech_ms"] is not None]
+    speaking = [u for u in us if not u["listening"]]
+    tok = [(u["llm_ms"] - u["decision_ms"]) / max(u["n_tokens"] - 1, 1) for u in speaking if u["n_tokens"] > 1]
     return dict(
         decision_ms_p50=pct(dec, 50), decision_ms_p95=pct(dec, 95),
         first_pcm_ms_p50=pct(pcm, 50), first_pcm_ms_p95=pct(pcm, 95),
         unit_ms_p50=pct(tot, 50), unit_ms_p95=pct(tot, 95),
         rtf=max(r["rtf"] for r in runs), first_speech_ms=max(fs) if fs else None,
         p95_under_1s=bool(tot) and pct(tot, 95) < 1000.0,
-        speaking_units=sum(1 for u in us if not u["listening"]), units=len(us),
+        speaking_units=len(speaking), units=len(us),
+        # the speaking units' stages (P50): LLM (encoder + prefill + decode loop), per decode step, talker, Token2Wav
+        speaking_llm_ms_p50=pct([u["llm_ms"] for u in speaking], 50), decode_step_ms_p50=pct(tok, 50),
+        speaking_talker_ms_p50=pct([u["talker_ms"] for u in speaking], 50),
+        speaking_token2wav_ms_p50=pct([u["token2wav_ms"] for u in speaking], 50),
+        speaking_token2wav_ms_max=max([u["token2wav_ms"] for u in speaking], default=None),
     )
 
 

@@ -491,6 +491,7 @@ struct DuplexSession::Impl {
                 unit_ids.push_back(t);
             }
         }
+        r.ms_llm = now_ms() - t0;
         r.listening = is_listen;
         r.end_of_turn = is_listen ? false : end_of_turn;
         unit_text = unit_ids.empty() ? std::string() : model->detokenize(unit_ids, true);
@@ -561,8 +562,11 @@ struct DuplexSession::Impl {
             min_new = 0;
             force_flush = true;
         }
+        const double t_talk = now_ms();
         const std::vector<int32_t> codes = talker_chunk(toks, hidden, min_new);
         r.codes = codes;
+        const double t_t2w = now_ms();
+        r.ms_talker = t_t2w - t_talk;
         if (end_of_turn) {
             speech->talker->clear();
             tts_pos = 0;
@@ -600,6 +604,7 @@ struct DuplexSession::Impl {
         }
         r.audio = std::move(pcm);
         if (end_of_turn) reset_token2wav();
+        r.ms_token2wav = now_ms() - t_t2w;
     }
 
     void interrupt() {

@@ -89,7 +89,15 @@ int32_t duplex_decode(const std::vector<float> & in, const DuplexSampling & s, s
                 }
             }
         }
-        next = draw(x, rng);
+        // The draw over the candidates left (top-k at most): the same sums and walk as a draw
+        // over the whole vocabulary, whose other entries are exact zeros.
+        std::vector<int32_t> cand;
+        for (int64_t i = 0; i < n; ++i) {
+            if (x[(size_t) i] != kNegInf) cand.push_back((int32_t) i);
+        }
+        std::vector<float> xc(cand.size());
+        for (size_t r = 0; r < cand.size(); ++r) xc[r] = x[(size_t) cand[r]];
+        next = cand[(size_t) draw(xc, rng)];
     }
     generated.push_back(next);
     return next;

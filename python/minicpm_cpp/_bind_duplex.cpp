@@ -68,6 +68,9 @@ py::dict result_dict(const DuplexUnitResult & r, int64_t n_embd, bool capture) {
     d["ms_decision"] = r.ms_decision;
     d["ms_first_audio"] = r.ms_first_audio;
     d["ms_total"] = r.ms_total;
+    d["ms_llm"] = r.ms_llm;
+    d["ms_talker"] = r.ms_talker;
+    d["ms_token2wav"] = r.ms_token2wav;
     return d;
 }
 

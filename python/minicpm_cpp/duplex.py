@@ -51,6 +51,9 @@ class DuplexResult:
     ms_decision: float = 0.0
     ms_first_audio: float = 0.0
     ms_total: float = 0.0
+    ms_llm: float = 0.0          # audio encoder, unit prefill and decode loop
+    ms_talker: float = 0.0
+    ms_token2wav: float = 0.0    # flow and vocoder (and the stream restart at a turn's end)
     sample_rate: int = SPEECH_SAMPLE_RATE
 
     def __getitem__(self, key: str) -> Any:   # dict-style access, as the reference's results

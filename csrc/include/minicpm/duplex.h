@@ -89,6 +89,10 @@ struct DuplexUnitResult {
     // Times of this unit [ms]: from the call to the decision (first generated token), to the
     // first PCM of the unit (0 when none), and the whole unit.
     double               ms_decision = 0, ms_first_audio = 0, ms_total = 0;
+    // Where the unit's time went [ms]: the LLM (audio encoder and unit prefill included, up to
+    // the end of the decode loop), the talker, and Token2Wav (flow and vocoder, the stream
+    // restart at the end of a turn included).
+    double               ms_llm = 0, ms_talker = 0, ms_token2wav = 0;
 };
 
 class DuplexSession {
