@@ -17,8 +17,11 @@ What one session does (``RefDuplex``):
   ``get_audio_embedding(chunk_length=audio_chunk_length)``, one forward), then the suffix ids.
   The kept system length is registered after the suffix (``off`` / ``basic``) or after the
   prefix + reference audio with the suffix counted in (``context``).
-* one unit (``streaming_prefill`` + ``streaming_generate``): ``<unit>``, the unit's audio
-  embeddings (no markers), the ``text`` ids; the logits of the last prefilled position start
+* one unit (``streaming_prefill`` + ``streaming_generate``): ``<unit>``, per frame (omni mode)
+  ``<image>`` + the overview's 64 resampler rows + ``</image>`` (``max_slice_nums`` 1: no HD
+  slices; ``tiny_models.load_reference_vision`` and ``ref_minicpmv_processor.preprocess``), the
+  unit's audio embeddings (no markers), the ``text`` ids; with frames and no audio (VISION
+  mode) the logits of ``</image>`` start the decode loop and the audio chunk counter advances; the logits of the last prefilled position start
   the decode loop. Audio: the samples are appended to a buffer; the first unit left-pads it
   with zeros to ``int(1035 * 16)`` = 16560 samples, takes ``get_streaming_chunk_size()``
   = 16480 (1035 ms aligned down to the 160-sample hop) and consumes 16480 (``int`` of
@@ -364,17 +367,38 @@ class RefDuplex:
         self.audio_chunk_idx += 1
         return torch.from_numpy(np.ascontiguousarray(emb))
 
+    def _feed_frames(self, frames) -> torch.Tensor:
+        import ref_minicpmv_processor as improc
+        import ref_minicpmv_vision as vref
+        import tiny_models
+        from PIL import Image
+
+        if getattr(self, "_vision", None) is None:
+            self._vision = tiny_models.load_reference_vision(self.dir)
+        conv = self.tok.convert_tokens_to_ids
+        logits = None
+        for f in frames:
+            im = f if isinstance(f, Image.Image) else Image.fromarray(np.asarray(f, dtype=np.uint8))
+            pieces, _ = improc.preprocess(im, max_slice_nums=1)
+            emb = vref.vision_embeddings(self._vision, [torch.from_numpy(p) for p in pieces])   # [pieces, 64, D]
+            for k in range(emb.shape[0]):
+                start, end = ("<image>", "</image>") if k == 0 else ("<slice>", "</slice>")
+                self._feed_ids([conv(start)])
+                rows = emb[k].to(self.embed.weight.dtype)
+                self._feed(rows, [-1] * rows.shape[0])
+                logits, _ = self._feed_ids([conv(end)])
+        return logits
+
     @torch.no_grad()
     def step(self, audio: Optional[np.ndarray] = None, frame=None, text: Optional[Union[str, List[str]]] = None,
              logit_bias: Optional[Dict[int, float]] = None) -> Dict[str, object]:
-        if frame is not None:
-            raise NotImplementedError("RefDuplex: frames (omni mode) are not ported")
+        frames = [] if frame is None else (list(frame) if isinstance(frame, (list, tuple)) else [frame])
         has_audio = audio is not None and len(audio) > 0
         text_ids: List[int] = []
         if text:
             text_ids = self.tok.encode("".join(text) if isinstance(text, list) else str(text), add_special_tokens=False)
-        if not has_audio and not text_ids:
-            raise ValueError("a unit needs audio or text")
+        if not has_audio and not text_ids and not frames:
+            raise ValueError("a unit needs audio, frames or text")
         bias = None
         if logit_bias:
             bias = torch.zeros(self.llm.config.vocab_size)
@@ -384,13 +408,22 @@ class RefDuplex:
         unit_start = len(self.kv)
         unit_ctx_start = len(self.ctx)
         logits, _ = self._feed_ids([self.id["<unit>"]])
+        if frames:
+            # streaming_prefill step 2: per frame <image> overview rows </image>, then per HD
+            # slice <slice> rows </slice> (max_slice_nums 1: the overview only); in VISION mode
+            # (no audio) the logits of the last one start the decode loop.
+            lg = self._feed_frames(frames)
+            if not has_audio:
+                logits = lg
         if has_audio:
             rows = self._audio_rows(audio)
             logits, _ = self._feed(rows, [-1] * rows.shape[0])
         if text_ids:
             lg, _ = self._feed_ids(text_ids)
-            if not has_audio:
+            if not has_audio and not frames:
                 logits = lg
+        if frames and not has_audio:
+            self.audio_chunk_idx += 1   # VISION mode counts as an audio chunk
 
         force_listen = self.generate_count < self.force_listen_count
         self.generate_count += 1

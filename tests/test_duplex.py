@@ -4,7 +4,8 @@ The reference is ``ref_minicpmo_duplex.RefDuplex`` (MiniCPMODuplex + StreamDecod
 official MiniCPM-o 4.5 code, in PyTorch, see its module documentation). Decisions are scripted
 per unit with ``logit_bias`` (a large bias on ``<|speak|>`` / ``<|listen|>`` / ``<|turn_eos|>``),
 some units decode freely; everything is greedy, so the unit layout, the decisions, the generated
-ids and the TTS inputs must be identical, the TTS hidden states within 1e-4 (relative).
+ids and the TTS inputs must be identical, the TTS hidden states within 1e-4 (relative). Omni
+units (camera frames with or without audio) run the reference's vision tower and resampler.
 
 The reference itself is checked against hand-derived expectations first (literal token ids of
 the system prompt and of whole units, the decode-loop rules, the audio consumption, RoPE
@@ -170,7 +171,23 @@ SCRIPT = [
 # speak (the turn's first talker chunk: min 0, force flush), speak (min 26), turn end (flush all)
 TTS_SCRIPT = [{SPEAK: BIG}, {SPEAK: BIG}, {TURN_EOS: BIG}]
 SYS = 12 + 20  # prefix + suffix ids, the 2-s reference voice's 20 offline audio rows
+
+
+def frame(k: int) -> np.ndarray:
+    """Unit k's camera frame: a random RGB image of a size that is no multiple of the patch."""
+    return np.random.default_rng(900 + k).integers(0, 256, (70 + 6 * k, 90, 3), dtype=np.uint8)
+
+
+# Omni units (streaming_prefill's modes): OMNI (audio + frame), VISION (a frame alone: its logits
+# start the decode loop, and it counts as an audio chunk), two frames in one unit, VISION with
+# text, AUDIO; listening, speaking and a turn end among them.
+OMNI_SCRIPT = [
+    dict(frames=[0], bias={LISTEN: BIG}), dict(frames=[1], audio=False, bias={SPEAK: BIG}),
+    dict(frames=[2, 3], bias=None), dict(bias={TURN_EOS: BIG}), dict(frames=[4], audio=False, text="look", bias=None),
+    dict(frames=[5], bias={SPEAK: BIG}),
+]
 SESSIONS = {
+    "omni": (OMNI_SCRIPT, dict(max_speak_tokens=5, force_listen_count=0)),
     "off": (SCRIPT, dict(max_speak_tokens=6, force_listen_count=1)),
     "basic": (SCRIPT, dict(max_speak_tokens=4, force_listen_count=1, window="basic", window_max_tokens=SYS + 48,
                            window_target_tokens=SYS + 32)),
@@ -182,6 +199,10 @@ SESSIONS = {
 
 def _unit_args(script, k):
     s = script[k]
+    if isinstance(s, dict) and ("bias" in s or "frames" in s):
+        fr = [frame(i) for i in s.get("frames", [])]
+        return dict(audio=pcm(k) if s.get("audio", True) else None, frame=fr or None, text=s.get("text"),
+                    logit_bias=s.get("bias"))
     text, bias = (s if isinstance(s, tuple) else (None, s))
     return dict(audio=pcm(k), text=text, logit_bias=bias)
 
@@ -350,6 +371,25 @@ def _replay(ref_session, model, voice, name, **extra):
 @needs_runtime
 def test_duplex_session_matches_reference(ref_session, model, voice):
     _replay(ref_session, model, voice, "off")
+
+
+def test_reference_omni_units(ref_session, parts):
+    """The reference's frame units: <unit> <image> 64 rows </image> (per frame) before the audio
+    rows; the audio chunk counter also advances on a VISION unit."""
+    r, outs, snaps = ref_session("omni")
+    image, image_end = (parts["tok"].convert_tokens_to_ids(t) for t in ("<image>", "</image>"))
+    for k, o in enumerate(outs):
+        u, n_fr = o["unit_tokens"], len(OMNI_SCRIPT[k].get("frames", []))
+        assert u[0] == UNIT and u.count(image) == n_fr and u.count(image_end) == n_fr, k
+        if n_fr:
+            assert u[1] == image and u[2:66] == [-1] * 64 and u[66] == image_end, k
+    assert [o["listening"] for o in outs][:2] == [True, False]
+    assert r.audio_chunk_idx == len(OMNI_SCRIPT)
+
+
+@needs_runtime
+def test_duplex_session_omni_frames(ref_session, model, voice):
+    _replay(ref_session, model, voice, "omni")
 
 
 @needs_runtime
