@@ -14,8 +14,9 @@ parts of benchmarks/make_random_speech.py) converted to GGUF, at one of three si
 ``--types`` are GGUF matrix types (f16, q4_k_m, ...; q* go through minicpm-quantize from the F16
 file). The files are kept in the folder (given, else a temporary one) and reused.
 
-Script of a session (``--units`` units of 1 s): the user talks for ``--talk`` units (a voiced
-tone), then is silent. While talking the decisions are scripted to listen (logit_bias on
+Script of a session (``--units`` units of 1 s, cycling with a period of ``--talk`` + ``--answer``
++ 2 units, one conversational turn each): the user talks for ``--talk`` units (a voiced tone),
+then is silent. While talking the decisions are scripted to listen (logit_bias on
 <|listen|>); from the first silent unit on, a bias on <|speak|> for the first unit of the turn
 makes the model answer; its answer is free after that (max_speak_tokens per unit), ended by a
 bias on <|turn_eos|> after ``--answer`` units, then listening again. So every configuration does
@@ -26,7 +27,8 @@ audio encoder, the unit's prefill, the first draw), ``first_pcm_ms`` (unit start
 PCM of the unit, speaking units), ``unit_ms`` (whole unit: decode loop, talker, Token2Wav);
 P50 / P95 over the units of all sessions; ``rtf`` = the session's wall time / its audio time;
 ``first_speech_ms`` = from the end of the user's last talking unit (the moment the first silent
-second is complete) to the first PCM of the answer; ``p95_under_1s``: whether unit_ms P95 < 1000,
+second is complete) to the first PCM of the answer (the first turn; ``later_*``: the turns after
+it, when ``--units`` covers more than one period: a session's graphs exist by then); ``p95_under_1s``: whether unit_ms P95 < 1000,
 the condition to keep up with real time. ``--sessions N`` runs N sessions on one model, each on
 its own thread, started together. ``--batch off,on`` measures each count both ways: every session
 on its own (``off``: its LLM steps run as graphs of their own, side by side on the device) and
@@ -88,7 +90,9 @@ def make_model(folder: Path, size: str, log) -> Path:
     tiny_models.make_minicpmo45(hf, audio=None if size == "tiny" else AUDIO_REAL, tts=s["tts"], **kw)
     tiny_token2wav.add_token2wav_flow(hf, s["flow"])
     tiny_hift.add_hift(hf, seed=3, **({} if tiny else s["hift"]))
-    tiny_hift.add_causal_hift(hf, seed=4)
+    # the streaming vocoder at the release's widths (CausalHiFTGenerator / CausalConvRNNF0Predictor
+    # defaults, 512 and 512) except for the smoke-test size
+    tiny_hift.add_causal_hift(hf, seed=4, **({} if tiny else dict(base_channels=512, f0_channels=512)))
     tiny_voice.add_voice_assets(hf)
     log(f"  checkpoint ({size}): {time.perf_counter() - t0:.1f} s")
     from minicpm_cpp.convert import convert
@@ -125,12 +129,14 @@ def run_session(model, voice, args, seed: int, batch: bool = False) -> Dict[str,
                                   window=args.window, n_ctx=args.n_ctx, batch=batch)
     silence = np.zeros(16000, np.float32)
     units: List[Dict[str, Any]] = []
-    first_speech = None
     t_start = time.perf_counter()
     t_silence = None
+    period = args.talk + args.answer + 2   # talk, answer (turn end at its last unit), one listening unit
+    first_speeches: List[float] = []
     for k in range(args.units):
-        talking = k < args.talk
-        answer_k = k - args.talk
+        turn, kk = divmod(k, period)
+        talking = kk < args.talk
+        answer_k = kk - args.talk
         if talking:
             bias = {tok["<|listen|>"]: 1e4}
         elif answer_k == 0:
@@ -143,15 +149,17 @@ def run_session(model, voice, args, seed: int, batch: bool = False) -> Dict[str,
             bias = None
         t0 = time.perf_counter()
         r = d.step(talk(k) if talking else silence, logit_bias=bias)
-        if k == args.talk:
+        if kk == args.talk:
             t_silence = t0   # the first silent second is complete: the user has stopped
-        if first_speech is None and t_silence is not None and not r.listening and r.ms_first_audio > 0:
-            first_speech = (t0 - t_silence) * 1000.0 + r.ms_first_audio
-        units.append(dict(listening=r.listening, decision_ms=r.ms_decision, first_pcm_ms=r.ms_first_audio,
+        if t_silence is not None and not r.listening and r.ms_first_audio > 0:
+            first_speeches.append((t0 - t_silence) * 1000.0 + r.ms_first_audio)
+            t_silence = None
+        units.append(dict(turn=turn, listening=r.listening, decision_ms=r.ms_decision, first_pcm_ms=r.ms_first_audio,
                           unit_ms=r.ms_total, llm_ms=r.ms_llm, talker_ms=r.ms_talker, token2wav_ms=r.ms_token2wav,
                           audio_s=r.audio.size / 24000.0, n_tokens=len(r.tokens)))
     wall = time.perf_counter() - t_start
-    return dict(units=units, wall_s=wall, rtf=wall / args.units, first_speech_ms=first_speech, n_past=d.n_past)
+    return dict(units=units, wall_s=wall, rtf=wall / args.units, first_speech_ms=first_speeches[0] if first_speeches else None,
+                first_speech_later_ms=first_speeches[1:], n_past=d.n_past)
 
 
 def pct(xs: List[float], q: float) -> Optional[float]:
@@ -165,6 +173,8 @@ def summarize(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     pcm = [u["first_pcm_ms"] for u in us if not u["listening"] and u["first_pcm_ms"] > 0]
     fs = [r["first_speech_ms"] for r in runs if r["first_speech_ms"] is not None]
     speaking = [u for u in us if not u["listening"]]
+    warm = [u for u in speaking if u["turn"] > 0]   # later turns: the session's graphs exist
+    fs_later = [x for r in runs for x in r["first_speech_later_ms"]]
     tok = [(u["llm_ms"] - u["decision_ms"]) / max(u["n_tokens"] - 1, 1) for u in speaking if u["n_tokens"] > 1]
     return dict(
         decision_ms_p50=pct(dec, 50), decision_ms_p95=pct(dec, 95),
@@ -178,6 +188,10 @@ def summarize(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
         speaking_talker_ms_p50=pct([u["talker_ms"] for u in speaking], 50),
         speaking_token2wav_ms_p50=pct([u["token2wav_ms"] for u in speaking], 50),
         speaking_token2wav_ms_max=max([u["token2wav_ms"] for u in speaking], default=None),
+        # later turns only (none unless --units covers more than one talk + answer period)
+        later_first_speech_ms_p50=pct(fs_later, 50), later_unit_ms_p95=pct([u["unit_ms"] for u in warm], 95),
+        later_talker_ms_p50=pct([u["talker_ms"] for u in warm], 50),
+        later_token2wav_ms_p50=pct([u["token2wav_ms"] for u in warm], 50),
     )
 
 
@@ -191,6 +205,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="CPU threads per model (0: all cores)")
     ap.add_argument("--sessions", default="1", help="concurrent sessions, comma-separated (e.g. 1,4)")
     ap.add_argument("--batch", default="off", help="LLM steps batched across sessions: off, on or off,on (both)")
+    ap.add_argument("--batch-gather", default="1,0", metavar="PARTS,MS",
+                    help="batcher gathering: a batch waits up to MS ms for PARTS requests (default 1,0: at once)")
     ap.add_argument("--units", type=int, default=12)
     ap.add_argument("--talk", type=int, default=3, help="units of user speech before the silence")
     ap.add_argument("--answer", type=int, default=4, help="units of answer before <|turn_eos|> is forced")
@@ -216,7 +232,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     report: Dict[str, Any] = dict(
         size=args.size, device=args.device, threads=args.threads, units=args.units, talk=args.talk,
         answer=args.answer, max_speak_tokens=args.max_speak_tokens, tts_steps=args.tts_steps, window=args.window,
-        machine=dict(platform=platform.platform(), cpus=os.cpu_count()), results=[])
+        batch_gather=args.batch_gather, machine=dict(platform=platform.platform(), cpus=os.cpu_count()), results=[])
     if args.prepare_only:
         for typ in types:
             log(f"  {quantized(base, typ, log)}")
@@ -229,6 +245,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         modes = [m.strip() for m in args.batch.split(",") if m.strip()]
         if not modes or any(m not in ("off", "on") for m in modes):
             ap.error("--batch takes off, on or off,on")
+        try:
+            g_parts, g_ms = args.batch_gather.split(",")
+            model.set_batch_gather(int(g_parts), float(g_ms))
+        except ValueError:
+            ap.error("--batch-gather takes PARTS,MS (e.g. 8,2)")
         if "on" in modes:
             run_session(model, voice, argparse.Namespace(**{**vars(args), "units": 2}), seed=0, batch=True)
         for n, mode in [(int(x), m) for x in args.sessions.split(",") for m in modes]:

@@ -405,3 +405,16 @@ def test_duplex_session_context_window(ref_session, model, voice):
 @needs_runtime
 def test_duplex_session_talker_codes(ref_session, model, voice):
     _replay(ref_session, model, voice, "tts", tts_steps=1)
+
+
+@needs_runtime
+def test_duplex_session_warmup_changes_nothing(ref_session, model, voice):
+    """warmup=True (the GPU default) runs the talker and Token2Wav once at construction and puts
+    their states back: the talker's codes still match the reference, the audio is unchanged."""
+    _replay(ref_session, model, voice, "tts", tts_steps=1, warmup=True)
+    script, knobs = SESSIONS["tts"]
+    audio = {}
+    for warm in (False, True):
+        d = minicpm_cpp.DuplexSession(model, voice=voice, greedy=True, seed=7, tts_steps=1, warmup=warm, **knobs)
+        audio[warm] = [np.asarray(d.step(**_unit_args(script, k)).audio).tobytes() for k in range(len(script))]
+    assert audio[True] == audio[False]

@@ -216,6 +216,23 @@ struct DuplexSession::Impl {
             ref_chunk = c;
         }
         prepare();
+        const bool warm = p.warmup ? *p.warmup : !audio_backends->main_is_cpu();
+        if (speech && warm) warm_speech();
+    }
+
+    // Runs the talker's one-row step and Token2Wav's window phases (first, second, later) once
+    // on placeholder input, then puts their states back as a turn end does: the graphs (and a
+    // GPU's captured graphs) of a turn's first speaking units exist before the conversation.
+    // No draw is made, so the session's random streams are untouched.
+    void warm_speech() {
+        TtsContext & tc = *speech->talker;
+        const int32_t bos = tc.hparams().audio_bos;
+        const std::vector<float> cond = tc.condition(&bos, nullptr, 1);
+        for (int32_t i = 0; i < 3; ++i) tc.eval(cond.data(), 1, &i, false);
+        tc.clear();
+        const std::vector<int32_t> w(kT2wCodesPerWindow + kT2wLookahead, kT2wSilenceCode);
+        for (int i = 0; i < 4; ++i) token2wav_window(*speech, w, false);
+        reset_token2wav();
     }
 
     void fill_placeholders(MediaChunk & c, int64_t n) const {

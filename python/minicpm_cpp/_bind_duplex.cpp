@@ -123,6 +123,7 @@ public:
             else if (k == "n_ctx") p.n_ctx = v.cast<int>();
             else if (k == "n_threads") p.n_threads = v.cast<int>();
             else if (k == "batch") p.batch = v.cast<bool>();
+            else if (k == "warmup") { if (!v.is_none()) p.warmup = v.cast<bool>(); }
             else throw Error(ErrorKind::InvalidArgument, "DuplexSession: unknown parameter '" + k + "'");
         }
         capture_ = p.capture;

@@ -96,7 +96,10 @@ class DuplexSession:
     ``batch=True`` sends the session's LLM steps through the model's cross-session batcher:
     the steps of every batched session of the model that wait at the same moment run as one
     graph (each weight read once for all), which is what lets many sessions share one GPU in
-    real time. One session alone gains nothing from it."""
+    real time. One session alone gains nothing from it.
+
+    ``warmup`` builds the speech graphs (talker step, Token2Wav window phases) at construction so
+    that the first answer does not pay for it; ``None``: on a GPU, off on the CPU."""
 
     def __init__(self, model: Any, voice: Any = None, system: str = "You are a helpful assistant.",
                  prefix: Optional[str] = None, suffix: Optional[str] = None, max_speak_tokens: int = 20,
@@ -105,7 +108,8 @@ class DuplexSession:
                  temperature: float = 0.7, top_k: int = 20, top_p: float = 0.8, repetition_penalty: float = 1.05,
                  repetition_window: int = 512, length_penalty: float = 1.1, greedy: bool = False,
                  seed: Optional[int] = None, generate_audio: bool = True, tts_steps: Optional[int] = None,
-                 capture: bool = False, n_ctx: int = 8192, n_threads: int = 0, batch: bool = False) -> None:
+                 capture: bool = False, n_ctx: int = 8192, n_threads: int = 0, batch: bool = False,
+                 warmup: Optional[bool] = None) -> None:
         from .voice import Voice
 
         core_model = getattr(model, "_m", model)
@@ -136,7 +140,8 @@ class DuplexSession:
                       repetition_penalty=float(repetition_penalty), repetition_window=int(repetition_window),
                       length_penalty=float(length_penalty), greedy=bool(greedy), seed=seed,
                       generate_audio=bool(generate_audio), tts_steps=tts_steps, capture=bool(capture),
-                      n_ctx=int(n_ctx), n_threads=int(n_threads), batch=_bool(batch, "batch"))
+                      n_ctx=int(n_ctx), n_threads=int(n_threads), batch=_bool(batch, "batch"),
+                      warmup=None if warmup is None else _bool(warmup, "warmup"))
         self.model = model
         self.capture = bool(capture)
         self._d = _core.DuplexSession(core_model, params)

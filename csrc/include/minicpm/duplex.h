@@ -73,6 +73,10 @@ struct DuplexParams {
     int   n_ctx = 8192;                          // LLM context of the session
     int   n_threads = 0;                         // 0: the model's
     bool  batch = false;                         // LLM steps through the model's cross-session batcher (SessionParams::batch)
+    // Build the speech graphs at construction (the talker's step, Token2Wav's window phases),
+    // so that the first answer does not: unset = on a GPU, off on the CPU (where building them
+    // costs little next to computing them).
+    std::optional<bool> warmup;
 };
 
 struct DuplexUnitResult {
