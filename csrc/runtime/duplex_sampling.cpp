@@ -19,14 +19,42 @@ int32_t argmax(const std::vector<float> & x) {
     return (int32_t) (std::max_element(x.begin(), x.end()) - x.begin());
 }
 
-// softmax (0 for -inf) and a multinomial draw
+// softmax (0 for -inf; float32 exponentials, as the reference's F.softmax) and a multinomial
+// draw: tts_draw's walk over the unnormalised probabilities, their double sum taken in the same
+// pass (the same sum, in the same order, as tts_draw's).
 int32_t draw(const std::vector<float> & x, TtsRng & rng) {
-    double mx = -std::numeric_limits<double>::infinity();
-    for (float v : x) mx = std::max(mx, (double) v);
+    float mx = -std::numeric_limits<float>::infinity();
+    for (float v : x) mx = std::max(mx, v);
     if (!std::isfinite(mx)) fail(ErrorKind::InvalidArgument, "duplex: every token is masked (or the logits are not finite)");
     std::vector<float> p(x.size());
-    for (size_t i = 0; i < x.size(); ++i) p[i] = (float) std::exp((double) x[i] - mx);
-    return tts_draw(p, rng);
+    double sum = 0.0;
+    for (size_t i = 0; i < x.size(); ++i) sum += (p[i] = std::exp(x[i] - mx));
+    if (!(sum > 0.0)) fail(ErrorKind::InvalidArgument, "duplex: the probabilities sum to zero");
+    const double target = rng.uniform() * sum;
+    double acc = 0.0;
+    int32_t last = -1;
+    for (size_t i = 0; i < p.size(); ++i) {
+        if (p[i] <= 0.0f) continue;
+        acc += p[i];
+        last = (int32_t) i;
+        if (acc > target) return last;
+    }
+    return last;
+}
+
+// The k-th largest value of x (k <= x.size()), as nth_element with greater<> gives it, in one
+// pass keeping the k largest seen in a min-heap.
+float kth_largest(const std::vector<float> & x, int64_t k) {
+    std::vector<float> heap(x.begin(), x.begin() + k);
+    std::make_heap(heap.begin(), heap.end(), std::greater<float>());
+    for (size_t i = (size_t) k; i < x.size(); ++i) {
+        if (x[i] > heap.front()) {
+            std::pop_heap(heap.begin(), heap.end(), std::greater<float>());
+            heap.back() = x[i];
+            std::push_heap(heap.begin(), heap.end(), std::greater<float>());
+        }
+    }
+    return heap.front();
 }
 
 } // namespace
@@ -61,9 +89,7 @@ int32_t duplex_decode(const std::vector<float> & in, const DuplexSampling & s, s
         for (float & v : x) v /= s.temperature;
         if (s.top_k > 0) {
             const int64_t k = std::min<int64_t>(s.top_k, n);
-            std::vector<float> sorted = x;
-            std::nth_element(sorted.begin(), sorted.begin() + (k - 1), sorted.end(), std::greater<float>());
-            const float kth = sorted[(size_t) (k - 1)];
+            const float kth = kth_largest(x, k);
             for (float & v : x) {
                 if (v < kth) v = kNegInf;
             }
