@@ -278,7 +278,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 st = model.batch_stats()
                 graphs = st["batches"] - stats0["batches"]
                 s.update(batch_graphs=graphs, requests_per_graph=(st["parts"] - stats0["parts"]) / max(graphs, 1),
-                         max_requests_per_graph=st["max_parts"])
+                         max_requests_per_graph=st["max_parts"], batch_rebuilds=st["rebuilds"] - stats0["rebuilds"],
+                         batch_build_ms_per_graph=(st["build_ms"] - stats0["build_ms"]) / max(graphs, 1),
+                         batch_compute_ms_per_graph=(st["compute_ms"] - stats0["compute_ms"]) / max(graphs, 1))
             report["results"].append(s)
             log(f"{typ} x{n} batch {mode}: unit P50 {s['unit_ms_p50']:.0f} ms P95 {s['unit_ms_p95']:.0f} ms, decision P95 "
                 f"{s['decision_ms_p95']:.0f} ms, RTF {s['rtf']:.2f}, first speech "

@@ -66,12 +66,17 @@ void LlmBatcher::eval(LlmBatchPart & part) {
         }
         lk.unlock();
         std::exception_ptr err;
+        bool rebuilt = false;
+        double build_ms = 0.0, compute_ms = 0.0;
         try {
-            run(batch);
+            run(batch, rebuilt, build_ms, compute_ms);
         } catch (...) {
             err = std::current_exception();
         }
         lk.lock();
+        stats_.rebuilds += rebuilt ? 1 : 0;
+        stats_.build_ms += build_ms;
+        stats_.compute_ms += compute_ms;
         for (Request * r : batch) {
             r->done = true;
             r->error = err;
@@ -86,7 +91,13 @@ void LlmBatcher::eval(LlmBatchPart & part) {
     if (req.error) std::rethrow_exception(req.error);
 }
 
-void LlmBatcher::run(const std::vector<Request *> & batch) {
+namespace {
+double ms_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+} // namespace
+
+void LlmBatcher::run(const std::vector<Request *> & batch, bool & rebuilt, double & build_ms, double & compute_ms) {
     // In a fixed order (by context), so that the same sessions with the same shapes reuse the
     // allocated graph.
     std::vector<LlmBatchPart *> parts;
@@ -105,7 +116,10 @@ void LlmBatcher::run(const std::vector<Request *> & batch) {
         key.push_back(p->n_kv);
     }
     try {
-        runner_.prepare(key, [&](ggml_context * ctx, ggml_cgraph * gf) { build_llm_batch_graph(ctx, gf, m_, seqs, flash, hidden, in_); });
+        auto t0 = std::chrono::steady_clock::now();
+        rebuilt = runner_.prepare(key, [&](ggml_context * ctx, ggml_cgraph * gf) { build_llm_batch_graph(ctx, gf, m_, seqs, flash, hidden, in_); });
+        build_ms = ms_since(t0);
+        t0 = std::chrono::steady_clock::now();
         const int64_t E = m_.hp.n_embd;
         std::vector<float> embd;
         std::vector<int32_t> pos, last;
@@ -138,6 +152,7 @@ void LlmBatcher::run(const std::vector<Request *> & batch) {
             h.resize((size_t) (E * row));
             ggml_backend_tensor_get(in_.hidden, h.data(), 0, h.size() * sizeof(float));
         }
+        compute_ms = ms_since(t0);
         int64_t r0 = 0;
         for (size_t i = 0; i < parts.size(); ++i) {
             LlmBatchPart & p = *parts[i];

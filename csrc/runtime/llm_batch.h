@@ -47,6 +47,9 @@ struct LlmBatchStats {
     int64_t parts = 0;         // session requests evaluated
     int64_t rows = 0;          // positions evaluated
     int64_t max_parts = 0;     // the most requests one graph carried
+    int64_t rebuilds = 0;      // graphs built (a new set of sessions or shapes), the rest reused
+    double  build_ms = 0.0;    // building and allocating them
+    double  compute_ms = 0.0;  // inputs, compute, outputs
 };
 
 class LlmBatcher {
@@ -73,7 +76,7 @@ private:
         bool               done = false;
         std::exception_ptr error;
     };
-    void run(const std::vector<Request *> & batch);
+    void run(const std::vector<Request *> & batch, bool & rebuilt, double & build_ms, double & compute_ms);
 
     const LlmModel &        m_;
     ComputeBackends         backends_;

@@ -219,6 +219,9 @@ Model::BatchStats Model::batch_stats() const {
     out.parts = s.parts;
     out.rows = s.rows;
     out.max_parts = s.max_parts;
+    out.rebuilds = s.rebuilds;
+    out.build_ms = s.build_ms;
+    out.compute_ms = s.compute_ms;
     return out;
 }
 

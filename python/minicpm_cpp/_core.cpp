@@ -276,6 +276,9 @@ PYBIND11_MODULE(_core, mod) {
             d["parts"] = s.parts;
             d["rows"] = s.rows;
             d["max_parts"] = s.max_parts;
+            d["rebuilds"] = s.rebuilds;
+            d["build_ms"] = s.build_ms;
+            d["compute_ms"] = s.compute_ms;
             return d;
         })
         .def("set_batch_gather", &Model::set_batch_gather, py::arg("min_parts"), py::arg("wait_ms"))

@@ -218,8 +218,10 @@ class Model(SpeechModel):
 
     def batch_stats(self) -> Dict[str, int]:
         """What the cross-session batcher (sessions made with ``batch=True``) has run:
-        ``batches`` (graphs), ``parts`` (session requests in them), ``rows`` (positions) and
-        ``max_parts`` (the most requests one graph carried)."""
+        ``batches`` (graphs), ``parts`` (session requests in them), ``rows`` (positions),
+        ``max_parts`` (the most requests one graph carried), ``rebuilds`` (graphs built for a new
+        set of sessions or shapes; the others reused the allocated one), ``build_ms`` and
+        ``compute_ms`` (time spent building / computing them)."""
         return dict(self._m.batch_stats())
 
     def set_batch_gather(self, min_parts: int, wait_ms: float) -> None:

@@ -168,6 +168,8 @@ public:
     // run at once with whatever is waiting).
     struct BatchStats {
         int64_t batches = 0, parts = 0, rows = 0, max_parts = 0;
+        int64_t rebuilds = 0;                    // graphs built (the others reused the allocated one)
+        double  build_ms = 0.0, compute_ms = 0.0;
     };
     BatchStats batch_stats() const;
     void       set_batch_gather(int min_parts, double wait_ms);
