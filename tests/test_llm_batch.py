@@ -205,3 +205,28 @@ def test_batched_duplex_sessions_equal_each_alone(tiny_speech_dir, converted):
             if a[4].size:
                 assert np.abs(a[4] - b[4]).max() <= 1e-4 * np.abs(a[4]).max()
     assert any(not u[0] for u in alone[0])   # someone spoke: the decode loop's one-row steps ran batched
+
+
+def test_new_sessions_never_reuse_a_freed_sessions_graph(hf, tiny_qwen3_dir, converted):
+    """Sessions made and dropped in turn (a new one often lands at a freed one's address) with the
+    same shapes: each batch graph must be over the live sessions' caches."""
+    import gc
+
+    ref_model, prompts = hf
+    model = minicpm_cpp.Model(converted(tiny_qwen3_dir, "f32"), device="cpu", n_threads=2)
+    model.set_batch_gather(2, 5000.0)
+    for round_ in range(3):
+        pair = [minicpm_cpp.Session(model, n_ctx=128, batch=True) for _ in range(2)]
+        got = [None, None]
+
+        def run(i):
+            pair[i].prefill(tokens=prompts[(round_ + i) % len(prompts)])
+            got[i] = pair[i].logits()
+
+        _in_threads([lambda i=i: run(i) for i in range(2)])
+        for i in range(2):
+            want = _ref_logits(ref_model, prompts[(round_ + i) % len(prompts)])[-1]
+            assert _rel(got[i], want) <= REL["f32"], (round_, i)
+        del pair
+        gc.collect()
+    assert model.batch_stats()["rebuilds"] == 3

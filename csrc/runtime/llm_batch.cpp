@@ -102,7 +102,7 @@ void LlmBatcher::run(const std::vector<Request *> & batch, bool & rebuilt, doubl
     // allocated graph.
     std::vector<LlmBatchPart *> parts;
     for (Request * r : batch) parts.push_back(r->part);
-    std::sort(parts.begin(), parts.end(), [](const LlmBatchPart * a, const LlmBatchPart * b) { return a->ctx < b->ctx; });
+    std::sort(parts.begin(), parts.end(), [](const LlmBatchPart * a, const LlmBatchPart * b) { return a->ctx->uid() < b->ctx->uid(); });
     const bool flash = parts.front()->flash_attn;
     bool hidden = false;
     for (const LlmBatchPart * p : parts) hidden = hidden || p->hidden;
@@ -111,7 +111,7 @@ void LlmBatcher::run(const std::vector<Request *> & batch, bool & rebuilt, doubl
     GraphKey key{flash, hidden};
     for (const LlmBatchPart * p : parts) {
         seqs.push_back(LlmBatchSeq{&p->ctx->kv_tensors(), p->n, p->n_kv});
-        key.push_back((int64_t) (intptr_t) p->ctx);
+        key.push_back((int64_t) p->ctx->uid());
         key.push_back(p->n);
         key.push_back(p->n_kv);
     }

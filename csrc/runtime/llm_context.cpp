@@ -5,6 +5,7 @@
 #include "ggml-backend.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 
 namespace minicpm {
@@ -81,6 +82,8 @@ PendingRun flatten_segments(const std::vector<PromptSegment> & segs, const LlmHp
 LlmContext::LlmContext(const LlmModel & model, const ComputeBackends & backends, const SessionParams & params)
     : m_(model), params_(checked(params)), runner_("llm", backends, llm_graph_max_nodes(model.hp)),
       observer_("llm", params.debug) {
+    static std::atomic<uint64_t> next_uid{1};
+    uid_ = next_uid.fetch_add(1);
     if (m_.hp.n_ctx_train > 0 && params_.n_ctx > m_.hp.n_ctx_train) {
         MINICPM_LOG_WARN("n_ctx %d exceeds the model's training context %lld", params_.n_ctx, (long long) m_.hp.n_ctx_train);
     }

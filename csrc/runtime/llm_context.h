@@ -93,6 +93,9 @@ public:
     void commit_part(const LlmBatchPart & part, const float * logits, const float * hidden);
     void abort_part(const LlmBatchPart & part);
     const KvTensors & kv_tensors() const { return kv_; }
+    // Unique for the process's lifetime (never reused, unlike an address): batch graphs are
+    // keyed by it, so that a new context never meets a graph built over a freed one's cache.
+    uint64_t uid() const { return uid_; }
 
 private:
     void eval_batch(size_t first, int64_t n_tokens);
@@ -111,6 +114,7 @@ private:
     LlmGraphInputs        in_;
     ggml_tensor *         shift_in_ = nullptr;   // I32 position deltas of the K-shift graph
     LlmBatcher *          batcher_ = nullptr;
+    uint64_t              uid_ = 0;
 
     std::vector<int32_t>  tokens_;
     std::vector<uint64_t> tags_;
