@@ -443,6 +443,10 @@ std::vector<float> tts_probs(const float * logits, int64_t n, const std::vector<
 int32_t tts_draw(const std::vector<float> & probs, TtsRng & rng) {
     double sum = 0.0;
     for (float v : probs) sum += v;
+    return tts_draw(probs, sum, rng);
+}
+
+int32_t tts_draw(const std::vector<float> & probs, double sum, TtsRng & rng) {
     if (!(sum > 0.0)) fail(ErrorKind::InvalidArgument, "tts: the probabilities sum to zero");
     const double target = rng.uniform() * sum;
     double acc = 0.0;

@@ -135,6 +135,8 @@ std::vector<float> tts_probs(const float * logits, int64_t n, const std::vector<
 
 // Multinomial draw: the first index whose running sum exceeds uniform() * sum.
 int32_t tts_draw(const std::vector<float> & probs, TtsRng & rng);
+// The same with the probabilities' sum (in double, in index order) already taken.
+int32_t tts_draw(const std::vector<float> & probs, double sum, TtsRng & rng);
 
 // ---- the compute state of one owner (a session) -------------------------------------------------
 

@@ -20,8 +20,8 @@ int32_t argmax(const std::vector<float> & x) {
 }
 
 // softmax (0 for -inf; float32 exponentials, as the reference's F.softmax) and a multinomial
-// draw: tts_draw's walk over the unnormalised probabilities, their double sum taken in the same
-// pass (the same sum, in the same order, as tts_draw's).
+// draw: tts_draw over the unnormalised probabilities, their double sum taken in the same pass
+// (the same sum, in the same order, as tts_draw's own).
 int32_t draw(const std::vector<float> & x, TtsRng & rng) {
     float mx = -std::numeric_limits<float>::infinity();
     for (float v : x) mx = std::max(mx, v);
@@ -29,17 +29,7 @@ int32_t draw(const std::vector<float> & x, TtsRng & rng) {
     std::vector<float> p(x.size());
     double sum = 0.0;
     for (size_t i = 0; i < x.size(); ++i) sum += (p[i] = std::exp(x[i] - mx));
-    if (!(sum > 0.0)) fail(ErrorKind::InvalidArgument, "duplex: the probabilities sum to zero");
-    const double target = rng.uniform() * sum;
-    double acc = 0.0;
-    int32_t last = -1;
-    for (size_t i = 0; i < p.size(); ++i) {
-        if (p[i] <= 0.0f) continue;
-        acc += p[i];
-        last = (int32_t) i;
-        if (acc > target) return last;
-    }
-    return last;
+    return tts_draw(p, sum, rng);
 }
 
 // The k-th largest value of x (k <= x.size()), as nth_element with greater<> gives it, in one
