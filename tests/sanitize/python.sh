@@ -28,10 +28,11 @@ done
 
 TESTS=("$@")
 if [ ${#TESTS[@]} -eq 0 ]; then
-    # The error and API hardening tests, LLM and vision parity, the fuzz slice (its workers
+    # The error and API hardening tests, LLM and vision parity, cross-session batching (threads
+    # sharing one batch graph over several sessions' caches), the fuzz slice (its workers
     # inherit the preloaded runtimes; they leave their address-space limit off under ASan).
     TESTS=(tests/test_errors.py tests/test_hardening_api.py tests/test_llm_parity.py tests/test_vision_parity.py
-           tests/test_fuzz_slice.py -q -x)
+           tests/test_llm_batch.py tests/test_fuzz_slice.py -q -x)
 fi
 
 # Leak checking is off: the interpreter and torch keep allocations alive at exit by design.
