@@ -305,11 +305,25 @@ void LlmContext::fill_embeddings(size_t first, int64_t n, std::vector<float> & o
     }
 }
 
-void LlmContext::begin_part(size_t first, int64_t n, LlmBatchPart & part) {
+// Throws for an entry of [first, first + n) whose token id is outside the vocabulary; returns
+// whether any of them takes its row from an embedding chunk.
+bool LlmContext::check_entries(size_t first, int64_t n) const {
+    bool use_embd = false;
     for (int64_t i = 0; i < n; ++i) {
         const int32_t t = tokens_[first + (size_t) i];
         if (t < 0 || t >= m_.hp.n_vocab) fail(ErrorKind::InvalidArgument, out_of_range(t, m_.hp.n_vocab));
+        use_embd = use_embd || refs_[first + (size_t) i].chunk != nullptr;
     }
+    return use_embd;
+}
+
+// The cells a graph attends: the used extent rounded up to kKvPad (fewer distinct shapes).
+int64_t LlmContext::attended_cells() const {
+    return std::min<int64_t>(kv_.n_cells, ((kv_.extent() + kKvPad - 1) / kKvPad) * kKvPad);
+}
+
+void LlmContext::begin_part(size_t first, int64_t n, LlmBatchPart & part) {
+    check_entries(first, n);
     part = LlmBatchPart{};
     part.ctx = this;
     part.first = first;
@@ -319,7 +333,7 @@ void LlmContext::begin_part(size_t first, int64_t n, LlmBatchPart & part) {
     part.pos.assign(pos_.begin() + (std::ptrdiff_t) first, pos_.begin() + (std::ptrdiff_t) first + n);
     fill_embeddings(first, n, part.embd);
     part.cells = kv_.assign(part.pos);
-    part.n_kv = std::min<int64_t>(kv_.n_cells, ((kv_.extent() + kKvPad - 1) / kKvPad) * kKvPad);
+    part.n_kv = attended_cells();
     kv_.build_mask(part.pos, part.n_kv, part.mask);
 }
 
@@ -346,18 +360,13 @@ void LlmContext::eval_batch(size_t first, int64_t n_tokens) {
         batcher_->eval(part);   // commits, or gives the cells back and throws
         return;
     }
-    bool use_embd = false;
-    for (int64_t i = 0; i < n_tokens; ++i) {
-        const int32_t t = tokens_[first + (size_t) i];
-        if (t < 0 || t >= m_.hp.n_vocab) fail(ErrorKind::InvalidArgument, out_of_range(t, m_.hp.n_vocab));
-        use_embd = use_embd || refs_[first + (size_t) i].chunk != nullptr;
-    }
+    const bool use_embd = check_entries(first, n_tokens);
     const std::vector<int32_t> pos(pos_.begin() + (std::ptrdiff_t) first, pos_.begin() + (std::ptrdiff_t) first + n_tokens);
     const std::vector<int64_t> cells = kv_.assign(pos);
     try {
         LlmGraphParams gp;
         gp.n_tokens = n_tokens;
-        gp.n_kv = std::min<int64_t>(kv_.n_cells, ((kv_.extent() + kKvPad - 1) / kKvPad) * kKvPad);
+        gp.n_kv = attended_cells();
         gp.flash_attn = flash_attn_;
         gp.use_embd = use_embd;
         gp.hidden = capture_hidden_;

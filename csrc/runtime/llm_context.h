@@ -99,6 +99,8 @@ public:
 
 private:
     void eval_batch(size_t first, int64_t n_tokens);
+    bool check_entries(size_t first, int64_t n) const;
+    int64_t attended_cells() const;
     void fill_embeddings(size_t first, int64_t n, std::vector<float> & out) const;
     void erase_entries(size_t first, size_t last);
     void insert_entries(size_t at, const std::vector<int32_t> & tokens, int32_t first_pos);
