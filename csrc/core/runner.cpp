@@ -3,56 +3,87 @@
 #include "core/error.h"
 #include "core/log.h"
 
+#include <algorithm>
+#include <cstdlib>
+
 namespace minicpm {
 
 namespace {
 
 constexpr size_t kMaxStateTensors = 1024;
+constexpr size_t kMaxCacheSlots = 16;
 
 } // namespace
 
 GraphRunner::GraphRunner(std::string name, const ComputeBackends & backends, size_t max_nodes)
     : name_(std::move(name)), backends_(backends), max_nodes_(max_nodes) {
-    meta_.resize(ggml_tensor_overhead() * max_nodes_ + ggml_graph_overhead_custom(max_nodes_, false));
-    std::vector<ggml_backend_t> list = backends_.all();
-    sched_ = ggml_backend_sched_new(list.data(), nullptr, (int) list.size(), max_nodes_, false, true);
-    if (!sched_) fail(ErrorKind::Backend, "cannot create the " + name_ + " graph scheduler");
+    slots_.resize(1);
+    slots_[0].sched = new_sched();
+    if (const char * env = std::getenv("MINICPM_GRAPH_CACHE")) {
+        char * end = nullptr;
+        const long v = std::strtol(env, &end, 10);
+        if (end != env && v >= 0) cache_override_ = (int) std::min<long>(v, kMaxCacheSlots);
+    }
 }
 
 GraphRunner::~GraphRunner() {
-    drop_graph();
-    if (sched_) ggml_backend_sched_free(sched_);
+    for (Slot & s : slots_) free_slot(s);
     if (state_buf_) ggml_backend_buffer_free(state_buf_);
     if (state_ctx_) ggml_free(state_ctx_);
 }
 
-ggml_context * GraphRunner::new_graph_ctx() {
-    ggml_init_params ip = {meta_.size(), meta_.data(), /*no_alloc =*/true};
+ggml_backend_sched_t GraphRunner::new_sched() const {
+    std::vector<ggml_backend_t> list = backends_.all();
+    ggml_backend_sched_t sched = ggml_backend_sched_new(list.data(), nullptr, (int) list.size(), max_nodes_, false, true);
+    if (!sched) fail(ErrorKind::Backend, "cannot create the " + name_ + " graph scheduler");
+    if (eval_cb_) ggml_backend_sched_set_eval_callback(sched, eval_cb_, eval_user_);
+    return sched;
+}
+
+ggml_context * GraphRunner::new_graph_ctx(Slot & s) {
+    if (s.meta.empty()) s.meta.resize(ggml_tensor_overhead() * max_nodes_ + ggml_graph_overhead_custom(max_nodes_, false));
+    ggml_init_params ip = {s.meta.size(), s.meta.data(), /*no_alloc =*/true};
     ggml_context * ctx = ggml_init(ip);
     if (!ctx) fail(ErrorKind::Internal, "ggml_init failed for the " + name_ + " graph");
     return ctx;
 }
 
-void GraphRunner::drop_graph() {
-    if (graph_ctx_) ggml_free(graph_ctx_);
-    graph_ctx_ = nullptr;
-    graph_ = nullptr;
-    have_key_ = false;
+void GraphRunner::drop_graph(Slot & s) {
+    if (s.ctx) ggml_free(s.ctx);
+    s.ctx = nullptr;
+    s.graph = nullptr;
+    s.key.clear();
+    if (s.sched) ggml_backend_sched_reset(s.sched);
+}
+
+void GraphRunner::free_slot(Slot & s) {
+    drop_graph(s);
+    if (s.sched) ggml_backend_sched_free(s.sched);
+    s.sched = nullptr;
 }
 
 void GraphRunner::invalidate() {
-    drop_graph();
-    ggml_backend_sched_reset(sched_);
+    for (Slot & s : slots_) drop_graph(s);
+    cur_ = 0;
+}
+
+void GraphRunner::set_graph_cache(size_t n) {
+    if (cache_override_ >= 0) n = (size_t) cache_override_;
+    n = std::min(n, kMaxCacheSlots);
+    for (size_t i = n + 1; i < slots_.size(); ++i) free_slot(slots_[i]);
+    slots_.resize(n + 1);
+    cur_ = 0;
 }
 
 void GraphRunner::reserve(const GraphBuilder & build, const std::string & what_if_fails) {
     invalidate();
-    ggml_context * ctx = new_graph_ctx();
+    Slot & s = slots_[0];
+    ggml_context * ctx = new_graph_ctx(s);
     ggml_cgraph * gf = ggml_new_graph_custom(ctx, max_nodes_, false);
     bool ok = false;
     try {
         build(ctx, gf);
-        ok = ggml_backend_sched_reserve(sched_, gf);
+        ok = ggml_backend_sched_reserve(s.sched, gf);
     } catch (...) {
         ggml_free(ctx);
         throw;
@@ -63,7 +94,7 @@ void GraphRunner::reserve(const GraphBuilder & build, const std::string & what_i
                                      (what_if_fails.empty() ? "" : "; " + what_if_fails));
     }
     for (ggml_backend_t b : backends_.all()) {
-        const size_t sz = ggml_backend_sched_get_buffer_size(sched_, b);
+        const size_t sz = ggml_backend_sched_get_buffer_size(s.sched, b);
         if (sz > 0) {
             MINICPM_LOG_INFO("%s compute buffer on %s: %.1f MiB", name_.c_str(), ggml_backend_name(b),
                              (double) sz / (1024.0 * 1024.0));
@@ -71,29 +102,66 @@ void GraphRunner::reserve(const GraphBuilder & build, const std::string & what_i
     }
 }
 
-bool GraphRunner::prepare(const GraphKey & key, const GraphBuilder & build) {
-    if (graph_ && have_key_ && key == key_) return false;
-    invalidate();
-    graph_ctx_ = new_graph_ctx();
-    graph_ = ggml_new_graph_custom(graph_ctx_, max_nodes_, false);
+bool GraphRunner::build_into(Slot & s, const GraphKey & key, const GraphBuilder & build) {
+    drop_graph(s);
+    if (!s.sched) s.sched = new_sched();
+    s.ctx = new_graph_ctx(s);
+    s.graph = ggml_new_graph_custom(s.ctx, max_nodes_, false);
     try {
-        build(graph_ctx_, graph_);
+        build(s.ctx, s.graph);
     } catch (...) {
-        invalidate();
+        drop_graph(s);
         throw;
     }
-    if (!ggml_backend_sched_alloc_graph(sched_, graph_)) {
-        invalidate();
+    if (!ggml_backend_sched_alloc_graph(s.sched, s.graph)) {
+        drop_graph(s);
+        return false;
+    }
+    s.key = key;
+    return true;
+}
+
+bool GraphRunner::prepare(const GraphKey & key, const GraphBuilder & build, bool cacheable) {
+    ++tick_;
+    const size_t n = cacheable ? slots_.size() : 1;
+    // A kept graph of this key (slot 0 holds any kind; the cache only cacheable ones).
+    for (size_t i = 0; i < n; ++i) {
+        if (slots_[i].graph && slots_[i].key == key) {
+            cur_ = i;
+            slots_[i].used = tick_;
+            return false;
+        }
+    }
+    if (n > 1) {
+        // The free cache slot, else the least recently used one.
+        size_t pick = 1;
+        for (size_t i = 1; i < n; ++i) {
+            if (!slots_[i].graph) { pick = i; break; }
+            if (slots_[i].used < slots_[pick].used) pick = i;
+        }
+        Slot & s = slots_[pick];
+        cur_ = pick;   // a builder that throws leaves this slot empty: graph() is null
+        if (build_into(s, key, build)) {
+            s.used = tick_;
+            return true;
+        }
+        // No memory for one more compute buffer: give this one back and use the main graph.
+        free_slot(s);
+        MINICPM_LOG_WARN("%s: no memory for a cached graph; rebuilding in the main one", name_.c_str());
+    }
+    Slot & s = slots_[0];
+    cur_ = 0;
+    if (!build_into(s, key, build)) {
         fail(ErrorKind::Backend, "cannot allocate the " + name_ + " graph on " + backends_.main_name());
     }
-    key_ = key;
-    have_key_ = true;
+    s.used = tick_;
     return true;
 }
 
 void GraphRunner::compute() {
-    if (!graph_) fail(ErrorKind::Internal, name_ + ": compute() without a prepared graph");
-    const ggml_status st = ggml_backend_sched_graph_compute(sched_, graph_);
+    Slot & s = slots_[cur_];
+    if (!s.graph) fail(ErrorKind::Internal, name_ + ": compute() without a prepared graph");
+    const ggml_status st = ggml_backend_sched_graph_compute(s.sched, s.graph);
     if (st != GGML_STATUS_SUCCESS) {
         invalidate();
         fail(ErrorKind::Backend, name_ + " graph compute failed on " + backends_.main_name() + " (status " +
@@ -144,12 +212,19 @@ void GraphRunner::clear_state() {
 }
 
 void GraphRunner::set_eval_callback(ggml_backend_sched_eval_callback cb, void * user) {
-    ggml_backend_sched_set_eval_callback(sched_, cb, user);
+    eval_cb_ = cb;
+    eval_user_ = user;
+    for (Slot & s : slots_) {
+        if (s.sched) ggml_backend_sched_set_eval_callback(s.sched, cb, user);
+    }
 }
 
 size_t GraphRunner::compute_buffer_size() const {
     size_t total = 0;
-    for (ggml_backend_t b : backends_.all()) total += ggml_backend_sched_get_buffer_size(sched_, b);
+    for (const Slot & s : slots_) {
+        if (!s.sched) continue;
+        for (ggml_backend_t b : backends_.all()) total += ggml_backend_sched_get_buffer_size(s.sched, b);
+    }
     return total;
 }
 

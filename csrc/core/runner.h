@@ -8,6 +8,11 @@
 //   - the metadata arena the graphs are built in, sized for `max_nodes`;
 //   - the last graph, kept allocated while the caller's reuse key stays the same, so repeated
 //     evaluations of one shape (decode steps, images of one size) only refresh their inputs;
+//   - optionally a few more small graphs, each kept allocated in a scheduler and compute buffer of
+//     its own (set_graph_cache): a loop that cycles through a few shapes (a duplex unit's prefill,
+//     decode and terminator steps; the talker's condition and code steps) then switches between
+//     built graphs instead of rebuilding one. On CUDA each keeps its own captured CUDA graph, since
+//     ggml-cuda keys those by the graph's first node, which lives in the graph's own arena;
 //   - state tensors: named tensors in their own device buffer that survive every compute (KV
 //     caches, encoder streaming caches), declared before allocate_state();
 //   - an optional eval callback for debugging (named intermediates, op profiles; core/debug.h).
@@ -49,15 +54,23 @@ public:
     // the buffer size per backend. Throws Error(Backend) with `what_if_fails` when it does not fit.
     void reserve(const GraphBuilder & build, const std::string & what_if_fails = "");
 
-    // Makes the kept graph the one for `key`: rebuilt (and allocated) only when `key` differs
-    // from the kept graph's. Returns true when it was rebuilt; the caller then takes the new
-    // input tensors the builder stored. Throws Error(Backend) when allocation fails.
-    bool prepare(const GraphKey & key, const GraphBuilder & build);
-    // Computes the kept graph. Throws Error(Backend) on failure (the graph is dropped).
+    // Makes the current graph the one for `key`: rebuilt (and allocated) only when no kept graph
+    // has `key`. Returns true when it was built; the caller then takes the input tensors the
+    // builder stored, and keeps them under slot() when it uses the graph cache. `cacheable`
+    // graphs go to the cache slots (when set_graph_cache gave some), all others to slot 0.
+    // Throws Error(Backend) when allocation fails.
+    bool prepare(const GraphKey & key, const GraphBuilder & build, bool cacheable = false);
+    // Computes the current graph. Throws Error(Backend) on failure (the graph is dropped).
     void compute();
-    // Drops the kept graph (the next prepare() rebuilds).
+    // Drops every kept graph (the next prepare() rebuilds).
     void invalidate();
-    ggml_cgraph * graph() const { return graph_; }
+    ggml_cgraph * graph() const { return slots_[cur_].graph; }
+
+    // Up to `n` cacheable graphs are kept besides slot 0, least recently used replaced first.
+    // The environment variable MINICPM_GRAPH_CACHE=<n> overrides every runner's count (0: off).
+    void   set_graph_cache(size_t n);
+    size_t n_slots() const { return slots_.size(); }   // 1 + the cache size
+    size_t slot() const { return cur_; }               // the current graph's slot
 
     // State tensors: declared, then allocated together on the main device (zero-filled).
     ggml_tensor * add_state(const std::string & name, ggml_type type, const std::vector<int64_t> & shape);
@@ -75,18 +88,31 @@ public:
     size_t                  compute_buffer_size() const;   // summed over backends
 
 private:
-    ggml_context * new_graph_ctx();
-    void           drop_graph();
+    // One kept graph: its metadata arena, its scheduler (slot 0's is reserved for the caller's
+    // worst case; the cache slots' grow to their own graph) and its key.
+    struct Slot {
+        ggml_backend_sched_t sched = nullptr;
+        std::vector<uint8_t> meta;
+        ggml_context *       ctx = nullptr;
+        ggml_cgraph *        graph = nullptr;
+        GraphKey             key;
+        uint64_t             used = 0;   // last use, for the replacement order
+    };
+    ggml_backend_sched_t new_sched() const;
+    ggml_context *       new_graph_ctx(Slot & s);
+    void                 drop_graph(Slot & s);
+    void                 free_slot(Slot & s);
+    bool                 build_into(Slot & s, const GraphKey & key, const GraphBuilder & build);
 
     std::string             name_;
     const ComputeBackends & backends_;
     size_t                  max_nodes_;
-    ggml_backend_sched_t    sched_ = nullptr;
-    std::vector<uint8_t>    meta_;
-    ggml_context *          graph_ctx_ = nullptr;
-    ggml_cgraph *           graph_ = nullptr;
-    GraphKey                key_;
-    bool                    have_key_ = false;
+    std::vector<Slot>       slots_;   // [0]: the main graph; then the cache
+    size_t                  cur_ = 0;
+    uint64_t                tick_ = 0;
+    int                     cache_override_ = -1;   // MINICPM_GRAPH_CACHE, -1 when unset
+    ggml_backend_sched_eval_callback eval_cb_ = nullptr;
+    void *                           eval_user_ = nullptr;
     // state tensors
     ggml_context *                         state_ctx_ = nullptr;
     ggml_backend_buffer_t                  state_buf_ = nullptr;

@@ -12,7 +12,11 @@
 namespace minicpm {
 
 LlmBatcher::LlmBatcher(const LlmModel & model, const Devices & devices, int n_threads)
-    : m_(model), backends_(devices, n_threads), runner_("llm-batch", backends_, llm_batch_graph_max_nodes(model.hp, kMaxParts)) {}
+    : m_(model), backends_(devices, n_threads), runner_("llm-batch", backends_, llm_batch_graph_max_nodes(model.hp, kMaxParts)) {
+    // Duplex units alternate between a prefill and decode steps: several shapes stay built.
+    runner_.set_graph_cache(4);
+    slot_in_.resize(runner_.n_slots());
+}
 
 void LlmBatcher::set_gather(int min_parts, double wait_ms) {
     if (min_parts < 1 || min_parts > kMaxParts) {
@@ -117,7 +121,13 @@ void LlmBatcher::run(const std::vector<Request *> & batch, bool & rebuilt, doubl
     }
     try {
         auto t0 = std::chrono::steady_clock::now();
-        rebuilt = runner_.prepare(key, [&](ggml_context * ctx, ggml_cgraph * gf) { build_llm_batch_graph(ctx, gf, m_, seqs, flash, hidden, in_); });
+        int64_t rows = 0;
+        for (const LlmBatchPart * p : parts) rows += p->n;
+        LlmBatchInputs built;
+        rebuilt = runner_.prepare(key, [&](ggml_context * ctx, ggml_cgraph * gf) { build_llm_batch_graph(ctx, gf, m_, seqs, flash, hidden, built); },
+                                  rows <= kCachedGraphRows);
+        if (rebuilt) slot_in_[runner_.slot()] = built;
+        in_ = slot_in_[runner_.slot()];
         build_ms = ms_since(t0);
         t0 = std::chrono::steady_clock::now();
         const int64_t E = m_.hp.n_embd;

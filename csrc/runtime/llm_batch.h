@@ -69,6 +69,7 @@ public:
 
     static constexpr int     kMaxParts = 32;    // requests per graph
     static constexpr int64_t kMaxRows  = 512;   // positions per graph
+    static constexpr int64_t kCachedGraphRows = 256;   // graphs up to this size stay built (runner cache)
 
 private:
     struct Request {
@@ -81,7 +82,8 @@ private:
     const LlmModel &        m_;
     ComputeBackends         backends_;
     GraphRunner             runner_;
-    LlmBatchInputs          in_;
+    LlmBatchInputs          in_;        // the current graph's
+    std::vector<LlmBatchInputs> slot_in_;   // each kept graph's, by runner slot
 
     mutable std::mutex      mu_;
     std::condition_variable cv_;

@@ -14,6 +14,10 @@ namespace {
 
 // Attended cells are rounded up to this (masked): fewer distinct graph shapes.
 constexpr int64_t kKvPad = 256;
+// Forwards of at most this many tokens keep their graphs (up to kCachedGraphs shapes) besides the
+// main graph: a duplex unit cycles through three such shapes, a text turn through one.
+constexpr int64_t kCachedGraphTokens = 16;
+constexpr size_t  kCachedGraphs = 3;
 
 ggml_type pick_kv_type(const SessionParams & p, const LlmModel & m) {
     if (p.kv_type == "auto") return m.all_f32 ? GGML_TYPE_F32 : GGML_TYPE_F16;
@@ -105,6 +109,9 @@ LlmContext::LlmContext(const LlmModel & model, const ComputeBackends & backends,
         LlmGraphInputs in;
         build_llm_graph(ctx, gf, m_, kv_, gp, in);
     }, "try a smaller n_ctx or n_batch");
+    // Small forwards (decode steps, a duplex unit, its terminators) keep graphs of their own.
+    runner_.set_graph_cache(kCachedGraphs);
+    slot_in_.resize(runner_.n_slots());
     observer_.attach(runner_);
     logits_.resize((size_t) m_.hp.n_vocab);
 }
@@ -371,8 +378,14 @@ void LlmContext::eval_batch(size_t first, int64_t n_tokens) {
         gp.use_embd = use_embd;
         gp.hidden = capture_hidden_;
         gp.logits_all = capture_logits_;
-        // Consecutive decode steps (one token, same rounded n_kv) reuse the allocated graph.
-        runner_.prepare(gp.key(), [&](ggml_context * ctx, ggml_cgraph * gf) { build_llm_graph(ctx, gf, m_, kv_, gp, in_); });
+        // Steps of one shape (one token, same rounded n_kv) reuse the allocated graph; small
+        // shapes that alternate (a duplex unit's prefill, decode and terminator) each keep theirs.
+        LlmGraphInputs built;
+        if (runner_.prepare(gp.key(), [&](ggml_context * ctx, ggml_cgraph * gf) { build_llm_graph(ctx, gf, m_, kv_, gp, built); },
+                            n_tokens <= kCachedGraphTokens)) {
+            slot_in_[runner_.slot()] = built;
+        }
+        in_ = slot_in_[runner_.slot()];
 
         if (use_embd) {
             std::vector<float> embd;

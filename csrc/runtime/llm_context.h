@@ -113,7 +113,8 @@ private:
     GraphRunner           runner_;
     EvalObserver          observer_;
     KvCache               kv_;
-    LlmGraphInputs        in_;
+    LlmGraphInputs        in_;        // the current graph's
+    std::vector<LlmGraphInputs> slot_in_;   // each kept graph's, by runner slot
     ggml_tensor *         shift_in_ = nullptr;   // I32 position deltas of the K-shift graph
     LlmBatcher *          batcher_ = nullptr;
     uint64_t              uid_ = 0;

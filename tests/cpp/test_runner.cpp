@@ -77,6 +77,58 @@ TEST(runner_rebuilds_only_when_the_key_changes) {
     CHECK_EQ(a.builds, after_reserve + 3);   // invalidate drops the kept graph
 }
 
+TEST(runner_graph_cache_keeps_alternating_shapes) {
+    GraphRunner r("cache", backends(), 64);
+    Affine a;
+    r.reserve(a.builder(16));
+    r.set_graph_cache(2);
+    CHECK_EQ(r.n_slots(), (size_t) 3);
+    // Each kept graph's input/output tensors, by slot (what LlmContext does with its inputs).
+    std::vector<Affine> io(r.n_slots());
+    auto run = [&](int64_t n, bool cacheable, float v) {
+        Affine b;
+        if (r.prepare({n}, b.builder(n), cacheable)) io[r.slot()] = b;
+        a.builds += b.builds;
+        std::vector<float> in((size_t) n, v), out((size_t) n);
+        ggml_backend_tensor_set(io[r.slot()].x, in.data(), 0, in.size() * sizeof(float));
+        r.compute();
+        ggml_backend_tensor_get(io[r.slot()].y, out.data(), 0, out.size() * sizeof(float));
+        for (float o : out) CHECK_NEAR(o, 2.0f * v + 1.0f, 1e-6);
+        return r.slot();
+    };
+    const int b0 = a.builds;
+    // Two small shapes alternating and a big one in the main graph: three builds, then none.
+    for (int rep = 0; rep < 4; ++rep) {
+        CHECK(run(1, true, (float) rep) >= 1);
+        CHECK(run(2, true, (float) -rep) >= 1);
+        CHECK_EQ(run(16, false, 0.5f), (size_t) 0);
+    }
+    CHECK_EQ(a.builds, b0 + 3);
+    // A third small shape replaces the least recently used one (n = 1), which then rebuilds.
+    run(3, true, 1.0f);
+    run(2, true, 1.0f);
+    CHECK_EQ(a.builds, b0 + 4);
+    run(1, true, 1.0f);
+    CHECK_EQ(a.builds, b0 + 5);
+    CHECK(r.compute_buffer_size() > 0);
+    // A non-cacheable prepare of a cached key does not take the cached graph.
+    run(2, false, 4.0f);
+    CHECK_EQ(a.builds, b0 + 6);
+    // invalidate drops them all.
+    r.invalidate();
+    run(1, true, 1.0f);
+    CHECK_EQ(a.builds, b0 + 7);
+    // A builder that throws leaves no graph current.
+    CHECK_THROWS_KIND(r.prepare({9}, [](ggml_context *, ggml_cgraph *) {
+        throw minicpm::Error(ErrorKind::InvalidArgument, "bad input");
+    }, true), ErrorKind::InvalidArgument);
+    CHECK(r.graph() == nullptr);
+    // Without a cache, cacheable graphs go to the main one.
+    r.set_graph_cache(0);
+    CHECK_EQ(r.n_slots(), (size_t) 1);
+    CHECK_EQ(run(1, true, 2.0f), (size_t) 0);
+}
+
 TEST(runner_state_tensors_survive_computes_and_rebuilds) {
     GraphRunner r("state", backends(), 64);
     ggml_tensor * acc = r.add_state("acc", GGML_TYPE_F32, {4});
