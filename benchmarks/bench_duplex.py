@@ -34,15 +34,38 @@ its own thread, started together. ``--batch off,on`` measures each count both wa
 on its own (``off``: its LLM steps run as graphs of their own, side by side on the device) and
 through the model's cross-session batcher (``on``: the LLM steps of the sessions waiting at the same
 moment run as one graph); the report gives the batcher's graphs and the requests per graph.
+``decisions`` gives each session's units as ``L`` (listened) / ``S`` (spoke).
+
+``--torch`` also runs the PyTorch reference session on the same checkpoint (the ``hf-{size}``
+folder next to the GGUF, so ``--gguf`` needs the folder it was made in), after minicpm.cpp's
+results for the first type (whose model is freed first): tests/ref_minicpmo_duplex.py's
+``RefDuplex`` (our port of the official ``MiniCPMODuplex``: transformers' Qwen3 LLM, the Whisper
+encoder and the talker) on ``--device`` in ``--torch-dtype`` (default bfloat16 on a GPU, float32
+on the CPU), one session, the same script, voice recording (``tone(2.0)``), ``max_speak_tokens``
+and biases, after a 2-unit warm-up as for minicpm.cpp. Each unit's Token2Wav windows
+(``t2w_chunks``) are synthesised as the official ``Token2wav.stream`` does: bench_speech.py's
+PyTorch streaming flow (``inference_chunk`` on the turn's cache, trimmed as ``stream`` trims it,
+``--tts-steps`` Euler steps, in the torch dtype) and then the causal vocoder through
+``BoundedVocoder`` (float32; minicpm.cpp's duplex runs that vocoder too); the flow's voice
+prompt is set once and every turn starts from a copy of it with a fresh vocoder state, as the
+official restores ``token2wav_cache``. Clocks are read after ``torch.cuda.synchronize`` on a GPU:
+``decision_ms`` (unit start -> first token chosen), ``llm_ms`` (-> ``</unit>`` fed),
+``talker_ms`` (the talker's codes), ``token2wav_ms`` (the unit's windows and the turn reset),
+``first_pcm_ms`` (-> the end of the first window that gave samples), ``unit_ms`` (all of it).
+The report's result entries say ``impl``: ``minicpm.cpp`` or ``pytorch`` (``type``: the torch
+dtype). The two sides draw their free tokens differently, so only the scripted decisions agree.
 
     python benchmarks/bench_duplex.py --size tiny --units 8 --json /tmp/duplex-tiny.json
     python benchmarks/bench_duplex.py /data/duplex --size real --types f16,q4_k_m --device cuda \\
         --sessions 1,4 --units 30 --json duplex.json
+    python benchmarks/bench_duplex.py /data/duplex --size real --types f16 --device cuda --torch \\
+        --units 30 --json duplex-vs-torch.json
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -51,6 +74,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -59,6 +83,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benchmarks"))
+
+from bench_speech import Torch  # noqa: E402  (numpy only at import; torch when used)
 
 LLM = {
     "tiny": dict(hidden=256, heads=4, kv_heads=2, head_dim=64, ffn=512, layers=2),
@@ -120,6 +146,24 @@ def talk(k: int) -> np.ndarray:
     return tone(1.0, f0=150.0 + 7.0 * (k % 5), seed=k)
 
 
+def scripted(k: int, args, tok: Dict[str, int]):
+    """Unit k of the script: (turn, index in the period, whether the user talks, the logit bias)."""
+    turn, kk = divmod(k, args.talk + args.answer + 2)   # talk, answer (turn end at its last unit), one listening unit
+    talking = kk < args.talk
+    answer_k = kk - args.talk
+    if talking:
+        bias = {tok["<|listen|>"]: 1e4}
+    elif answer_k == 0:
+        bias = {tok["<|speak|>"]: 1e4}
+    elif answer_k == args.answer:
+        bias = {tok["<|turn_eos|>"]: 1e4}
+    elif answer_k > args.answer:
+        bias = {tok["<|listen|>"]: 1e4}
+    else:
+        bias = None
+    return turn, kk, talking, bias
+
+
 def run_session(model, voice, args, seed: int, batch: bool = False) -> Dict[str, Any]:
     import minicpm_cpp
 
@@ -131,22 +175,9 @@ def run_session(model, voice, args, seed: int, batch: bool = False) -> Dict[str,
     units: List[Dict[str, Any]] = []
     t_start = time.perf_counter()
     t_silence = None
-    period = args.talk + args.answer + 2   # talk, answer (turn end at its last unit), one listening unit
     first_speeches: List[float] = []
     for k in range(args.units):
-        turn, kk = divmod(k, period)
-        talking = kk < args.talk
-        answer_k = kk - args.talk
-        if talking:
-            bias = {tok["<|listen|>"]: 1e4}
-        elif answer_k == 0:
-            bias = {tok["<|speak|>"]: 1e4}
-        elif answer_k == args.answer:
-            bias = {tok["<|turn_eos|>"]: 1e4}
-        elif answer_k > args.answer:
-            bias = {tok["<|listen|>"]: 1e4}
-        else:
-            bias = None
+        turn, kk, talking, bias = scripted(k, args, tok)
         t0 = time.perf_counter()
         r = d.step(talk(k) if talking else silence, logit_bias=bias)
         if kk == args.talk:
@@ -160,6 +191,166 @@ def run_session(model, voice, args, seed: int, batch: bool = False) -> Dict[str,
     wall = time.perf_counter() - t_start
     return dict(units=units, wall_s=wall, rtf=wall / args.units, first_speech_ms=first_speeches[0] if first_speeches else None,
                 first_speech_later_ms=first_speeches[1:], n_past=d.n_past)
+
+
+class TorchToken2Wav(Torch):
+    """bench_speech's PyTorch Token2Wav for the duplex windows, as ``Token2wav.stream`` runs one:
+    the flow's streaming pass (``Torch.load`` / ``set_prompt`` and the ``inference_chunk`` +
+    cache trims of ``Torch.flow_push``, here with ``last_chunk`` for a turn's final window), then
+    the causal vocoder (``load_causal_vocoder`` + ``BoundedVocoder``, ``Token2wav._stream_vocode``:
+    float32, the turn's first samples led by the vocoder delay in silence)."""
+
+    def load_voice(self, voice: Dict[str, np.ndarray], steps: int) -> None:
+        """The flow and vocoder, and the voice prompt's pass (``set_stream_cache``): the voice's
+        prompt tokens, mel and speaker vector as minicpm.cpp's ``Voice`` holds them."""
+        from stepaudio2.causal_vocoder.bounded_vocoder import BoundedVocoder
+        from stepaudio2.token2wav import load_causal_vocoder
+
+        self.load(("flow",))
+        self.cvoc, _, _ = load_causal_vocoder(self.ckpt / "assets" / "token2wav", self.dev)
+        delay = self.cvoc.f0_predictor.condnet[0].causal_padding + self.cvoc.conv_pre_look_right + 1
+        self.voc = types.SimpleNamespace(bounded_vocoder=BoundedVocoder(self.cvoc), hift_cache_dict={},
+                                         source_cache_len=delay * 480)
+        noise = np.random.default_rng(0).standard_normal((80, 50 * 600)).astype(np.float32)   # the flow's table size
+        self.set_prompt(types.SimpleNamespace(prompt_tokens=np.asarray(voice["tokens"], np.int64),
+                                              prompt_mel=voice["prompt_mel"], spk=voice["speaker"], noise=noise), steps)
+        b = self.voc.bounded_vocoder
+        with self.torch.inference_mode():
+            b.reset()
+            b.cache["first_chunk"] = self.torch.ones(1, dtype=self.torch.long)
+            self.base = (self._clone(self.cache), self._clone(b.cache))   # MiniCPMO.token2wav_cache
+        self.restart()
+
+    @staticmethod
+    def _clone(d: Dict[str, Any]) -> Dict[str, Any]:
+        return {k: v.clone() for k, v in d.items()}
+
+    def restart(self) -> None:
+        """A new turn: the flow cache and the vocoder state of just after the prompt pass."""
+        with self.torch.inference_mode():
+            self.cache = self._clone(self.base[0])
+            self.voc.hift_cache_dict = self._clone(self.base[1])
+        self.voc.bounded_vocoder.cache = self.voc.hift_cache_dict
+
+    def window(self, codes: List[int], last: bool) -> np.ndarray:
+        """One ``Token2wav.stream`` call: 24 kHz float32 PCM (may be empty)."""
+        from stepaudio2.token2wav import Token2wav
+
+        torch = self.torch
+        state = types.SimpleNamespace(stream_cache=self.cache, flow=self.flow, CONFORMER_HISTORY_FRAMES=100)
+        with torch.inference_mode():
+            mel, state.stream_cache = self.flow.inference_chunk(self._t(np.asarray(codes)[None], torch.int32), self.spk_t,
+                                                                state.stream_cache, last_chunk=last, n_timesteps=self.steps)
+            Token2wav._trim_estimator_cache(state, self.n_prompt_frames)
+            Token2wav._trim_conformer_cache(state, self.n_prompt_frames)
+            self.cache = state.stream_cache
+            speech = Token2wav._stream_vocode(self.voc, mel.float(), last)
+        return speech[0].cpu().numpy()
+
+
+def run_torch_session(parts, t2w: Optional[TorchToken2Wav], hf: Path, args, seed: int) -> Dict[str, Any]:
+    """run_session's script on the PyTorch reference (RefDuplex on ``parts``, the unit's Token2Wav
+    windows on ``t2w``); the same per-unit record."""
+    import ref_minicpmo_duplex as R
+    from tiny_voice import tone
+
+    cuda = args.device.startswith("cuda")
+    marks: Dict[str, float] = {}
+
+    def now() -> float:
+        if cuda:
+            import torch
+
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def clock(event: str) -> None:
+        marks[event] = now()
+
+    tk = parts["tok"].convert_tokens_to_ids
+    tok = {n: tk(n) for n in ("<|listen|>", "<|speak|>", "<|turn_eos|>")}
+    d = R.RefDuplex(hf, ref_audio=tone(2.0), parts=parts, seed=seed, max_speak_tokens=args.max_speak_tokens,
+                    generate_audio=t2w is not None, window=args.window, clock=clock)
+    if t2w is not None:
+        t2w.restart()
+    silence = np.zeros(16000, np.float32)
+    units: List[Dict[str, Any]] = []
+    t_start = now()
+    t_silence = None
+    first_speeches: List[float] = []
+    for k in range(args.units):
+        turn, kk, talking, bias = scripted(k, args, tok)
+        marks.clear()
+        t0 = now()
+        r = d.step(talk(k) if talking else silence, logit_bias=bias)
+        first_pcm, samples = 0.0, 0
+        if t2w is not None:
+            for codes, last in r["t2w_chunks"]:
+                pcm = t2w.window(codes, last)
+                samples += pcm.size
+                if first_pcm == 0.0 and pcm.size:
+                    first_pcm = (now() - t0) * 1000.0
+            if r["end_of_turn"]:
+                t2w.restart()
+        t1 = now()
+        if kk == args.talk:
+            t_silence = t0
+        if t_silence is not None and not r["listening"] and first_pcm > 0:
+            first_speeches.append((t0 - t_silence) * 1000.0 + first_pcm)
+            t_silence = None
+        ms = {e: (marks[e] - t0) * 1000.0 for e in ("decision", "llm", "talker")}
+        units.append(dict(turn=turn, listening=r["listening"], decision_ms=ms["decision"], first_pcm_ms=first_pcm,
+                          unit_ms=(t1 - t0) * 1000.0, llm_ms=ms["llm"], talker_ms=ms["talker"] - ms["llm"],
+                          token2wav_ms=(t1 - marks["talker"]) * 1000.0,
+                          audio_s=1.0 if r["listening"] else samples / 24000.0, n_tokens=len(r["tokens"])))
+    wall = now() - t_start
+    return dict(units=units, wall_s=wall, rtf=wall / args.units, first_speech_ms=first_speeches[0] if first_speeches else None,
+                first_speech_later_ms=first_speeches[1:], n_past=d.n_past)
+
+
+def bench_torch(hf: Path, voice: Dict[str, np.ndarray], args, log) -> Dict[str, Any]:
+    """The PyTorch reference session (``--torch``): load, warm up (2 units), one timed session,
+    free everything; returns the result entry."""
+    import torch
+
+    import make_random_speech as mrs
+    import ref_minicpmo_duplex as R
+    import speech_ref  # noqa: F401  (torchaudio stub before the reference packages)
+
+    dtype = getattr(torch, args.torch_dtype)
+    t0 = time.perf_counter()
+    t2w = None
+    if not args.no_audio:
+        t2w = TorchToken2Wav(hf, mrs.sizes(args.size == "tiny"), args.device, args.threads or os.cpu_count(),
+                             args.torch_dtype)
+        t2w.load_voice(voice, args.tts_steps)
+        # one window before the clock, as DuplexSession's warmup builds its Token2Wav graphs
+        t2w.window([R.SILENCE_CODE] * 28, False)
+        t2w.restart()
+    else:
+        torch.set_num_threads(args.threads or os.cpu_count())
+    parts = R.load_parts(hf, with_tts=not args.no_audio, device=args.device, dtype=dtype)
+    load_s = time.perf_counter() - t0
+    run_torch_session(parts, t2w, hf, argparse.Namespace(**{**vars(args), "units": 2}), seed=0)   # warm-up
+    t0 = time.perf_counter()
+    run = run_torch_session(parts, t2w, hf, args, seed=100)
+    s = summarize([run])
+    s.update(impl="pytorch", type=args.torch_dtype, sessions=1, batch="off", wall_s=time.perf_counter() - t0,
+             file=hf.name, load_s=load_s)
+    if torch.cuda.is_available() and args.device.startswith("cuda"):
+        s["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    del parts, t2w
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return s
+
+
+def log_result(log, label: str, s: Dict[str, Any]) -> None:
+    log(f"{label}: unit P50 {s['unit_ms_p50']:.0f} ms P95 {s['unit_ms_p95']:.0f} ms, decision P95 "
+        f"{s['decision_ms_p95']:.0f} ms, RTF {s['rtf']:.2f}, first speech "
+        f"{s['first_speech_ms'] if s['first_speech_ms'] is None else round(s['first_speech_ms'])} ms, "
+        f"P95 < 1 s: {s['p95_under_1s']}")
 
 
 def pct(xs: List[float], q: float) -> Optional[float]:
@@ -183,6 +374,7 @@ def summarize(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
         rtf=max(r["rtf"] for r in runs), first_speech_ms=max(fs) if fs else None,
         p95_under_1s=bool(tot) and pct(tot, 95) < 1000.0,
         speaking_units=len(speaking), units=len(us),
+        decisions=["".join("L" if u["listening"] else "S" for u in r["units"]) for r in runs],
         # the speaking units' stages (P50): LLM (encoder + prefill + decode loop), per decode step, talker, Token2Wav
         speaking_llm_ms_p50=pct([u["llm_ms"] for u in speaking], 50), decode_step_ms_p50=pct(tok, 50),
         speaking_talker_ms_p50=pct([u["talker_ms"] for u in speaking], 50),
@@ -215,6 +407,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--window", default="off", choices=("off", "basic", "context"))
     ap.add_argument("--n-ctx", type=int, default=8192)
     ap.add_argument("--no-audio", action="store_true", help="text only (no talker / Token2Wav)")
+    ap.add_argument("--torch", action="store_true",
+                    help="also time the PyTorch reference session (RefDuplex) on the hf-SIZE checkpoint")
+    ap.add_argument("--torch-dtype", choices=("float32", "float16", "bfloat16"),
+                    help="dtype of the PyTorch session (default: bfloat16 on cuda, else float32)")
     ap.add_argument("--json", help="write the report here")
     ap.add_argument("--prepare-only", action="store_true", help="make (and quantize) the files, then stop")
     args = ap.parse_args(argv)
@@ -228,16 +424,30 @@ def main(argv: Optional[List[str]] = None) -> int:
     folder = Path(args.folder) if args.folder else Path(tempfile.mkdtemp(prefix="bench-duplex-"))
     folder.mkdir(parents=True, exist_ok=True)
     base = Path(args.gguf) if args.gguf else make_model(folder, args.size, log)
+    hf = folder / f"hf-{args.size}"
+    if args.torch and not args.prepare_only:
+        if not (hf / "config.json").is_file():
+            ap.error(f"--torch needs the checkpoint folder {hf} (the folder make_model wrote next to the GGUF: "
+                     f"give it as FOLDER, with the matching --size)")
+        if args.torch_dtype is None:
+            args.torch_dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
+        import torch
+
+        try:
+            torch.device(args.device)
+        except RuntimeError:
+            ap.error(f"--torch: {args.device!r} is no torch device (cpu, cuda, cuda:N)")
     types = ["f32"] if args.size == "tiny" and not args.gguf else [t.strip() for t in args.types.split(",") if t.strip()]
     report: Dict[str, Any] = dict(
         size=args.size, device=args.device, threads=args.threads, units=args.units, talk=args.talk,
         answer=args.answer, max_speak_tokens=args.max_speak_tokens, tts_steps=args.tts_steps, window=args.window,
-        batch_gather=args.batch_gather, machine=dict(platform=platform.platform(), cpus=os.cpu_count()), results=[])
+        batch_gather=args.batch_gather, torch_dtype=args.torch_dtype if args.torch else None,
+        machine=dict(platform=platform.platform(), cpus=os.cpu_count()), results=[])
     if args.prepare_only:
         for typ in types:
             log(f"  {quantized(base, typ, log)}")
         return 0
-    for typ in types:
+    for ti, typ in enumerate(types):
         path = quantized(base, typ, log)
         model = minicpm_cpp.Model(str(path), device=args.device, n_threads=args.threads or None)
         voice = model.voice(tone(2.0))
@@ -273,7 +483,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if errors:
                 raise errors[0]
             s = summarize([r for r in runs if r is not None])
-            s.update(type=typ, sessions=n, batch=mode, wall_s=time.perf_counter() - t0, file=path.name)
+            s.update(impl="minicpm.cpp", type=typ, sessions=n, batch=mode, wall_s=time.perf_counter() - t0, file=path.name)
             if batch:
                 st = model.batch_stats()
                 graphs = st["batches"] - stats0["batches"]
@@ -282,11 +492,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                          batch_build_ms_per_graph=(st["build_ms"] - stats0["build_ms"]) / max(graphs, 1),
                          batch_compute_ms_per_graph=(st["compute_ms"] - stats0["compute_ms"]) / max(graphs, 1))
             report["results"].append(s)
-            log(f"{typ} x{n} batch {mode}: unit P50 {s['unit_ms_p50']:.0f} ms P95 {s['unit_ms_p95']:.0f} ms, decision P95 "
-                f"{s['decision_ms_p95']:.0f} ms, RTF {s['rtf']:.2f}, first speech "
-                f"{s['first_speech_ms'] if s['first_speech_ms'] is None else round(s['first_speech_ms'])} ms, "
-                f"P95 < 1 s: {s['p95_under_1s']}")
-        del model
+            log_result(log, f"{typ} x{n} batch {mode}", s)
+        prompt = dict(tokens=voice.tokens.copy(), prompt_mel=voice.prompt_mel.copy(), speaker=voice.speaker.copy())
+        del voice, model
+        gc.collect()
+        if args.torch and ti == 0:
+            if args.json:   # minicpm.cpp's figures so far, should the PyTorch side fail
+                Path(args.json).write_text(json.dumps(report, indent=2))
+            s = bench_torch(hf, prompt, args, log)
+            report["results"].append(s)
+            log_result(log, f"pytorch {args.torch_dtype} x1", s)
     text = json.dumps(report, indent=2)
     if args.json:
         Path(args.json).write_text(text)

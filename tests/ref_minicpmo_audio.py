@@ -5,7 +5,10 @@ Written from the official remote code (o4.5: ``modeling_minicpmo.py`` /
 ``processing_minicpmo.py`` / ``configuration_minicpmo.py``; o2.6: the same files of the o2.6
 release), float32 on the CPU, with the Hugging Face parameter names so a checkpoint's
 ``apm.*`` / ``audio_projection_layer.*`` tensors load with ``load_state_dict``. It is the ground
-truth of the C++ parity tests, so it mirrors the official code step by step:
+truth of the C++ parity tests, so it mirrors the official code step by step. (``AudioRef.to``
+moves the encoder and projector to another device / dtype, for the PyTorch timings of
+``benchmarks/bench_duplex.py``: the mel input follows them, the embeddings come back as float32
+numpy arrays.)
 
 Encoder (``MiniCPMWhisperEncoder.forward``; the same topology in o2.6 and o4.5):
 
@@ -253,7 +256,7 @@ class WhisperEncoder(nn.Module):
     def conv_frontend(self, mel: torch.Tensor, use_extra_context=False, prefix_extra_frames=1,
                       suffix_extra_frames=1, cnn_min_length=None, stages=None) -> torch.Tensor:
         """[B, n_mels, F] -> [B, C, d_model] (after both GELUs and the optional trims)."""
-        x = mel.float()
+        x = mel.to(self.conv1.weight.dtype)
         orig = x.shape[2]
         padded_for_cnn = cnn_min_length is not None and orig < cnn_min_length
         if padded_for_cnn:
@@ -399,6 +402,20 @@ class AudioRef:
     def pool_step(self) -> int:
         return self.config.pool_step
 
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.conv1.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.encoder.conv1.weight.dtype
+
+    def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "AudioRef":
+        """Moves the encoder and projector (in place); returns self."""
+        self.encoder.to(device=device, dtype=dtype)
+        self.projector.to(device=device, dtype=dtype)
+        return self
+
     @torch.no_grad()
     def project_and_pool(self, states: torch.Tensor) -> torch.Tensor:
         """[B, C, d_model] post-LN states -> [B, C // p, D]."""
@@ -420,7 +437,8 @@ class AudioRef:
         batch = torch.nn.utils.rnn.pad_sequence([m.t() for m in ms], batch_first=True, padding_value=0.0).transpose(1, 2)
         n_frames = encoder_frames(batch.shape[2])
         mask = offline_attention_mask(lens, n_frames, chunk_length, mask_lengths)
-        out = self.encoder(batch, attention_mask=mask, return_stages=return_stages)
+        out = self.encoder(batch.to(self.device), attention_mask=mask.to(self.device, self.dtype),
+                           return_stages=return_stages)
         proj = self.projector(out.states)
         pooled = _pool(proj, self.pool_step)
         return {
@@ -437,7 +455,7 @@ class AudioRef:
     def encoder_states(self, mels: Sequence[np.ndarray], chunk_length: float = 1.0) -> List[np.ndarray]:
         """Post-final-LN encoder states of each item, [C_i, d_model] (C_i of its own mel length)."""
         r = self.forward_batch(mels, chunk_length)
-        return [r["states"][i, : encoder_frames(n)].numpy() for i, n in enumerate(r["mel_lens"])]
+        return [r["states"][i, : encoder_frames(n)].float().cpu().numpy() for i, n in enumerate(r["mel_lens"])]
 
     def get_audio_embedding(self, mels: Sequence[np.ndarray], chunk_length: float = 1.0,
                             mask_lengths: str = "mel") -> List[np.ndarray]:
@@ -447,7 +465,7 @@ class AudioRef:
         chat() uses the config's ``audio_chunk_length`` (1.0).
         """
         r = self.forward_batch(mels, chunk_length, mask_lengths)
-        return [r["pooled"][i, : max(n, 0)].numpy() for i, n in enumerate(r["n_tokens"])]
+        return [r["pooled"][i, : max(n, 0)].float().cpu().numpy() for i, n in enumerate(r["n_tokens"])]
 
 
 class AudioStreamRef:
@@ -481,7 +499,7 @@ class AudioStreamRef:
     @torch.no_grad()
     def process(self, mel_chunk: np.ndarray, use_extra_context: bool = False, prefix_extra_frames: int = 1,
                 suffix_extra_frames: int = 1, cnn_min_length: Optional[int] = None) -> np.ndarray:
-        mel = _as_mel_tensor(mel_chunk)[None]
+        mel = _as_mel_tensor(mel_chunk)[None].to(self.audio.device)
         n = mel.shape[2]
         full = encoder_frames(n)
         if self.cache is not None and self.cache_len + full >= self.audio.config.n_positions:
@@ -498,9 +516,9 @@ class AudioStreamRef:
             # The official mask is built for `expected` rows: a different length fails there too.
             raise ValueError(f"encoder gave {out.states.shape[1]} frames, the streaming mask expects {expected}")
         self.cache = out.cache
-        self.last_states = out.states[0].numpy()
+        self.last_states = out.states[0].float().cpu().numpy()
         pooled = self.audio.project_and_pool(out.states)
-        return pooled[0, : max(tokens_for_mel(n, self.audio.pool_step), 0)].numpy()
+        return pooled[0, : max(tokens_for_mel(n, self.audio.pool_step), 0)].float().cpu().numpy()
 
 
 def hf_whisper_encoder(audio: AudioRef, n_positions: Optional[int] = None):

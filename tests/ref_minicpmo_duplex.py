@@ -5,10 +5,11 @@ Sources: ``MiniCPMODuplex`` (``modeling_minicpmo.py``: ``__init__`` defaults, ``
 ``_generate_waveform_from_tokens``, ``_reset_streaming_state``, ``get_session_schema``),
 ``MiniCPMTTS.generate_chunk`` and ``StreamDecoder`` / ``DuplexWindowConfig`` /
 ``drop_tokens_from_cache`` / ``realign_rotary_suffix`` (``utils.py``). The LLM is transformers'
-Qwen3ForCausalLM (float32) with the checkpoint's ``llm.*`` weights and a DynamicCache, fed one
-piece at a time at positions ``cache_len ..`` exactly as ``StreamDecoder.feed`` does; the audio
-input goes through ``ref_audio_mel.StreamingMelRef`` and ``ref_minicpmo_audio.AudioStreamRef``;
-the talker is ``ref_minicpmo_tts.RefTts``'s modules.
+Qwen3ForCausalLM (float32 unless ``load_parts`` says otherwise, see the end) with the
+checkpoint's ``llm.*`` weights and a DynamicCache, fed one piece at a time at positions
+``cache_len ..`` exactly as ``StreamDecoder.feed`` does; the audio input goes through
+``ref_audio_mel.StreamingMelRef`` and ``ref_minicpmo_audio.AudioStreamRef``; the talker is
+``ref_minicpmo_tts.RefTts``'s modules.
 
 What one session does (``RefDuplex``):
 
@@ -75,13 +76,26 @@ What one session does (``RefDuplex``):
   ``max_previous_tokens``), and the cache is rebuilt: ``[prefix][previous + suffix recomputed at
   positions prefix_len ..][kept units re-rotated]`` (while no previous text exists only the
   kept units are re-rotated).
+
+Device and dtype: ``load_parts(ckpt_dir, device=, dtype=)`` puts the LLM, the audio encoder and
+projector and the talker on a device in a dtype (default: the CPU in float32, the parity tests'
+ground truth; a GPU in bfloat16 is what ``benchmarks/bench_duplex.py --torch`` times, as the
+official runs). A session takes both from its parts: every tensor it makes goes to the LLM's
+device, activations in the modules' dtype, ids as int64. The sampling arithmetic (softmax,
+penalties, top-k / top-p, the talker's temperature) is float32 on that device; each SplitMix draw
+reads its float64 [V] row on the host. The log-mel front end stays on the CPU in float32 (as the
+official processor runs it) and so does the vision tower of omni units (its rows are moved). The
+forward passes run under ``torch.inference_mode``. ``clock`` (optional) is called with
+``"decision"`` (the unit's first token is chosen), ``"llm"`` (``</unit>`` fed, the window applied)
+and ``"talker"`` (the talker's codes and the unit's Token2Wav windows are known) during ``step``,
+so that a caller can time the stages (e.g. synchronise a GPU and read a clock); it changes nothing.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -105,26 +119,29 @@ CUSTOM_SPECIAL = ["<unit>", "</unit>", "<image>", "</image>", "<slice>", "</slic
 
 def realign_keys(keys: torch.Tensor, old_start: int, new_start: int, theta: float) -> torch.Tensor:
     """realign_rotary_suffix: undo the rotation of positions old_start.. and apply new_start..
-    keys [B, H, T, hd] (rotate_half convention, cos/sin of cat(freqs, freqs))."""
+    keys [B, H, T, hd] (rotate_half convention, cos/sin of cat(freqs, freqs)), on their device;
+    the rotation is computed in float32 and the result has the keys' dtype."""
     t = keys.shape[2]
     if t == 0:
         return keys
     hd = keys.shape[-1]
-    inv = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+    dev = keys.device
+    inv = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.float32, device=dev) / hd))
+    x = keys.float()
 
     def cs(start):
-        ang = torch.outer(torch.arange(start, start + t, dtype=torch.float32), inv)
+        ang = torch.outer(torch.arange(start, start + t, dtype=torch.float32, device=dev), inv)
         ang = torch.cat([ang, ang], -1)
-        return ang.cos().to(keys.dtype)[None, None], ang.sin().to(keys.dtype)[None, None]
+        return ang.cos()[None, None], ang.sin()[None, None]
 
     def rot(x):
         h = x.shape[-1] // 2
         return torch.cat([-x[..., h:], x[..., :h]], -1)
 
     c0, s0 = cs(old_start)
-    base = c0 * keys - s0 * rot(keys)
+    base = c0 * x - s0 * rot(x)
     c1, s1 = cs(new_start)
-    return c1 * base + s1 * rot(base)
+    return (c1 * base + s1 * rot(base)).to(keys.dtype)
 
 
 class _Kv:
@@ -176,6 +193,8 @@ class RefDuplex:
     embedding row), tts_tokens, tts_hidden ([n, n_embd]), tts_condition ([L, tts_hidden]),
     tts_codes, t2w_chunks ([(codes, last_chunk)]), is_listen_official (the official return's
     ``is_listen``).
+    The device and dtype are those of ``parts`` (``load_parts``); ``clock(event)`` is the optional
+    timing hook of the module documentation.
     """
 
     def __init__(self, ckpt_dir: PathLike, ref_audio: Optional[np.ndarray] = None, system: str = DEFAULT_SYSTEM,
@@ -186,7 +205,7 @@ class RefDuplex:
                  repetition_window: int = 512, length_penalty: float = 1.1, greedy: bool = False,
                  seed: Optional[int] = None, generate_audio: bool = True, tts_greedy: bool = False,
                  tts_temperature: float = 0.8, tts_repetition_penalty: float = 1.05, pre_lookahead: int = 3,
-                 parts=None):
+                 parts=None, clock: Optional[Callable[[str], None]] = None):
         if window not in ("off", "basic", "context"):
             raise ValueError(f"window must be off / basic / context, got {window!r}")
         self.dir = Path(ckpt_dir)
@@ -198,6 +217,9 @@ class RefDuplex:
         rp = getattr(cfg, "rope_parameters", None) or {}
         self.theta = float(getattr(cfg, "rope_theta", None) or rp.get("rope_theta") or self.config.get("rope_theta", 10000.0))
         self.embed = self.llm.get_input_embeddings()
+        # where every tensor of the session goes, and the activations' dtype (the LLM's)
+        self.device, self.dtype = self.embed.weight.device, self.embed.weight.dtype
+        self.clock = clock
 
         self.prefix = prefix if prefix is not None else f"<|im_start|>system\n{system}\n<|audio_start|>"
         self.suffix = suffix if suffix is not None else "<|audio_end|><|im_end|>"
@@ -234,6 +256,7 @@ class RefDuplex:
 
     # ---- session state --------------------------------------------------------------------------
 
+    @torch.inference_mode()
     def prepare(self) -> None:
         """MiniCPMODuplex.prepare (+ _reset_streaming_state, StreamDecoder.reset,
         init_streaming_processor)."""
@@ -270,7 +293,7 @@ class RefDuplex:
         if self.ref_audio is not None:
             mels = ref_audio_mel.offline_features(self.ref_audio)
             embs = self.audio.get_audio_embedding(mels, self.audio.config.chunk_length)
-            rows = torch.from_numpy(np.concatenate(embs, 0))
+            rows = torch.from_numpy(np.concatenate(embs, 0)).to(self.device)
             self.ref_rows = rows
             self._feed(rows, [-1] * rows.shape[0])
         self.suffix_ids = self.tok.encode(self.suffix, add_special_tokens=False) if self.suffix else []
@@ -300,12 +323,13 @@ class RefDuplex:
 
     # ---- LLM ------------------------------------------------------------------------------------
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _feed(self, rows: torch.Tensor, ids: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """StreamDecoder.feed: rows [L, D] at positions len(cache)..; -> (last logits [V], hidden [L, D])."""
+        """StreamDecoder.feed: rows [L, D] at positions len(cache)..; -> (last logits [V] float32,
+        hidden [L, D] in the LLM's dtype)."""
         n0 = len(self.kv)
-        pos = torch.arange(n0, n0 + rows.shape[0]).unsqueeze(0)
-        out = self.llm.model(inputs_embeds=rows.float().unsqueeze(0), position_ids=pos,
+        pos = torch.arange(n0, n0 + rows.shape[0], device=self.device).unsqueeze(0)
+        out = self.llm.model(inputs_embeds=rows.to(self.device, self.dtype).unsqueeze(0), position_ids=pos,
                              past_key_values=self.kv.dynamic() if self.kv.layers else None, use_cache=True)
         self.kv = _Kv.from_dynamic(out.past_key_values)
         self.ctx.extend(int(i) for i in ids)
@@ -313,11 +337,11 @@ class RefDuplex:
         return self.llm.lm_head(h[-1:])[0].float(), h
 
     def _feed_ids(self, ids: Sequence[int]):
-        rows = self.embed(torch.tensor(list(ids), dtype=torch.long))
+        rows = self.embed(torch.tensor(list(ids), dtype=torch.long, device=self.device))
         return self._feed(rows, ids)
 
     def _draw(self, probs: torch.Tensor) -> int:
-        return int(self.rng.draw(probs.double().numpy()))
+        return int(self.rng.draw(probs.double().cpu().numpy()))
 
     def _decode(self, logits: torch.Tensor) -> int:
         """StreamDecoder.decode (listen_prob_scale 1, listen_top_k None)."""
@@ -327,12 +351,15 @@ class RefDuplex:
             return raw
         x[self.forbidden] = float("-inf")
         if self.repetition_penalty != 1.0 and self.decoded:
-            for t in set(self.decoded[-self.repetition_window:]):
-                if t < x.shape[0]:
-                    if self.repetition_penalty > 1.0:
-                        x[t] /= self.repetition_penalty
-                    else:
-                        x[t] *= 1.0 / self.repetition_penalty
+            # every distinct id of the window once (one indexed operation, the same per-element
+            # arithmetic as the official loop over the set)
+            rep = sorted(t for t in set(self.decoded[-self.repetition_window:]) if t < x.shape[0])
+            if rep:
+                idx = torch.tensor(rep, dtype=torch.long, device=x.device)
+                if self.repetition_penalty > 1.0:
+                    x[idx] = x[idx] / self.repetition_penalty
+                else:
+                    x[idx] = x[idx] * (1.0 / self.repetition_penalty)
         if self.length_penalty != 1.0:
             e = self.id["<|turn_eos|>"]
             x[e] = x[e] / self.length_penalty if x[e] > 0 else x[e] * self.length_penalty
@@ -365,7 +392,7 @@ class RefDuplex:
         consumed = int(int(self.mel.first_chunk_samples / 16000 * 1000.0) * 16000 / 1000) if first else 16000
         self.audio_buffer = self.audio_buffer[consumed:]
         self.audio_chunk_idx += 1
-        return torch.from_numpy(np.ascontiguousarray(emb))
+        return torch.from_numpy(np.ascontiguousarray(emb)).to(self.device)
 
     def _feed_frames(self, frames) -> torch.Tensor:
         import ref_minicpmv_processor as improc
@@ -384,12 +411,16 @@ class RefDuplex:
             for k in range(emb.shape[0]):
                 start, end = ("<image>", "</image>") if k == 0 else ("<slice>", "</slice>")
                 self._feed_ids([conv(start)])
-                rows = emb[k].to(self.embed.weight.dtype)
+                rows = emb[k].to(self.device, self.dtype)
                 self._feed(rows, [-1] * rows.shape[0])
                 logits, _ = self._feed_ids([conv(end)])
         return logits
 
-    @torch.no_grad()
+    def _mark(self, event: str) -> None:
+        if self.clock is not None:
+            self.clock(event)
+
+    @torch.inference_mode()
     def step(self, audio: Optional[np.ndarray] = None, frame=None, text: Optional[Union[str, List[str]]] = None,
              logit_bias: Optional[Dict[int, float]] = None) -> Dict[str, object]:
         frames = [] if frame is None else (list(frame) if isinstance(frame, (list, tuple)) else [frame])
@@ -401,7 +432,7 @@ class RefDuplex:
             raise ValueError("a unit needs audio, frames or text")
         bias = None
         if logit_bias:
-            bias = torch.zeros(self.llm.config.vocab_size)
+            bias = torch.zeros(self.llm.config.vocab_size, device=self.device)
             for k, v in logit_bias.items():
                 bias[int(k)] += float(v)
 
@@ -432,6 +463,8 @@ class RefDuplex:
         is_listen = end_of_turn = False
         for j in range(self.max_speak_tokens):
             if j == self.max_speak_tokens - 1:
+                if j == 0:
+                    self._mark("decision")
                 self._feed_ids([self.id["<|chunk_eos|>"]])
                 tokens.append(self.id["<|chunk_eos|>"])
                 break
@@ -441,6 +474,8 @@ class RefDuplex:
                 t = self._decode(logits + bias if bias is not None else logits)
                 if t == self.id["<|listen|>"] and not self.turn_ended:
                     t = self.id["<|tts_bos|>"]
+            if j == 0:
+                self._mark("decision")
             tokens.append(t)
             is_listen = t == self.id["<|listen|>"]
             if t in self.terminators:
@@ -461,6 +496,7 @@ class RefDuplex:
                            "text": text_out, "listen": is_listen})
         self.next_unit += 1
         evicted = self._enforce_window()
+        self._mark("llm")
 
         out: Dict[str, object] = {
             "listening": bool(is_listen), "is_listen_official": bool(is_listen), "text": "" if is_listen else text_out,
@@ -471,34 +507,37 @@ class RefDuplex:
         if not is_listen:
             out["tts_tokens"] = gen_ids
             if pairs:
-                out["tts_hidden"] = torch.stack([p[1] for p in pairs]).numpy()
+                out["tts_hidden"] = torch.stack([p[1] for p in pairs]).float().cpu().numpy()
             if self.tts is not None:
                 cond = self._tts_condition(pairs)
-                out["tts_condition"] = cond[0].numpy()
+                out["tts_condition"] = cond[0].float().cpu().numpy()
                 if self.generate_audio:
                     self._speak(cond, end_of_turn, out)
+        self._mark("talker")
         self.history.append(out)
         return out
 
     # ---- TTS and the Token2Wav flush rules ---------------------------------------------------------
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _tts_condition(self, pairs) -> torch.Tensor:
         t = self.tts
-        bos = t.emb_text(torch.tensor([t.audio_bos_token_id], dtype=torch.long))
+        dev, dt = t.emb_text.weight.device, t.emb_text.weight.dtype
+        bos = t.emb_text(torch.tensor([t.audio_bos_token_id], dtype=torch.long, device=dev))
         if not pairs:
             return bos.unsqueeze(0)
-        ids = torch.tensor([p[0] for p in pairs], dtype=torch.long)
-        hid = torch.stack([p[1] for p in pairs]).float()
+        ids = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=dev)
+        hid = torch.stack([p[1] for p in pairs]).to(dev, dt)
         e = t.emb_text(ids) + F.normalize(t.projector_semantic(hid), p=2, dim=-1)
         return torch.cat([e, bos], 0).unsqueeze(0)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _tts_chunk(self, cond: torch.Tensor, max_new: int, min_new: int) -> List[int]:
-        """MiniCPMTTS.generate_chunk (num_vq 1)."""
+        """MiniCPMTTS.generate_chunk (num_vq 1); the logits' arithmetic in float32."""
         from ref_minicpmo_tts import penalty_processor
 
         t = self.tts
+        dev, dt = t.emb_text.weight.device, t.emb_text.weight.dtype
         L = cond.shape[1]
         start = self.tts_text_start_pos
         past = self.tts_past
@@ -506,19 +545,20 @@ class RefDuplex:
         step = 0
         for step in range(max_new):
             if step == 0:
-                x, pos = cond.float(), torch.arange(start, start + L).unsqueeze(0)
+                x, pos = cond.to(dt), torch.arange(start, start + L, device=dev).unsqueeze(0)
             else:
-                x = t.emb_code[0](torch.tensor([[new[step - 1]]], dtype=torch.long))
-                pos = torch.tensor([[start + L + step - 1]])
+                x = t.emb_code[0](torch.tensor([[new[step - 1]]], dtype=torch.long, device=dev))
+                pos = torch.tensor([[start + L + step - 1]], device=dev)
             o = t.model(position_ids=pos, past_key_values=past, inputs_embeds=x, use_cache=True)
             past = o.past_key_values
             lg = t.head(o.last_hidden_state)[:, -1].float() / self.tts_temperature
             if step > 0 and self.tts_repetition_penalty != 1:
-                lg = penalty_processor(torch.tensor([new[:step]], dtype=torch.long), lg, self.tts_repetition_penalty, 16)
+                lg = penalty_processor(torch.tensor([new[:step]], dtype=torch.long, device=dev), lg,
+                                       self.tts_repetition_penalty, 16)
             if step < min_new:
                 lg[:, t.eos] = -torch.inf
             p = F.softmax(lg, -1)[0]
-            idx = int(torch.argmax(p)) if self.tts_greedy else int(self.tts_rng.draw(p.double().numpy()))
+            idx = int(torch.argmax(p)) if self.tts_greedy else int(self.tts_rng.draw(p.double().cpu().numpy()))
             new.append(idx)
             if idx == t.eos:
                 break
@@ -605,7 +645,7 @@ class RefDuplex:
                 self.previous_ids = list(self.marker_ids) + self.previous_ids[m + over:]
         self._rebuild()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _rebuild(self) -> None:
         """_rebuild_cache_with_previous."""
         keep = sum(int(u["length"]) for u in self.units)
@@ -653,20 +693,83 @@ def _top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor
     return x[0]
 
 
-def load_parts(ckpt_dir: PathLike, with_tts: bool = True) -> Dict[str, object]:
+def load_parts(ckpt_dir: PathLike, with_tts: bool = True, device: Union[str, torch.device] = "cpu",
+               dtype: torch.dtype = torch.float32) -> Dict[str, object]:
     """The tokenizer, audio reference, LLM and (when the checkpoint has one) talker, shareable
-    between RefDuplex sessions (``parts=``)."""
+    between RefDuplex sessions (``parts=``), on ``device`` in ``dtype`` (the tokenizer aside).
+
+    The CPU in float32 loads the LLM with ``tiny_models.load_reference_llm``; any other device or
+    dtype builds it on the device and fills it tensor by tensor (:func:`_load_llm`): the host
+    then never holds the whole checkpoint and a float32 copy of the LLM at once (about 50 GB for
+    the released 8B). Rotary frequency tables stay float32 (:func:`_move`)."""
     import tiny_models
 
     d = Path(ckpt_dir)
-    parts: Dict[str, object] = {"tok": ref_audio._tokenizer(d), "audio": ref_audio.AudioRef(d),
-                                "llm": tiny_models.load_reference_llm(d)}
+    dev = torch.device(device)
+    default = dev.type == "cpu" and dtype == torch.float32
+    parts: Dict[str, object] = {"tok": ref_audio._tokenizer(d), "audio": ref_audio.AudioRef(d).to(dev, dtype),
+                                "llm": tiny_models.load_reference_llm(d) if default else _load_llm(d, dev, dtype)}
     cfg = json.loads((d / "config.json").read_text())
     if with_tts and cfg.get("tts_config"):
         from ref_minicpmo_tts import load_ref_tts
 
         try:
-            parts["tts"] = load_ref_tts(d)
+            parts["tts"] = _move(load_ref_tts(d), dev, dtype)
         except RuntimeError:
             parts["tts"] = None
     return parts
+
+
+def _load_llm(d: Path, device: torch.device, dtype: torch.dtype):
+    """``tiny_models.load_reference_llm`` built on ``device`` in ``dtype``: the model is made there
+    (its random initialisation too, in float32) and the ``llm.`` tensors are read one at a time
+    and copied in, with the same strict check and embedding tie; then :func:`_move`."""
+    import tiny_models
+    from safetensors import safe_open
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    if not tiny_models.is_minicpm_layout(d):
+        from transformers import AutoModelForCausalLM
+
+        return _move(AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32), device, dtype).eval()
+    cfg = json.loads((d / "config.json").read_text())
+    index = d / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    keys: Dict[str, str] = {}
+    for f in files:
+        with safe_open(str(d / f), "pt") as st:
+            keys.update({k: f for k in st.keys() if k.startswith("llm.")})
+    qwen3 = any(k.endswith("self_attn.q_norm.weight") for k in keys)
+    config_cls, model_cls = (Qwen3Config, Qwen3ForCausalLM) if qwen3 else (Qwen2Config, Qwen2ForCausalLM)
+    config = config_cls(**{k: cfg[k] for k in tiny_models.LLM_CONFIG_FIELDS if k in cfg})
+    with torch.device(device):
+        model = model_cls(config).to(torch.float32)
+    own = dict(model.state_dict(keep_vars=True))
+    names = {k[len("llm."):]: k for k in keys}
+    allowed_missing = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    unexpected = sorted(set(names) - set(own))
+    missing = sorted(set(own) - set(names))
+    if unexpected or not set(missing) <= allowed_missing:
+        raise RuntimeError(f"reference LLM: missing {missing}, unexpected {unexpected}")
+    with torch.no_grad():
+        for f in files:
+            with safe_open(str(d / f), "pt") as st:
+                for name, key in names.items():
+                    if keys[key] == f:
+                        own[name].copy_(st.get_tensor(key).to(device))
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return _move(model, device, dtype).eval()
+
+
+def _move(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """``module.to(device, dtype)`` with the rotary frequency buffers (``inv_freq``,
+    ``original_inv_freq``) moved but kept in float32, as ``from_pretrained(dtype=...)`` leaves
+    them (they are computed at construction, not loaded): a bfloat16 copy would put the angles
+    of positions in the thousands off by radians."""
+    keep = {name: b for name, b in module.named_buffers() if name.endswith("inv_freq")}
+    module.to(device, dtype)
+    for name, b in keep.items():
+        owner, _, leaf = name.rpartition(".")
+        setattr(module.get_submodule(owner) if owner else module, leaf, b.to(device))
+    return module

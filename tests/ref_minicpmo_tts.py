@@ -80,16 +80,18 @@ class SplitMix:
         return (self.next() >> 11) * (1.0 / 9007199254740992.0)
 
     def draw(self, probs: np.ndarray) -> int:
-        """Inverse CDF: the first index whose running sum (float64) exceeds uniform() * sum."""
+        """Inverse CDF: the first index whose running sum (float64) exceeds uniform() * sum.
+        The running sum is ``np.cumsum`` over the positive entries (a sequential accumulation,
+        the same additions in the same order as an element-by-element loop), searched with
+        ``searchsorted``: a full-vocabulary row takes no Python loop."""
         p = np.asarray(probs, dtype=np.float64)
         target = self.uniform() * float(p.sum())
-        acc, last = 0.0, -1
-        for i in np.flatnonzero(p > 0):
-            acc += float(p[i])
-            last = int(i)
-            if acc > target:
-                return last
-        return last
+        nz = np.flatnonzero(p > 0)
+        if nz.size == 0:
+            return -1
+        acc = np.cumsum(p[nz])
+        k = int(np.searchsorted(acc, target, side="right"))
+        return int(nz[min(k, nz.size - 1)])
 
 
 class _Projector(nn.Module):
