@@ -29,7 +29,10 @@ P50 / P95 over the units of all sessions; ``rtf`` = the session's wall time / it
 ``first_speech_ms`` = from the end of the user's last talking unit (the moment the first silent
 second is complete) to the first PCM of the answer (the first turn; ``later_*``: the turns after
 it, when ``--units`` covers more than one period: a session's graphs exist by then); ``p95_under_1s``: whether unit_ms P95 < 1000,
-the condition to keep up with real time. ``--sessions N`` runs N sessions on one model, each on
+the condition to keep up with real time. minicpm.cpp's speaking units also give where the
+LLM and Token2Wav time goes (``speaking_encoder_ms_p50``: streaming log-mel + audio encoder,
+``speaking_prefill_ms_p50``: the unit's prefill, ``sample_ms_per_step_p50``: host sampling per
+decode step, ``speaking_flow_ms_p50`` / ``speaking_vocoder_ms_p50``: Token2Wav's two stages). ``--sessions N`` runs N sessions on one model, each on
 its own thread, started together. ``--batch off,on`` measures each count both ways: every session
 on its own (``off``: its LLM steps run as graphs of their own, side by side on the device) and
 through the model's cross-session batcher (``on``: the LLM steps of the sessions waiting at the same
@@ -187,6 +190,8 @@ def run_session(model, voice, args, seed: int, batch: bool = False) -> Dict[str,
             t_silence = None
         units.append(dict(turn=turn, listening=r.listening, decision_ms=r.ms_decision, first_pcm_ms=r.ms_first_audio,
                           unit_ms=r.ms_total, llm_ms=r.ms_llm, talker_ms=r.ms_talker, token2wav_ms=r.ms_token2wav,
+                          encoder_ms=r.ms_encoder, prefill_ms=r.ms_prefill, sample_ms=r.ms_sample, flow_ms=r.ms_flow,
+                          vocoder_ms=r.ms_vocoder,
                           audio_s=r.audio.size / 24000.0, n_tokens=len(r.tokens)))
     wall = time.perf_counter() - t_start
     return dict(units=units, wall_s=wall, rtf=wall / args.units, first_speech_ms=first_speeches[0] if first_speeches else None,
@@ -380,6 +385,13 @@ def summarize(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
         speaking_talker_ms_p50=pct([u["talker_ms"] for u in speaking], 50),
         speaking_token2wav_ms_p50=pct([u["token2wav_ms"] for u in speaking], 50),
         speaking_token2wav_ms_max=max([u["token2wav_ms"] for u in speaking], default=None),
+        # finer (minicpm.cpp only): audio encoder, unit prefill, host sampling per decode step, flow, vocoder
+        **({} if not speaking or "flow_ms" not in speaking[0] else dict(
+            speaking_encoder_ms_p50=pct([u["encoder_ms"] for u in speaking], 50),
+            speaking_prefill_ms_p50=pct([u["prefill_ms"] for u in speaking], 50),
+            sample_ms_per_step_p50=pct([u["sample_ms"] / max(u["n_tokens"] - 1, 1) for u in speaking], 50),
+            speaking_flow_ms_p50=pct([u["flow_ms"] for u in speaking], 50),
+            speaking_vocoder_ms_p50=pct([u["vocoder_ms"] for u in speaking], 50))),
         # later turns only (none unless --units covers more than one talk + answer period)
         later_first_speech_ms_p50=pct(fs_later, 50), later_unit_ms_p95=pct([u["unit_ms"] for u in warm], 95),
         later_talker_ms_p50=pct([u["talker_ms"] for u in warm], 50),

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <tuple>
 
 namespace minicpm {
 
@@ -357,6 +358,8 @@ struct CausalVocoder::Impl {
     const CvocHparams &        hp;
     GraphRunner                runner;
     ggml_tensor *              in_mel = nullptr, * in_stft = nullptr, * out_re = nullptr, * out_im = nullptr;
+    // each kept graph's inputs and outputs, by runner slot
+    std::vector<std::tuple<ggml_tensor *, ggml_tensor *, ggml_tensor *, ggml_tensor *>> slot_io;
     std::vector<float>         window;
     std::vector<double>        cos_t, sin_t;
 
@@ -389,6 +392,10 @@ struct CausalVocoder::Impl {
         }
         const int64_t T = hp.history + hp.decoder_right + hp.block_frames;   // the largest step window
         runner.reserve([&](ggml_context * ctx, ggml_cgraph * gf) { build(ctx, gf, T, true); }, "vocoder buffers");
+        // A window's blocks alternate between a few lengths (full blocks and the window's rest):
+        // each keeps its graph (and on CUDA its captured graph).
+        runner.set_graph_cache(3);
+        slot_io.resize(runner.n_slots());
         reset({}, true);
     }
 
@@ -631,7 +638,11 @@ struct CausalVocoder::Impl {
         const int64_t F = Tx * hp.upsample_rate() + 1;   // (the non-final step drops the look-right frames)
         if (F > n_stft(L)) fail(ErrorKind::Internal, "streaming vocoder: STFT frames");
         const std::vector<float> spec = stft(s, L, F);
-        runner.prepare({T, finalize ? 1 : 0}, [&](ggml_context * ctx, ggml_cgraph * gf) { build(ctx, gf, T, finalize); });
+        if (runner.prepare({T, finalize ? 1 : 0}, [&](ggml_context * ctx, ggml_cgraph * gf) { build(ctx, gf, T, finalize); },
+                           true)) {
+            slot_io[runner.slot()] = {in_mel, in_stft, out_re, out_im};
+        }
+        std::tie(in_mel, in_stft, out_re, out_im) = slot_io[runner.slot()];
         ggml_backend_tensor_set(in_mel, x.data(), 0, x.size() * sizeof(float));
         ggml_backend_tensor_set(in_stft, spec.data(), 0, spec.size() * sizeof(float));
         runner.compute();

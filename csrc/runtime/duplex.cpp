@@ -428,10 +428,14 @@ struct DuplexSession::Impl {
         std::vector<PromptSegment> segs;
         segs.push_back(PromptSegment{{id.unit}, nullptr});
         if (vision) segs.push_back(PromptSegment{{}, frames_chunk(frames)});
+        const double t_enc = now_ms();
         if (has_audio) segs.push_back(PromptSegment{{}, audio_unit_chunk(pcm, n)});
         std::vector<float> logits;
+        const double t_pre = now_ms();
+        r.ms_encoder = t_pre - t_enc;
         if (!text_mode) {
             feed_segments(segs);
+            r.ms_prefill = now_ms() - t_pre;
             logits = llm->logits();
             if (!text_ids.empty()) feed_tokens(text_ids);   // after the decision's logits (mixed modes)
         } else {
@@ -486,8 +490,10 @@ struct DuplexSession::Impl {
             if (force_listen) {
                 t = id.listen;
             } else {
+                const double t_s = now_ms();
                 for (const auto & b : bias) logits[(size_t) b.first] += b.second;
                 t = duplex_decode(logits, smp, generated, rng);
+                r.ms_sample += now_ms() - t_s;
                 if (t == id.listen && !turn_ended) t = id.tts_bos;
             }
             if (j == 0) r.ms_decision = now_ms() - t0;
@@ -594,7 +600,7 @@ struct DuplexSession::Impl {
         for (int32_t c : codes) has_chunk_eos |= c == id.listen || c == id.chunk_eos || c == id.chunk_tts_eos;
         std::vector<float> pcm;
         auto emit = [&](const std::vector<int32_t> & w, bool last) {
-            std::vector<float> a = token2wav_window(*speech, w, last);
+            std::vector<float> a = token2wav_window(*speech, w, last, &r.ms_flow, &r.ms_vocoder);
             pcm16_round_trip(a);
             if (!a.empty() && r.ms_first_audio == 0) r.ms_first_audio = now_ms() - t0;
             pcm.insert(pcm.end(), a.begin(), a.end());

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <deque>
@@ -224,10 +225,17 @@ void start_token2wav_stream(SpeechState & st, const FlowPrompt & prompt, int n_s
     st.stream_vocoder->reset(nz, true);
 }
 
-std::vector<float> token2wav_window(SpeechState & st, const std::vector<int32_t> & w, bool last) {
+std::vector<float> token2wav_window(SpeechState & st, const std::vector<int32_t> & w, bool last, double * flow_ms,
+                                    double * vocoder_ms) {
+    using clock = std::chrono::steady_clock;
+    const auto               t0 = clock::now();
     const int64_t            M = st.flow->hp.n_mel;
     const std::vector<float> mel = transpose(st.flow_runner->stream_push(w, last), M);
-    return st.stream_vocoder->push(mel.data(), (int64_t) mel.size() / M, last);
+    const auto               t1 = clock::now();
+    std::vector<float>       pcm = st.stream_vocoder->push(mel.data(), (int64_t) mel.size() / M, last);
+    if (flow_ms) *flow_ms += std::chrono::duration<double, std::milli>(t1 - t0).count();
+    if (vocoder_ms) *vocoder_ms += std::chrono::duration<double, std::milli>(clock::now() - t1).count();
+    return pcm;
 }
 
 // ---- one turn ---------------------------------------------------------------------------------

@@ -53,7 +53,9 @@ uint64_t derive_speech_seed(const std::optional<uint64_t> & base, uint64_t count
 void start_token2wav_stream(SpeechState & st, const FlowPrompt & prompt, int n_steps, uint64_t seed);
 
 // One Token2wav.stream call: the window's codes (with their look-ahead unless `last`) through the
-// flow and the streaming vocoder; 24 kHz float PCM.
-std::vector<float> token2wav_window(SpeechState & st, const std::vector<int32_t> & window, bool last);
+// flow and the streaming vocoder; 24 kHz float PCM. `flow_ms` / `vocoder_ms`, when given, are
+// incremented by the two stages' wall times.
+std::vector<float> token2wav_window(SpeechState & st, const std::vector<int32_t> & window, bool last,
+                                    double * flow_ms = nullptr, double * vocoder_ms = nullptr);
 
 } // namespace minicpm

@@ -71,6 +71,11 @@ py::dict result_dict(const DuplexUnitResult & r, int64_t n_embd, bool capture) {
     d["ms_llm"] = r.ms_llm;
     d["ms_talker"] = r.ms_talker;
     d["ms_token2wav"] = r.ms_token2wav;
+    d["ms_encoder"] = r.ms_encoder;
+    d["ms_prefill"] = r.ms_prefill;
+    d["ms_sample"] = r.ms_sample;
+    d["ms_flow"] = r.ms_flow;
+    d["ms_vocoder"] = r.ms_vocoder;
     return d;
 }
 

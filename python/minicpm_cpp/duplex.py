@@ -54,6 +54,11 @@ class DuplexResult:
     ms_llm: float = 0.0          # audio encoder, unit prefill and decode loop
     ms_talker: float = 0.0
     ms_token2wav: float = 0.0    # flow and vocoder (and the stream restart at a turn's end)
+    ms_encoder: float = 0.0      # inside ms_llm: streaming log-mel + audio encoder
+    ms_prefill: float = 0.0      # inside ms_llm: the unit's prefill
+    ms_sample: float = 0.0       # inside ms_llm: the decode loop's host sampling
+    ms_flow: float = 0.0         # inside ms_token2wav: the flow's windows
+    ms_vocoder: float = 0.0      # inside ms_token2wav: the streaming vocoder
     sample_rate: int = SPEECH_SAMPLE_RATE
 
     def __getitem__(self, key: str) -> Any:   # dict-style access, as the reference's results

@@ -97,6 +97,10 @@ struct DuplexUnitResult {
     // the end of the decode loop), the talker, and Token2Wav (flow and vocoder, the stream
     // restart at the end of a turn included).
     double               ms_llm = 0, ms_talker = 0, ms_token2wav = 0;
+    // Finer [ms]: inside ms_llm the streaming log-mel + audio encoder, the unit's prefill, and the
+    // host sampling of the decode loop (penalties, softmax, draws); inside ms_token2wav the flow
+    // and the streaming vocoder.
+    double               ms_encoder = 0, ms_prefill = 0, ms_sample = 0, ms_flow = 0, ms_vocoder = 0;
 };
 
 class DuplexSession {
