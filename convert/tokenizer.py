@@ -244,6 +244,7 @@ def add_tokenizer(writer: "gguf.GGUFWriter", hf_dir: pathlib.Path, n_vocab: int)
     pad_id = special_id("pad_token")
     bos_id = special_id("bos_token")
     unk_id = special_id("unk_token")
+    all_special = _all_special_ids(config, tok["special_map"], ids_by_text, special_id)
 
     writer.add_string(KEYS["TOKENIZER_MODEL"], "gpt2")
     writer.add_string(KEYS["TOKENIZER_PRE"], "qwen2")
@@ -259,6 +260,8 @@ def add_tokenizer(writer: "gguf.GGUFWriter", hf_dir: pathlib.Path, n_vocab: int)
     if unk_id is not None:
         writer.add_uint32(KEYS["TOKENIZER_UNK_ID"], unk_id)
     writer.add_bool(KEYS["TOKENIZER_ADD_BOS"], bool(config.get("add_bos_token", False)))
+    if all_special:
+        writer.add_array(KEYS["MINICPM_ALL_SPECIAL_IDS"], all_special)
     template = _chat_template(hf_dir, config)
     if template:
         writer.add_string(KEYS["TOKENIZER_CHAT_TEMPLATE"], template)
@@ -271,8 +274,33 @@ def add_tokenizer(writer: "gguf.GGUFWriter", hf_dir: pathlib.Path, n_vocab: int)
         "bos_token_id": bos_id,
         "unk_token_id": unk_id,
         "special_ids": sorted(i for i, t in enumerate(types) if t == TOKEN_CONTROL),
+        "all_special_ids": all_special,
         "user_defined_ids": sorted(i for i, t in enumerate(types) if t == TOKEN_USER_DEFINED),
     }
+
+
+# The special-token attributes of transformers' tokenizers (SPECIAL_TOKENS_ATTRIBUTES).
+_NAMED_SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+def _all_special_ids(config: Dict[str, Any], special_map: Dict[str, Any], ids_by_text: Dict[str, int],
+                     special_id) -> List[int]:
+    """transformers' ``tokenizer.all_special_ids``: the named special tokens (tokenizer_config.json's
+    value, else special_tokens_map.json's) and ``additional_special_tokens`` (tokenizer_config's
+    list when it has one, else special_tokens_map's; tokenizer_config's init arguments win when
+    the tokenizer loads), plus the values of a non-empty ``extra_special_tokens``. Contents not in
+    the vocabulary are left out."""
+    ids = {special_id(name) for name in _NAMED_SPECIAL}
+    extra = config["additional_special_tokens"] if "additional_special_tokens" in config else special_map.get(
+        "additional_special_tokens")
+    contents = [_token_content(v) for v in extra] if isinstance(extra, list) else []
+    more = config.get("extra_special_tokens")
+    if isinstance(more, dict):
+        more = list(more.values())
+    if isinstance(more, list):
+        contents += [_token_content(v) for v in more]
+    ids.update(ids_by_text.get(c) for c in contents if c)
+    return sorted(i for i in ids if i is not None)
 
 
 def write_vocab_only_gguf(hf_dir, out_path, n_vocab: Optional[int] = None, arch: str = "qwen3") -> dict:

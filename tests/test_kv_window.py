@@ -353,6 +353,24 @@ def test_window_context_default_special_ids(setup):
     assert sc.w.stats["total_dropped_units"] == 4
 
 
+def test_window_context_default_special_ids_are_all_special_ids(setup):
+    """The file's minicpm.all_special_ids is the tokenizer's all_special_ids: a generated
+    <|box_start|> (a CONTROL token outside that set) stays in the previous text, as the reference
+    keeps it, and a generated <|im_end|> (inside it) leaves."""
+    hf, model, tok = setup("tiny_qwen3_dir")
+    box, im_end = tok.convert_tokens_to_ids("<|box_start|>"), tok.convert_tokens_to_ids("<|im_end|>")
+    assert box not in tok.all_special_ids and im_end in tok.all_special_ids
+    sc = _Script(hf, model, tok, ref.WindowConfig(mode="context", max_units=2, max_previous_tokens=50),
+                 special_default=True)
+    sc.prepare("<|im_start|>system\nHi.", "<|im_end|>")
+    for inputs, gen, listen in _units(tok, 6, seed=3):
+        if not listen:
+            gen = gen[:2] + [box, im_end] + gen[2:]
+        sc.unit(inputs, gen, listen)
+    assert sc.w.stats["total_dropped_units"] == 4
+    assert box in sc.w.previous_tokens and im_end not in sc.w.previous_tokens
+
+
 def test_window_off_and_no_system(setup):
     hf, model, tok = setup("tiny_qwen3_dir")
     sc = _Script(hf, model, tok, ref.WindowConfig(mode="off", max_tokens=10, target_tokens=5))

@@ -389,6 +389,24 @@ def test_converter_metadata(vocab_file, tokenizer_dir):
     assert 151645 in info["special_ids"] and 151667 not in info["special_ids"]
 
 
+def test_converter_all_special_ids(vocab_file, tokenizer_dir, hf, tmp_path):
+    """minicpm.all_special_ids is transformers' all_special_ids (not the CONTROL set, which has
+    the Qwen vision tokens and <|turn_bos|> besides), also with an extra_special_tokens entry."""
+    path, info = vocab_file
+    got = list(_fields(path)["minicpm.all_special_ids"].contents())
+    assert got == sorted(hf.all_special_ids) == info["all_special_ids"]
+    assert set(got) < set(info["special_ids"])
+    d = tmp_path / "tok"
+    shutil.copytree(tokenizer_dir, d)
+    cfg = json.loads((d / "tokenizer_config.json").read_text(encoding="utf-8"))
+    cfg["extra_special_tokens"] = {"box_token": "<|box_start|>"}
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    transformers = pytest.importorskip("transformers")
+    want = sorted(transformers.Qwen2TokenizerFast.from_pretrained(str(d)).all_special_ids)
+    out = write_vocab_only_gguf(d, tmp_path / "v.gguf", n_vocab=N_VOCAB)
+    assert out["all_special_ids"] == want and 151648 in want
+
+
 def test_converter_pads_to_embedding_rows(tmp_path, tokenizer_dir, ours):
     path = tmp_path / "padded.gguf"
     info = write_vocab_only_gguf(tokenizer_dir, path, n_vocab=151936)

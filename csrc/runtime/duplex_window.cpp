@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "preprocess/tokenizer.h"
+#include "runtime/model_impl.h"
 
 #include <algorithm>
 #include <numeric>
@@ -63,9 +64,13 @@ bool is_blank(const std::string & s) {
 DuplexWindow::DuplexWindow(Session & session, const DuplexWindowConfig & config)
     : session_(session), cfg_(checked(config)) {
     const Tokenizer & tok = session_.model()->tokenizer();
-    std::vector<int32_t> ids;
-    for (int32_t id = 0; id < tok.n_tokens(); ++id) {
-        if (tok.token_type(id) == TOKEN_TYPE_CONTROL) ids.push_back(id);
+    // The tokenizer's all_special_ids as the converter recorded them; older files: the CONTROL
+    // tokens (a superset).
+    std::vector<int32_t> ids = session_.model()->impl().all_special_ids;
+    if (ids.empty()) {
+        for (int32_t id = 0; id < tok.n_tokens(); ++id) {
+            if (tok.token_type(id) == TOKEN_TYPE_CONTROL) ids.push_back(id);
+        }
     }
     set_special_ids(ids);
     reset();

@@ -100,9 +100,10 @@ public:
     const DuplexWindowStats &             stats() const { return stats_; }
     int                                   position_offset() const { return position_offset_; }
     // The ids left out of the previous text (the reference's tokenizer.all_special_ids plus its
-    // list of duplex tokens). By default the vocabulary's CONTROL tokens (HF's special added
-    // tokens): a superset of all_special_ids by the eleven Qwen vision tokens
-    // (<|object_ref_start|> ... <|video_pad|>) and <|turn_bos|> in MiniCPM-o 4.5's vocabulary.
+    // list of duplex tokens). By default the file's minicpm.all_special_ids; for files without
+    // it, the vocabulary's CONTROL tokens (HF's special added tokens): a superset of
+    // all_special_ids by the eleven Qwen vision tokens (<|object_ref_start|> ... <|video_pad|>)
+    // and <|turn_bos|> in MiniCPM-o 4.5's vocabulary.
     void                                  set_special_ids(const std::vector<int32_t> & ids);
 
 private:

@@ -74,16 +74,23 @@ void set_end_of_turn(Model::Impl & m, const GgufFile & f) {
     for (const auto & s : stop_strs) add(m.tokenizer->find_token(s));
 }
 
-void set_bad_token_ids(Model::Impl & m, const GgufFile & f) {
-    const std::string key = key_name(KeyName::MINICPM_BAD_TOKEN_IDS);
-    if (!f.has_key(key)) return;
-    m.bad_token_ids = f.get_i32_array(key);
-    for (int32_t id : m.bad_token_ids) {
+// An optional array of token ids (empty when absent), each checked against the vocabulary.
+std::vector<int32_t> token_id_array(const Model::Impl & m, const GgufFile & f, KeyName k) {
+    const std::string key = key_name(k);
+    if (!f.has_key(key)) return {};
+    std::vector<int32_t> ids = f.get_i32_array(key);
+    for (int32_t id : ids) {
         if (id < 0 || id >= m.tokenizer->n_tokens()) {
             fail(ErrorKind::Format, "metadata key " + key + " in " + f.path() + ": token id " + std::to_string(id) +
                                         " is outside the vocabulary of " + std::to_string(m.tokenizer->n_tokens()));
         }
     }
+    return ids;
+}
+
+void set_bad_token_ids(Model::Impl & m, const GgufFile & f) {
+    m.bad_token_ids = token_id_array(m, f, KeyName::MINICPM_BAD_TOKEN_IDS);
+    m.all_special_ids = token_id_array(m, f, KeyName::MINICPM_ALL_SPECIAL_IDS);
 }
 
 void fill_info(Model::Impl & m, const std::string & path) {

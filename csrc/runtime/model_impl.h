@@ -32,6 +32,7 @@ struct Model::Impl {
     GenerationDefaults                   defaults;
     std::vector<int32_t>                 end_of_turn;
     std::vector<int32_t>                 bad_token_ids;   // minicpm.bad_token_ids (empty when absent)
+    std::vector<int32_t>                 all_special_ids; // minicpm.all_special_ids (empty when absent)
 
     const LlmModel &    llm() const { return static_cast<const LlmModel &>(*components.at("llm")); }
 
