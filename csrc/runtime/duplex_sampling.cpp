@@ -2,6 +2,7 @@
 #include "runtime/duplex_sampling.h"
 
 #include "core/error.h"
+#include "core/exp.h"
 
 #include <algorithm>
 #include <cmath>
@@ -20,16 +21,20 @@ int32_t argmax(const std::vector<float> & x) {
 }
 
 // softmax (0 for -inf; float32 exponentials, as the reference's F.softmax) and a multinomial
-// draw: tts_draw over the unnormalised probabilities, their double sum taken in the same pass
-// (the same sum, in the same order, as tts_draw's own).
+// draw: tts_draw over the unnormalised probabilities and their double sum.
 int32_t draw(const std::vector<float> & x, TtsRng & rng) {
     float mx = -std::numeric_limits<float>::infinity();
     for (float v : x) mx = std::max(mx, v);
     if (!std::isfinite(mx)) fail(ErrorKind::InvalidArgument, "duplex: every token is masked (or the logits are not finite)");
     std::vector<float> p(x.size());
-    double sum = 0.0;
-    for (size_t i = 0; i < x.size(); ++i) sum += (p[i] = std::exp(x[i] - mx));
-    return tts_draw(p, sum, rng);
+    exp_shifted(x.data(), p.data(), x.size(), mx);
+    double s[4] = {0.0, 0.0, 0.0, 0.0};   // four running sums: no chain of dependent additions
+    size_t i = 0;
+    for (; i + 4 <= p.size(); i += 4) {
+        for (size_t k = 0; k < 4; ++k) s[k] += p[i + k];
+    }
+    for (; i < p.size(); ++i) s[0] += p[i];
+    return tts_draw(p, (s[0] + s[1]) + (s[2] + s[3]), rng);
 }
 
 // The k-th largest value of x (k <= x.size()), as nth_element with greater<> gives it, in one

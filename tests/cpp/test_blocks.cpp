@@ -5,9 +5,14 @@
 #include "check.h"
 #include "graph_harness.h"
 
+#include "core/exp.h"
 #include "graph/blocks.h"
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
 
 using namespace test_graph;
 namespace graph = minicpm::graph;
@@ -73,6 +78,51 @@ double ref_gelu_tanh(double x) {
 constexpr double kF32Abs = 1e-5;
 
 } // namespace
+
+// The softmax exponentials (core/exp.h) against the C library's expf: within 1 ulp over a sweep
+// of the floats in [-87.3, 0] (every 61st), the vector and the scalar path equal, and the edges.
+TEST(softmax_exponentials_match_expf) {
+    std::vector<float> x;
+    const float end = -87.3f;
+    uint32_t last;
+    std::memcpy(&last, &end, 4);
+    for (uint32_t b = 0x80000000u; b <= last; b += 61) {   // negative floats: -0 down to -87.3
+        float v;
+        std::memcpy(&v, &b, 4);
+        x.push_back(v);
+    }
+    std::vector<float> y(x.size());
+    minicpm::exp_shifted(x.data(), y.data(), x.size(), 0.0f);
+    int64_t worst = 0, equal = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+        const float want = std::exp(x[i]);
+        int32_t a, b;
+        std::memcpy(&a, &y[i], 4);
+        std::memcpy(&b, &want, 4);
+        worst = std::max<int64_t>(worst, std::abs((int64_t) a - b));
+        equal += a == b;
+        CHECK_EQ(y[i], minicpm::exp_nonpositive(x[i]));   // the vector path = the scalar one
+    }
+    CHECK(x.size() > 10000000);
+    CHECK(worst <= 1);
+    CHECK(equal > (int64_t) (0.98 * (double) x.size()));
+    // shifted by the maximum, odd lengths (the scalar tail), -inf, underflow, NaN
+    const float ninf = -std::numeric_limits<float>::infinity();
+    std::vector<float> e = {3.0f, ninf, 2.0f, -200.0f, 3.0f - 87.33f, 3.0f - 87.34f, 1.0f};
+    std::vector<float> o(e.size());
+    minicpm::exp_shifted(e.data(), o.data(), e.size(), 3.0f);
+    CHECK_EQ(o[0], 1.0f);
+    CHECK_EQ(o[1], 0.0f);
+    CHECK_NEAR(o[2], std::exp(-1.0f), 1e-7);
+    CHECK_EQ(o[3], 0.0f);
+    CHECK(o[4] > 0.0f);
+    CHECK_EQ(o[5], 0.0f);
+    CHECK_NEAR(o[6], std::exp(-2.0f), 1e-7);
+    CHECK(std::isnan(minicpm::exp_nonpositive(std::numeric_limits<float>::quiet_NaN())));
+    std::vector<float> nan4(4, std::numeric_limits<float>::quiet_NaN()), out4(4);
+    minicpm::exp_shifted(nan4.data(), out4.data(), 4, 0.0f);
+    CHECK(std::isnan(out4[0]) && std::isnan(out4[3]));
+}
 
 TEST(rms_norm_with_and_without_weight) {
     const int64_t n = 13, rows = 5;
