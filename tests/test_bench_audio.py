@@ -6,7 +6,6 @@ logs as llama.cpp does)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import stat
@@ -25,17 +24,9 @@ BENCH_DIR = tiny_models.REPO_DIR / "benchmarks"
 TINY = ["--layers", "2", "--d-model", "64", "--heads", "4", "--ffn", "256", "--proj-dim", "96"]
 
 
-def _load(name):
-    sys.path.insert(0, str(BENCH_DIR))
-    spec = importlib.util.spec_from_file_location(name, BENCH_DIR / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ba = _load("bench_audio")
-mra = _load("make_random_audio")
-tar = _load("torch_audio_ref")
+ba = tiny_models.load_benchmark("bench_audio")
+mra = tiny_models.load_benchmark("make_random_audio")
+tar = tiny_models.load_benchmark("torch_audio_ref")
 
 
 @pytest.fixture(scope="module")

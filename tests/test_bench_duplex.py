@@ -7,10 +7,8 @@ and its Token2Wav restart included, are the benchmark's job: this one only has t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 
 import pytest
 
@@ -21,20 +19,10 @@ import tiny_models  # noqa: E402
 
 import minicpm_cpp  # noqa: E402
 
-BENCH_DIR = tiny_models.REPO_DIR / "benchmarks"
-
-
-def _load(name):
-    sys.path.insert(0, str(BENCH_DIR))
-    spec = importlib.util.spec_from_file_location(name, BENCH_DIR / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 @pytest.mark.skipif(not hasattr(minicpm_cpp, "DuplexSession"), reason="minicpm_cpp.DuplexSession is not built in this tree")
 def test_torch_session_next_to_minicpm(tmp_path):
-    bd = _load("bench_duplex")
+    bd = tiny_models.load_benchmark("bench_duplex")
     out = tmp_path / "duplex.json"
     assert bd.main([str(tmp_path / "files"), "--size", "tiny", "--units", "4", "--threads", "2", "--torch",
                     "--json", str(out)]) == 0

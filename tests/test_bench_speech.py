@@ -5,10 +5,8 @@ the machine's load."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 
 import pytest
 
@@ -17,19 +15,9 @@ torch = pytest.importorskip("torch")
 import speech_ref  # noqa: E402,F401  (stubs torchaudio before the reference imports)
 import tiny_models  # noqa: E402
 
-BENCH_DIR = tiny_models.REPO_DIR / "benchmarks"
 
-
-def _load(name):
-    sys.path.insert(0, str(BENCH_DIR))
-    spec = importlib.util.spec_from_file_location(name, BENCH_DIR / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bs = _load("bench_speech")
-mrs = _load("make_random_speech")
+bs = tiny_models.load_benchmark("bench_speech")
+mrs = tiny_models.load_benchmark("make_random_speech")
 
 
 @pytest.fixture(scope="module")

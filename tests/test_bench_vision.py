@@ -5,7 +5,6 @@ llama.cpp does)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import stat
@@ -22,14 +21,7 @@ import tiny_models  # noqa: E402
 BENCH_DIR = tiny_models.REPO_DIR / "benchmarks"
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, BENCH_DIR / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bv = _load("bench_vision")
+bv = tiny_models.load_benchmark("bench_vision")
 
 # What llama-mtmd-cli logs around its vision encode (current llama.cpp), for one image of
 # 2 pieces: one batch per piece, each followed by the LLM decode of its embeddings.

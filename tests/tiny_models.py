@@ -31,6 +31,7 @@ from typing import Dict, Optional, Union
 
 VOCAB_SIZE = 151748
 REPO_DIR = Path(__file__).resolve().parents[1]
+
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 TOKENIZER_SUBDIR = Path("tokenizer") / "minicpm-o-4_5"
 
@@ -62,6 +63,22 @@ LLM_CONFIG_FIELDS = (
 )
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+def load_benchmark(name: str):
+    """A script of benchmarks/ (``bench_speech``, ``make_random_audio``, ...) imported as a module,
+    with benchmarks/ on sys.path for the scripts' own imports of each other."""
+    import importlib.util
+    import sys
+
+    bench_dir = REPO_DIR / "benchmarks"
+    if str(bench_dir) not in sys.path:
+        sys.path.insert(0, str(bench_dir))
+    spec = importlib.util.spec_from_file_location(name, bench_dir / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
 
 
 def assets_dir() -> Path:
