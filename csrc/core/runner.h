@@ -119,4 +119,25 @@ private:
     std::map<std::string, ggml_tensor *>   state_;
 };
 
+// Each kept graph's input / output tensors, by runner slot. The builder writes the caller's `io`
+// (the current graph's); prepare() keeps them under the graph's slot when it was built and
+// puts the slot's back into `io` when a kept graph is taken.
+template <class IO>
+class GraphSlots {
+public:
+    bool prepare(GraphRunner & r, const GraphKey & key, const GraphBuilder & build, bool cacheable, IO & io) {
+        if (slots_.size() != r.n_slots()) slots_.assign(r.n_slots(), IO{});
+        const bool built = r.prepare(key, build, cacheable);
+        if (built) {
+            slots_[r.slot()] = io;
+        } else {
+            io = slots_[r.slot()];
+        }
+        return built;
+    }
+
+private:
+    std::vector<IO> slots_;
+};
+
 } // namespace minicpm

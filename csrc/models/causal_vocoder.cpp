@@ -13,7 +13,6 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <tuple>
 
 namespace minicpm {
 
@@ -357,9 +356,10 @@ struct CausalVocoder::Impl {
     const CausalVocoderModel & m;
     const CvocHparams &        hp;
     GraphRunner                runner;
-    ggml_tensor *              in_mel = nullptr, * in_stft = nullptr, * out_re = nullptr, * out_im = nullptr;
-    // each kept graph's inputs and outputs, by runner slot
-    std::vector<std::tuple<ggml_tensor *, ggml_tensor *, ggml_tensor *, ggml_tensor *>> slot_io;
+    struct IO {
+        ggml_tensor * mel = nullptr, * stft = nullptr, * re = nullptr, * im = nullptr;
+    } io;                      // the current graph's
+    GraphSlots<IO>             slot_io;   // each kept graph's
     std::vector<float>         window;
     std::vector<double>        cos_t, sin_t;
 
@@ -395,7 +395,6 @@ struct CausalVocoder::Impl {
         // A window's blocks alternate between a few lengths (full blocks and the window's rest):
         // each keeps its graph (and on CUDA its captured graph).
         runner.set_graph_cache(3);
-        slot_io.resize(runner.n_slots());
         reset({}, true);
     }
 
@@ -435,13 +434,13 @@ struct CausalVocoder::Impl {
         const int64_t nb = hp.n_bins(), ns = hp.n_stages(), nk = (int64_t) hp.rb_kernels.size();
         const int64_t Tx = finalize ? T : T - hp.look_right;
         const int64_t F = Tx * hp.upsample_rate() + 1;   // source STFT frames used
-        in_mel = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, T, hp.n_mel);
-        ggml_set_name(in_mel, "cvoc_mel");
-        ggml_set_input(in_mel);
-        in_stft = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, F, hp.n_fft + 2);
-        ggml_set_name(in_stft, "cvoc_source_stft");
-        ggml_set_input(in_stft);
-        ggml_tensor * x = conv1d(ctx, m.w.pre, pad_time(ctx, in_mel, 0, finalize ? (int) hp.look_right : 0), 1, 1);
+        io.mel = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, T, hp.n_mel);
+        ggml_set_name(io.mel, "cvoc_mel");
+        ggml_set_input(io.mel);
+        io.stft = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, F, hp.n_fft + 2);
+        ggml_set_name(io.stft, "cvoc_source_stft");
+        ggml_set_input(io.stft);
+        ggml_tensor * x = conv1d(ctx, m.w.pre, pad_time(ctx, io.mel, 0, finalize ? (int) hp.look_right : 0), 1, 1);
         for (int64_t i = 0; i < ns; ++i) {
             const int64_t u = hp.up_rates[(size_t) i];
             x = ggml_leaky_relu(ctx, x, hp.lrelu_slope, false);
@@ -452,8 +451,8 @@ struct CausalVocoder::Impl {
             x = conv1d(ctx, m.w.ups[(size_t) i], pad_time(ctx, x, (int) (hp.up_kernels[(size_t) i] - 1), 0), 1, 1);
             if (i == ns - 1 && hp.reflect_pad > 0) x = ggml_pad_reflect_1d(ctx, x, (int) hp.reflect_pad, 0);
             const int64_t st = hp.down_strides[(size_t) i];
-            ggml_tensor * si = st == 1 ? conv_left(ctx, m.w.downs[(size_t) i], in_stft, 1)
-                                       : conv1d(ctx, m.w.downs[(size_t) i], pad_time(ctx, in_stft, (int) (st - 1), 0),
+            ggml_tensor * si = st == 1 ? conv_left(ctx, m.w.downs[(size_t) i], io.stft, 1)
+                                       : conv1d(ctx, m.w.downs[(size_t) i], pad_time(ctx, io.stft, (int) (st - 1), 0),
                                                 (int) st, 1);
             si = resblock(ctx, m.w.srb[(size_t) i], si, hp.snake_eps);
             if (si->ne[0] != x->ne[0]) {
@@ -478,12 +477,12 @@ struct CausalVocoder::Impl {
         ggml_tensor * mag = ggml_exp(ctx, ggml_view_2d(ctx, x, F, nb, x->nb[1], 0));
         mag = ggml_clamp(ctx, mag, -std::numeric_limits<float>::max(), hp.magnitude_clip);
         ggml_tensor * ph = ggml_sin(ctx, ggml_view_2d(ctx, x, F, hp.n_fft + 2 - nb, x->nb[1], (size_t) nb * x->nb[1]));
-        out_re = ggml_mul(ctx, mag, ggml_cos(ctx, ph));
-        out_im = ggml_mul(ctx, mag, ggml_sin(ctx, ph));
-        ggml_set_output(out_re);
-        ggml_set_output(out_im);
-        ggml_build_forward_expand(gf, out_re);
-        ggml_build_forward_expand(gf, out_im);
+        io.re = ggml_mul(ctx, mag, ggml_cos(ctx, ph));
+        io.im = ggml_mul(ctx, mag, ggml_sin(ctx, ph));
+        ggml_set_output(io.re);
+        ggml_set_output(io.im);
+        ggml_build_forward_expand(gf, io.re);
+        ggml_build_forward_expand(gf, io.im);
     }
 
     // f0_predictor(features.double(), finalize).to(float32) over mel frames [a, b) of the cache
@@ -638,17 +637,14 @@ struct CausalVocoder::Impl {
         const int64_t F = Tx * hp.upsample_rate() + 1;   // (the non-final step drops the look-right frames)
         if (F > n_stft(L)) fail(ErrorKind::Internal, "streaming vocoder: STFT frames");
         const std::vector<float> spec = stft(s, L, F);
-        if (runner.prepare({T, finalize ? 1 : 0}, [&](ggml_context * ctx, ggml_cgraph * gf) { build(ctx, gf, T, finalize); },
-                           true)) {
-            slot_io[runner.slot()] = {in_mel, in_stft, out_re, out_im};
-        }
-        std::tie(in_mel, in_stft, out_re, out_im) = slot_io[runner.slot()];
-        ggml_backend_tensor_set(in_mel, x.data(), 0, x.size() * sizeof(float));
-        ggml_backend_tensor_set(in_stft, spec.data(), 0, spec.size() * sizeof(float));
+        slot_io.prepare(runner, {T, finalize ? 1 : 0}, [&](ggml_context * ctx, ggml_cgraph * gf) { build(ctx, gf, T, finalize); },
+                        true, io);
+        ggml_backend_tensor_set(io.mel, x.data(), 0, x.size() * sizeof(float));
+        ggml_backend_tensor_set(io.stft, spec.data(), 0, spec.size() * sizeof(float));
         runner.compute();
         std::vector<float> re((size_t) (F * hp.n_bins())), im(re.size());
-        ggml_backend_tensor_get(out_re, re.data(), 0, re.size() * sizeof(float));
-        ggml_backend_tensor_get(out_im, im.data(), 0, im.size() * sizeof(float));
+        ggml_backend_tensor_get(io.re, re.data(), 0, re.size() * sizeof(float));
+        ggml_backend_tensor_get(io.im, im.data(), 0, im.size() * sizeof(float));
         std::vector<float> wav = istft(re, im, F);
         if (!finalize) wav.resize(wav.size() - (size_t) spf);
         for (float & v : wav) v = std::min(std::max(v, -hp.audio_limit), hp.audio_limit);

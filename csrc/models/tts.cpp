@@ -477,7 +477,7 @@ struct TtsContext::Impl {
     struct IO {
         ggml_tensor * embd = nullptr, * pos = nullptr, * kv_idx = nullptr, * mask = nullptr, * logits = nullptr;
     } io;                       // the current graph's
-    std::vector<IO> slot_io;    // each kept graph's, by runner slot
+    GraphSlots<IO> slot_io;     // each kept graph's
     struct CondIO {
         ggml_tensor * tokens = nullptr, * hidden = nullptr, * out = nullptr;
     } cio;
@@ -510,7 +510,6 @@ struct TtsContext::Impl {
                             "tts condition compute buffers");
         // The condition prefill and the one-code steps alternate every chunk: each keeps its graph.
         runner.set_graph_cache(2);
-        slot_io.resize(runner.n_slots());
         observer.attach(runner);
         cond_observer.attach(cond_runner);
         MINICPM_LOG_INFO("tts: K/V cache %lld cells, %.1f MiB", (long long) n_ctx, runner.state_bytes() / 1048576.0);
@@ -616,11 +615,8 @@ struct TtsContext::Impl {
             const bool    want_all = all;
             const int64_t start = n_cells;
             const int64_t n_kv = std::min<int64_t>(n_ctx, (start + nb + 63) / 64 * 64);
-            if (runner.prepare({nb, n_kv, want_all}, [&](ggml_context * ctx, ggml_cgraph * gf) { build(ctx, gf, nb, n_kv, want_all); },
-                               nb <= 32)) {
-                slot_io[runner.slot()] = io;
-            }
-            io = slot_io[runner.slot()];
+            slot_io.prepare(runner, {nb, n_kv, want_all}, [&](ggml_context * ctx, ggml_cgraph * gf) { build(ctx, gf, nb, n_kv, want_all); },
+                            nb <= 32, io);
             ggml_backend_tensor_set(io.embd, embd + b0 * hp.n_embd, 0, (size_t) (nb * hp.n_embd) * sizeof(float));
             ggml_backend_tensor_set(io.pos, pos + b0, 0, (size_t) nb * sizeof(int32_t));
             std::vector<int64_t> cells((size_t) nb);

@@ -15,7 +15,6 @@ LlmBatcher::LlmBatcher(const LlmModel & model, const Devices & devices, int n_th
     : m_(model), backends_(devices, n_threads), runner_("llm-batch", backends_, llm_batch_graph_max_nodes(model.hp, kMaxParts)) {
     // Duplex units alternate between a prefill and decode steps: several shapes stay built.
     runner_.set_graph_cache(4);
-    slot_in_.resize(runner_.n_slots());
 }
 
 void LlmBatcher::set_gather(int min_parts, double wait_ms) {
@@ -123,11 +122,9 @@ void LlmBatcher::run(const std::vector<Request *> & batch, bool & rebuilt, doubl
         auto t0 = std::chrono::steady_clock::now();
         int64_t rows = 0;
         for (const LlmBatchPart * p : parts) rows += p->n;
-        LlmBatchInputs built;
-        rebuilt = runner_.prepare(key, [&](ggml_context * ctx, ggml_cgraph * gf) { build_llm_batch_graph(ctx, gf, m_, seqs, flash, hidden, built); },
-                                  rows <= kCachedGraphRows);
-        if (rebuilt) slot_in_[runner_.slot()] = built;
-        in_ = slot_in_[runner_.slot()];
+        rebuilt = slot_in_.prepare(runner_, key, [&](ggml_context * ctx, ggml_cgraph * gf) {
+            build_llm_batch_graph(ctx, gf, m_, seqs, flash, hidden, in_);
+        }, rows <= kCachedGraphRows, in_);
         build_ms = ms_since(t0);
         t0 = std::chrono::steady_clock::now();
         const int64_t E = m_.hp.n_embd;

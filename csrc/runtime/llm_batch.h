@@ -83,7 +83,7 @@ private:
     ComputeBackends         backends_;
     GraphRunner             runner_;
     LlmBatchInputs          in_;        // the current graph's
-    std::vector<LlmBatchInputs> slot_in_;   // each kept graph's, by runner slot
+    GraphSlots<LlmBatchInputs> slot_in_;   // each kept graph's
 
     mutable std::mutex      mu_;
     std::condition_variable cv_;

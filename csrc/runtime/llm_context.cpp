@@ -111,7 +111,6 @@ LlmContext::LlmContext(const LlmModel & model, const ComputeBackends & backends,
     }, "try a smaller n_ctx or n_batch");
     // Small forwards (decode steps, a duplex unit, its terminators) keep graphs of their own.
     runner_.set_graph_cache(kCachedGraphs);
-    slot_in_.resize(runner_.n_slots());
     observer_.attach(runner_);
     logits_.resize((size_t) m_.hp.n_vocab);
 }
@@ -380,12 +379,8 @@ void LlmContext::eval_batch(size_t first, int64_t n_tokens) {
         gp.logits_all = capture_logits_;
         // Steps of one shape (one token, same rounded n_kv) reuse the allocated graph; small
         // shapes that alternate (a duplex unit's prefill, decode and terminator) each keep theirs.
-        LlmGraphInputs built;
-        if (runner_.prepare(gp.key(), [&](ggml_context * ctx, ggml_cgraph * gf) { build_llm_graph(ctx, gf, m_, kv_, gp, built); },
-                            n_tokens <= kCachedGraphTokens)) {
-            slot_in_[runner_.slot()] = built;
-        }
-        in_ = slot_in_[runner_.slot()];
+        slot_in_.prepare(runner_, gp.key(), [&](ggml_context * ctx, ggml_cgraph * gf) { build_llm_graph(ctx, gf, m_, kv_, gp, in_); },
+                         n_tokens <= kCachedGraphTokens, in_);
 
         if (use_embd) {
             std::vector<float> embd;

@@ -114,7 +114,7 @@ private:
     EvalObserver          observer_;
     KvCache               kv_;
     LlmGraphInputs        in_;        // the current graph's
-    std::vector<LlmGraphInputs> slot_in_;   // each kept graph's, by runner slot
+    GraphSlots<LlmGraphInputs> slot_in_;   // each kept graph's
     ggml_tensor *         shift_in_ = nullptr;   // I32 position deltas of the K-shift graph
     LlmBatcher *          batcher_ = nullptr;
     uint64_t              uid_ = 0;
