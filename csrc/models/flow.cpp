@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <string>
@@ -498,6 +499,84 @@ FlowWeights FlowWeights::declare(WeightStore & store, const FlowHparams & hp, co
     return w;
 }
 
+namespace {
+
+bool float_type(ggml_type t) { return t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16; }
+
+// FlowModel::lean: whether the environment forces it (MINICPM_FLOW_LEAN=0/1), else on GPUs.
+bool lean_wanted(const Devices & devices) {
+    if (const char * env = std::getenv("MINICPM_FLOW_LEAN")) {
+        if (env[0] == '0' && env[1] == 0) return false;
+        if (env[0] == '1' && env[1] == 0) return true;
+    }
+    return !devices.main_is_cpu();
+}
+
+// The lean estimator's F32 matrices, computed at load from the file's (any float type): Q|K|V
+// rows back to back in one matrix (and their biases), o / up / down and the two convolution
+// kernels as F32. False (nothing changed) when a matrix is quantized.
+bool derive_lean(WeightStore & s, FlowWeights & w, const FlowHparams & hp) {
+    for (const FlowDitBlock & B : w.dit) {
+        for (const ggml_tensor * t : {B.q_w, B.k_w, B.v_w, B.o_w, B.up_w, B.down_w, B.conv1_w, B.conv2_w, B.q_b, B.k_b, B.v_b}) {
+            if (!t || !float_type(t->type)) return false;
+        }
+    }
+    const int64_t D = hp.dit_embd, inner = hp.dit_head * hp.dit_head_dim;
+    auto concat = [&s](std::vector<const ggml_tensor *> parts) {
+        return [&s, parts](uint8_t * d) {
+            for (const ggml_tensor * t : parts) {
+                const std::vector<float> f = s.read_f32(t);
+                std::memcpy(d, f.data(), f.size() * sizeof(float));
+                d += f.size() * sizeof(float);
+            }
+        };
+    };
+    for (size_t il = 0; il < w.dit.size(); ++il) {
+        FlowDitBlock & B = w.dit[il];
+        const std::string p = "flow.dit." + std::to_string(il);
+        B.qkv_w = s.derived(p + ".attn_qkv.f32", GGML_TYPE_F32, {D, 3 * inner}, concat({B.q_w, B.k_w, B.v_w}));
+        B.qkv_b = s.derived(p + ".attn_qkv_b.f32", GGML_TYPE_F32, {3 * inner}, concat({B.q_b, B.k_b, B.v_b}));
+        for (ggml_tensor * t : {B.q_w, B.k_w, B.v_w}) s.drop(t);
+        B.q_w = B.k_w = B.v_w = nullptr;
+        for (ggml_tensor ** t : {&B.o_w, &B.up_w, &B.down_w, &B.conv1_w, &B.conv2_w}) {
+            ggml_tensor * src = *t;
+            if (src->type == GGML_TYPE_F32) continue;   // (llama.cpp-omni's kernels: F32 copies already)
+            *t = s.derived(p + "." + ggml_get_name(src) + ".f32", GGML_TYPE_F32, {src->ne[0], src->ne[1], src->ne[2]},
+                           concat({src}));
+            s.drop(src);
+        }
+    }
+    return true;
+}
+
+// The K/V type of the lean estimator's flash attention (see FlowModel::flash_kv).
+ggml_type flash_kv_type(const Devices & devices, const FlowHparams & hp) {
+    std::vector<uint8_t> buf(8 * ggml_tensor_overhead());
+    ggml_init_params ip = {buf.size(), buf.data(), true};
+    ggml_context * ctx = ggml_init(ip);
+    ggml_type out = GGML_TYPE_COUNT;
+    for (ggml_type t : {GGML_TYPE_F32, GGML_TYPE_F16}) {
+        ggml_tensor * q = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, hp.dit_head_dim, 56, hp.dit_head, 2);
+        ggml_tensor * k = ggml_new_tensor_4d(ctx, t, hp.dit_head_dim, 200, hp.dit_head, 2);
+        ggml_tensor * v = ggml_new_tensor_4d(ctx, t, hp.dit_head_dim, 200, hp.dit_head, 2);
+        ggml_tensor * o = ggml_flash_attn_ext(ctx, q, k, v, nullptr, 0.125f, 0.0f, 0.0f);
+        graph::set_prec_f32(o);
+        if (devices.supports_op(o)) {
+            out = t;
+            break;
+        }
+    }
+    ggml_free(ctx);
+    return out;
+}
+
+void set_lean(FlowModel & m, const Devices & devices) {
+    m.lean = lean_wanted(devices) && derive_lean(*m.store, m.w, m.hp);
+    if (m.lean) m.flash_kv = flash_kv_type(devices, m.hp);
+}
+
+} // namespace
+
 size_t FlowModel::weight_bytes() const {
     size_t n = store->bytes_on_main() + store->bytes_on_host() + store->bytes_repacked();
     for (const auto & s : omni_stores) n += s->bytes_on_main() + s->bytes_on_host() + s->bytes_repacked();
@@ -537,9 +616,10 @@ void load_omni(FlowModel & m, const ComponentLoad & in) {
     const size_t n_enc = (size_t) ((m.hp.n_blocks + m.hp.n_up_blocks) * 20 + 32);
     m.omni_stores.push_back(std::make_unique<WeightStore>(enc, in.devices, n_enc));
     m.omni_stores.push_back(std::make_unique<WeightStore>(extra, in.devices, 8));
-    m.store = std::make_unique<WeightStore>(in.file, in.devices, (size_t) (m.hp.dit_depth * 30 + 16));
+    m.store = std::make_unique<WeightStore>(in.file, in.devices, (size_t) (m.hp.dit_depth * 35 + 16));
     const FlowOmniStores stores{m.omni_stores[0].get(), m.store.get(), m.omni_stores[1].get()};
     m.w = FlowWeights::declare(*m.store, m.hp, &stores);
+    set_lean(m, in.devices);
     for (auto & s : m.omni_stores) s->load();
     m.store->load();
 }
@@ -550,14 +630,16 @@ std::unique_ptr<Component> flow_load(const ComponentLoad & in) {
         load_omni(*m, in);
     } else {
         m->hp = FlowHparams::from_gguf(in.file);
-        const size_t n_tensors = (size_t) ((m->hp.n_blocks + m->hp.n_up_blocks) * 20 + m->hp.dit_depth * 26 + 48);
+        const size_t n_tensors = (size_t) ((m->hp.n_blocks + m->hp.n_up_blocks) * 20 + m->hp.dit_depth * 31 + 48);
         m->store = std::make_unique<WeightStore>(in.file, in.devices, n_tensors);
         m->w = FlowWeights::declare(*m->store, m->hp);
+        set_lean(*m, in.devices);
         m->store->load();
     }
-    MINICPM_LOG_INFO("token2wav flow: encoder %lld+%lld layers x %lld, DiT %lld blocks x %lld, %lld steps, cfg %.2f%s",
+    MINICPM_LOG_INFO("token2wav flow: encoder %lld+%lld layers x %lld, DiT %lld blocks x %lld%s, %lld steps, cfg %.2f%s",
                      (long long) m->hp.n_blocks, (long long) m->hp.n_up_blocks, (long long) m->hp.n_embd,
-                     (long long) m->hp.dit_depth, (long long) m->hp.dit_embd, (long long) m->hp.n_timesteps,
+                     (long long) m->hp.dit_depth, (long long) m->hp.dit_embd, m->lean ? " (lean GPU graph)" : "",
+                     (long long) m->hp.n_timesteps,
                      m->hp.cfg_rate, m->hp.omni_layout ? " (llama.cpp-omni token2wav-gguf files)" : "");
     return m;
 }

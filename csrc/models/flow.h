@@ -90,6 +90,9 @@ struct FlowDitBlock {
     ggml_tensor * o_w, * o_b;
     ggml_tensor * conv1_w, * conv1_b, * conv_norm_w, * conv_norm_b, * conv2_w, * conv2_b;
     ggml_tensor * up_w, * up_b, * down_w, * down_b;
+    // The GPU graph (FlowModel::lean): Q|K|V as one F32 matrix [D, 3 inner] with its bias, and
+    // F32 copies of o / up / down / conv1 / conv2 in place of the file's (null otherwise).
+    ggml_tensor * qkv_w = nullptr, * qkv_b = nullptr;
 };
 
 struct FlowWeights {
@@ -122,6 +125,14 @@ public:
     std::vector<std::unique_ptr<GgufFile>>    omni_files;
     std::vector<std::unique_ptr<WeightStore>> omni_stores;
     std::unique_ptr<WeightStore> store;
+    // The estimator graph with fewer, larger kernels (on GPUs, where a streaming window is bound
+    // by the count of small kernels, benchmarks/RESULTS.md): F32 matrices (one cuBLAS product
+    // each, no F16 conversions), one Q|K|V product, ggml's tanh GELU and flash attention. Off on
+    // the CPU, where the graph matches the reference in F32. MINICPM_FLOW_LEAN=0/1 overrides.
+    bool lean = false;
+    // The lean graph's flash attention K/V type (F32 where the device takes it, else F16), or
+    // GGML_TYPE_COUNT: none (the products and softmax).
+    ggml_type flash_kv = GGML_TYPE_COUNT;
 };
 
 extern const ComponentType kFlowComponent;
