@@ -536,6 +536,20 @@ bool derive_lean(WeightStore & s, FlowWeights & w, const FlowHparams & hp) {
         const std::string p = "flow.dit." + std::to_string(il);
         B.qkv_w = s.derived(p + ".attn_qkv.f32", GGML_TYPE_F32, {D, 3 * inner}, concat({B.q_w, B.k_w, B.v_w}));
         B.qkv_b = s.derived(p + ".attn_qkv_b.f32", GGML_TYPE_F32, {3 * inner}, concat({B.q_b, B.k_b, B.v_b}));
+        auto heads = [&s, H = hp.dit_head](const ggml_tensor * q, const ggml_tensor * k) {
+            return [&s, q, k, H](uint8_t * d) {
+                for (const ggml_tensor * t : {q, k}) {
+                    const std::vector<float> f = s.read_f32(t);
+                    for (int64_t h = 0; h < H; ++h, d += f.size() * sizeof(float)) std::memcpy(d, f.data(), f.size() * sizeof(float));
+                }
+            };
+        };
+        if (float_type(B.q_norm_w->type) && float_type(B.k_norm_w->type) && float_type(B.q_norm_b->type) &&
+            float_type(B.k_norm_b->type)) {
+            const int64_t hd = hp.dit_head_dim, H2 = 2 * hp.dit_head;
+            B.qk_norm_w = s.derived(p + ".attn_qk_norm.f32", GGML_TYPE_F32, {hd, H2}, heads(B.q_norm_w, B.k_norm_w));
+            B.qk_norm_b = s.derived(p + ".attn_qk_norm_b.f32", GGML_TYPE_F32, {hd, H2}, heads(B.q_norm_b, B.k_norm_b));
+        }
         for (ggml_tensor * t : {B.q_w, B.k_w, B.v_w}) s.drop(t);
         B.q_w = B.k_w = B.v_w = nullptr;
         for (ggml_tensor ** t : {&B.o_w, &B.up_w, &B.down_w, &B.conv1_w, &B.conv2_w}) {

@@ -93,6 +93,8 @@ struct FlowDitBlock {
     // The GPU graph (FlowModel::lean): Q|K|V as one F32 matrix [D, 3 inner] with its bias, and
     // F32 copies of o / up / down / conv1 / conv2 in place of the file's (null otherwise).
     ggml_tensor * qkv_w = nullptr, * qkv_b = nullptr;
+    // ... and the Q and K LayerNorms as one over 2H heads: [hd, 2H] scale and shift.
+    ggml_tensor * qk_norm_w = nullptr, * qk_norm_b = nullptr;
 };
 
 struct FlowWeights {

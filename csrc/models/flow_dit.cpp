@@ -101,16 +101,22 @@ ggml_tensor * dit_block(ggml_context * ctx, const FlowModel & m, const FlowDitBl
     ggml_tensor * q, * kk, * v;
     if (B.qkv_w) {
         ggml_tensor * qkv = linear(ctx, h, B.qkv_w, B.qkv_b);   // [3 inner, N nb]
-        q = head_rows(ctx, qkv, 0, hd, H, N, nb);
-        kk = head_rows(ctx, qkv, inner, hd, H, N, nb);
         v = head_rows(ctx, qkv, 2 * inner, hd, H, N, nb);
+        if (B.qk_norm_w) {   // both LayerNorms at once, over the 2H heads of Q|K
+            ggml_tensor * qk = layer_norm(ctx, head_rows(ctx, qkv, 0, hd, 2 * H, N, nb), B.qk_norm_w, B.qk_norm_b, hp.qk_eps);
+            q = ggml_view_4d(ctx, qk, hd, H, N, nb, qk->nb[1], qk->nb[2], qk->nb[3], 0);
+            kk = ggml_view_4d(ctx, qk, hd, H, N, nb, qk->nb[1], qk->nb[2], qk->nb[3], (size_t) H * qk->nb[1]);
+        } else {
+            q = layer_norm(ctx, head_rows(ctx, qkv, 0, hd, H, N, nb), B.q_norm_w, B.q_norm_b, hp.qk_eps);
+            kk = layer_norm(ctx, head_rows(ctx, qkv, inner, hd, H, N, nb), B.k_norm_w, B.k_norm_b, hp.qk_eps);
+        }
     } else {
         q = ggml_reshape_4d(ctx, linear(ctx, h, B.q_w, B.q_b), hd, H, N, nb);
         kk = ggml_reshape_4d(ctx, linear(ctx, h, B.k_w, B.k_b), hd, H, N, nb);
         v = ggml_reshape_4d(ctx, linear(ctx, h, B.v_w, B.v_b), hd, H, N, nb);
+        q = layer_norm(ctx, q, B.q_norm_w, B.q_norm_b, hp.qk_eps);
+        kk = layer_norm(ctx, kk, B.k_norm_w, B.k_norm_b, hp.qk_eps);
     }
-    q = layer_norm(ctx, q, B.q_norm_w, B.q_norm_b, hp.qk_eps);
-    kk = layer_norm(ctx, kk, B.k_norm_w, B.k_norm_b, hp.qk_eps);
     if (cache) {
         if (cache->kc) {   // new frames first, then the cache (Attention.forward_chunk)
             kk = ggml_concat(ctx, kk, heads(ctx, cache->kc, hd, H), 2);
