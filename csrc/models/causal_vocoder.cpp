@@ -339,6 +339,53 @@ ggml_tensor * resblock(ggml_context * ctx, const HiftResBlock & r, ggml_tensor *
     return x;
 }
 
+// y[o][t] = b[o] + sum over (c, j) of W[o][c][j] * x[c][t + j], for o < oc and t < no, the
+// terms added in (c, j) order (float64): register tiles of 4 outputs x 4 frames. x holds C rows
+// of np values and at least 4 readable values after its last row.
+void conv_f64(const double * W, const double * b, const double * x, int64_t C, int64_t np, int64_t k, int64_t oc,
+              int64_t no, double * y) {
+    typedef double v2d __attribute__((vector_size(16)));
+    const int64_t ck = C * k;
+    int64_t o = 0;
+    for (; o + 4 <= oc; o += 4) {
+        const double * w0 = W + o * ck;
+        for (int64_t t = 0; t < no; t += 4) {
+            v2d acc[4][2];
+            for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = v2d{b[o + r], b[o + r]};
+            for (int64_t c = 0; c < C; ++c) {
+                const double * xc = x + c * np + t;
+                for (int64_t j = 0; j < k; ++j) {
+                    v2d xa, xb;
+                    std::memcpy(&xa, xc + j, sizeof xa);
+                    std::memcpy(&xb, xc + j + 2, sizeof xb);
+                    const int64_t wi = c * k + j;
+                    for (int r = 0; r < 4; ++r) {
+                        const double wv = w0[r * ck + wi];
+                        acc[r][0] += v2d{wv, wv} * xa;
+                        acc[r][1] += v2d{wv, wv} * xb;
+                    }
+                }
+            }
+            const int64_t n = std::min<int64_t>(4, no - t);
+            for (int r = 0; r < 4; ++r) {
+                double tmp[4];
+                std::memcpy(tmp, &acc[r][0], sizeof acc[r][0]);
+                std::memcpy(tmp + 2, &acc[r][1], sizeof acc[r][1]);
+                std::memcpy(y + (o + r) * no + t, tmp, (size_t) n * sizeof(double));
+            }
+        }
+    }
+    for (; o < oc; ++o) {
+        for (int64_t t = 0; t < no; ++t) {
+            double v = b[o];
+            for (int64_t c = 0; c < C; ++c) {
+                for (int64_t j = 0; j < k; ++j) v += W[(o * C + c) * k + j] * x[c * np + t + j];
+            }
+            y[o * no + t] = v;
+        }
+    }
+}
+
 uint64_t splitmix64(uint64_t x) {
     x += 0x9E3779B97F4A7C15ull;
     x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -501,23 +548,11 @@ struct CausalVocoder::Impl {
             else left = p;
             const int64_t np = left + n + right, no = np - k + 1;
             if (no <= 0) fail(ErrorKind::Internal, "streaming vocoder: F0 window too short");
-            std::vector<double> xp((size_t) (C * np), 0.0);
+            std::vector<double> xp((size_t) (C * np + 4), 0.0);   // (+ 4: conv_f64's tiles read past the last row)
             for (int64_t c = 0; c < C; ++c) std::memcpy(&xp[(size_t) (c * np + left)], &x[(size_t) (c * n)], (size_t) n * sizeof(double));
             std::vector<double> y((size_t) (oc * no));
-            const std::vector<double> & W = m.f0_w[l];
-            for (int64_t o = 0; o < oc; ++o) {
-                double * yo = &y[(size_t) (o * no)];
-                for (int64_t t = 0; t < no; ++t) yo[t] = m.f0_b[l][(size_t) o];
-                for (int64_t c = 0; c < C; ++c) {
-                    const double * xc = &xp[(size_t) (c * np)];
-                    const double * wk = &W[(size_t) ((o * C + c) * k)];
-                    for (int64_t j = 0; j < k; ++j) {
-                        const double wv = wk[j];
-                        for (int64_t t = 0; t < no; ++t) yo[t] += wv * xc[t + j];
-                    }
-                }
-                for (int64_t t = 0; t < no; ++t) yo[t] = yo[t] > 0.0 ? yo[t] : std::exp(yo[t]) - 1.0;   // ATen's ELU
-            }
+            conv_f64(m.f0_w[l].data(), m.f0_b[l].data(), xp.data(), C, np, k, oc, no, y.data());
+            for (double & v : y) v = v > 0.0 ? v : std::exp(v) - 1.0;   // ATen's ELU
             x.swap(y);
             C = oc;
             n = no;
@@ -651,26 +686,35 @@ struct CausalVocoder::Impl {
         return wav;
     }
 
-    // BoundedVocoder._process(finalize)
-    std::vector<float> process(bool finalize) {
+    // BoundedVocoder._process(finalize) for the blocks of one push at once. `marks`: the mel
+    // frames received after each of its blocks (stream() calls _process once per block of
+    // block_frames). The F0 predictor and the decoder run once over the frames of all blocks:
+    // each F0 frame has its full context either way (the first f0_left outputs are dropped),
+    // and the decoder's `history` frames cover its receptive field, so every sample equals the
+    // block-by-block result; the sources are made in the parts block by block makes them
+    // (each block's new F0 frames, split into block_frames), which their phase sums follow.
+    std::vector<float> process(const std::vector<int64_t> & marks, bool finalize) {
         const int64_t spf = hp.samples_per_frame(), nm = hp.n_mel;
         const int64_t received = mel_offset + (int64_t) mel.size() / nm;
         const int64_t available_source = std::max<int64_t>(0, received - (finalize ? 0 : hp.f0_right));
         if (available_source > source_end) {
             const int64_t start = std::max<int64_t>(0, source_end - hp.f0_left);
             std::vector<float> f0 = f0_predict(start, received, finalize);
-            const int64_t skip = source_end - start;
-            const int64_t n = (int64_t) f0.size() - skip;
-            for (int64_t i = 0; i < n; i += hp.block_frames) {
-                const int64_t part = std::min(hp.block_frames, n - i);
-                const size_t before = source.size();
-                make_source(f0.data() + skip + i, part, source_end);
-                if (record) {
-                    rec_f0.insert(rec_f0.end(), f0.begin() + (long) (skip + i), f0.begin() + (long) (skip + i + part));
-                    rec_source.insert(rec_source.end(), source.begin() + (long) before, source.end());
+            for (int64_t mark : marks) {   // f0[i] is frame start + i
+                const int64_t avail = std::max<int64_t>(0, mark - (finalize ? 0 : hp.f0_right));
+                while (source_end < avail) {
+                    const int64_t part = std::min(hp.block_frames, avail - source_end);
+                    const int64_t at = source_end - start;
+                    const size_t before = source.size();
+                    make_source(f0.data() + at, part, source_end);
+                    if (record) {
+                        rec_f0.insert(rec_f0.end(), f0.begin() + (long) at, f0.begin() + (long) (at + part));
+                        rec_source.insert(rec_source.end(), source.begin() + (long) before, source.end());
+                    }
+                    source_end += part;
                 }
-                source_end += part;
             }
+            if (source_end != available_source) fail(ErrorKind::Internal, "streaming vocoder: source frames");
         }
         const int64_t available_speech = std::max<int64_t>(0, source_end - (finalize ? 0 : hp.decoder_right));
         std::vector<float> speech;
@@ -734,19 +778,20 @@ std::vector<float> CausalVocoder::push(const float * mel, int64_t n_frames, bool
         if (!std::isfinite(mel[i])) fail(ErrorKind::InvalidArgument, "streaming vocoder: the mel holds NaN or infinite values");
     }
     std::vector<float> out;
-    for (int64_t i = 0; i < n_frames; i += hp.block_frames) {
-        const int64_t part = std::min(hp.block_frames, n_frames - i);
+    if (n_frames > 0) {
         const size_t base = s.mel.size();
-        s.mel.resize(base + (size_t) (part * nm));
-        for (int64_t t = 0; t < part; ++t) {
-            for (int64_t c = 0; c < nm; ++c) s.mel[base + (size_t) (t * nm + c)] = mel[c * n_frames + i + t];
+        s.mel.resize(base + (size_t) (n_frames * nm));
+        for (int64_t t = 0; t < n_frames; ++t) {
+            for (int64_t c = 0; c < nm; ++c) s.mel[base + (size_t) (t * nm + c)] = mel[c * n_frames + t];
         }
-        s.received_total += part;
-        std::vector<float> y = s.process(false);
-        out.insert(out.end(), y.begin(), y.end());
+        std::vector<int64_t> marks;   // BoundedVocoder.stream's blocks
+        const int64_t received = s.mel_offset + (int64_t) (base / (size_t) nm);
+        for (int64_t i = 0; i < n_frames; i += hp.block_frames) marks.push_back(received + std::min(n_frames, i + hp.block_frames));
+        s.received_total += n_frames;
+        out = s.process(marks, false);
     }
     if (last) {
-        std::vector<float> y = s.process(true);
+        std::vector<float> y = s.process({s.mel_offset + (int64_t) (s.mel.size() / (size_t) nm)}, true);
         out.insert(out.end(), y.begin(), y.end());
         s.is_final = true;
     }
