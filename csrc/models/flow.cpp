@@ -13,7 +13,6 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <string>
@@ -503,15 +502,6 @@ namespace {
 
 bool float_type(ggml_type t) { return t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16; }
 
-// FlowModel::lean: whether the environment forces it (MINICPM_FLOW_LEAN=0/1), else on GPUs.
-bool lean_wanted(const Devices & devices) {
-    if (const char * env = std::getenv("MINICPM_FLOW_LEAN")) {
-        if (env[0] == '0' && env[1] == 0) return false;
-        if (env[0] == '1' && env[1] == 0) return true;
-    }
-    return !devices.main_is_cpu();
-}
-
 // The lean estimator's F32 matrices, computed at load from the file's (any float type): Q|K|V
 // rows back to back in one matrix (and their biases), o / up / down and the two convolution
 // kernels as F32. False (nothing changed) when a matrix is quantized.
@@ -584,9 +574,9 @@ ggml_type flash_kv_type(const Devices & devices, const FlowHparams & hp) {
     return out;
 }
 
-void set_lean(FlowModel & m, const Devices & devices) {
-    m.lean = lean_wanted(devices) && derive_lean(*m.store, m.w, m.hp);
-    if (m.lean) m.flash_kv = flash_kv_type(devices, m.hp);
+void set_lean(FlowModel & m, const ComponentLoad & in) {
+    m.lean = in.params.flow_lean.value_or(!in.devices.main_is_cpu()) && derive_lean(*m.store, m.w, m.hp);
+    if (m.lean) m.flash_kv = flash_kv_type(in.devices, m.hp);
 }
 
 } // namespace
@@ -633,7 +623,7 @@ void load_omni(FlowModel & m, const ComponentLoad & in) {
     m.store = std::make_unique<WeightStore>(in.file, in.devices, (size_t) (m.hp.dit_depth * 35 + 16));
     const FlowOmniStores stores{m.omni_stores[0].get(), m.store.get(), m.omni_stores[1].get()};
     m.w = FlowWeights::declare(*m.store, m.hp, &stores);
-    set_lean(m, in.devices);
+    set_lean(m, in);
     for (auto & s : m.omni_stores) s->load();
     m.store->load();
 }
@@ -647,7 +637,7 @@ std::unique_ptr<Component> flow_load(const ComponentLoad & in) {
         const size_t n_tensors = (size_t) ((m->hp.n_blocks + m->hp.n_up_blocks) * 20 + m->hp.dit_depth * 31 + 48);
         m->store = std::make_unique<WeightStore>(in.file, in.devices, n_tensors);
         m->w = FlowWeights::declare(*m->store, m->hp);
-        set_lean(*m, in.devices);
+        set_lean(*m, in);
         m->store->load();
     }
     MINICPM_LOG_INFO("token2wav flow: encoder %lld+%lld layers x %lld, DiT %lld blocks x %lld%s, %lld steps, cfg %.2f%s",

@@ -130,7 +130,7 @@ public:
     // The estimator graph with fewer, larger kernels (on GPUs, where a streaming window is bound
     // by the count of small kernels, benchmarks/RESULTS.md): F32 matrices (one cuBLAS product
     // each, no F16 conversions), one Q|K|V product, ggml's tanh GELU and flash attention. Off on
-    // the CPU, where the graph matches the reference in F32. MINICPM_FLOW_LEAN=0/1 overrides.
+    // the CPU, where the graph matches the reference in F32. ModelParams::flow_lean overrides.
     bool lean = false;
     // The lean graph's flash attention K/V type (F32 where the device takes it, else F16), or
     // GGML_TYPE_COUNT: none (the products and softmax).

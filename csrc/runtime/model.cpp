@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 
 namespace minicpm {
 
@@ -128,6 +130,12 @@ Model::~Model() = default;
 std::shared_ptr<Model> Model::load(const std::string & path, const ModelParams & params) {
     auto m = std::make_unique<Impl>();
     m->params = params;
+    if (!m->params.flow_lean) {   // A/B runs of the flow graph without code changes (benchmarks/README.md)
+        if (const char * env = std::getenv("MINICPM_FLOW_LEAN")) {
+            if (std::strcmp(env, "0") == 0) m->params.flow_lean = false;
+            if (std::strcmp(env, "1") == 0) m->params.flow_lean = true;
+        }
+    }
     if (params.n_threads < 0) fail(ErrorKind::InvalidArgument, "n_threads must be >= 0, got " + std::to_string(params.n_threads));
     if (params.max_image_patches < 0) {
         fail(ErrorKind::InvalidArgument, "max_image_patches must be >= 0 (0 = no limit), got " +

@@ -126,6 +126,12 @@ class Model(SpeechModel):
             product after it (W diag(g), W b + c, computed at load in float32), so a GPU runs
             fewer kernels per pass. It rounds those matrices once more to their type (F16:
             within 2^-11 relative). ``None`` (default): on GPUs; ``True``: also on the CPU.
+        flow_lean: run the Token2Wav flow's estimator as the graph with fewer, larger kernels
+            (F32 copies of its matrices, one Q|K|V product, flash attention, ggml's tanh GELU):
+            on a GPU a streaming window is bound by its count of small kernels. ``None``
+            (default): on GPUs (the environment's ``MINICPM_FLOW_LEAN=0`` / ``1`` changes the
+            default); ``True`` on the CPU too (ggml's CPU GELU reads a float16 table: within
+            ~1e-3 of the reference instead of 1e-4).
         max_image_patches: refuse an image whose overview or slices would have more patches
             than this (a normal piece has ~1024; the reference's arithmetic gives extreme aspect
             ratios such as 1 x 100000 ten thousand, a 10k^2 attention per layer). ``0``: no limit.
@@ -147,6 +153,7 @@ class Model(SpeechModel):
         audio: Optional[Union[str, os.PathLike]] = None,
         audio_fold_norms: Optional[bool] = None,
         max_image_patches: int = 4096,
+        flow_lean: Optional[bool] = None,
     ) -> None:
         device = _str_arg(device, "device")
         vision_flash_attn = _str_arg(vision_flash_attn, "vision_flash_attn")
@@ -182,6 +189,7 @@ class Model(SpeechModel):
             _opt_bool(audio_fold_norms, "audio_fold_norms"),
             _count(min(max_image_patches, 2**62) if isinstance(max_image_patches, int) else max_image_patches,
                    "max_image_patches"),
+            _opt_bool(flow_lean, "flow_lean"),
         )
         self._encoder: Optional[_core.ImageEncoder] = None
         self._encoder_lock = threading.Lock()
