@@ -575,8 +575,9 @@ ggml_type flash_kv_type(const Devices & devices, const FlowHparams & hp) {
 }
 
 void set_lean(FlowModel & m, const ComponentLoad & in) {
-    m.lean = in.params.flow_lean.value_or(!in.devices.main_is_cpu()) && derive_lean(*m.store, m.w, m.hp);
+    m.lean = in.params.flow_lean.value_or(true) && derive_lean(*m.store, m.w, m.hp);
     if (m.lean) m.flash_kv = flash_kv_type(in.devices, m.hp);
+    m.gelu_op = m.lean && !in.devices.main_is_cpu();
 }
 
 } // namespace

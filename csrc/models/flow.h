@@ -127,14 +127,18 @@ public:
     std::vector<std::unique_ptr<GgufFile>>    omni_files;
     std::vector<std::unique_ptr<WeightStore>> omni_stores;
     std::unique_ptr<WeightStore> store;
-    // The estimator graph with fewer, larger kernels (on GPUs, where a streaming window is bound
-    // by the count of small kernels, benchmarks/RESULTS.md): F32 matrices (one cuBLAS product
-    // each, no F16 conversions), one Q|K|V product, ggml's tanh GELU and flash attention. Off on
-    // the CPU, where the graph matches the reference in F32. ModelParams::flow_lean overrides.
+    // The estimator graph with fewer, larger kernels (a GPU's streaming window is bound by its
+    // count of small kernels, benchmarks/RESULTS.md): F32 copies of the matrices (one cuBLAS
+    // product each on CUDA, no F16 conversions; on the CPU ggml's F32 products beat its F16 ones
+    // and keep the activations in F32), one Q|K|V product, one LayerNorm for Q and K, flash
+    // attention, and on GPUs ggml's tanh GELU. On by default; ModelParams::flow_lean = false
+    // gives the file's matrices in the reference's order of operations.
     bool lean = false;
     // The lean graph's flash attention K/V type (F32 where the device takes it, else F16), or
     // GGML_TYPE_COUNT: none (the products and softmax).
     ggml_type flash_kv = GGML_TYPE_COUNT;
+    // ggml_gelu for the MLP's tanh GELU (not on the CPU, whose ggml_gelu reads a float16 table).
+    bool gelu_op = false;
 };
 
 extern const ComponentType kFlowComponent;

@@ -143,7 +143,7 @@ ggml_tensor * dit_block(ggml_context * ctx, const FlowModel & m, const FlowDitBl
     // float16 table, so the CPU graph spells it out)
     h = modulate(ctx, ggml_norm(ctx, x, hp.dit_eps), md, i, 3);
     h = linear(ctx, h, B.up_w, B.up_b);
-    h = linear(ctx, m.lean ? ggml_gelu(ctx, h) : gelu_tanh(ctx, h), B.down_w, B.down_b);
+    h = linear(ctx, m.gelu_op ? ggml_gelu(ctx, h) : gelu_tanh(ctx, h), B.down_w, B.down_b);
     x = ggml_add(ctx, x, ggml_mul(ctx, h, md.get(ctx, i, 5, false)));
     ggml_format_name(x, "flow_dit_l_out-%d", il);
     return x;

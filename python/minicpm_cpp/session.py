@@ -127,11 +127,11 @@ class Model(SpeechModel):
             fewer kernels per pass. It rounds those matrices once more to their type (F16:
             within 2^-11 relative). ``None`` (default): on GPUs; ``True``: also on the CPU.
         flow_lean: run the Token2Wav flow's estimator as the graph with fewer, larger kernels
-            (F32 copies of its matrices, one Q|K|V product, flash attention, ggml's tanh GELU):
-            on a GPU a streaming window is bound by its count of small kernels. ``None``
-            (default): on GPUs (the environment's ``MINICPM_FLOW_LEAN=0`` / ``1`` changes the
-            default); ``True`` on the CPU too (ggml's CPU GELU reads a float16 table: within
-            ~1e-3 of the reference instead of 1e-4).
+            (F32 copies of its matrices, +~200 MB; one Q|K|V product; flash attention; on GPUs
+            ggml's tanh GELU): a GPU's streaming window is bound by its count of small kernels,
+            and on the CPU ggml's F32 products are the faster ones. ``None`` (default): on (the
+            environment's ``MINICPM_FLOW_LEAN=0`` / ``1`` changes the default); ``False``: the
+            file's matrices in the reference's order of operations.
         max_image_patches: refuse an image whose overview or slices would have more patches
             than this (a normal piece has ~1024; the reference's arithmetic gives extreme aspect
             ratios such as 1 x 100000 ten thousand, a 10k^2 attention per layer). ``0``: no limit.

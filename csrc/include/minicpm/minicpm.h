@@ -63,8 +63,8 @@ struct ModelParams {
                                                   // product after it (fewer GPU kernels; float weights only, one
                                                   // more rounding of those matrices); unset: on GPUs
     std::optional<bool>      flow_lean;           // Token2Wav flow: the estimator graph with fewer, larger kernels (F32
-                                                  // matrices, one Q|K|V product, flash attention, ggml's tanh GELU);
-                                                  // unset: on GPUs (the environment's MINICPM_FLOW_LEAN=0/1 sets it)
+                                                  // copies of its matrices, one Q|K|V product, flash attention); unset:
+                                                  // on (the environment's MINICPM_FLOW_LEAN=0/1 sets the default)
     bool                     warmup = true;       // run the encoders once at load (page faults, buffer growth)
     std::string              vision_flash_attn = "auto";   // "auto" (where the backend supports it) | "on" | "off"
     std::optional<bool>      vision_pad_heads;    // pad attention heads to a fast-kernel size; unset: on GPUs
