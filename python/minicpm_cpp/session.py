@@ -127,8 +127,8 @@ class Model(SpeechModel):
             fewer kernels per pass. It rounds those matrices once more to their type (F16:
             within 2^-11 relative). ``None`` (default): on GPUs; ``True``: also on the CPU.
         flow_lean: run the Token2Wav flow's estimator as the graph with fewer, larger kernels
-            (F32 copies of its matrices, +~200 MB; one Q|K|V product; flash attention; on GPUs
-            ggml's tanh GELU): a GPU's streaming window is bound by its count of small kernels,
+            (F32 copies of its matrices, about 300 MB in place of 150 MB of F16; one Q|K|V
+            product; flash attention; on GPUs ggml's tanh GELU): a GPU's streaming window is bound by its count of small kernels,
             and on the CPU ggml's F32 products are the faster ones. ``None`` (default): on (the
             environment's ``MINICPM_FLOW_LEAN=0`` / ``1`` changes the default); ``False``: the
             file's matrices in the reference's order of operations.
