@@ -496,6 +496,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 raise errors[0]
             s = summarize([r for r in runs if r is not None])
             s.update(impl="minicpm.cpp", type=typ, sessions=n, batch=mode, wall_s=time.perf_counter() - t0, file=path.name)
+            if n == 1:   # one session: each unit's stages, for where a turn's first speech goes
+                s["unit_records"] = [{k: round(v, 2) if isinstance(v, float) else v for k, v in u.items()}
+                                     for u in runs[0]["units"]]
             if batch:
                 st = model.batch_stats()
                 graphs = st["batches"] - stats0["batches"]

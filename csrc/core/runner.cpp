@@ -118,6 +118,12 @@ bool GraphRunner::build_into(Slot & s, const GraphKey & key, const GraphBuilder 
         return false;
     }
     s.key = key;
+    if (log_level() >= LogLevel::Debug) {   // which shapes a loop rebuilds (MINICPM_LOG=debug)
+        std::string k;
+        for (int64_t v : key) k += (k.empty() ? "" : ",") + std::to_string(v);
+        MINICPM_LOG_DEBUG("%s: graph [%s] built in slot %zu (%d nodes)", name_.c_str(), k.c_str(),
+                          (size_t) (&s - slots_.data()), ggml_graph_n_nodes(s.graph));
+    }
     return true;
 }
 

@@ -439,9 +439,10 @@ struct CausalVocoder::Impl {
         }
         const int64_t T = hp.history + hp.decoder_right + hp.block_frames;   // the largest step window
         runner.reserve([&](ggml_context * ctx, ggml_cgraph * gf) { build(ctx, gf, T, true); }, "vocoder buffers");
-        // A window's blocks alternate between a few lengths (full blocks and the window's rest):
-        // each keeps its graph (and on CUDA its captured graph).
-        runner.set_graph_cache(3);
+        // A turn's pushes come in a few lengths (its first push, the steady ones, the last and
+        // its flush, and a duplex turn's shorter first window): each keeps its graph (and on
+        // CUDA its captured graph).
+        runner.set_graph_cache(5);
         reset({}, true);
     }
 

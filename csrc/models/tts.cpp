@@ -481,6 +481,7 @@ struct TtsContext::Impl {
     struct CondIO {
         ggml_tensor * tokens = nullptr, * hidden = nullptr, * out = nullptr;
     } cio;
+    GraphSlots<CondIO> cond_slots;
 
     // streamed turn
     std::vector<int32_t> turn_tokens;          // all_generated_tokens
@@ -508,8 +509,11 @@ struct TtsContext::Impl {
                        "tts compute buffers");
         cond_runner.reserve([&](ggml_context * ctx, ggml_cgraph * gf) { build_cond(ctx, gf, kUbatch, true); },
                             "tts condition compute buffers");
-        // The condition prefill and the one-code steps alternate every chunk: each keeps its graph.
-        runner.set_graph_cache(2);
+        // The condition prefill and the one-code steps alternate every chunk: each keeps its graph
+        // (a third for a prefill of another length); the condition's two forms (with and without
+        // LLM hidden states) alternate the same way.
+        runner.set_graph_cache(3);
+        cond_runner.set_graph_cache(2);
         observer.attach(runner);
         cond_observer.attach(cond_runner);
         MINICPM_LOG_INFO("tts: K/V cache %lld cells, %.1f MiB", (long long) n_ctx, runner.state_bytes() / 1048576.0);
@@ -614,7 +618,9 @@ struct TtsContext::Impl {
             const bool    last = b0 + nb == n;
             const bool    want_all = all;
             const int64_t start = n_cells;
-            const int64_t n_kv = std::min<int64_t>(n_ctx, (start + nb + 63) / 64 * 64);
+            // Attention spans cells [0, n_kv) in steps of 256 (a turn's steps keep one graph;
+            // the masked cells add nothing).
+            const int64_t n_kv = std::min<int64_t>(n_ctx, (start + nb + 255) / 256 * 256);
             slot_io.prepare(runner, {nb, n_kv, want_all}, [&](ggml_context * ctx, ggml_cgraph * gf) { build(ctx, gf, nb, n_kv, want_all); },
                             nb <= 32, io);
             ggml_backend_tensor_set(io.embd, embd + b0 * hp.n_embd, 0, (size_t) (nb * hp.n_embd) * sizeof(float));
@@ -706,7 +712,8 @@ struct TtsContext::Impl {
         for (int64_t b0 = 0; b0 < n; b0 += kUbatch) {
             const int64_t nb = std::min(kUbatch, n - b0);
             const bool    wh = hidden != nullptr;
-            cond_runner.prepare({nb, wh}, [&](ggml_context * ctx, ggml_cgraph * gf) { build_cond(ctx, gf, nb, wh); });
+            cond_slots.prepare(cond_runner, {nb, wh}, [&](ggml_context * ctx, ggml_cgraph * gf) { build_cond(ctx, gf, nb, wh); },
+                               nb <= 32, cio);
             ggml_backend_tensor_set(cio.tokens, tokens + b0, 0, (size_t) nb * sizeof(int32_t));
             if (wh) ggml_backend_tensor_set(cio.hidden, hidden + b0 * hp.llm_dim, 0, (size_t) (nb * hp.llm_dim) * sizeof(float));
             cond_runner.compute();
