@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <unordered_set>
@@ -22,9 +23,23 @@ int32_t argmax(const std::vector<float> & x) {
 
 // softmax (0 for -inf; float32 exponentials, as the reference's F.softmax) and a multinomial
 // draw: tts_draw over the unnormalised probabilities and their double sum.
+// The largest value, over eight independent lanes (max is exact in any order; a NaN is
+// skipped as std::max(m, v) skips it when m is not NaN).
+float max_value(const std::vector<float> & x) {
+    float m[8];
+    for (float & v : m) v = -std::numeric_limits<float>::infinity();
+    size_t i = 0;
+    for (; i + 8 <= x.size(); i += 8) {
+        for (size_t k = 0; k < 8; ++k) m[k] = x[i + k] > m[k] ? x[i + k] : m[k];
+    }
+    for (; i < x.size(); ++i) m[0] = x[i] > m[0] ? x[i] : m[0];
+    float mx = m[0];
+    for (size_t k = 1; k < 8; ++k) mx = std::max(mx, m[k]);
+    return mx;
+}
+
 int32_t draw(const std::vector<float> & x, TtsRng & rng) {
-    float mx = -std::numeric_limits<float>::infinity();
-    for (float v : x) mx = std::max(mx, v);
+    const float mx = max_value(x);
     if (!std::isfinite(mx)) fail(ErrorKind::InvalidArgument, "duplex: every token is masked (or the logits are not finite)");
     std::vector<float> p(x.size());
     exp_shifted(x.data(), p.data(), x.size(), mx);
@@ -37,12 +52,43 @@ int32_t draw(const std::vector<float> & x, TtsRng & rng) {
     return tts_draw(p, (s[0] + s[1]) + (s[2] + s[3]), rng);
 }
 
+// Whether any of the 16 values at p is > thr (or >= thr when `or_equal`): four at a time where
+// the compiler has vector extensions.
+inline bool any_of16(const float * p, float thr, bool or_equal) {
+#if defined(__GNUC__) || defined(__clang__)
+    typedef float   v4f __attribute__((vector_size(16)));
+    typedef int32_t v4i __attribute__((vector_size(16)));
+    v4f a[4];
+    std::memcpy(a, p, sizeof a);
+    const v4f t = {thr, thr, thr, thr};
+    v4i m = or_equal ? ((a[0] >= t) | (a[1] >= t)) | ((a[2] >= t) | (a[3] >= t))
+                     : ((a[0] > t) | (a[1] > t)) | ((a[2] > t) | (a[3] > t));
+    return (m[0] | m[1] | m[2] | m[3]) != 0;
+#else
+    for (int j = 0; j < 16; ++j) {
+        if (or_equal ? p[j] >= thr : p[j] > thr) return true;
+    }
+    return false;
+#endif
+}
+
 // The k-th largest value of x (k <= x.size()), as nth_element with greater<> gives it, in one
 // pass keeping the k largest seen in a min-heap.
 float kth_largest(const std::vector<float> & x, int64_t k) {
     std::vector<float> heap(x.begin(), x.begin() + k);
     std::make_heap(heap.begin(), heap.end(), std::greater<float>());
-    for (size_t i = (size_t) k; i < x.size(); ++i) {
+    size_t i = (size_t) k;
+    for (; i + 16 <= x.size(); i += 16) {   // most blocks hold nothing above the heap's least
+        if (!any_of16(x.data() + i, heap.front(), false)) continue;
+        for (size_t j = i; j < i + 16; ++j) {
+            if (x[j] > heap.front()) {
+                std::pop_heap(heap.begin(), heap.end(), std::greater<float>());
+                heap.back() = x[j];
+                std::push_heap(heap.begin(), heap.end(), std::greater<float>());
+            }
+        }
+    }
+    for (; i < x.size(); ++i) {
         if (x[i] > heap.front()) {
             std::pop_heap(heap.begin(), heap.end(), std::greater<float>());
             heap.back() = x[i];
@@ -50,6 +96,22 @@ float kth_largest(const std::vector<float> & x, int64_t k) {
         }
     }
     return heap.front();
+}
+
+// The indices i of x with lo <= x[i] and x[i] != -inf, in order (blocks with none skipped).
+std::vector<int32_t> at_least(const std::vector<float> & x, float lo) {
+    std::vector<int32_t> out;
+    size_t i = 0;
+    for (; i + 16 <= x.size(); i += 16) {
+        if (!any_of16(x.data() + i, lo, true)) continue;
+        for (size_t j = i; j < i + 16; ++j) {
+            if (x[j] >= lo && x[j] != kNegInf) out.push_back((int32_t) j);
+        }
+    }
+    for (; i < x.size(); ++i) {
+        if (x[i] >= lo && x[i] != kNegInf) out.push_back((int32_t) i);
+    }
+    return out;
 }
 
 } // namespace
@@ -82,42 +144,41 @@ int32_t duplex_decode(const std::vector<float> & in, const DuplexSampling & s, s
         next = argmax(x);
     } else {
         for (float & v : x) v /= s.temperature;
-        if (s.top_k > 0) {
-            const int64_t k = std::min<int64_t>(s.top_k, n);
-            const float kth = kth_largest(x, k);
-            for (float & v : x) {
-                if (v < kth) v = kNegInf;
+        // The candidates top_k keeps (every value not below the k-th largest, -inf excluded), in
+        // vocabulary order: the indices the reference's masked vocabulary leaves.
+        const float lo = s.top_k > 0 ? kth_largest(x, std::min<int64_t>(s.top_k, n)) : kNegInf;
+        std::vector<int32_t> cand = at_least(x, lo);
+        std::vector<float> xc(cand.size());
+        for (size_t r = 0; r < cand.size(); ++r) xc[r] = x[(size_t) cand[r]];
+        if (s.top_p > 0.0f && !cand.empty()) {
+            std::vector<size_t> idx(cand.size());   // positions in cand, by value, ties in vocabulary order
+            std::iota(idx.begin(), idx.end(), size_t{0});
+            std::stable_sort(idx.begin(), idx.end(), [&](size_t a, size_t b) { return xc[a] > xc[b]; });
+            const double mx = xc[idx[0]];
+            double sum = 0.0;
+            std::vector<double> e(idx.size());
+            for (size_t r = 0; r < idx.size(); ++r) sum += (e[r] = std::exp((double) xc[idx[r]] - mx));
+            // remove where the cumulative probability exceeds top_p, shifted right by one
+            std::vector<char> drop(cand.size(), 0);
+            double cum = 0.0;
+            bool prev_over = false;
+            for (size_t r = 0; r < idx.size(); ++r) {
+                if (r > 0 && prev_over) drop[idx[r]] = 1;
+                cum += e[r] / sum;
+                prev_over = cum > (double) s.top_p;
             }
-        }
-        if (s.top_p > 0.0f) {
-            std::vector<int32_t> idx;
-            for (int64_t i = 0; i < n; ++i) {
-                if (x[(size_t) i] != kNegInf) idx.push_back((int32_t) i);
+            size_t w = 0;
+            for (size_t r = 0; r < cand.size(); ++r) {
+                if (drop[r]) continue;
+                cand[w] = cand[r];
+                xc[w] = xc[r];
+                ++w;
             }
-            std::stable_sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) { return x[(size_t) a] > x[(size_t) b]; });
-            if (!idx.empty()) {
-                const double mx = x[(size_t) idx[0]];
-                double sum = 0.0;
-                std::vector<double> e(idx.size());
-                for (size_t r = 0; r < idx.size(); ++r) sum += (e[r] = std::exp((double) x[(size_t) idx[r]] - mx));
-                // remove where the cumulative probability exceeds top_p, shifted right by one
-                double cum = 0.0;
-                bool prev_over = false;
-                for (size_t r = 0; r < idx.size(); ++r) {
-                    if (r > 0 && prev_over) x[(size_t) idx[r]] = kNegInf;
-                    cum += e[r] / sum;
-                    prev_over = cum > (double) s.top_p;
-                }
-            }
+            cand.resize(w);
+            xc.resize(w);
         }
         // The draw over the candidates left (top-k at most): the same sums and walk as a draw
         // over the whole vocabulary, whose other entries are exact zeros.
-        std::vector<int32_t> cand;
-        for (int64_t i = 0; i < n; ++i) {
-            if (x[(size_t) i] != kNegInf) cand.push_back((int32_t) i);
-        }
-        std::vector<float> xc(cand.size());
-        for (size_t r = 0; r < cand.size(); ++r) xc[r] = x[(size_t) cand[r]];
         next = cand[(size_t) draw(xc, rng)];
     }
     generated.push_back(next);
