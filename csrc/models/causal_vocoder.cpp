@@ -439,10 +439,11 @@ struct CausalVocoder::Impl {
         }
         const int64_t T = hp.history + hp.decoder_right + hp.block_frames;   // the largest step window
         runner.reserve([&](ggml_context * ctx, ggml_cgraph * gf) { build(ctx, gf, T, true); }, "vocoder buffers");
-        // A turn's pushes come in a few lengths (its first push, the steady ones, the last and
-        // its flush, and a duplex turn's shorter first window): each keeps its graph (and on
-        // CUDA its captured graph).
-        runner.set_graph_cache(5);
+        // No graph cache: one push is one decoder graph, and a turn's few push lengths are
+        // rebuilt in place. On an H200 (duplex, one session, every runner's cache on against
+        // MINICPM_GRAPH_CACHE=0) kept graphs of each length made a push slower (62-87 against
+        // 37-65 ms), probably because switching between kept graphs re-captures their CUDA
+        // graphs where a rebuild in place only updates one.
         reset({}, true);
     }
 

@@ -75,15 +75,10 @@ struct FlowRunner::Impl {
     // last windows): the cache lengths settle by the third window, so each phase's graph is
     // built once per voice prompt and kept across turns.
     static constexpr int kPhases = 5;
-    // A phase's cache lengths still vary with the size of a turn's first window (a duplex
-    // flush), so each phase also keeps a few graphs of other shapes.
-    static constexpr size_t kPhaseGraphs = 3;
     struct Phase {
         std::unique_ptr<GraphRunner> enc, dit;
         EncChunkIO                   cio;
         DitSolveIO                   sio;
-        GraphSlots<EncChunkIO>       cslots;
-        GraphSlots<DitSolveIO>       sslots;
     };
     std::array<Phase, kPhases> phases;
     int phase(bool last) const { return last ? kPhases - 1 : std::min(st.chunks, kPhases - 2); }
@@ -222,7 +217,7 @@ struct FlowRunner::Impl {
     // solve_euler over x [N][n_mel] (in place), kUnroll steps per graph; on the estimator
     // states (Lc frames in them) when streaming.
     void run_solve(GraphRunner & r, DitSolveIO & io, std::vector<float> & x, const std::vector<float> & rest, int64_t N,
-                   int n_steps, const GraphRunner * states, int64_t Lc, GraphSlots<DitSolveIO> * slots) {
+                   int n_steps, const GraphRunner * states, int64_t Lc) {
         const bool stream = states != nullptr;
         const std::vector<float> span = time_span(n_steps);
         std::vector<float> ts, dts;   // t and dt of each step, accumulated as solve_euler does
@@ -246,15 +241,10 @@ struct FlowRunner::Impl {
                 plan.keep_head = st.prompt_frames;
                 plan.keep_tail = hp.stream_history;
             }
-            const GraphKey     key = {N, u, stream ? s0 : -1, stream ? Lc : -1, plan.keep_head};
-            const GraphBuilder build = [&](ggml_context * ctx, ggml_cgraph * gf) {
-                build_dit_solve(ctx, gf, m, io, N, u, stream ? &plan : nullptr);
-            };
-            if (slots) {
-                slots->prepare(r, key, build, true, io);
-            } else {
-                r.prepare(key, build);
-            }
+            r.prepare({N, u, stream ? s0 : -1, stream ? Lc : -1, plan.keep_head},
+                      [&](ggml_context * ctx, ggml_cgraph * gf) {
+                          build_dit_solve(ctx, gf, m, io, N, u, stream ? &plan : nullptr);
+                      });
             std::vector<float> tf;
             for (int i = 0; i < u; ++i) {
                 const std::vector<float> f = t_freq(ts[(size_t) (s0 + i)]);
@@ -346,15 +336,11 @@ std::vector<float> FlowRunner::Impl::enc_chunk(const std::vector<int32_t> & toke
     const int64_t n_in = (int64_t) tokens.size(), past = st.past;
     const int64_t T1 = last ? n_in : n_in - hp.lookahead, L1 = past + T1;
     Phase & ph = phases[(size_t) phase(last)];
-    if (!ph.enc) {
-        ph.enc = std::make_unique<GraphRunner>("flow-encoder-stream", dit_runner.backends(), enc_nodes(hp) * 2);
-        ph.enc->set_graph_cache(kPhaseGraphs);
-        ph.cslots = {};
-    }
+    if (!ph.enc) ph.enc = std::make_unique<GraphRunner>("flow-encoder-stream", dit_runner.backends(), enc_nodes(hp) * 2);
     EncChunkIO & cio = ph.cio;
-    ph.cslots.prepare(*ph.enc, {n_in, last ? 1 : 0, past}, [&](ggml_context * ctx, ggml_cgraph * gf) {
+    ph.enc->prepare({n_in, last ? 1 : 0, past}, [&](ggml_context * ctx, ggml_cgraph * gf) {
         build_encoder_chunk(ctx, gf, m, cio, n_in, last, past);
-    }, true, cio);
+    });
     ggml_backend_tensor_set(cio.tokens, tokens.data(), 0, tokens.size() * sizeof(int32_t));
     set_input(cio.pos1, rel_pos_table(hp, L1));
     set_input(cio.pos2, rel_pos_table(hp, hp.up_stride * L1));
@@ -398,12 +384,8 @@ std::vector<float> FlowRunner::Impl::dit_chunk(const std::vector<float> & mu, co
     std::vector<float> x(z.size());
     for (size_t i = 0; i < x.size(); ++i) x[i] = z[i] * hp.temperature;
     Phase & ph = phases[(size_t) phase(last)];
-    if (!ph.dit) {
-        ph.dit = std::make_unique<GraphRunner>("flow-dit-stream", dit_runner.backends(), solve_nodes(hp, kUnroll));
-        ph.dit->set_graph_cache(kPhaseGraphs);
-        ph.sslots = {};
-    }
-    run_solve(*ph.dit, ph.sio, x, solve_rest(mu, st.spk80, cond, N), N, st.n_steps, state_runner.get(), Lc, &ph.sslots);
+    if (!ph.dit) ph.dit = std::make_unique<GraphRunner>("flow-dit-stream", dit_runner.backends(), solve_nodes(hp, kUnroll));
+    run_solve(*ph.dit, ph.sio, x, solve_rest(mu, st.spk80, cond, N), N, st.n_steps, state_runner.get(), Lc);
     ++st.chunks;
     // the states now hold the chunk's frames and the cached ones, cut as _trim_estimator_cache
     st.dit_len = std::min(Lc + N, st.prompt_frames + hp.stream_history);
@@ -516,7 +498,7 @@ std::vector<float> FlowRunner::solve(const std::vector<float> & noise, const std
         s.solve_runner = std::make_unique<GraphRunner>("flow-solve", s.dit_runner.backends(),
                                                        solve_nodes(hp, Impl::kUnroll));
     }
-    s.run_solve(*s.solve_runner, s.solve_io, x, s.solve_rest(mu, spk, cond, N), N, n_steps, nullptr, 0, nullptr);
+    s.run_solve(*s.solve_runner, s.solve_io, x, s.solve_rest(mu, spk, cond, N), N, n_steps, nullptr, 0);
     return x;
 }
 
