@@ -220,10 +220,12 @@ struct DuplexSession::Impl {
         if (speech && warm) warm_speech();
     }
 
-    // Runs the talker's one-row step and Token2Wav's window phases (first, second, later) once
-    // on placeholder input, then puts their states back as a turn end does: the graphs (and a
-    // GPU's captured graphs) of a turn's first speaking units exist before the conversation.
-    // No draw is made, so the session's random streams are untouched.
+    // Runs the talker's one-row step and Token2Wav's window phases (first, second, later) on
+    // placeholder input, then puts their states back as a turn end does: the graphs of a turn's
+    // first speaking units exist before the conversation. Each phase runs twice: ggml-cuda
+    // captures a graph's CUDA graph on its second run, which cost a turn's first two windows
+    // ~90 ms each on an H200 when the phases ran once. No draw is made, so the session's
+    // random streams are untouched.
     void warm_speech() {
         TtsContext & tc = *speech->talker;
         const int32_t bos = tc.hparams().audio_bos;
@@ -231,8 +233,10 @@ struct DuplexSession::Impl {
         for (int32_t i = 0; i < 3; ++i) tc.eval(cond.data(), 1, &i, false);
         tc.clear();
         const std::vector<int32_t> w(kT2wCodesPerWindow + kT2wLookahead, kT2wSilenceCode);
-        for (int i = 0; i < 4; ++i) token2wav_window(*speech, w, false);
-        reset_token2wav();
+        for (int pass = 0; pass < 2; ++pass) {
+            for (int i = 0; i < 4; ++i) token2wav_window(*speech, w, false);
+            reset_token2wav();
+        }
     }
 
     void fill_placeholders(MediaChunk & c, int64_t n) const {
