@@ -340,37 +340,44 @@ ggml_tensor * resblock(ggml_context * ctx, const HiftResBlock & r, ggml_tensor *
 }
 
 // y[o][t] = b[o] + sum over (c, j) of W[o][c][j] * x[c][t + j], for o < oc and t < no, the
-// terms added in (c, j) order (float64): register tiles of 4 outputs x 4 frames. x holds C rows
-// of np values and at least 4 readable values after its last row.
+// terms added in (c, j) order (float64, separate products and sums): register tiles of 4
+// outputs x 8 frames. x holds C rows of np values and at least 8 readable values after its last
+// row. Built twice where the compiler can (AVX2 and the baseline, picked at run time): the same
+// operations in the same order, so every machine gets the same values.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+__attribute__((target_clones("avx2", "default")))
+#endif
 void conv_f64(const double * W, const double * b, const double * x, int64_t C, int64_t np, int64_t k, int64_t oc,
               int64_t no, double * y) {
-    typedef double v2d __attribute__((vector_size(16)));
+    typedef double v4d __attribute__((vector_size(32)));
     const int64_t ck = C * k;
     int64_t o = 0;
     for (; o + 4 <= oc; o += 4) {
         const double * w0 = W + o * ck;
-        for (int64_t t = 0; t < no; t += 4) {
-            v2d acc[4][2];
-            for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = v2d{b[o + r], b[o + r]};
+        for (int64_t t = 0; t < no; t += 8) {
+            v4d acc[4][2];
+            for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = v4d{b[o + r], b[o + r], b[o + r], b[o + r]};
             for (int64_t c = 0; c < C; ++c) {
                 const double * xc = x + c * np + t;
                 for (int64_t j = 0; j < k; ++j) {
-                    v2d xa, xb;
+                    v4d xa, xb;
                     std::memcpy(&xa, xc + j, sizeof xa);
-                    std::memcpy(&xb, xc + j + 2, sizeof xb);
+                    std::memcpy(&xb, xc + j + 4, sizeof xb);
                     const int64_t wi = c * k + j;
                     for (int r = 0; r < 4; ++r) {
                         const double wv = w0[r * ck + wi];
-                        acc[r][0] += v2d{wv, wv} * xa;
-                        acc[r][1] += v2d{wv, wv} * xb;
+                        const v4d    wb = {wv, wv, wv, wv};
+                        const v4d    pa = wb * xa, pb = wb * xb;
+                        acc[r][0] += pa;
+                        acc[r][1] += pb;
                     }
                 }
             }
-            const int64_t n = std::min<int64_t>(4, no - t);
+            const int64_t n = std::min<int64_t>(8, no - t);
             for (int r = 0; r < 4; ++r) {
-                double tmp[4];
+                double tmp[8];
                 std::memcpy(tmp, &acc[r][0], sizeof acc[r][0]);
-                std::memcpy(tmp + 2, &acc[r][1], sizeof acc[r][1]);
+                std::memcpy(tmp + 4, &acc[r][1], sizeof acc[r][1]);
                 std::memcpy(y + (o + r) * no + t, tmp, (size_t) n * sizeof(double));
             }
         }
@@ -550,7 +557,7 @@ struct CausalVocoder::Impl {
             else left = p;
             const int64_t np = left + n + right, no = np - k + 1;
             if (no <= 0) fail(ErrorKind::Internal, "streaming vocoder: F0 window too short");
-            std::vector<double> xp((size_t) (C * np + 4), 0.0);   // (+ 4: conv_f64's tiles read past the last row)
+            std::vector<double> xp((size_t) (C * np + 8), 0.0);   // (+ 8: conv_f64's tiles read past the last row)
             for (int64_t c = 0; c < C; ++c) std::memcpy(&xp[(size_t) (c * np + left)], &x[(size_t) (c * n)], (size_t) n * sizeof(double));
             std::vector<double> y((size_t) (oc * no));
             conv_f64(m.f0_w[l].data(), m.f0_b[l].data(), xp.data(), C, np, k, oc, no, y.data());
