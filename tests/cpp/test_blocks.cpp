@@ -7,11 +7,15 @@
 
 #include "core/exp.h"
 #include "graph/blocks.h"
+#include "runtime/duplex_sampling.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <random>
+#include <unordered_set>
 #include <vector>
 
 using namespace test_graph;
@@ -240,6 +244,115 @@ TEST(gelu_tanh_formula) {
         const double want = ref_gelu_tanh(x[i]);
         CHECK_NEAR_AT(got[i], want, 1e-6 * std::fabs(want) + 3e-7 * std::fabs(x[i]), "x = " + std::to_string(x[i]));
     }
+}
+
+// ---- duplex sampler: duplex_decode against the rules written out plainly (utils.py's
+// StreamDecoder.decode and top_k_top_p_filtering: a copy, full-vocabulary masks, nth_element for
+// the k-th value, a stable sort for top-p), on rows with many ties and masked entries.
+
+namespace {
+
+// softmax numerators and the draw as duplex_decode makes them (four running sums)
+int32_t plain_draw(const std::vector<float> & x, minicpm::TtsRng & rng) {
+    float mx = -std::numeric_limits<float>::infinity();
+    for (float v : x) mx = std::max(mx, v);
+    std::vector<float> p(x.size());
+    minicpm::exp_shifted(x.data(), p.data(), x.size(), mx);
+    double s[4] = {0.0, 0.0, 0.0, 0.0};
+    size_t i = 0;
+    for (; i + 4 <= p.size(); i += 4) {
+        for (size_t k = 0; k < 4; ++k) s[k] += p[i + k];
+    }
+    for (; i < p.size(); ++i) s[0] += p[i];
+    return minicpm::tts_draw(p, (s[0] + s[1]) + (s[2] + s[3]), rng);
+}
+
+int32_t plain_decode(const std::vector<float> & in, const minicpm::DuplexSampling & s, std::vector<int32_t> & gen,
+                     minicpm::TtsRng & rng) {
+    const float ninf = -std::numeric_limits<float>::infinity();
+    const int32_t raw = plain_draw(in, rng);
+    if (raw == s.chunk_eos) return raw;
+    std::vector<float> x = in;
+    for (int32_t t : *s.forbidden) x[(size_t) t] = ninf;
+    const size_t from = gen.size() > (size_t) s.repetition_window ? gen.size() - (size_t) s.repetition_window : 0;
+    for (int32_t t : std::unordered_set<int32_t>(gen.begin() + (std::ptrdiff_t) from, gen.end())) x[(size_t) t] /= s.repetition_penalty;
+    float & e = x[(size_t) s.turn_eos];
+    e = e > 0 ? e / s.length_penalty : e * s.length_penalty;
+    for (float & v : x) v /= s.temperature;
+    if (s.top_k > 0) {
+        std::vector<float> c = x;
+        const size_t k = std::min<size_t>((size_t) s.top_k, c.size());
+        std::nth_element(c.begin(), c.begin() + (std::ptrdiff_t) (k - 1), c.end(), std::greater<float>());
+        const float kth = c[k - 1];
+        for (float & v : x) if (v < kth) v = ninf;
+    }
+    if (s.top_p > 0.0f) {
+        std::vector<int32_t> idx;
+        for (size_t i = 0; i < x.size(); ++i) if (x[i] != ninf) idx.push_back((int32_t) i);
+        std::stable_sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) { return x[(size_t) a] > x[(size_t) b]; });
+        std::vector<double> ex(idx.size());
+        double sum = 0.0;
+        for (size_t r = 0; r < idx.size(); ++r) sum += (ex[r] = std::exp((double) x[(size_t) idx[r]] - (double) x[(size_t) idx[0]]));
+        double cum = 0.0;
+        bool prev = false;
+        for (size_t r = 0; r < idx.size(); ++r) {
+            if (r > 0 && prev) x[(size_t) idx[r]] = ninf;
+            cum += ex[r] / sum;
+            prev = cum > (double) s.top_p;
+        }
+    }
+    std::vector<int32_t> cand;
+    std::vector<float>   xc;
+    for (size_t i = 0; i < x.size(); ++i) {
+        if (x[i] != ninf) {
+            cand.push_back((int32_t) i);
+            xc.push_back(x[i]);
+        }
+    }
+    const int32_t next = cand[(size_t) plain_draw(xc, rng)];
+    gen.push_back(next);
+    return next;
+}
+
+} // namespace
+
+TEST(duplex_sampler_matches_the_plain_rules) {
+    std::mt19937 g(11);
+    const std::vector<int32_t> forbidden = {3, 17, 600};
+    int compared = 0, differ = 0;
+    for (int64_t V : {37, 1000, 5003}) {
+        for (int top_k : {0, 1, 5, 20, 100000}) {
+            for (float top_p : {0.0f, 0.5f, 0.8f, 1.0f}) {
+                for (int trial = 0; trial < 6; ++trial) {
+                    std::vector<float> x((size_t) V);
+                    std::uniform_int_distribution<int> q(-12, 8);   // coarse values: many ties
+                    for (float & v : x) v = 0.5f * (float) q(g);
+                    for (int64_t i = 0; i < V; i += 7) x[(size_t) i] = -std::numeric_limits<float>::infinity();
+                    x[(size_t) (V - 1)] = 4.0f;   // a tie at the top, in the tail block
+                    x[(size_t) (V / 2)] = 4.0f;
+                    minicpm::DuplexSampling s;
+                    s.top_k = top_k;
+                    s.top_p = top_p;
+                    s.chunk_eos = 5;
+                    s.turn_eos = 6;
+                    std::vector<int32_t> fb;
+                    for (int32_t t : forbidden) if (t < V) fb.push_back(t);
+                    s.forbidden = &fb;
+                    std::vector<int32_t> ga = {1, 2, 2, 9}, gb = ga;
+                    minicpm::TtsRng ra(1000 + trial), rb(1000 + trial);
+                    for (int step = 0; step < 8; ++step) {
+                        const int32_t a = minicpm::duplex_decode(x, s, ga, ra);
+                        const int32_t b = plain_decode(x, s, gb, rb);
+                        ++compared;
+                        if (a != b || ra.state() != rb.state()) ++differ;
+                    }
+                    CHECK(ga == gb);
+                }
+            }
+        }
+    }
+    CHECK(compared == 3 * 5 * 4 * 6 * 8);
+    CHECK(differ == 0);
 }
 
 CHECK_MAIN()
