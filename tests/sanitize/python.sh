@@ -5,19 +5,31 @@
 # instrumented). Any report fails the run. It replaces the installed package: run it last, or
 # in a virtual environment of its own.
 #   tests/sanitize/python.sh [pytest args...]    (default: the subset below)
-# Environment: PYTHON (default python), BUILD_DIR (default build-asan-py).
+# Environment: PYTHON (default python), BUILD_DIR (default build-asan-py), CPP_TESTS=1 (the C++
+# unit tests of tests/cpp are built in the same instrumented build and run with ctest first, leak
+# checking on: one sanitizer build of the library serves both, as .ci/run uses it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON="${PYTHON:-python}"
 BUILD_DIR="${BUILD_DIR:-build-asan-py}"
 SAN="address,undefined"
+CPP_TESTS="${CPP_TESTS:-0}"
+EXTRA=()
+[ "$CPP_TESTS" = 1 ] && EXTRA+=(--config-settings=cmake.define.MINICPM_BUILD_TESTS=ON)
 
 "$PYTHON" -m pip install -q --no-build-isolation --no-deps --force-reinstall \
     --config-settings=cmake.define.MINICPM_SANITIZE="$SAN" \
     --config-settings=cmake.build-type=RelWithDebInfo \
     --config-settings=cmake.define.CMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g" \
     --config-settings=cmake.define.CMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g" \
-    --config-settings=build-dir="$BUILD_DIR" .
+    --config-settings=build-dir="$BUILD_DIR" "${EXTRA[@]}" .
+
+if [ "$CPP_TESTS" = 1 ]; then
+    # as tests/cpp/run.sh runs them under SANITIZE: halt on the first report, leaks included
+    ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:halt_on_error=1}" \
+    UBSAN_OPTIONS="${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}" \
+        ctest --test-dir "$BUILD_DIR" --output-on-failure
+fi
 
 CC_BIN="${CC:-gcc}"
 ASAN_LIB="$("$CC_BIN" -print-file-name=libasan.so)"
