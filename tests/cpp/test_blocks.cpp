@@ -325,11 +325,20 @@ TEST(duplex_sampler_matches_the_plain_rules) {
             for (float top_p : {0.0f, 0.5f, 0.8f, 1.0f}) {
                 for (int trial = 0; trial < 6; ++trial) {
                     std::vector<float> x((size_t) V);
-                    std::uniform_int_distribution<int> q(-12, 8);   // coarse values: many ties
-                    for (float & v : x) v = 0.5f * (float) q(g);
+                    if (trial < 4) {
+                        std::uniform_int_distribution<int> q(-12, 8);   // coarse values: many ties
+                        for (float & v : x) v = 0.5f * (float) q(g);
+                        x[(size_t) (V - 1)] = 4.0f;   // a tie at the top, in the tail block
+                        x[(size_t) (V / 2)] = 4.0f;
+                    } else {
+                        // one token above the rest: top-p keeps it alone (0.5, 0.8), so a rule
+                        // that never drops the second candidate draws the runner-up at times
+                        std::normal_distribution<float> q(-4.0f, 1.0f);
+                        for (float & v : x) v = q(g);
+                        x[(size_t) (V / 2)] = 4.0f;
+                        x[(size_t) (V - 1)] = 2.5f;
+                    }
                     for (int64_t i = 0; i < V; i += 7) x[(size_t) i] = -std::numeric_limits<float>::infinity();
-                    x[(size_t) (V - 1)] = 4.0f;   // a tie at the top, in the tail block
-                    x[(size_t) (V / 2)] = 4.0f;
                     minicpm::DuplexSampling s;
                     s.top_k = top_k;
                     s.top_p = top_p;
