@@ -37,6 +37,9 @@ its own thread, started together. ``--batch off,on`` measures each count both wa
 on its own (``off``: its LLM steps run as graphs of their own, side by side on the device) and
 through the model's cross-session batcher (``on``: the LLM steps of the sessions waiting at the same
 moment run as one graph); the report gives the batcher's graphs and the requests per graph.
+``shared`` is ``on`` with the sessions' caches in one shared buffer (``Model(batch_cache_cells=
+(sessions + 1) x n_ctx)``): their decode steps and units run as one attention over it, a graph
+that depends on the row count only (a model of its own is loaded for it).
 ``decisions`` gives each session's units as ``L`` (listened) / ``S`` (spoke).
 
 ``--torch`` also runs the PyTorch reference session on the same checkpoint (the ``hf-{size}``
@@ -72,6 +75,7 @@ import gc
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -408,7 +412,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads per model (0: all cores)")
     ap.add_argument("--sessions", default="1", help="concurrent sessions, comma-separated (e.g. 1,4)")
-    ap.add_argument("--batch", default="off", help="LLM steps batched across sessions: off, on or off,on (both)")
+    ap.add_argument("--batch", default="off",
+                    help="LLM steps batched across sessions: off, on, shared (on + one shared cache), comma-separated")
     ap.add_argument("--batch-gather", default="1,0", metavar="PARTS,MS",
                     help="batcher gathering: a batch waits up to MS ms for PARTS requests (default 1,0: at once)")
     ap.add_argument("--units", type=int, default=12)
@@ -449,7 +454,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             torch.device(args.device)
         except RuntimeError:
             ap.error(f"--torch: {args.device!r} is no torch device (cpu, cuda, cuda:N)")
-    types = ["f32"] if args.size == "tiny" and not args.gguf else [t.strip() for t in args.types.split(",") if t.strip()]
+    if args.gguf:   # the file as it is, labelled by the type in its name
+        m = re.search(r"-(f32|f16|bf16|q\d\w*)\.gguf$", base.name, re.IGNORECASE)
+        types = [m.group(1).lower() if m else "gguf"]
+    else:
+        types = ["f32"] if args.size == "tiny" else [t.strip() for t in args.types.split(",") if t.strip()]
     report: Dict[str, Any] = dict(
         size=args.size, device=args.device, threads=args.threads, units=args.units, talk=args.talk,
         answer=args.answer, max_speak_tokens=args.max_speak_tokens, tts_steps=args.tts_steps, window=args.window,
@@ -457,27 +466,41 @@ def main(argv: Optional[List[str]] = None) -> int:
         machine=dict(platform=platform.platform(), cpus=os.cpu_count()), results=[])
     if args.prepare_only:
         for typ in types:
-            log(f"  {quantized(base, typ, log)}")
+            log(f"  {base if args.gguf else quantized(base, typ, log)}")
         return 0
     for ti, typ in enumerate(types):
-        path = quantized(base, typ, log)
-        model = minicpm_cpp.Model(str(path), device=args.device, n_threads=args.threads or None)
-        voice = model.voice(tone(2.0))
-        run_session(model, voice, argparse.Namespace(**{**vars(args), "units": 2}), seed=0)   # warm-up
+        path = base if args.gguf else quantized(base, typ, log)
         modes = [m.strip() for m in args.batch.split(",") if m.strip()]
-        if not modes or any(m not in ("off", "on") for m in modes):
-            ap.error("--batch takes off, on or off,on")
+        if not modes or any(m not in ("off", "on", "shared") for m in modes):
+            ap.error("--batch takes off, on, shared or a comma-separated list of them")
         try:
-            g_parts, g_ms = args.batch_gather.split(",")
-            model.set_batch_gather(int(g_parts), float(g_ms))
+            g_parts, g_ms = (int(x) if i == 0 else float(x) for i, x in enumerate(args.batch_gather.split(",")))
         except ValueError:
             ap.error("--batch-gather takes PARTS,MS (e.g. 8,2)")
-        if "on" in modes:
-            run_session(model, voice, argparse.Namespace(**{**vars(args), "units": 2}), seed=0, batch=True)
+        n_max = max(int(x) for x in args.sessions.split(","))
+        model = voice = None
+        loaded_cells = -1
+
+        def load(cells: int) -> None:
+            nonlocal model, voice, loaded_cells
+            model = voice = None
+            gc.collect()
+            model = minicpm_cpp.Model(str(path), device=args.device, n_threads=args.threads or None,
+                                      batch_cache_cells=cells)
+            voice = model.voice(tone(2.0))
+            run_session(model, voice, argparse.Namespace(**{**vars(args), "units": 2}), seed=0)   # warm-up
+            model.set_batch_gather(g_parts, g_ms)
+            if cells or "on" in modes:
+                run_session(model, voice, argparse.Namespace(**{**vars(args), "units": 2}), seed=0, batch=True)
+            loaded_cells = cells
+
         for n, mode in [(int(x), m) for x in args.sessions.split(",") for m in modes]:
+            cells = (n_max + 1) * args.n_ctx if mode == "shared" else 0
+            if cells != loaded_cells:
+                load(cells)
             runs: List[Optional[Dict[str, Any]]] = [None] * n
             errors: List[BaseException] = []
-            batch = mode == "on"
+            batch = mode != "off"
             stats0 = model.batch_stats()
 
             def work(i: int) -> None:
@@ -505,7 +528,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 s.update(batch_graphs=graphs, requests_per_graph=(st["parts"] - stats0["parts"]) / max(graphs, 1),
                          max_requests_per_graph=st["max_parts"], batch_rebuilds=st["rebuilds"] - stats0["rebuilds"],
                          batch_build_ms_per_graph=(st["build_ms"] - stats0["build_ms"]) / max(graphs, 1),
-                         batch_compute_ms_per_graph=(st["compute_ms"] - stats0["compute_ms"]) / max(graphs, 1))
+                         batch_compute_ms_per_graph=(st["compute_ms"] - stats0["compute_ms"]) / max(graphs, 1),
+                         shared_requests=st["shared_parts"] - stats0["shared_parts"],
+                         shared_cache_mib=st["shared_cache_bytes"] / 2**20)
             report["results"].append(s)
             log_result(log, f"{typ} x{n} batch {mode}", s)
         prompt = dict(tokens=voice.tokens.copy(), prompt_mel=voice.prompt_mel.copy(), speaker=voice.speaker.copy())

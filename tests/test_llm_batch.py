@@ -75,10 +75,14 @@ def _in_threads(fns):
         raise errors[0]
 
 
-@pytest.mark.parametrize("outtype,flash", [("f32", "off"), ("f16", "on"), ("f16", "off")])
-def test_batched_sessions_match_transformers(hf, tiny_qwen3_dir, converted, outtype, flash):
+@pytest.mark.parametrize("outtype,flash,shared", [("f32", "off", False), ("f16", "on", False), ("f16", "off", False),
+                                                  ("f32", "off", True), ("f16", "on", True)])
+def test_batched_sessions_match_transformers(hf, tiny_qwen3_dir, converted, outtype, flash, shared):
+    """shared: the sessions' caches are ranges of one shared buffer (batch_cache_cells) and their
+    parts run as one sequence over it, each row masked to its own session's cells."""
     ref_model, prompts = hf
-    model = minicpm_cpp.Model(converted(tiny_qwen3_dir, outtype), device="cpu", n_threads=2)
+    model = minicpm_cpp.Model(converted(tiny_qwen3_dir, outtype), device="cpu", n_threads=2,
+                              batch_cache_cells=4 * 256 if shared else 0)
     k = len(prompts)
     model.set_batch_gather(k, 5000.0)
     kv = "f32" if outtype == "f32" else "f16"
@@ -101,6 +105,10 @@ def test_batched_sessions_match_transformers(hf, tiny_qwen3_dir, converted, outt
     stats = model.batch_stats()
     assert stats["batches"] == head + 2 and stats["max_parts"] == k and stats["parts"] == k * (head + 2)
     assert stats["rows"] == k * n
+    assert stats["shared_parts"] == (stats["parts"] if shared else 0)
+    if shared:   # one graph per shape, whichever sessions: the one-row steps shared one graph
+        assert stats["rebuilds"] <= 3
+        assert stats["shared_cache_bytes"] > 0
     for i in range(k):
         ref = _ref_logits(ref_model, prompts[i])
         rows = list(range(head)) + [head + i, n - 1]
@@ -168,11 +176,14 @@ def test_batched_errors_stay_in_their_session(hf, tiny_qwen3_dir, converted):
         minicpm_cpp.Session(model, batch="yes")
 
 
-def test_batched_duplex_sessions_equal_each_alone(tiny_speech_dir, converted):
-    """Three duplex sessions through the batcher give what each gives alone, unbatched."""
+@pytest.mark.parametrize("shared", [False, True])
+def test_batched_duplex_sessions_equal_each_alone(tiny_speech_dir, converted, shared):
+    """Three duplex sessions through the batcher give what each gives alone, unbatched (shared:
+    with their caches in one shared buffer, the units and decode steps as one sequence)."""
     from tiny_voice import tone
 
-    model = minicpm_cpp.Model(str(converted(tiny_speech_dir, "f32")), device="cpu", n_threads=2)
+    model = minicpm_cpp.Model(str(converted(tiny_speech_dir, "f32")), device="cpu", n_threads=2,
+                              batch_cache_cells=3 * 1024 if shared else 0)
     voice = model.voice(tone(2.0))
     speak, listen = model.tokenize("<|speak|>")[0], model.tokenize("<|listen|>")[0]
     rng = np.random.default_rng(5)
@@ -197,7 +208,9 @@ def test_batched_duplex_sessions_equal_each_alone(tiny_speech_dir, converted):
         together[i] = run(i, True)
 
     _in_threads([lambda i=i: work(i) for i in range(3)])
-    assert model.batch_stats()["max_parts"] == 3
+    st = model.batch_stats()
+    assert st["max_parts"] == 3
+    assert (st["shared_parts"] > 0) == shared
     for i in range(3):
         for k in range(4):
             a, b = alone[i][k], together[i][k]
@@ -230,3 +243,57 @@ def test_new_sessions_never_reuse_a_freed_sessions_graph(hf, tiny_qwen3_dir, con
         del pair
         gc.collect()
     assert model.batch_stats()["rebuilds"] == 3
+
+
+def test_shared_cache_ranges_long_parts_and_overflow(hf, tiny_qwen3_dir, converted):
+    """The shared cache with room for two sessions of three: the third keeps its own cache and
+    still batches; a prefill longer than a shared part runs over its own range; a session made
+    after one is dropped takes the freed range (other sessions' stale cells stay masked)."""
+    import gc
+
+    ref_model, prompts = hf
+    model = minicpm_cpp.Model(converted(tiny_qwen3_dir, "f32"), device="cpu", n_threads=2, batch_cache_cells=2 * 128)
+    model.set_batch_gather(3, 5000.0)
+    long_ids = (prompts[0] * 4)[:40]   # past the 32 rows of a shared part
+    sessions = [minicpm_cpp.Session(model, n_ctx=128, batch=True) for _ in range(3)]
+    got = [None] * 3
+
+    def run(i):
+        s = sessions[i]
+        ids = long_ids if i == 0 else prompts[i]
+        s.prefill(tokens=ids)
+        for t in ids[:3]:   # one-row steps: the shared sequence (the third session: its own)
+            s.prefill(tokens=[t])
+        got[i] = (ids + ids[:3], s.logits())
+
+    _in_threads([lambda i=i: run(i) for i in range(3)])
+    for i in range(3):
+        ids, lg = got[i]
+        assert _rel(lg, _ref_logits(ref_model, ids)[-1]) <= REL["f32"], i
+    st = model.batch_stats()
+    assert st["shared_parts"] == 3 + 4   # the leased two's steps but the 40-row prefill
+    assert st["max_parts"] == 3
+
+    # Drop the first: a new session takes its range, whose cells hold the old keys.
+    del sessions[0]
+    gc.collect()
+    fresh = minicpm_cpp.Session(model, n_ctx=128, batch=True)
+    sessions.insert(0, fresh)
+    model.set_batch_gather(2, 5000.0)
+    out = [None, None]
+
+    def again(i):
+        s = sessions[i]
+        ids = prompts[3] if i == 0 else prompts[1]
+        if i == 0:
+            s.prefill(tokens=ids)
+        s.prefill(tokens=[ids[0]])
+        out[i] = s.logits()
+
+    _in_threads([lambda i=i: again(i) for i in range(2)])
+    assert _rel(out[0], _ref_logits(ref_model, prompts[3] + [prompts[3][0]])[-1]) <= REL["f32"]
+    ids1 = prompts[1] + prompts[1][:3] + [prompts[1][0]]
+    assert _rel(out[1], _ref_logits(ref_model, ids1)[-1]) <= REL["f32"]
+    for bad in (-1, 2**31, 1.5):
+        with pytest.raises(minicpm_cpp.InvalidArgumentError, match="batch_cache_cells"):
+            minicpm_cpp.Model(converted(tiny_qwen3_dir, "f32"), device="cpu", batch_cache_cells=bad)

@@ -362,7 +362,7 @@ size_t llm_batch_graph_max_nodes(const LlmHparams & hp, size_t n_seq) {
 }
 
 void build_llm_batch_graph(ggml_context * ctx, ggml_cgraph * gf, const LlmModel & m, const std::vector<LlmBatchSeq> & seqs,
-                           bool flash_attn, bool hidden, LlmBatchInputs & in) {
+                           int64_t n_out, bool flash_attn, bool hidden, LlmBatchInputs & in) {
     using namespace graph;
     const LlmHparams & hp = m.hp;
     in = LlmBatchInputs{};
@@ -383,7 +383,7 @@ void build_llm_batch_graph(ggml_context * ctx, ggml_cgraph * gf, const LlmModel 
     in.pos = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_rows);
     ggml_set_name(in.pos, "inp_pos");
     ggml_set_input(in.pos);
-    in.last = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, (int64_t) seqs.size());
+    in.last = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_out);
     ggml_set_name(in.last, "inp_last_rows");
     ggml_set_input(in.last);
 
@@ -393,7 +393,7 @@ void build_llm_batch_graph(ggml_context * ctx, ggml_cgraph * gf, const LlmModel 
         cb(x, "result_norm");
         in.hidden = x;
         ggml_set_output(in.hidden);
-        x = ggml_get_rows(ctx, x, in.last);   // [n_embd, n_seq]
+        x = ggml_get_rows(ctx, x, in.last);   // [n_embd, n_out]
     } else {
         x = ggml_get_rows(ctx, x, in.last);
         x = rms_norm(ctx, x, m.w.output_norm, hp.rms_eps);

@@ -124,8 +124,8 @@ struct LlmBatchInputs {
     ggml_tensor *              embd = nullptr;     // F32 [n_embd, n_rows]: every row's embedding
     ggml_tensor *              pos  = nullptr;     // I32 [n_rows]
     std::vector<ggml_tensor *> kv_idx, kq_mask;    // per sequence: I64 [n_tokens], F32/F16 [n_kv, n_tokens]
-    ggml_tensor *              last = nullptr;     // I32 [n_seq]: the row of each sequence's last token
-    ggml_tensor *              logits = nullptr;   // F32 [n_vocab, n_seq]: each sequence's last row
+    ggml_tensor *              last = nullptr;     // I32 [n_out]: the rows whose logits are wanted
+    ggml_tensor *              logits = nullptr;   // F32 [n_vocab, n_out]
     ggml_tensor *              hidden = nullptr;   // F32 [n_embd, n_rows] after the final norm (when asked)
 };
 
@@ -133,8 +133,10 @@ struct LlmBatchInputs {
 // (each weight is read once for the whole batch), each sequence's attention runs over its own
 // cache. Row r's output equals build_llm_graph's for its sequence alone (up to the kernels'
 // rounding for other batch sizes).
+// n_out: the rows whose logits are wanted (`last`; one per request, a sequence may carry
+// several requests: the rows of sessions sharing one cache, each masked to its own cells).
 void build_llm_batch_graph(ggml_context * ctx, ggml_cgraph * gf, const LlmModel & m, const std::vector<LlmBatchSeq> & seqs,
-                           bool flash_attn, bool hidden, LlmBatchInputs & in);
+                           int64_t n_out, bool flash_attn, bool hidden, LlmBatchInputs & in);
 size_t llm_batch_graph_max_nodes(const LlmHparams & hp, size_t n_seq);
 
 // The K-shift graph: rotates the cached keys of cells [first_cell, first_cell + n_cells) of every

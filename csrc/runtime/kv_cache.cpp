@@ -23,6 +23,16 @@ void KvCache::init(const LlmHparams & hp, int64_t n_cells_, ggml_type type_, Gra
     first_free = 0;
 }
 
+void KvCache::init(const KvTensors & tensors, int64_t n_cells_) {
+    type = tensors.type;
+    k = tensors.k;
+    v = tensors.v;
+    n_cells = n_cells_;
+    cell_pos.assign((size_t) n_cells, -1);
+    n_used = 0;
+    first_free = 0;
+}
+
 std::vector<int64_t> KvCache::assign(const std::vector<int32_t> & positions) {
     if ((int64_t) positions.size() > n_free()) {
         fail(ErrorKind::ContextFull, std::to_string(positions.size()) + " tokens do not fit: " + std::to_string(n_free()) +

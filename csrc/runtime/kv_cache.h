@@ -26,6 +26,8 @@ struct KvCache : KvTensors {
 
     // Declares the cache tensors in `runner` (call runner.allocate_state() afterwards).
     void init(const LlmHparams & hp, int64_t n_cells, ggml_type type, GraphRunner & runner);
+    // Over tensors that live elsewhere (a range of the shared batch cache, runtime/kv_pool.h).
+    void init(const KvTensors & tensors, int64_t n_cells);
 
     // The n lowest free cells, marked as holding `positions`. Throws Error(ContextFull) when
     // fewer than n cells are free.

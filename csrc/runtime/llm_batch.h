@@ -14,11 +14,13 @@
 #include "core/backend.h"
 #include "core/runner.h"
 #include "models/llm.h"
+#include "runtime/kv_pool.h"
 
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <vector>
 
@@ -36,6 +38,7 @@ struct LlmBatchPart {
     int64_t               n_kv = 0;
     bool                  flash_attn = false;
     bool                  hidden = false;          // the rows' hidden states are wanted
+    int64_t               pool_base = -1;          // first cell of its range of the shared cache, -1: its own
     std::vector<float>    embd;                    // [n_embd, n]
     std::vector<int32_t>  pos;
     std::vector<int64_t>  cells;
@@ -48,13 +51,16 @@ struct LlmBatchStats {
     int64_t rows = 0;          // positions evaluated
     int64_t max_parts = 0;     // the most requests one graph carried
     int64_t rebuilds = 0;      // graphs built (a new set of sessions or shapes), the rest reused
+    int64_t shared_parts = 0;  // requests evaluated as rows of the shared cache's one sequence
     double  build_ms = 0.0;    // building and allocating them
     double  compute_ms = 0.0;  // inputs, compute, outputs
 };
 
 class LlmBatcher {
 public:
-    LlmBatcher(const LlmModel & model, const Devices & devices, int n_threads);
+    // pool_cells > 0: a shared cache of that many cells (runtime/kv_pool.h), made at the first
+    // lease_cache() call, for the kv type that call asks for.
+    LlmBatcher(const LlmModel & model, const Devices & devices, int n_threads, int64_t pool_cells = 0);
     LlmBatcher(const LlmBatcher &) = delete;
     LlmBatcher & operator=(const LlmBatcher &) = delete;
 
@@ -67,9 +73,19 @@ public:
     void set_gather(int min_parts, double wait_ms);
     LlmBatchStats stats() const;
 
+    // A range of n cells of the shared cache for a joining session, or null (no shared cache,
+    // another kv type, or no room left: the session keeps a cache of its own).
+    std::unique_ptr<KvPool::Lease> lease_cache(int64_t n, ggml_type type);
+    // Bytes of the shared cache (0 before its first lease).
+    size_t shared_cache_bytes() const;
+
     static constexpr int     kMaxParts = 32;    // requests per graph
     static constexpr int64_t kMaxRows  = 512;   // positions per graph
     static constexpr int64_t kCachedGraphRows = 256;   // graphs up to this size stay built (runner cache)
+    // Parts of sessions in the shared cache with at most this many rows (decode steps, a duplex
+    // unit) join its one sequence; longer ones attend their own range as sequences of their own
+    // (the shared sequence attends every leased cell: cheap for a row, not for a long prefill).
+    static constexpr int64_t kSharedRows = 32;
 
 private:
     struct Request {
@@ -80,6 +96,10 @@ private:
     void run(const std::vector<Request *> & batch, bool & rebuilt, double & build_ms, double & compute_ms);
 
     const LlmModel &        m_;
+    const Devices &         devices_;
+    int64_t                 pool_cells_ = 0;
+    mutable std::mutex      pool_mu_;
+    std::unique_ptr<KvPool> pool_;
     ComputeBackends         backends_;
     GraphRunner             runner_;
     LlmBatchInputs          in_;        // the current graph's

@@ -83,9 +83,10 @@ PendingRun flatten_segments(const std::vector<PromptSegment> & segs, const LlmHp
     return run;
 }
 
-LlmContext::LlmContext(const LlmModel & model, const ComputeBackends & backends, const SessionParams & params)
+LlmContext::LlmContext(const LlmModel & model, const ComputeBackends & backends, const SessionParams & params,
+                       LlmBatcher * batcher)
     : m_(model), params_(checked(params)), runner_("llm", backends, llm_graph_max_nodes(model.hp)),
-      observer_("llm", params.debug) {
+      observer_("llm", params.debug), batcher_(batcher) {
     static std::atomic<uint64_t> next_uid{1};
     uid_ = next_uid.fetch_add(1);
     if (m_.hp.n_ctx_train > 0 && params_.n_ctx > m_.hp.n_ctx_train) {
@@ -94,7 +95,9 @@ LlmContext::LlmContext(const LlmModel & model, const ComputeBackends & backends,
     const ggml_type kv_type = pick_kv_type(params_, m_);
     flash_attn_ = pick_flash(params_, kv_type);
     params_.n_batch = std::min(params_.n_batch, params_.n_ctx);
-    kv_.init(m_.hp, params_.n_ctx, kv_type, runner_);
+    if (batcher_) lease_ = batcher_->lease_cache(params_.n_ctx, kv_type);
+    if (lease_) kv_.init(lease_->tensors(), params_.n_ctx);
+    else kv_.init(m_.hp, params_.n_ctx, kv_type, runner_);
     try {
         runner_.allocate_state();
     } catch (const Error & e) {
@@ -340,6 +343,7 @@ void LlmContext::begin_part(size_t first, int64_t n, LlmBatchPart & part) {
     fill_embeddings(first, n, part.embd);
     part.cells = kv_.assign(part.pos);
     part.n_kv = attended_cells();
+    part.pool_base = lease_ ? lease_->base() : -1;
     kv_.build_mask(part.pos, part.n_kv, part.mask);
 }
 

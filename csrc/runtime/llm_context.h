@@ -13,6 +13,7 @@
 #include "core/runner.h"
 #include "models/llm.h"
 #include "runtime/kv_cache.h"
+#include "runtime/kv_pool.h"
 #include "runtime/llm_batch.h"
 
 #include <memory>
@@ -39,7 +40,10 @@ PendingRun flatten_segments(const std::vector<PromptSegment> & segs, const LlmHp
 
 class LlmContext {
 public:
-    LlmContext(const LlmModel & model, const ComputeBackends & backends, const SessionParams & params);
+    // With a batcher, micro-batches are evaluated through it (cross-session batching) and the
+    // cache takes a range of the batcher's shared cache when it has one with room.
+    LlmContext(const LlmModel & model, const ComputeBackends & backends, const SessionParams & params,
+               LlmBatcher * batcher = nullptr);
 
     size_t size() const { return tokens_.size(); }        // entries (evaluated and pending)
     size_t n_eval() const { return n_eval_; }             // entries [0, n_eval) are in the cache
@@ -82,10 +86,11 @@ public:
 
     const LlmModel & model() const { return m_; }
 
-    // Cross-session batching: with a batcher set, micro-batches are evaluated through it
-    // (together with other sessions' waiting ones) unless every position's logits are captured.
-    void set_batcher(LlmBatcher * b) { batcher_ = b; }
+    // Cross-session batching: with a batcher, micro-batches are evaluated through it (together
+    // with other sessions' waiting ones) unless every position's logits are captured.
     LlmBatcher * batcher() const { return batcher_; }
+    // The range of the shared batch cache holding this context's cache (null: a cache of its own).
+    const KvPool::Lease * pool_lease() const { return lease_.get(); }
     // The batcher's side: prepares entries [first, first + n) (checks, inputs, cells assigned),
     // commits its results (the last row's logits, the rows' hidden states when captured), or
     // gives the cells back when the batch failed.
@@ -117,6 +122,7 @@ private:
     GraphSlots<LlmGraphInputs> slot_in_;   // each kept graph's
     ggml_tensor *         shift_in_ = nullptr;   // I32 position deltas of the K-shift graph
     LlmBatcher *          batcher_ = nullptr;
+    std::unique_ptr<KvPool::Lease> lease_;
     uint64_t              uid_ = 0;
 
     std::vector<int32_t>  tokens_;

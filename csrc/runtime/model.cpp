@@ -141,6 +141,10 @@ std::shared_ptr<Model> Model::load(const std::string & path, const ModelParams &
         fail(ErrorKind::InvalidArgument, "max_image_patches must be >= 0 (0 = no limit), got " +
                                              std::to_string(params.max_image_patches));
     }
+    if (params.batch_cache_cells < 0 || params.batch_cache_cells > KvPool::kMaxCells) {
+        fail(ErrorKind::InvalidArgument, "batch_cache_cells must be in [0, " + std::to_string(KvPool::kMaxCells) +
+                                             "] (0 = none), got " + std::to_string(params.batch_cache_cells));
+    }
     std::vector<std::string> paths = {path};
     if (!params.mmproj.empty()) paths.push_back(params.mmproj);
     if (!params.audio.empty()) paths.push_back(params.audio);
@@ -235,6 +239,8 @@ Model::BatchStats Model::batch_stats() const {
     out.rows = s.rows;
     out.max_parts = s.max_parts;
     out.rebuilds = s.rebuilds;
+    out.shared_parts = s.shared_parts;
+    out.shared_cache_bytes = (int64_t) impl_->llm_batcher().shared_cache_bytes();
     out.build_ms = s.build_ms;
     out.compute_ms = s.compute_ms;
     return out;

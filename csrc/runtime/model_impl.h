@@ -38,7 +38,7 @@ struct Model::Impl {
 
     // The cross-session LLM batcher, made at its first use (its own lock; the rest stays immutable).
     LlmBatcher & llm_batcher() const {
-        std::call_once(batcher_once, [&] { batcher = std::make_unique<LlmBatcher>(llm(), *devices, params.n_threads); });
+        std::call_once(batcher_once, [&] { batcher = std::make_unique<LlmBatcher>(llm(), *devices, params.n_threads, params.batch_cache_cells); });
         return *batcher;
     }
     mutable std::once_flag              batcher_once;

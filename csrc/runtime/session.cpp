@@ -157,10 +157,9 @@ struct Session::Impl {
 
     Impl(std::shared_ptr<Model> m, const SessionParams & p)
         : model(std::move(m)), params(p), backends(*model->impl().devices, p.n_threads),
-          ctx(model->impl().llm(), backends, p) {
+          ctx(model->impl().llm(), backends, p, p.batch ? &model->impl().llm_batcher() : nullptr) {
         if (p.seed) rng.seed(*p.seed);
         else rng.seed(std::random_device{}());
-        if (p.batch) ctx.set_batcher(&model->impl().llm_batcher());
     }
 
     // Evaluates what is pending, accounting the time as prefill (or decode for a single

@@ -246,7 +246,7 @@ PYBIND11_MODULE(_core, mod) {
                          std::vector<std::string> extra_files, bool cpu_repack, std::optional<bool> fuse_qkv, bool warmup,
                          const std::string & vision_flash_attn, std::optional<bool> vision_pad_heads,
                          const std::string & audio, std::optional<bool> audio_fold_norms, int64_t max_image_patches,
-                         std::optional<bool> flow_lean) {
+                         std::optional<bool> flow_lean, int64_t batch_cache_cells) {
             ModelParams p;
             p.device = device;
             p.n_threads = n_threads;
@@ -261,13 +261,14 @@ PYBIND11_MODULE(_core, mod) {
             p.audio_fold_norms = audio_fold_norms;
             p.max_image_patches = max_image_patches;
             p.flow_lean = flow_lean;
+            p.batch_cache_cells = batch_cache_cells;
             py::gil_scoped_release nogil;
             return Model::load(path, p);
         }), py::arg("path"), py::arg("device") = "auto", py::arg("n_threads") = 0, py::arg("mmproj") = "",
             py::arg("extra_files") = std::vector<std::string>{}, py::arg("cpu_repack") = true,
             py::arg("fuse_qkv") = py::none(), py::arg("warmup") = true, py::arg("vision_flash_attn") = "auto",
             py::arg("vision_pad_heads") = py::none(), py::arg("audio") = "", py::arg("audio_fold_norms") = py::none(),
-            py::arg("max_image_patches") = 4096, py::arg("flow_lean") = py::none())
+            py::arg("max_image_patches") = 4096, py::arg("flow_lean") = py::none(), py::arg("batch_cache_cells") = 0)
         .def_property_readonly("has_vision", &Model::has_vision)
         .def_property_readonly("has_audio", &Model::has_audio)
         .def("has_component", &Model::has_component, py::arg("kind"))
@@ -279,6 +280,8 @@ PYBIND11_MODULE(_core, mod) {
             d["rows"] = s.rows;
             d["max_parts"] = s.max_parts;
             d["rebuilds"] = s.rebuilds;
+            d["shared_parts"] = s.shared_parts;
+            d["shared_cache_bytes"] = s.shared_cache_bytes;
             d["build_ms"] = s.build_ms;
             d["compute_ms"] = s.compute_ms;
             return d;

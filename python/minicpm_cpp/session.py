@@ -135,6 +135,14 @@ class Model(SpeechModel):
         max_image_patches: refuse an image whose overview or slices would have more patches
             than this (a normal piece has ~1024; the reference's arithmetic gives extreme aspect
             ratios such as 1 x 100000 ten thousand, a 10k^2 attention per layer). ``0``: no limit.
+        batch_cache_cells: cross-session batching (sessions made with ``batch=True``): one
+            key/value buffer of this many cells shared by the batching sessions, each taking
+            ``n_ctx`` cells of it (size it as sessions x n_ctx; a session that finds no room
+            keeps a cache of its own, with a warning). Their decode steps and duplex units then
+            run as one attention over the shared buffer, each row masked to its own session's
+            cells, in a graph that depends on the row count only, so it is kept (and, on CUDA,
+            replayed as a CUDA graph) whichever sessions it carries. Allocated at the first
+            batching session. ``0`` (default): each session keeps its own cache.
     """
 
     def __init__(
@@ -154,6 +162,7 @@ class Model(SpeechModel):
         audio_fold_norms: Optional[bool] = None,
         max_image_patches: int = 4096,
         flow_lean: Optional[bool] = None,
+        batch_cache_cells: int = 0,
     ) -> None:
         device = _str_arg(device, "device")
         vision_flash_attn = _str_arg(vision_flash_attn, "vision_flash_attn")
@@ -190,6 +199,7 @@ class Model(SpeechModel):
             _count(min(max_image_patches, 2**62) if isinstance(max_image_patches, int) else max_image_patches,
                    "max_image_patches"),
             _opt_bool(flow_lean, "flow_lean"),
+            _count(batch_cache_cells, "batch_cache_cells"),
         )
         self._encoder: Optional[_core.ImageEncoder] = None
         self._encoder_lock = threading.Lock()

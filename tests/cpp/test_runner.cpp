@@ -1,11 +1,13 @@
-// The graph runner (core/runner.h), its eval callback (core/debug.h) and the KV cache's cell
-// bookkeeping (runtime/kv_cache.h), against values computed by hand.
+// The graph runner (core/runner.h), its eval callback (core/debug.h), the KV cache's cell
+// bookkeeping (runtime/kv_cache.h) and the shared batch cache's ranges (runtime/kv_pool.h),
+// against values computed by hand.
 #include "check.h"
 
 #include "core/backend.h"
 #include "core/debug.h"
 #include "core/runner.h"
 #include "runtime/kv_cache.h"
+#include "runtime/kv_pool.h"
 
 #include "ggml-backend.h"
 #include "ggml.h"
@@ -243,6 +245,47 @@ TEST(kv_cache_cells_and_mask) {
     kv.clear();
     CHECK_EQ(kv.n_free(), 6);
     CHECK_EQ(kv.extent(), 0);
+}
+
+TEST(kv_pool_ranges_and_placement) {
+    static const minicpm::Devices devices("cpu", 1);
+    minicpm::LlmHparams hp;
+    hp.n_layer = 2;
+    hp.n_head_kv = 1;
+    hp.head_dim = 4;
+    CHECK_THROWS_KIND_MSG(minicpm::KvPool(hp, devices, 0, GGML_TYPE_F32), ErrorKind::InvalidArgument, "batch_cache_cells");
+    minicpm::KvPool pool(hp, devices, 10, GGML_TYPE_F32);   // cells 1..10 leasable, 0 the scratch cell
+    CHECK_EQ(pool.n_cells(), 11);
+    CHECK_EQ(pool.end(), 0);
+    CHECK(pool.acquire(4, GGML_TYPE_F16) == nullptr);       // another kv type
+    auto a = pool.acquire(4, GGML_TYPE_F32);
+    auto b = pool.acquire(4, GGML_TYPE_F32);
+    CHECK(a && b);
+    CHECK_EQ(a->base(), 1);
+    CHECK_EQ(b->base(), 5);
+    CHECK_EQ(pool.end(), 9);
+    auto c = pool.acquire(2, GGML_TYPE_F32);
+    CHECK(c && c->base() == 9);
+    CHECK(pool.acquire(1, GGML_TYPE_F32) == nullptr);      // full
+    // A lease's tensors are the pool's rows [base, base + n): a row written through one is in the other.
+    const size_t row = 4 * sizeof(float);
+    CHECK(b->tensors().k.size() == 2 && b->tensors().k[1]->ne[1] == 4);
+    CHECK((char *) b->tensors().v[1]->data == (char *) pool.tensors().v[1]->data + 5 * row);
+    const float v[4] = {1, 2, 3, 4};
+    ggml_backend_tensor_set(b->tensors().k[0], v, 2 * row, row);
+    float got[4] = {};
+    ggml_backend_tensor_get(pool.tensors().k[0], got, 7 * row, row);
+    CHECK(got[0] == 1 && got[3] == 4);
+    float zero[4] = {9, 9, 9, 9};
+    ggml_backend_tensor_get(pool.tensors().k[1], zero, 0, row);   // zero-filled at allocation
+    CHECK(zero[0] == 0 && zero[3] == 0);
+    a.reset();                                              // its range is free again: first fit
+    auto d = pool.acquire(3, GGML_TYPE_F32);
+    CHECK(d && d->base() == 1);
+    c.reset();
+    CHECK_EQ(pool.end(), 9);
+    b.reset();
+    CHECK_EQ(pool.end(), 4);
 }
 
 CHECK_MAIN()

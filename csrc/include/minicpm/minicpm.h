@@ -72,6 +72,13 @@ struct ModelParams {
     // piece has ~(448 / 14)^2 = 1024, but the reference's arithmetic gives a 1 x 100000 image a
     // 14 x 141666 overview (10,119 patches, a 10k^2 attention per layer). 0 = no limit.
     int64_t                  max_image_patches = 4096;
+    // Cross-session batching (SessionParams::batch): a key/value buffer of this many cells shared
+    // by the batching sessions, each taking a range of n_ctx cells of it (a session that finds no
+    // room keeps a cache of its own). Their decode steps and duplex units then run as one
+    // sequence over the shared buffer, a graph that depends on the row count only (kept and
+    // replayed whichever sessions it carries) instead of one attention per session. Allocated at
+    // the first batching session; 0 = none (each session its own cache). Size it as sessions x n_ctx.
+    int64_t                  batch_cache_cells = 0;
 };
 
 struct ImageOptions {
@@ -172,6 +179,8 @@ public:
     struct BatchStats {
         int64_t batches = 0, parts = 0, rows = 0, max_parts = 0;
         int64_t rebuilds = 0;                    // graphs built (the others reused the allocated one)
+        int64_t shared_parts = 0;                // requests run as rows of the shared cache's sequence
+        int64_t shared_cache_bytes = 0;          // the shared cache (ModelParams::batch_cache_cells)
         double  build_ms = 0.0, compute_ms = 0.0;
     };
     BatchStats batch_stats() const;
