@@ -297,3 +297,51 @@ def test_shared_cache_ranges_long_parts_and_overflow(hf, tiny_qwen3_dir, convert
     for bad in (-1, 2**31, 1.5):
         with pytest.raises(minicpm_cpp.InvalidArgumentError, match="batch_cache_cells"):
             minicpm_cpp.Model(converted(tiny_qwen3_dir, "f32"), device="cpu", batch_cache_cells=bad)
+
+
+WINDOWS = {"basic": dict(window="basic", window_max_tokens=140, window_target_tokens=100),
+           "context": dict(window="context", context_max_units=4, max_previous_tokens=8)}
+
+
+@pytest.mark.parametrize("mode", sorted(WINDOWS))
+def test_shared_cache_duplex_windows_equal_each_alone(tiny_speech_dir, converted, mode):
+    """Duplex sessions in the shared cache with the context window on (evictions, the re-rotated
+    keys of the kept suffix, done by each session on its own range) give what each gives alone."""
+    from tiny_voice import tone
+
+    model = minicpm_cpp.Model(str(converted(tiny_speech_dir, "f32")), device="cpu", n_threads=2,
+                              batch_cache_cells=2 * 512)
+    voice = model.voice(tone(2.0))
+    speak, listen = model.tokenize("<|speak|>")[0], model.tokenize("<|listen|>")[0]
+    rng = np.random.default_rng(9)
+    n_units = 14
+    audio = [[(0.1 * rng.standard_normal(16000)).astype(np.float32) for _ in range(n_units)] for _ in range(2)]
+    bias = [{speak: 1e4} if k % 4 == 1 else {listen: 1e4} for k in range(n_units)]
+
+    def run(i, batch):
+        d = minicpm_cpp.DuplexSession(model, voice=voice, seed=i, greedy=True, generate_audio=False, max_speak_tokens=3,
+                                      n_ctx=512, capture=True, batch=batch, **WINDOWS[mode])
+        out = []
+        for k in range(n_units):
+            r = d.step(audio[i][k], logit_bias=bias[k])
+            out.append((r.listening, r.text, list(r.tokens), list(r.unit_tokens), np.asarray(r.tts_hidden), d.n_past))
+        return out
+
+    alone = [run(i, False) for i in range(2)]
+    n_past = [u[5] for u in alone[0]]
+    assert n_past[-1] < n_past[0] + 13 * (n_units - 1), n_past   # the window evicted units (13+ tokens each)
+    model.set_batch_gather(2, 200.0)
+    together = [None, None]
+
+    def work(i):
+        together[i] = run(i, True)
+
+    _in_threads([lambda i=i: work(i) for i in range(2)])
+    st = model.batch_stats()
+    assert st["shared_parts"] > 0 and st["max_parts"] == 2
+    for i in range(2):
+        for k in range(n_units):
+            a, b = alone[i][k], together[i][k]
+            assert a[:4] == b[:4] and a[5] == b[5], f"session {i} unit {k}"
+            if a[4].size:
+                assert np.abs(a[4] - b[4]).max() <= 1e-4 * np.abs(a[4]).max()
