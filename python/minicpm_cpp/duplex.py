@@ -101,7 +101,9 @@ class DuplexSession:
     ``batch=True`` sends the session's LLM steps through the model's cross-session batcher:
     the steps of every batched session of the model that wait at the same moment run as one
     graph (each weight read once for all), which is what lets many sessions share one GPU in
-    real time. One session alone gains nothing from it.
+    real time. One session alone gains nothing from it. Load the model with
+    ``Model(..., batch_cache_cells=sessions * n_ctx)`` so that the batched sessions' caches are
+    ranges of one shared buffer and their steps one attention over it (fewer, replayed graphs).
 
     ``warmup`` builds the speech graphs (talker step, Token2Wav window phases) at construction so
     that the first answer does not pay for it; ``None``: on a GPU, off on the CPU."""

@@ -239,7 +239,9 @@ class Model(SpeechModel):
         ``batches`` (graphs), ``parts`` (session requests in them), ``rows`` (positions),
         ``max_parts`` (the most requests one graph carried), ``rebuilds`` (graphs built for a new
         set of sessions or shapes; the others reused the allocated one), ``build_ms`` and
-        ``compute_ms`` (time spent building / computing them)."""
+        ``compute_ms`` (time spent building / computing them), ``shared_parts`` (requests run as
+        rows of the shared cache's one sequence, see ``batch_cache_cells``) and
+        ``shared_cache_bytes`` (that cache's size; 0 before the first batched session)."""
         return dict(self._m.batch_stats())
 
     def set_batch_gather(self, min_parts: int, wait_ms: float) -> None:
@@ -388,7 +390,8 @@ class Session(SpeechSession, SimplexSession):
         batch: evaluate through the model's cross-session batcher: the LLM steps of every
             batched session of the model waiting at the same moment run as one graph, the
             weights read once for all (see :meth:`Model.batch_stats`). For many concurrent
-            sessions on one model; one session alone gains nothing.
+            sessions on one model; one session alone gains nothing. When the model was loaded
+            with ``batch_cache_cells``, the session's cache is a range of that shared buffer.
         device, mmproj: passed to :class:`Model` when ``model`` is a path.
         allow_local_files: whether message content may name local files (paths, ``file://``
             URLs); ``True`` for the library and the CLI. A server that takes messages from
