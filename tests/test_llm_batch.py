@@ -345,3 +345,24 @@ def test_shared_cache_duplex_windows_equal_each_alone(tiny_speech_dir, converted
             assert a[:4] == b[:4] and a[5] == b[5], f"session {i} unit {k}"
             if a[4].size:
                 assert np.abs(a[4] - b[4]).max() <= 1e-4 * np.abs(a[4]).max()
+
+
+def test_shared_sequence_rows_are_capped(hf, tiny_qwen3_dir, converted):
+    """Without flash attention the shared sequence takes at most 64 rows (each row scores every
+    leased cell): of three 30-row parts two join it, the third attends its own range; all right."""
+    ref_model, prompts = hf
+    model = minicpm_cpp.Model(converted(tiny_qwen3_dir, "f32"), device="cpu", n_threads=2, batch_cache_cells=3 * 128)
+    model.set_batch_gather(3, 5000.0)
+    sessions = [minicpm_cpp.Session(model, n_ctx=128, batch=True, flash_attn="off") for _ in range(3)]
+    ids = [(prompts[i] * 4)[:30] for i in range(3)]
+    got = [None] * 3
+
+    def run(i):
+        sessions[i].prefill(tokens=ids[i])
+        got[i] = sessions[i].logits()
+
+    _in_threads([lambda i=i: run(i) for i in range(3)])
+    st = model.batch_stats()
+    assert st["batches"] == 1 and st["max_parts"] == 3 and st["shared_parts"] == 2
+    for i in range(3):
+        assert _rel(got[i], _ref_logits(ref_model, ids[i])[-1]) <= REL["f32"], i

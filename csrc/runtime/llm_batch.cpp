@@ -197,8 +197,15 @@ void LlmBatcher::run(const std::vector<Request *> & batch, bool & rebuilt, doubl
 
     // groups[i]: the parts of sequence i (the shared one first, if any).
     std::vector<std::vector<const LlmBatchPart *>> groups;
+    // The shared sequence's attention spans every leased cell: its rows are capped (without
+    // flash attention each row materialises a score row over all of them), the rest of the
+    // parts attend their own ranges.
+    const int64_t max_shared_rows = flash ? kSharedSeqRows : kSharedSeqRowsNoFlash;
     size_t n_shared = 0;
-    while (n_shared < parts.size() && is_shared(parts[n_shared])) ++n_shared;
+    for (int64_t r = 0; n_shared < parts.size() && is_shared(parts[n_shared]) && r + parts[n_shared]->n <= max_shared_rows;) {
+        r += parts[n_shared]->n;
+        ++n_shared;
+    }
     // With a shared sequence the graph always has the hidden states (one shape whether or not
     // a request wants them) and its rows and outputs are padded to buckets: the padding rows
     // (zero embeddings at position 0) write and attend the pool's scratch cell only.

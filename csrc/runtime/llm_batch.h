@@ -86,6 +86,8 @@ public:
     // unit) join its one sequence; longer ones attend their own range as sequences of their own
     // (the shared sequence attends every leased cell: cheap for a row, not for a long prefill).
     static constexpr int64_t kSharedRows = 32;
+    // Rows of the shared sequence in one graph (with / without flash attention).
+    static constexpr int64_t kSharedSeqRows = 256, kSharedSeqRowsNoFlash = 64;
 
 private:
     struct Request {
