@@ -17,7 +17,6 @@ namespace minicpm {
 LlmBatcher::LlmBatcher(const LlmModel & model, const Devices & devices, int n_threads, int64_t pool_cells)
     : m_(model), devices_(devices), pool_cells_(pool_cells), backends_(devices, n_threads),
       runner_("llm-batch", backends_, llm_batch_graph_max_nodes(model.hp, kMaxParts)) {
-    if (pool_cells < 0) fail(ErrorKind::InvalidArgument, "batch_cache_cells must be >= 0, got " + std::to_string(pool_cells));
     // Duplex units alternate between a prefill and decode steps: several shapes stay built (with
     // a shared cache, one per bucket of rows and requests that the mix of sessions reaches).
     runner_.set_graph_cache(pool_cells > 0 ? 12 : 4);
@@ -94,13 +93,15 @@ void LlmBatcher::eval(LlmBatchPart & part) {
         std::exception_ptr err;
         bool rebuilt = false;
         double build_ms = 0.0, compute_ms = 0.0;
+        int64_t shared = 0;
         try {
-            run(batch, rebuilt, build_ms, compute_ms);
+            run(batch, rebuilt, build_ms, compute_ms, shared);
         } catch (...) {
             err = std::current_exception();
         }
         lk.lock();
         stats_.rebuilds += rebuilt ? 1 : 0;
+        stats_.shared_parts += shared;
         stats_.build_ms += build_ms;
         stats_.compute_ms += compute_ms;
         for (Request * r : batch) {
@@ -134,10 +135,9 @@ void place_mask(const std::vector<float> & src, int64_t n_src, int64_t n, T * ds
     for (int64_t i = 0; i < n; ++i) {
         T * row = dst + (size_t) ((r0 + i) * n_dst + col);
         const float * s = src.data() + (size_t) (i * n_src);
-        for (int64_t j = 0; j < n_src && col + j < n_dst; ++j) {
-            if constexpr (std::is_same_v<T, float>) row[j] = s[j];
-            else row[j] = ggml_fp32_to_fp16(s[j]);
-        }
+        const int64_t n_copy = std::min(n_src, n_dst - col);
+        if constexpr (std::is_same_v<T, float>) std::copy(s, s + n_copy, row);
+        else ggml_fp32_to_fp16_row(s, row, n_copy);
     }
 }
 
@@ -174,7 +174,8 @@ int64_t bucket(int64_t n) {
 
 } // namespace
 
-void LlmBatcher::run(const std::vector<Request *> & batch, bool & rebuilt, double & build_ms, double & compute_ms) {
+void LlmBatcher::run(const std::vector<Request *> & batch, bool & rebuilt, double & build_ms, double & compute_ms,
+                     int64_t & shared_parts) {
     // The parts of sessions in the shared cache that are small enough join one sequence over it
     // (first, by cell range); the others follow as sequences of their own, in a fixed order (by
     // context), so that the same sessions with the same shapes reuse the allocated graph.
@@ -292,8 +293,7 @@ void LlmBatcher::run(const std::vector<Request *> & batch, bool & rebuilt, doubl
             LlmBatchPart & p = *parts[i];
             p.ctx->commit_part(p, logits.data() + i * V, want_hidden ? h.data() + (size_t) (row0[i] * E) : nullptr);
         }
-        std::lock_guard<std::mutex> lk(mu_);
-        stats_.shared_parts += (int64_t) n_shared;
+        shared_parts = (int64_t) n_shared;
     } catch (...) {
         for (LlmBatchPart * p : parts) p->ctx->abort_part(*p);
         throw;

@@ -95,7 +95,8 @@ private:
         bool               done = false;
         std::exception_ptr error;
     };
-    void run(const std::vector<Request *> & batch, bool & rebuilt, double & build_ms, double & compute_ms);
+    void run(const std::vector<Request *> & batch, bool & rebuilt, double & build_ms, double & compute_ms,
+             int64_t & shared_parts);
 
     const LlmModel &        m_;
     const Devices &         devices_;

@@ -89,8 +89,6 @@ public:
     // Cross-session batching: with a batcher, micro-batches are evaluated through it (together
     // with other sessions' waiting ones) unless every position's logits are captured.
     LlmBatcher * batcher() const { return batcher_; }
-    // The range of the shared batch cache holding this context's cache (null: a cache of its own).
-    const KvPool::Lease * pool_lease() const { return lease_.get(); }
     // The batcher's side: prepares entries [first, first + n) (checks, inputs, cells assigned),
     // commits its results (the last row's logits, the rows' hidden states when captured), or
     // gives the cells back when the batch failed.
@@ -122,7 +120,7 @@ private:
     GraphSlots<LlmGraphInputs> slot_in_;   // each kept graph's
     ggml_tensor *         shift_in_ = nullptr;   // I32 position deltas of the K-shift graph
     LlmBatcher *          batcher_ = nullptr;
-    std::unique_ptr<KvPool::Lease> lease_;
+    std::unique_ptr<KvPool::Lease> lease_;   // its range of the shared batch cache, if it has one
     uint64_t              uid_ = 0;
 
     std::vector<int32_t>  tokens_;
