@@ -232,6 +232,35 @@ def test_video_across_batches_and_graphs(setup):
     assert err <= 1e-4
 
 
+def test_video_across_windows(setup):
+    """69 frames at packing 2 (35 groups, the last of one frame): frames are preprocessed in
+    windows of up to 64 (the next window while the encoder runs one), the groups come back in
+    the reference's order; a session sees a change of one frame in the second window as a change
+    of its group only (the prompt is evaluated again from that group on)."""
+    ref, model = setup(V45)
+    frames = _frames(69, 56, 42, seed=300)
+    ids = _groups(69, 2)
+    chunks = _chunks(model.chat_segments([{"role": "user", "content": [_video(frames, ids), QUESTION]}]))
+    assert len(chunks) == 35
+    want = ref3d.video_embeddings(ref.vision, [_pixels(f) for f in frames], ids).numpy()
+    got = np.stack([c.embeddings() for c in chunks]).reshape(want.shape)
+    err = _rel(got, want)
+    print(f"69 frames: rel err {err:.2e}")
+    assert err <= 1e-4
+
+    s = minicpm_cpp.Session(model, n_ctx=4096)
+    s.chat([{"role": "user", "content": [_video(frames, ids), QUESTION]}], max_tokens=1, temperature=0)
+    n_first = s.timings["n_prefill"]
+    changed = [f.copy() for f in frames]
+    changed[66][5, 7, 1] ^= 0x40    # group 33 (frames 66, 67)
+    s.reset_timings()
+    s.chat([{"role": "user", "content": [_video(changed, ids), QUESTION]}], max_tokens=1, temperature=0)
+    n_again = s.timings["n_prefill"]
+    per_group = len(chunks[0].tokens) + 1   # its placeholder and the "\n" before the next one
+    assert s.timings["n_images"] == 35
+    assert 2 * per_group <= n_again < 3 * per_group + 40, (n_first, n_again, per_group)
+
+
 def test_mixed_image_and_video_batch(setup):
     """An image (id -1, its own group) and a video of another frame size in one reference
     resampler batch (padding across sizes): the image chunk (2D path) and the group chunks."""

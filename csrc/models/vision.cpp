@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/hash.h"
 #include "core/log.h"
+#include "core/parallel.h"
 #include "graph/blocks.h"
 #include "model/names.h"
 #include "preprocess/tokenizer.h"
@@ -16,6 +17,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
+#include <future>
 #include <map>
 #include <utility>
 
@@ -454,8 +457,19 @@ std::vector<float> VisionEncoder::encode_temporal(const std::vector<const ImageS
     return out;
 }
 
+std::vector<uint64_t> video_frame_hashes(const VideoFrames & video) {
+    std::vector<uint64_t> out(video.frames.size());
+    parallel_for(out.size(), media_threads(), [&](size_t i) {
+        const RgbImage & im = *video.frames[i];
+        const int size[2] = {im.width, im.height};
+        out[i] = content_hash(size, sizeof(size), content_hash(im.pixels.data(), im.pixels.size()));
+    });
+    return out;
+}
+
 std::vector<std::shared_ptr<const ImageChunk>> encode_video_chunks(VisionEncoder & enc, const Tokenizer & tok,
-                                                                   const VideoFrames & video, int64_t max_patches) {
+                                                                   const VideoFrames & video, int64_t max_patches,
+                                                                   const std::vector<uint64_t> * frame_hashes) {
     const VisionHparams & hp = enc.hparams();
     if (video.temporal_ids.empty()) {
         fail(ErrorKind::InvalidArgument, "encode_video_chunks: the video has no temporal ids");
@@ -465,49 +479,76 @@ std::vector<std::shared_ptr<const ImageChunk>> encode_video_chunks(VisionEncoder
                                      "'3d'): temporal ids need MiniCPM-V 4.5; pass the frames without temporal_ids");
     }
     check_video_frames(video);
+    std::vector<uint64_t> own_hashes;
+    if (!frame_hashes) {
+        own_hashes = video_frame_hashes(video);
+        frame_hashes = &own_hashes;
+    } else if (frame_hashes->size() != video.frames.size()) {
+        fail(ErrorKind::InvalidArgument, "encode_video_chunks: " + std::to_string(frame_hashes->size()) +
+                                             " frame hashes for " + std::to_string(video.frames.size()) + " frames");
+    }
     SliceConfig cfg = hp.slice_config();
     cfg.max_slice_nums = 1;   // the reference recipe: max_slice_nums=1 for video
     cfg.max_patches = max_patches;
-    std::vector<std::shared_ptr<const ImageChunk>> chunks;
-    // Frames are preprocessed a window of groups at a time (bounded memory for long videos);
-    // the groups of a window go through the encoder together (batched by size and packing).
+
+    // Windows of whole groups, up to kWindowFrames frames each (bounded memory for long videos:
+    // two windows of preprocessed frames at a time); a window's groups go through the encoder
+    // together (batched by size and packing).
     constexpr size_t kWindowFrames = 64;
-    size_t f = 0, g = 0;
-    while (g < video.temporal_ids.size()) {
-        std::vector<std::vector<int>> wg;
-        size_t nf = 0;
-        while (g < video.temporal_ids.size() && (wg.empty() || nf + video.temporal_ids[g].size() <= kWindowFrames)) {
-            nf += video.temporal_ids[g].size();
-            wg.push_back(video.temporal_ids[g++]);
+    struct Window {
+        size_t g0 = 0, g1 = 0, f0 = 0, nf = 0;
+        std::vector<ImageSlice> pre;
+    };
+    std::vector<Window> windows;
+    for (size_t g = 0, f = 0; g < video.temporal_ids.size();) {
+        Window w;
+        w.g0 = g;
+        w.f0 = f;
+        while (g < video.temporal_ids.size() && (w.nf == 0 || w.nf + video.temporal_ids[g].size() <= kWindowFrames)) {
+            w.nf += video.temporal_ids[g++].size();
         }
-        std::vector<ImageSlice> pre(nf);
-        std::vector<const ImageSlice *> ptrs(nf);
-        for (size_t i = 0; i < nf; ++i) {
-            const RgbImage & im = *video.frames[f + i];
-            PreprocessedImage p = preprocess_image(im.pixels.data(), im.width, im.height, cfg);
-            pre[i] = std::move(p.overview);
-            ptrs[i] = &pre[i];
-        }
+        w.g1 = g;
+        f += w.nf;
+        windows.push_back(std::move(w));
+    }
+    auto prepare = [&](Window & w) {
+        w.pre.resize(w.nf);
+        parallel_for(w.nf, media_threads(), [&](size_t i) {
+            const RgbImage & im = *video.frames[w.f0 + i];
+            w.pre[i] = std::move(preprocess_image(im.pixels.data(), im.width, im.height, cfg).overview);
+        });
+    };
+
+    std::vector<std::shared_ptr<const ImageChunk>> chunks;
+    const size_t row = (size_t) (hp.n_query * hp.rs_dim);
+    std::future<void> next;   // the next window's preprocessing (waited for before windows goes)
+    prepare(windows[0]);
+    for (size_t k = 0; k < windows.size(); ++k) {
+        Window & w = windows[k];
+        if (k + 1 < windows.size()) next = std::async(std::launch::async, prepare, std::ref(windows[k + 1]));
+        std::vector<const ImageSlice *> ptrs(w.nf);
+        for (size_t i = 0; i < w.nf; ++i) ptrs[i] = &w.pre[i];
+        const std::vector<std::vector<int>> wg(video.temporal_ids.begin() + (std::ptrdiff_t) w.g0,
+                                               video.temporal_ids.begin() + (std::ptrdiff_t) w.g1);
         const std::vector<float> emb = enc.encode_temporal(ptrs, wg);
-        const size_t row = (size_t) (hp.n_query * hp.rs_dim);
-        size_t ff = f;
+        size_t ff = w.f0;
         for (size_t gi = 0; gi < wg.size(); ++gi) {
             auto chunk = std::make_shared<ImageChunk>();
             chunk->tokens = image_placeholder_tokens(tok, SliceGrid{}, (int) hp.n_query, std::nullopt, &chunk->embed_pos);
             chunk->embeddings.assign(emb.begin() + (std::ptrdiff_t) (gi * row), emb.begin() + (std::ptrdiff_t) ((gi + 1) * row));
             chunk->n_embd = hp.rs_dim;
             chunk->n_slices = 1;
-            uint64_t h = fnv1a("video", 5);
+            uint64_t h = content_hash("video", 5);
             for (size_t j = 0; j < wg[gi].size(); ++j) {
-                const RgbImage & im = *video.frames[ff + j];
-                const int meta[3] = {im.width, im.height, wg[gi][j]};
-                h = fnv1a(meta, sizeof(meta), fnv1a(im.pixels.data(), im.pixels.size(), h));
+                const uint64_t meta[2] = {(uint64_t) (int64_t) wg[gi][j], (*frame_hashes)[ff + j]};
+                h = content_hash(meta, sizeof(meta), h);
             }
             chunk->hash = h;
             chunks.push_back(std::move(chunk));
             ff += wg[gi].size();
         }
-        f += nf;
+        std::vector<ImageSlice>().swap(w.pre);
+        if (next.valid()) next.get();
     }
     return chunks;
 }
@@ -589,9 +630,9 @@ std::shared_ptr<const ImageChunk> encode_image_chunk(VisionEncoder & enc, const 
     chunk->cols     = pre.grid.cols;
     chunk->rows     = pre.grid.rows;
     chunk->n_slices = (int) pieces.size();
-    const uint64_t h = fnv1a(rgb, (size_t) width * (size_t) height * 3);
+    const uint64_t h = content_hash(rgb, (size_t) width * (size_t) height * 3);
     const int meta[5] = {width, height, cfg.max_slice_nums, use_id ? 1 : 0, opts.image_id};
-    chunk->hash = fnv1a(meta, sizeof(meta), h);
+    chunk->hash = content_hash(meta, sizeof(meta), h);
     return chunk;
 }
 

@@ -156,13 +156,21 @@ std::shared_ptr<const ImageChunk> encode_image_chunk(VisionEncoder & enc, const 
                                                      int width, int height, const ImageOptions & opts,
                                                      int64_t max_patches = 0);
 
-// A video given as frames with temporal ids (VideoFrames with temporal_ids): each group of frames
-// becomes one unsliced image chunk without <image_id> (the reference's use_image_id=False,
-// max_slice_nums=1), its embeddings from the 3D resampler. Throws Error(Unsupported) when the
-// model's resampler is not 3D, Error(InvalidArgument) for bad frames or ids.
 // Validates a video's frames and temporal ids (counts, group sizes 1..6, id range).
 void check_video_frames(const VideoFrames & video);
+
+// Content hash of each frame (its size and pixels), on several threads.
+std::vector<uint64_t> video_frame_hashes(const VideoFrames & video);
+
+// A video given as frames with temporal ids (VideoFrames with temporal_ids): each group of frames
+// becomes one unsliced image chunk without <image_id> (the reference's use_image_id=False,
+// max_slice_nums=1), its embeddings from the 3D resampler. Frames are preprocessed a window at a
+// time on several threads, the next window while the encoder runs the current one.
+// `frame_hashes`: video_frame_hashes(video) when the caller has them (computed otherwise).
+// Throws Error(Unsupported) when the model's resampler is not 3D, Error(InvalidArgument) for
+// bad frames or ids.
 std::vector<std::shared_ptr<const ImageChunk>> encode_video_chunks(VisionEncoder & enc, const Tokenizer & tok,
-                                                                   const VideoFrames & video, int64_t max_patches = 0);
+                                                                   const VideoFrames & video, int64_t max_patches = 0,
+                                                                   const std::vector<uint64_t> * frame_hashes = nullptr);
 
 } // namespace minicpm

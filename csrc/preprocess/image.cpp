@@ -3,6 +3,7 @@
 // truncation); the resize reproduces Pillow's fixed-point bicubic convolution.
 #include "preprocess/image.h"
 
+#include "core/parallel.h"
 #include "minicpm/error.h"
 #include "preprocess/tokenizer.h"
 
@@ -27,6 +28,10 @@ namespace {
 // compute exactly what one call would (every output is independent).
 template <typename Fn> void parallel_bands(int n, int64_t cost_per_item, Fn fn) {
     const int64_t min_work = 1 << 20;
+    if (in_parallel_worker()) {   // one image of several being preprocessed side by side
+        fn(0, n);
+        return;
+    }
     int n_threads = (int) std::min<int64_t>({(int64_t) std::max(1u, std::thread::hardware_concurrency()), 8,
                                              (int64_t) n * cost_per_item / min_work, (int64_t) n});
     if (n_threads <= 1) {

@@ -181,7 +181,7 @@ struct Session::Impl {
         }
         const int meta[6] = {w, h, opts.max_slice_nums, opts.use_image_id ? 1 + (int) *opts.use_image_id : 0,
                              opts.image_id, 0};
-        const uint64_t key = fnv1a(meta, sizeof(meta), fnv1a(rgb, (size_t) w * (size_t) h * 3));
+        const uint64_t key = content_hash(meta, sizeof(meta), content_hash(rgb, (size_t) w * (size_t) h * 3));
         if (auto hit = image_cache.find(key)) return hit;
         const double t0 = now_ms();
         if (!vision) vision = std::make_unique<VisionEncoder>(need_vision(*model), backends, params.debug);
@@ -194,21 +194,19 @@ struct Session::Impl {
 
     std::vector<std::shared_ptr<const ImageChunk>> encode_video(const VideoFrames & video) {
         check_video_frames(video);
-        uint64_t key = fnv1a("video", 5);
-        for (const auto & f : video.frames) {
-            const int size[2] = {f->width, f->height};
-            key = fnv1a(size, sizeof(size), fnv1a(f->pixels.data(), f->pixels.size(), key));
-        }
+        const std::vector<uint64_t> frame_hashes = video_frame_hashes(video);
+        uint64_t key = content_hash(frame_hashes.data(), frame_hashes.size() * sizeof(uint64_t), content_hash("video", 5));
         for (const auto & g : video.temporal_ids) {
             const int n = (int) g.size();
-            key = fnv1a(g.data(), g.size() * sizeof(int), fnv1a(&n, sizeof(n), key));
+            key = content_hash(g.data(), g.size() * sizeof(int), content_hash(&n, sizeof(n), key));
         }
         for (const auto & e : video_cache) {
             if (e.first == key) return e.second;
         }
         const double t0 = now_ms();
         if (!vision) vision = std::make_unique<VisionEncoder>(need_vision(*model), backends, params.debug);
-        auto chunks = encode_video_chunks(*vision, model->tokenizer(), video, model->impl().params.max_image_patches);
+        auto chunks = encode_video_chunks(*vision, model->tokenizer(), video, model->impl().params.max_image_patches,
+                                          &frame_hashes);
         timings.encode_ms += now_ms() - t0;
         timings.n_images += (int64_t) chunks.size();
         video_cache.emplace_back(key, chunks);
@@ -239,7 +237,7 @@ struct Session::Impl {
     // One audio piece (<= 30 s) of a chat whose longest piece has batch_frames mel frames.
     std::shared_ptr<const AudioChunk> encode_audio_piece(const float * pcm, size_t n, int64_t batch_frames) {
         const int64_t meta[2] = {(int64_t) n, batch_frames};
-        const uint64_t key = fnv1a(meta, sizeof(meta), fnv1a(pcm, n * sizeof(float)));
+        const uint64_t key = content_hash(meta, sizeof(meta), content_hash(pcm, n * sizeof(float)));
         if (auto hit = audio_cache.find(key)) return hit;
         const double t0 = now_ms();
         AudioEncoder & enc = audio_encoder();

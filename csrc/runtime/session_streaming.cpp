@@ -48,7 +48,7 @@ int Session::Impl::encode_stream_chunk(const float * pcm, size_t n, bool is_last
     timings.audio_ms += now_ms() - t0;
     if (emb.empty()) return 0;   // a tail too short for one audio token
     const int64_t meta[2] = {(int64_t) n, stream.chunks};
-    const uint64_t hash = fnv1a(meta, sizeof(meta), fnv1a(emb.data(), emb.size() * sizeof(float)));
+    const uint64_t hash = content_hash(meta, sizeof(meta), content_hash(emb.data(), emb.size() * sizeof(float)));
     auto chunk = audio_chunk(std::move(emb), n, hash, 0);
     timings.n_audio += 1;
     return prefill({PromptSegment{{}, chunk}});
@@ -151,7 +151,7 @@ std::shared_ptr<const AudioChunk> Session::Impl::encode_system_audio(const float
     const MelFeatures mel = log_mel_clip(pcm, n, backends.n_threads());
     const int64_t meta[2] = {(int64_t) n, -1};
     auto chunk = audio_chunk(enc.encode(mel.data.data(), mel.n_frames, mel.n_frames, false), n,
-                             fnv1a(meta, sizeof(meta), fnv1a(pcm, n * sizeof(float))), 0);
+                             content_hash(meta, sizeof(meta), content_hash(pcm, n * sizeof(float))), 0);
     timings.audio_ms += now_ms() - t0;
     timings.n_audio += 1;
     return chunk;
@@ -186,7 +186,7 @@ std::shared_ptr<const AudioChunk> Session::Impl::encode_user_chunk(const AudioPc
     timings.audio_ms += now_ms() - t0;
     timings.n_audio += 1;
     const int64_t meta[2] = {(int64_t) pcm.size(), simplex.audio_chunk_idx};
-    const uint64_t hash = fnv1a(meta, sizeof(meta), fnv1a(emb.data(), emb.size() * sizeof(float)));
+    const uint64_t hash = content_hash(meta, sizeof(meta), content_hash(emb.data(), emb.size() * sizeof(float)));
     return audio_chunk(std::move(emb), pcm.size(), hash, 0);
 }
 

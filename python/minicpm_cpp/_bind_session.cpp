@@ -49,8 +49,7 @@ std::shared_ptr<const RgbImage> to_rgb(const py::handle & h, const std::string &
     auto img = std::make_shared<RgbImage>();
     img->height = (int) arr.shape(0);
     img->width = (int) arr.shape(1);
-    img->pixels.resize((size_t) arr.size());
-    if (!img->pixels.empty()) std::memcpy(img->pixels.data(), arr.data(), img->pixels.size());
+    img->pixels.assign(arr.data(), arr.data() + arr.size());   // one pass (no zero fill first)
     return img;
 }
 
