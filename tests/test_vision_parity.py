@@ -306,3 +306,42 @@ def test_fused_qkv_vision(tower, pad):
         want_feats = tower.ref_vit(px)
         assert rel_err(fused.encode_vit(px), want_feats) < RTOL
         assert rel_err(fused.encode([px])[0], tower.ref_resampler(want_feats, h, w)) < RTOL
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_folded_norms_vision(tower, pad):
+    """The GPU layout (``vision_fold_norms``), forced on the CPU: each LayerNorm's scale and
+    shift folded into the product after it (Q|K|V, fc1), and with ``pad`` the attention heads
+    stored padded in the Q|K|V rows and the output matrix's columns, so the graph runs flash
+    attention at the padded size with no padding of its own. F32 weights: the reference within
+    float rounding."""
+    folded = core.VisionModel(str(tower.path), "cpu", pad_heads=pad, fold_norms=True)
+    hp = folded.hparams
+    d = hp["n_embd"] // hp["n_head"]
+    assert hp["norms_folded"]
+    if pad:
+        assert hp["flash"] and hp["head_stored"] > d
+    else:
+        assert hp["head_stored"] == d
+    for h, w in [(448, 448), (280, 504), (336, 602)]:
+        px = pixels(h, w, seed=13 * h + w)
+        want_feats = tower.ref_vit(px)
+        assert rel_err(folded.encode_vit(px), want_feats) < RTOL
+        assert rel_err(folded.encode([px])[0], tower.ref_resampler(want_feats, h, w)) < RTOL
+
+
+def test_folded_norms_vision_f16(tower, converted):
+    """F16 weights: folding rounds W diag(g) once more; its error against the reference stays
+    within that of the file's own layout (plus a margin for the one extra rounding)."""
+    f16 = str(converted(tower.hf_dir, "f16"))
+    plain = core.VisionModel(f16, "cpu", fold_norms=False)
+    folded = core.VisionModel(f16, "cpu", pad_heads=True, fold_norms=True)
+    assert folded.hparams["norms_folded"] and not plain.hparams["norms_folded"]
+    for h, w in [(448, 448), (336, 602)]:
+        px = pixels(h, w, seed=17 * h + w)
+        want_feats = tower.ref_vit(px)
+        e_plain = rel_err(plain.encode_vit(px), want_feats)
+        e_fold = rel_err(folded.encode_vit(px), want_feats)
+        assert e_plain < 5e-3 and e_fold < 2 * e_plain + 1e-3, (e_plain, e_fold)
+        want = tower.ref_resampler(want_feats, h, w)
+        assert rel_err(folded.encode([px])[0], want) < 2 * rel_err(plain.encode([px])[0], want) + 1e-3

@@ -4,6 +4,7 @@
 #include "audio.h"
 
 #include "core/error.h"
+#include "core/fold.h"
 #include "core/log.h"
 #include "graph/blocks.h"
 #include "model/names.h"
@@ -203,72 +204,6 @@ AudioWeights AudioWeights::declare(WeightStore & s, const GgufFile & f, const Au
     w.mm2_b = s.require(name(TensorName::A_MM_2_BIAS), {D});
     return w;
 }
-
-namespace {
-
-bool is_float_type(ggml_type t) { return t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16; }
-
-// n F32 values stored as `type` (F32 / F16 / BF16) at dst.
-void store_as(ggml_type type, const float * src, int64_t n, uint8_t * dst) {
-    switch (type) {
-        case GGML_TYPE_F32: std::memcpy(dst, src, (size_t) n * sizeof(float)); break;
-        case GGML_TYPE_F16: ggml_fp32_to_fp16_row(src, (ggml_fp16_t *) dst, n); break;
-        case GGML_TYPE_BF16: ggml_fp32_to_bf16_row(src, (ggml_bf16_t *) dst, n); break;
-        default: fail(ErrorKind::Internal, "audio: cannot store a folded matrix as " + std::string(ggml_type_name(type)));
-    }
-}
-
-// The rows of `mats` (each [n_in, rows_k], F32/F16/BF16) back to back with input column j scaled
-// by g[j] (g empty: unscaled), stored as `type`; and the bias rows' `bias` plus W * b
-// (b empty: nothing added). The matrices are read from the file.
-struct FoldSpec {
-    std::vector<ggml_tensor *> mats;
-    std::vector<ggml_tensor *> biases;   // one per matrix; nullptr = zeros
-    ggml_tensor *              g = nullptr, * b = nullptr;   // the LayerNorm before the product
-};
-
-void fill_folded_matrix(const WeightStore & s, const FoldSpec & f, ggml_type type, uint8_t * dst) {
-    const std::vector<float> g = f.g ? s.read_f32(f.g) : std::vector<float>();
-    size_t offs = 0;
-    for (ggml_tensor * m : f.mats) {
-        std::vector<float> w = s.read_f32(m);
-        const int64_t n_in = m->ne[0], rows = m->ne[1];
-        if (!g.empty()) {
-            for (int64_t r = 0; r < rows; ++r) {
-                float * row = w.data() + r * n_in;
-                for (int64_t j = 0; j < n_in; ++j) row[j] *= g[(size_t) j];
-            }
-        }
-        store_as(type, w.data(), n_in * rows, dst + offs);
-        offs += ggml_row_size(type, n_in) * (size_t) rows;
-    }
-}
-
-void fill_folded_bias(const WeightStore & s, const FoldSpec & f, uint8_t * dst) {
-    float * out = (float *) dst;
-    const std::vector<float> b = f.b ? s.read_f32(f.b) : std::vector<float>();
-    int64_t r0 = 0;
-    for (size_t k = 0; k < f.mats.size(); ++k) {
-        ggml_tensor * m = f.mats[k];
-        const int64_t n_in = m->ne[0], rows = m->ne[1];
-        if (f.biases[k]) {
-            const std::vector<float> c = s.read_f32(f.biases[k]);
-            std::memcpy(out + r0, c.data(), (size_t) rows * sizeof(float));
-        }
-        if (!b.empty()) {
-            const std::vector<float> w = s.read_f32(m);
-            for (int64_t r = 0; r < rows; ++r) {
-                double acc = 0.0;
-                const float * row = w.data() + r * n_in;
-                for (int64_t j = 0; j < n_in; ++j) acc += (double) row[j] * b[(size_t) j];
-                out[r0 + r] += (float) acc;
-            }
-        }
-        r0 += rows;
-    }
-}
-
-} // namespace
 
 bool AudioWeights::fuse(WeightStore & s, const AudioHparams & hp, bool fuse_qkv, bool fold_norms, bool on_cpu) {
     const int64_t E = hp.n_embd, F = hp.n_ff;

@@ -89,29 +89,40 @@ GroupIO build_group(ggml_context * ctx, ggml_cgraph * gf, const VisionHparams & 
     };
 
     const int64_t hd = E / hp.n_head;
+    // Heads as stored in the Q|K|V rows: padded at load (VisionWeights::fold) or the model's own.
+    const int64_t hs = w.head_stored > 0 ? w.head_stored : hd, H = hp.n_head;
     const float   scale = 1.0f / std::sqrt((float) hd);
+    // A LayerNorm whose affine was folded into the next product normalises only.
+    auto norm = [&](ggml_tensor * t, ggml_tensor * g, ggml_tensor * b) {
+        return g ? layer_norm(ctx, t, g, b, hp.eps) : ggml_norm(ctx, t, hp.eps);
+    };
     for (int64_t il = 0; il < hp.n_layer; ++il) {
         const VisionLayer & L = w.layers[(size_t) il];
-        ggml_tensor * cur = layer_norm(ctx, x, L.ln1_w, L.ln1_b, hp.eps);
+        ggml_tensor * cur = norm(x, L.ln1_w, L.ln1_b);
         ggml_tensor * q, * k, * v;
         if (L.qkv_w) {
-            // one product: [3E, n, n_seq], then [hd, n_head, n, n_seq] views of its rows
-            ggml_tensor * qkv = ggml_add(ctx, ggml_mul_mat(ctx, L.qkv_w, cur), ggml_reshape_1d(ctx, L.qkv_b, 3 * E));
+            // one product: [3 H hs, n, n_seq], then [hs, H, n, n_seq] views of its rows
+            ggml_tensor * qkv = ggml_add(ctx, ggml_mul_mat(ctx, L.qkv_w, cur), ggml_reshape_1d(ctx, L.qkv_b, 3 * H * hs));
             const size_t  es  = ggml_element_size(qkv);
-            q = ggml_view_4d(ctx, qkv, hd, hp.n_head, n, n_seq, hd * es, qkv->nb[1], qkv->nb[2], 0);
-            k = ggml_view_4d(ctx, qkv, hd, hp.n_head, n, n_seq, hd * es, qkv->nb[1], qkv->nb[2], E * es);
-            v = ggml_view_4d(ctx, qkv, hd, hp.n_head, n, n_seq, hd * es, qkv->nb[1], qkv->nb[2], 2 * E * es);
+            q = ggml_view_4d(ctx, qkv, hs, H, n, n_seq, hs * es, qkv->nb[1], qkv->nb[2], 0);
+            // K/V of another type for flash attention: one contiguous conversion of the product
+            // (cheaper than converting the two strided views)
+            ggml_tensor * kv = qkv;
+            if (hs != hd && mode.flash && mode.kv_type != qkv->type) kv = ggml_cast(ctx, qkv, mode.kv_type);
+            const size_t kes = ggml_element_size(kv);
+            k = ggml_view_4d(ctx, kv, hs, H, n, n_seq, hs * kes, kv->nb[1], kv->nb[2], H * hs * kes);
+            v = ggml_view_4d(ctx, kv, hs, H, n, n_seq, hs * kes, kv->nb[1], kv->nb[2], 2 * H * hs * kes);
         } else {
-            q = ggml_reshape_4d(ctx, linear(ctx, cur, L.q_w, L.q_b), hd, hp.n_head, n, n_seq);
-            k = ggml_reshape_4d(ctx, linear(ctx, cur, L.k_w, L.k_b), hd, hp.n_head, n, n_seq);
-            v = ggml_reshape_4d(ctx, linear(ctx, cur, L.v_w, L.v_b), hd, hp.n_head, n, n_seq);
+            q = ggml_reshape_4d(ctx, linear(ctx, cur, L.q_w, L.q_b), hd, H, n, n_seq);
+            k = ggml_reshape_4d(ctx, linear(ctx, cur, L.k_w, L.k_b), hd, H, n, n_seq);
+            v = ggml_reshape_4d(ctx, linear(ctx, cur, L.v_w, L.v_b), hd, H, n, n_seq);
         }
-        cur = attend(q, k, v, scale);                                                      // [E, n, n_seq]
+        cur = attend(q, k, v, scale);                                                      // [H hs, n, n_seq]
         cur = linear(ctx, cur, L.o_w, L.o_b);
         ggml_format_name(cur, "vit_attn_out-%d", (int) il);
         x = ggml_add(ctx, x, cur);
 
-        cur = layer_norm(ctx, x, L.ln2_w, L.ln2_b, hp.eps);
+        cur = norm(x, L.ln2_w, L.ln2_b);
         cur = linear(ctx, cur, L.fc1_w, L.fc1_b);
         cur = mode.fast_gelu ? ggml_gelu(ctx, cur) : gelu_tanh(ctx, cur);
         cur = linear(ctx, cur, L.fc2_w, L.fc2_b);

@@ -56,7 +56,7 @@ struct VisionLayer {
     ggml_tensor * ln1_w, * ln1_b, * ln2_w, * ln2_b;
     ggml_tensor * q_w, * q_b, * k_w, * k_b, * v_w, * v_b, * o_w, * o_b;
     ggml_tensor * fc1_w, * fc1_b, * fc2_w, * fc2_b;
-    ggml_tensor * qkv_w = nullptr, * qkv_b = nullptr;   // optional: [E, 3E] and [E, 3] (fuse_qkv)
+    ggml_tensor * qkv_w = nullptr, * qkv_b = nullptr;   // optional: [E, 3E] and [E, 3] (fuse_qkv, fold)
 };
 
 struct VisionWeights {
@@ -72,6 +72,16 @@ struct VisionWeights {
     static VisionWeights declare(WeightStore & store, const VisionHparams & hp);
     // One Q|K|V product (and bias) per ViT layer (WeightStore::fuse_rows); before load().
     void fuse_qkv(WeightStore & store, bool on_cpu_too);
+    // ViT layers computed at load (before load(); float matrices only, else false and nothing
+    // changes): one Q|K|V product per layer; with fold_norms each LayerNorm's scale and shift
+    // folded into the product after it (ln1 into Q|K|V, ln2 into fc1: their ln*_w/_b become
+    // nullptr, the graph normalises only); with head_to > the head size, Q|K|V rows stored in
+    // heads of head_to (zero rows after each head) and o_w taking such heads (zero columns), so
+    // flash attention runs at that size with no padding in the graph.
+    bool fold(WeightStore & store, const VisionHparams & hp, bool fold_norms, int64_t head_to);
+
+    // The head size of the stored Q|K|V rows (fold with head_to), 0: the model's own.
+    int64_t head_stored = 0;
 };
 
 // How the graph computes, decided at load from the weights and the device. exact: every ViT

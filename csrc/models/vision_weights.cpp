@@ -4,6 +4,8 @@
 // and its runtime are in vision.cpp.
 #include "vision.h"
 
+#include "core/fold.h"
+
 #include "core/error.h"
 #include "core/log.h"
 #include "model/names.h"
@@ -334,6 +336,55 @@ void VisionWeights::fuse_qkv(WeightStore & store, bool on_cpu_too) {
     }
 }
 
+bool VisionWeights::fold(WeightStore & store, const VisionHparams & hp, bool fold_norms, int64_t head_to) {
+    const int64_t E = hp.n_embd, F = hp.n_ff, H = hp.n_head, D = E / H;
+    if (head_to <= D) head_to = 0;
+    if (!fold_norms && head_to == 0) return false;
+    const ggml_type t = layers.front().q_w->type;
+    if (!is_float_type(t)) return false;
+    for (const VisionLayer & L : layers) {
+        for (const ggml_tensor * m : {L.q_w, L.k_w, L.v_w, L.o_w, L.fc1_w}) {
+            if (m->type != t) return false;
+        }
+        for (const ggml_tensor * v : {L.ln1_w, L.ln1_b, L.ln2_w, L.ln2_b, L.q_b, L.k_b, L.v_b, L.fc1_b}) {
+            if (!is_float_type(v->type)) return false;
+        }
+    }
+    const int64_t hs = head_to > 0 ? head_to : D;
+    for (size_t il = 0; il < layers.size(); ++il) {
+        VisionLayer & L = layers[il];
+        const std::string p = "v.blk." + std::to_string(il);
+        FoldSpec qkv{{L.q_w, L.k_w, L.v_w}, {L.q_b, L.k_b, L.v_b}, fold_norms ? L.ln1_w : nullptr,
+                     fold_norms ? L.ln1_b : nullptr, head_to > 0 ? D : 0, head_to, 0, 0};
+        L.qkv_w = store.derived(p + ".attn_qkv.folded", t, {E, 3 * H * hs},
+                                [&store, qkv, t](uint8_t * d) { fill_folded_matrix(store, qkv, t, d); });
+        L.qkv_b = store.derived(p + ".attn_qkv_b.folded", GGML_TYPE_F32, {3 * H * hs},
+                                [&store, qkv](uint8_t * d) { fill_folded_bias(store, qkv, d); });
+        for (ggml_tensor * m : {L.q_w, L.k_w, L.v_w}) store.drop(m);
+        L.q_w = L.k_w = L.v_w = nullptr;
+        if (head_to > 0) {
+            FoldSpec o{{L.o_w}, {nullptr}, nullptr, nullptr, 0, 0, D, head_to};
+            ggml_tensor * ow = store.derived(p + ".attn_out.padded", t, {H * hs, E},
+                                             [&store, o, t](uint8_t * d) { fill_folded_matrix(store, o, t, d); });
+            store.drop(L.o_w);
+            L.o_w = ow;
+        }
+        if (fold_norms) {
+            FoldSpec fc1{{L.fc1_w}, {L.fc1_b}, L.ln2_w, L.ln2_b, 0, 0, 0, 0};
+            ggml_tensor * up = store.derived(p + ".ffn_up.folded", t, {E, F},
+                                             [&store, fc1, t](uint8_t * d) { fill_folded_matrix(store, fc1, t, d); });
+            ggml_tensor * up_b = store.derived(p + ".ffn_up_b.folded", GGML_TYPE_F32, {F},
+                                               [&store, fc1](uint8_t * d) { fill_folded_bias(store, fc1, d); });
+            store.drop(L.fc1_w);
+            L.fc1_w = up;
+            L.fc1_b = up_b;
+            L.ln1_w = L.ln1_b = L.ln2_w = L.ln2_b = nullptr;
+        }
+    }
+    head_stored = head_to;
+    return true;
+}
+
 VisionWeights VisionWeights::declare(WeightStore & s, const VisionHparams & hp) {
     VisionWeights w;
     const int64_t E = hp.n_embd, F = hp.n_ff, P = hp.patch_size, D = hp.rs_dim;
@@ -479,9 +530,18 @@ std::unique_ptr<Component> vision_load(const ComponentLoad & in) {
     m->hp = VisionHparams::from_gguf(in.file);
     m->store = std::make_unique<WeightStore>(in.file, in.devices, (size_t) (m->hp.n_layer * 20 + 64));
     m->w = VisionWeights::declare(*m->store, m->hp);
-    if (in.params.fuse_qkv.value_or(true)) m->w.fuse_qkv(*m->store, in.params.fuse_qkv.value_or(false));
-    m->store->load();
+    // The mode reads the declared types only; the layout below depends on it.
     m->mode = choose_mode(m->hp, m->w, in.devices, in.params);
+    const bool fold_norms = in.params.vision_fold_norms.value_or(!in.devices.main_is_cpu());
+    const int64_t head_to = m->mode.flash && fold_norms ? m->mode.fa_pad_to(m->hp.n_embd / m->hp.n_head) : 0;
+    if (!m->w.fold(*m->store, m->hp, fold_norms, head_to) && in.params.fuse_qkv.value_or(true)) {
+        m->w.fuse_qkv(*m->store, in.params.fuse_qkv.value_or(false));
+    }
+    if (!m->w.layers.front().ln1_w || m->w.head_stored > 0) {
+        MINICPM_LOG_INFO("vision: LayerNorms %s, heads stored at %lld", m->w.layers.front().ln1_w ? "kept" : "folded",
+                         (long long) (m->w.head_stored > 0 ? m->w.head_stored : m->hp.n_embd / m->hp.n_head));
+    }
+    m->store->load();
     return m;
 }
 

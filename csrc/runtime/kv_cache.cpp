@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace minicpm {
 
@@ -72,15 +73,41 @@ int64_t KvCache::extent() const {
     return 0;
 }
 
+namespace {
+
+// Each cell's position for the mask: free cells and those past the cache get a position no
+// token has, so the one comparison `key <= query` decides every entry (a loop compilers vectorise).
+std::vector<int32_t> mask_keys(const std::vector<int32_t> & cell_pos, int64_t n_cells, int64_t n_kv) {
+    std::vector<int32_t> keys((size_t) n_kv, std::numeric_limits<int32_t>::max());
+    for (int64_t j = 0; j < std::min(n_kv, n_cells); ++j) {
+        const int32_t p = cell_pos[(size_t) j];
+        if (p >= 0) keys[(size_t) j] = p;
+    }
+    return keys;
+}
+
+template <typename T>
+void fill_mask(const std::vector<int32_t> & keys, const std::vector<int32_t> & positions, T zero, T neg_inf, T * out) {
+    const size_t n_kv = keys.size();
+    const int32_t * k = keys.data();
+    for (size_t i = 0; i < positions.size(); ++i) {
+        T * row = out + i * n_kv;
+        const int32_t q = positions[i];
+        for (size_t j = 0; j < n_kv; ++j) row[j] = k[j] <= q ? zero : neg_inf;
+    }
+}
+
+} // namespace
+
 void KvCache::build_mask(const std::vector<int32_t> & positions, int64_t n_kv, std::vector<float> & out) const {
     out.resize((size_t) (n_kv * (int64_t) positions.size()));
-    for (size_t i = 0; i < positions.size(); ++i) {
-        float * row = out.data() + i * (size_t) n_kv;
-        for (int64_t j = 0; j < n_kv; ++j) {
-            const int32_t p = j < n_cells ? cell_pos[(size_t) j] : -1;
-            row[j] = (p >= 0 && p <= positions[i]) ? 0.0f : -INFINITY;
-        }
-    }
+    fill_mask<float>(mask_keys(cell_pos, n_cells, n_kv), positions, 0.0f, -INFINITY, out.data());
+}
+
+void KvCache::build_mask_f16(const std::vector<int32_t> & positions, int64_t n_kv, std::vector<uint16_t> & out) const {
+    out.resize((size_t) (n_kv * (int64_t) positions.size()));
+    // IEEE half: +0 is 0x0000, -inf is 0xFC00
+    fill_mask<uint16_t>(mask_keys(cell_pos, n_cells, n_kv), positions, 0x0000, 0xFC00, out.data());
 }
 
 } // namespace minicpm

@@ -41,6 +41,8 @@ struct KvCache : KvTensors {
     // Additive attention mask [n_kv, n] (row per token): 0 where cell j is used and holds a
     // position <= positions[i], -inf elsewhere.
     void build_mask(const std::vector<int32_t> & positions, int64_t n_kv, std::vector<float> & out) const;
+    // The same as IEEE half floats (0x0000 / 0xFC00), for an F16 mask tensor.
+    void build_mask_f16(const std::vector<int32_t> & positions, int64_t n_kv, std::vector<uint16_t> & out) const;
 };
 
 } // namespace minicpm

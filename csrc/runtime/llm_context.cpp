@@ -395,13 +395,13 @@ void LlmContext::eval_batch(size_t first, int64_t n_tokens) {
         }
         ggml_backend_tensor_set(in_.pos, pos.data(), 0, pos.size() * sizeof(int32_t));
         ggml_backend_tensor_set(in_.kv_idx, cells.data(), 0, cells.size() * sizeof(int64_t));
-        std::vector<float> mask;
-        kv_.build_mask(pos, gp.n_kv, mask);
         if (in_.kq_mask->type == GGML_TYPE_F16) {
-            std::vector<ggml_fp16_t> m16(mask.size());
-            ggml_fp32_to_fp16_row(mask.data(), m16.data(), (int64_t) mask.size());
-            ggml_backend_tensor_set(in_.kq_mask, m16.data(), 0, m16.size() * sizeof(ggml_fp16_t));
+            std::vector<uint16_t> m16;
+            kv_.build_mask_f16(pos, gp.n_kv, m16);
+            ggml_backend_tensor_set(in_.kq_mask, m16.data(), 0, m16.size() * sizeof(uint16_t));
         } else {
+            std::vector<float> mask;
+            kv_.build_mask(pos, gp.n_kv, mask);
             ggml_backend_tensor_set(in_.kq_mask, mask.data(), 0, mask.size() * sizeof(float));
         }
         runner_.compute();

@@ -25,7 +25,7 @@ namespace {
 class PyVisionModel {
 public:
     PyVisionModel(const std::string & path, const std::string & device, int n_threads, std::optional<bool> fuse_qkv,
-                  std::optional<bool> pad_heads, const std::string & flash_attn) {
+                  std::optional<bool> pad_heads, const std::string & flash_attn, std::optional<bool> fold_norms) {
         file_ = std::make_unique<GgufFile>(path);
         if (!kVisionComponent.present(*file_)) {
             throw Error(ErrorKind::Format, path + " has no MiniCPM-V vision encoder");
@@ -35,6 +35,7 @@ public:
         params.n_threads = n_threads;
         params.fuse_qkv = fuse_qkv;
         params.vision_pad_heads = pad_heads;
+        params.vision_fold_norms = fold_norms;
         params.vision_flash_attn = flash_attn;
         devices_  = std::make_unique<Devices>(device, n_threads);
         auto c    = kVisionComponent.load(ComponentLoad{*file_, *devices_, params});
@@ -69,6 +70,8 @@ public:
         d["device"] = backends_->main_name();
         d["flash"] = model_->mode.flash;
         d["pad_heads"] = model_->mode.fa_pad;
+        d["norms_folded"] = model_->w.layers.front().ln1_w == nullptr;
+        d["head_stored"] = model_->w.head_stored > 0 ? model_->w.head_stored : h.n_embd / h.n_head;
         return d;
     }
 
@@ -163,9 +166,9 @@ void bind_vision(py::module_ & mod) {
     py::class_<PyVisionModel>(mod, "VisionModel",
                               "Vision tower + resampler of one GGUF file, for tests and debugging.")
         .def(py::init<const std::string &, const std::string &, int, std::optional<bool>, std::optional<bool>,
-                      const std::string &>(),
+                      const std::string &, std::optional<bool>>(),
              py::arg("path"), py::arg("device") = "cpu", py::arg("n_threads") = 0, py::arg("fuse_qkv") = py::none(),
-             py::arg("pad_heads") = py::none(), py::arg("flash_attn") = "auto")
+             py::arg("pad_heads") = py::none(), py::arg("flash_attn") = "auto", py::arg("fold_norms") = py::none())
         .def_property_readonly("hparams", &PyVisionModel::hparams)
         .def("encode_vit", &PyVisionModel::encode_vit, py::arg("pixels"),
              "[3, h, w] float32 normalised pixels -> [n_patches, n_embd] post-LayerNorm ViT features")

@@ -246,7 +246,7 @@ PYBIND11_MODULE(_core, mod) {
                          std::vector<std::string> extra_files, bool cpu_repack, std::optional<bool> fuse_qkv, bool warmup,
                          const std::string & vision_flash_attn, std::optional<bool> vision_pad_heads,
                          const std::string & audio, std::optional<bool> audio_fold_norms, int64_t max_image_patches,
-                         std::optional<bool> flow_lean, int64_t batch_cache_cells) {
+                         std::optional<bool> flow_lean, int64_t batch_cache_cells, std::optional<bool> vision_fold_norms) {
             ModelParams p;
             p.device = device;
             p.n_threads = n_threads;
@@ -257,6 +257,7 @@ PYBIND11_MODULE(_core, mod) {
             p.warmup = warmup;
             p.vision_flash_attn = vision_flash_attn;
             p.vision_pad_heads = vision_pad_heads;
+            p.vision_fold_norms = vision_fold_norms;
             p.audio = audio;
             p.audio_fold_norms = audio_fold_norms;
             p.max_image_patches = max_image_patches;
@@ -268,7 +269,8 @@ PYBIND11_MODULE(_core, mod) {
             py::arg("extra_files") = std::vector<std::string>{}, py::arg("cpu_repack") = true,
             py::arg("fuse_qkv") = py::none(), py::arg("warmup") = true, py::arg("vision_flash_attn") = "auto",
             py::arg("vision_pad_heads") = py::none(), py::arg("audio") = "", py::arg("audio_fold_norms") = py::none(),
-            py::arg("max_image_patches") = 4096, py::arg("flow_lean") = py::none(), py::arg("batch_cache_cells") = 0)
+            py::arg("max_image_patches") = 4096, py::arg("flow_lean") = py::none(), py::arg("batch_cache_cells") = 0,
+            py::arg("vision_fold_norms") = py::none())
         .def_property_readonly("has_vision", &Model::has_vision)
         .def_property_readonly("has_audio", &Model::has_audio)
         .def("has_component", &Model::has_component, py::arg("kind"))

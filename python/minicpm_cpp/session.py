@@ -122,6 +122,11 @@ class Model(SpeechModel):
         vision_flash_attn: ``"auto"`` (where the backend supports it), ``"on"`` or ``"off"``.
         vision_pad_heads: pad the vision attention heads to a size with fast kernels;
             ``None``: on GPUs.
+        vision_fold_norms: fold each ViT block's LayerNorm scale and shift into the product
+            after it (as ``audio_fold_norms``), and store the padded heads in the Q|K|V and
+            output matrices, so the graph needs no padding, slicing or second conversion around
+            attention. One more rounding of those matrices (F16: within 2^-11 relative); float
+            weights only. ``None`` (default): on GPUs; ``True``: also on the CPU.
         audio_fold_norms: fold each audio encoder block's LayerNorm scale and shift into the
             product after it (W diag(g), W b + c, computed at load in float32), so a GPU runs
             fewer kernels per pass. It rounds those matrices once more to their type (F16:
@@ -163,6 +168,7 @@ class Model(SpeechModel):
         max_image_patches: int = 4096,
         flow_lean: Optional[bool] = None,
         batch_cache_cells: int = 0,
+        vision_fold_norms: Optional[bool] = None,
     ) -> None:
         device = _str_arg(device, "device")
         vision_flash_attn = _str_arg(vision_flash_attn, "vision_flash_attn")
@@ -200,6 +206,7 @@ class Model(SpeechModel):
                    "max_image_patches"),
             _opt_bool(flow_lean, "flow_lean"),
             _count(batch_cache_cells, "batch_cache_cells"),
+            _opt_bool(vision_fold_norms, "vision_fold_norms"),
         )
         self._encoder: Optional[_core.ImageEncoder] = None
         self._encoder_lock = threading.Lock()

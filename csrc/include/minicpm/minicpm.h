@@ -68,6 +68,9 @@ struct ModelParams {
     bool                     warmup = true;       // run the encoders once at load (page faults, buffer growth)
     std::string              vision_flash_attn = "auto";   // "auto" (where the backend supports it) | "on" | "off"
     std::optional<bool>      vision_pad_heads;    // pad attention heads to a fast-kernel size; unset: on GPUs
+    std::optional<bool>      vision_fold_norms;   // ViT: each LayerNorm's scale and shift folded into the product
+                                                  // after it, and padded heads stored in the Q|K|V and output
+                                                  // matrices (float weights only, one more rounding); unset: on GPUs
     // Patches of one image piece (overview or slice) beyond which an image is refused: a normal
     // piece has ~(448 / 14)^2 = 1024, but the reference's arithmetic gives a 1 x 100000 image a
     // 14 x 141666 overview (10,119 patches, a 10k^2 attention per layer). 0 = no limit.
