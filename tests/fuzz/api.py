@@ -34,6 +34,7 @@ MODEL_ARGS = {
     "vision_pad_heads": ["x", 3],
     "audio": ["/nonexistent.gguf", "", "/dev/null", 7],
     "audio_fold_norms": ["x", 3],
+    "vision_fold_norms": ["x", 3],
     "flow_lean": ["x", 3],
     "extra_files": [["/nonexistent.gguf"], "/dev/null", [5], [""], None, [None]],
 }
