@@ -242,6 +242,20 @@ TEST(kv_cache_cells_and_mask) {
     const std::vector<float> want = {0, 0, 0, 0, -inf, -inf,     // position 11
                                      0, -inf, -inf, -inf, -inf, -inf};   // position 2: only cell 0
     CHECK(mask == want);
+    // The F16 form: the same entries as IEEE half bits; columns past the cells (n_kv > n_cells,
+    // the graph's rounding up) are masked too.
+    std::vector<uint16_t> m16;
+    kv.build_mask_f16({11, 2}, 6, m16);
+    std::vector<uint16_t> want16(want.size());
+    for (size_t i = 0; i < want.size(); ++i) want16[i] = ggml_fp32_to_fp16(want[i]);
+    CHECK(m16 == want16);
+    kv.build_mask_f16({100}, 8, m16);
+    CHECK((m16 == std::vector<uint16_t>{0, 0, 0, 0, 0, 0xFC00, 0xFC00, 0xFC00}));
+    kv.build_mask({100}, 8, mask);
+    CHECK((mask == std::vector<float>{0, 0, 0, 0, 0, -inf, -inf, -inf}));
+    // a query before every cell's position sees nothing
+    kv.build_mask_f16({-1}, 3, m16);
+    CHECK((m16 == std::vector<uint16_t>{0xFC00, 0xFC00, 0xFC00}));
     kv.clear();
     CHECK_EQ(kv.n_free(), 6);
     CHECK_EQ(kv.extent(), 0);
