@@ -352,6 +352,29 @@ def test_frames_without_temporal_ids(setup):
     assert two[0].grid != (0, 0) and model.tokenize("<image_id>")[0] not in two[0].tokens
 
 
+def test_many_frames_not_encoded_again(setup):
+    """A video without temporal ids is one image per frame; with more frames than the session's
+    image cache keeps by default (16), the same conversation passed again must still encode
+    none of them again (what a prompt uses stays until the next prompt)."""
+    _, model = setup(V45_2D)
+    frames = _frames(20, 64, 48, seed=90)
+    s = minicpm_cpp.Session(model, n_ctx=4096)
+    msgs = [{"role": "user", "content": [_video(frames), QUESTION]}]
+    answer = s.chat(msgs, max_tokens=2, temperature=0)
+    assert s.timings["n_images"] == 20
+    s.reset_timings()
+    s.chat(msgs + [{"role": "assistant", "content": answer}, {"role": "user", "content": "More."}], max_tokens=1,
+           temperature=0)
+    assert s.timings["n_images"] == 0 and s.timings["n_prefill"] < 40
+    # other images in between evict the unused ones first, never the last prompt's frames
+    for i in range(20):
+        s.encode_image(_frames(1, 32, 32, seed=200 + i)[0])
+    s.reset_timings()
+    s.chat(msgs + [{"role": "assistant", "content": answer}, {"role": "user", "content": "Again."}], max_tokens=1,
+           temperature=0)
+    assert s.timings["n_images"] == 0
+
+
 def test_errors(setup):
     _, v45 = setup(V45)
     _, v26 = setup(V45_2D)

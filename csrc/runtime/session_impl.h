@@ -53,23 +53,60 @@ inline const AudioModel & need_audio(const Model & model) {
 
 // The media a session encoded last, so that a conversation passed again each turn does not
 // encode its images and audio again. Keyed by content and options.
+// The last encoded media chunks of a session, by content key. Least recently used go first,
+// except that everything a prompt uses stays until the next prompt begins, however many pieces
+// it has (a video of 64 frames without temporal ids is 64 images): a conversation passed again
+// each turn then encodes none of them again, while the cache never holds more than the last
+// prompt's pieces plus kMax others.
 class ImageChunkCache {
 public:
-    std::shared_ptr<const ImageChunk> find(uint64_t key) const {
-        for (const auto & e : entries_) {
-            if (e.first == key) return e.second;
+    // Prompt building: chunks found or added until end_prompt() are pinned until the next begin.
+    void begin_prompt() {
+        ++epoch_;
+        in_prompt_ = true;
+    }
+    void end_prompt() { in_prompt_ = false; }
+
+    std::shared_ptr<const ImageChunk> find(uint64_t key) {
+        for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+            if (it->key != key) continue;
+            Entry e = *it;
+            entries_.erase(it);
+            e.epoch = in_prompt_ ? epoch_ : 0;
+            entries_.push_back(e);
+            return e.chunk;
         }
         return nullptr;
     }
     void put(uint64_t key, std::shared_ptr<const ImageChunk> c) {
-        entries_.emplace_back(key, std::move(c));
-        if (entries_.size() > kMax) entries_.pop_front();
+        entries_.push_back(Entry{key, std::move(c), in_prompt_ ? epoch_ : 0});
+        // drop the least recently used unpinned entries beyond the capacity
+        size_t unpinned = 0;
+        for (const Entry & e : entries_) unpinned += !pinned(e);
+        for (auto it = entries_.begin(); it != entries_.end() && unpinned > kMax;) {
+            if (pinned(*it)) {
+                ++it;
+            } else {
+                it = entries_.erase(it);
+                --unpinned;
+            }
+        }
     }
     void clear() { entries_.clear(); }
+    size_t size() const { return entries_.size(); }
 
 private:
+    struct Entry {
+        uint64_t                          key;
+        std::shared_ptr<const ImageChunk> chunk;
+        uint64_t                          epoch;   // the prompt that last used it; 0: none
+    };
+    bool pinned(const Entry & e) const { return e.epoch != 0 && e.epoch == epoch_; }
+
     static constexpr size_t kMax = 16;
-    std::deque<std::pair<uint64_t, std::shared_ptr<const ImageChunk>>> entries_;
+    std::deque<Entry>       entries_;
+    uint64_t                epoch_ = 0;
+    bool                    in_prompt_ = false;
 };
 
 struct Session::Impl {
@@ -309,6 +346,18 @@ struct Session::Impl {
     void begin_streaming_generate(const StreamingGenerateParams & p);
 
     ChatPrompt chat_prompt(const std::vector<Message> & messages, const ChatParams & params) {
+        // What this prompt uses stays cached until the next one (however many pieces it has).
+        struct PromptScope {
+            ImageChunkCache & a, & b;
+            PromptScope(ImageChunkCache & x, ImageChunkCache & y) : a(x), b(y) {
+                a.begin_prompt();
+                b.begin_prompt();
+            }
+            ~PromptScope() {
+                a.end_prompt();
+                b.end_prompt();
+            }
+        } scope(image_cache, audio_cache);
         return build_chat_prompt(
             *model, messages, params,
             [&](const RgbImage & img, const ImageOptions & o) {
