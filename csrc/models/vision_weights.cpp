@@ -337,7 +337,7 @@ void VisionWeights::fuse_qkv(WeightStore & store, bool on_cpu_too) {
 }
 
 bool VisionWeights::fold(WeightStore & store, const VisionHparams & hp, bool fold_norms, int64_t head_to) {
-    const int64_t E = hp.n_embd, F = hp.n_ff, H = hp.n_head, D = E / H;
+    const int64_t D = hp.n_embd / hp.n_head;
     if (head_to <= D) head_to = 0;
     if (!fold_norms && head_to == 0) return false;
     const ggml_type t = layers.front().q_w->type;
@@ -350,30 +350,30 @@ bool VisionWeights::fold(WeightStore & store, const VisionHparams & hp, bool fol
             if (!is_float_type(v->type)) return false;
         }
     }
-    const int64_t hs = head_to > 0 ? head_to : D;
     for (size_t il = 0; il < layers.size(); ++il) {
         VisionLayer & L = layers[il];
         const std::string p = "v.blk." + std::to_string(il);
         FoldSpec qkv{{L.q_w, L.k_w, L.v_w}, {L.q_b, L.k_b, L.v_b}, fold_norms ? L.ln1_w : nullptr,
                      fold_norms ? L.ln1_b : nullptr, head_to > 0 ? D : 0, head_to, 0, 0};
-        L.qkv_w = store.derived(p + ".attn_qkv.folded", t, {E, 3 * H * hs},
+        // shapes from the spec, so they agree with what the fills write
+        L.qkv_w = store.derived(p + ".attn_qkv.folded", t, {qkv.in_cols(), qkv.total_rows()},
                                 [&store, qkv, t](uint8_t * d) { fill_folded_matrix(store, qkv, t, d); });
-        L.qkv_b = store.derived(p + ".attn_qkv_b.folded", GGML_TYPE_F32, {3 * H * hs},
+        L.qkv_b = store.derived(p + ".attn_qkv_b.folded", GGML_TYPE_F32, {qkv.total_rows()},
                                 [&store, qkv](uint8_t * d) { fill_folded_bias(store, qkv, d); });
         for (ggml_tensor * m : {L.q_w, L.k_w, L.v_w}) store.drop(m);
         L.q_w = L.k_w = L.v_w = nullptr;
         if (head_to > 0) {
             FoldSpec o{{L.o_w}, {nullptr}, nullptr, nullptr, 0, 0, D, head_to};
-            ggml_tensor * ow = store.derived(p + ".attn_out.padded", t, {H * hs, E},
+            ggml_tensor * ow = store.derived(p + ".attn_out.padded", t, {o.in_cols(), o.total_rows()},
                                              [&store, o, t](uint8_t * d) { fill_folded_matrix(store, o, t, d); });
             store.drop(L.o_w);
             L.o_w = ow;
         }
         if (fold_norms) {
             FoldSpec fc1{{L.fc1_w}, {L.fc1_b}, L.ln2_w, L.ln2_b, 0, 0, 0, 0};
-            ggml_tensor * up = store.derived(p + ".ffn_up.folded", t, {E, F},
+            ggml_tensor * up = store.derived(p + ".ffn_up.folded", t, {fc1.in_cols(), fc1.total_rows()},
                                              [&store, fc1, t](uint8_t * d) { fill_folded_matrix(store, fc1, t, d); });
-            ggml_tensor * up_b = store.derived(p + ".ffn_up_b.folded", GGML_TYPE_F32, {F},
+            ggml_tensor * up_b = store.derived(p + ".ffn_up_b.folded", GGML_TYPE_F32, {fc1.total_rows()},
                                                [&store, fc1](uint8_t * d) { fill_folded_bias(store, fc1, d); });
             store.drop(L.fc1_w);
             L.fc1_w = up;
