@@ -1,5 +1,6 @@
 #include "runner.h"
 
+#include "core/cpu_ops.h"
 #include "core/error.h"
 #include "core/log.h"
 
@@ -82,6 +83,7 @@ void GraphRunner::reserve(const GraphBuilder & build, const std::string & what_i
     ggml_cgraph * gf = ggml_new_graph_custom(ctx, max_nodes_, false);
     bool ok = false;
     try {
+        const cpu_ops::Scope gemm(backends_.main_is_cpu());   // graph::mul_mat on the CPU kernel
         build(ctx, gf);
         ok = ggml_backend_sched_reserve(s.sched, gf);
     } catch (...) {
@@ -108,6 +110,7 @@ bool GraphRunner::build_into(Slot & s, const GraphKey & key, const GraphBuilder 
     s.ctx = new_graph_ctx(s);
     s.graph = ggml_new_graph_custom(s.ctx, max_nodes_, false);
     try {
+        const cpu_ops::Scope gemm(backends_.main_is_cpu());   // graph::mul_mat on the CPU kernel
         build(s.ctx, s.graph);
     } catch (...) {
         drop_graph(s);

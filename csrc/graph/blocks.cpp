@@ -1,6 +1,18 @@
 #include "blocks.h"
 
+#include "core/cpu_ops.h"
+
 namespace minicpm::graph {
+
+ggml_tensor * mul_mat(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b) {
+    if (cpu_ops::Scope::active() && cpu_ops::eligible(a, b)) return cpu_ops::mul_mat(ctx, a, b);
+    return ggml_mul_mat(ctx, a, b);
+}
+
+ggml_tensor * mish(ggml_context * ctx, ggml_tensor * x) {
+    if (cpu_ops::Scope::active() && cpu_ops::unary_eligible(x)) return cpu_ops::unary(ctx, x, cpu_ops::Unary::Mish);
+    return ggml_mul(ctx, x, ggml_tanh(ctx, ggml_softplus(ctx, x)));
+}
 
 ggml_tensor * rms_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, float eps) {
     ggml_tensor * cur = ggml_rms_norm(ctx, x, eps);
@@ -8,15 +20,15 @@ ggml_tensor * rms_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, flo
 }
 
 ggml_tensor * linear(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, ggml_tensor * b) {
-    ggml_tensor * cur = ggml_mul_mat(ctx, w, x);
+    ggml_tensor * cur = mul_mat(ctx, w, x);
     return b ? ggml_add(ctx, cur, b) : cur;
 }
 
 ggml_tensor * swiglu_mlp(ggml_context * ctx, ggml_tensor * x, ggml_tensor * gate, ggml_tensor * up, ggml_tensor * down) {
-    ggml_tensor * g = ggml_mul_mat(ctx, gate, x);
-    ggml_tensor * u = ggml_mul_mat(ctx, up, x);
+    ggml_tensor * g = mul_mat(ctx, gate, x);
+    ggml_tensor * u = mul_mat(ctx, up, x);
     ggml_tensor * h = ggml_swiglu_split(ctx, g, u);   // silu(g) * u
-    return ggml_mul_mat(ctx, down, h);
+    return mul_mat(ctx, down, h);
 }
 
 ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, ggml_tensor * mask,
@@ -31,11 +43,11 @@ ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, gg
         // out: [head_dim, n_head, n_tokens]
         return ggml_reshape_2d(ctx, out, head_dim * n_head, n_tokens);
     }
-    ggml_tensor * kq = ggml_mul_mat(ctx, k, q);   // [n_kv, n_tokens, n_head]
+    ggml_tensor * kq = mul_mat(ctx, k, q);   // [n_kv, n_tokens, n_head]
     set_prec_f32(kq);
     kq = ggml_soft_max_ext(ctx, kq, mask, scale, 0.0f);
     ggml_tensor * vt  = ggml_cont(ctx, ggml_transpose(ctx, v));   // [n_kv, head_dim, n_head_kv]
-    ggml_tensor * kqv = ggml_mul_mat(ctx, vt, kq);                  // [head_dim, n_tokens, n_head]
+    ggml_tensor * kqv = mul_mat(ctx, vt, kq);                  // [head_dim, n_tokens, n_head]
     kqv = ggml_permute(ctx, kqv, 0, 2, 1, 3);                       // [head_dim, n_head, n_tokens]
     return ggml_cont_2d(ctx, kqv, head_dim * n_head, n_tokens);
 }
@@ -48,6 +60,7 @@ ggml_tensor * layer_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, g
 }
 
 ggml_tensor * gelu_tanh(ggml_context * ctx, ggml_tensor * x) {
+    if (cpu_ops::Scope::active() && cpu_ops::unary_eligible(x)) return cpu_ops::unary(ctx, x, cpu_ops::Unary::GeluTanh);
     // 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))
     const float k_beta  = 0.7978845608028654f;   // sqrt(2/pi)
     const float k_kappa = 0.044715f;
@@ -65,7 +78,7 @@ void set_prec_f32(ggml_tensor * t) {
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
 #endif
     if (t->op == GGML_OP_FLASH_ATTN_EXT) ggml_flash_attn_ext_set_prec(t, GGML_PREC_F32);
-    else ggml_mul_mat_set_prec(t, GGML_PREC_F32);
+    else if (t->op == GGML_OP_MUL_MAT) ggml_mul_mat_set_prec(t, GGML_PREC_F32);
 #if defined(__GNUC__)
 #pragma GCC diagnostic pop
 #endif
@@ -126,11 +139,11 @@ ggml_tensor * attention_batched(ggml_context * ctx, ggml_tensor * q, ggml_tensor
         q = ggml_repeat_4d(ctx, q, head_dim, n_q, n_head, n_seq);
     }
     k = ggml_permute(ctx, k, 0, 2, 1, 3);   // [head_dim, n_kv, n_head, n_seq]
-    ggml_tensor * kq = ggml_mul_mat(ctx, k, q);   // [n_kv, n_q, n_head, n_seq]
+    ggml_tensor * kq = mul_mat(ctx, k, q);   // [n_kv, n_q, n_head, n_seq]
     set_prec_f32(kq);
     kq = ggml_soft_max_ext(ctx, kq, nullptr, scale, 0.0f);
     ggml_tensor * vt  = ggml_cont(ctx, ggml_permute(ctx, v, 1, 2, 0, 3));   // [n_kv, head_dim, n_head, n_seq]
-    ggml_tensor * kqv = ggml_mul_mat(ctx, vt, kq);                        // [head_dim, n_q, n_head, n_seq]
+    ggml_tensor * kqv = mul_mat(ctx, vt, kq);                        // [head_dim, n_q, n_head, n_seq]
     kqv = ggml_permute(ctx, kqv, 0, 2, 1, 3);                             // [head_dim, n_head, n_q, n_seq]
     return ggml_cont_3d(ctx, kqv, head_dim * n_head, n_q, n_seq);
 }

@@ -5,6 +5,13 @@
 
 namespace minicpm::graph {
 
+// ggml_mul_mat(ctx, a, b), through the CPU kernel of core/cpu_ops.h where a cpu_ops::Scope is
+// active (the graph runner's builds on a CPU-only backend set) and the operands are eligible.
+ggml_tensor * mul_mat(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b);
+
+// Mish, x * tanh(softplus(x)); one vectorised CPU kernel in the same conditions.
+ggml_tensor * mish(ggml_context * ctx, ggml_tensor * x);
+
 // RMSNorm over ne0, times weight (when given).
 ggml_tensor * rms_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, float eps);
 
@@ -26,6 +33,7 @@ ggml_tensor * layer_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, g
 
 // GELU, tanh approximation (torch gelu(approximate="tanh")), built from f32 elementwise ops:
 // ggml_gelu on the CPU reads an f16 lookup table (relative error ~4e-3), too coarse for parity.
+// One vectorised CPU kernel under a cpu_ops::Scope.
 ggml_tensor * gelu_tanh(ggml_context * ctx, ggml_tensor * x);
 
 // Unmasked multi-head attention over a batch of independent sequences.
@@ -45,7 +53,8 @@ ggml_tensor * attention_batched(ggml_context * ctx, ggml_tensor * q, ggml_tensor
 ggml_tensor * attention_batched_flash(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, float scale,
                                       ggml_type kv_type, int64_t pad_head_to = 0, bool pad_strided = false);
 
-// Sets f32 precision on a mul_mat or flash_attn_ext node (one call for every ggml version).
+// Sets f32 precision on a mul_mat or flash_attn_ext node (one call for every ggml version);
+// a product made by the CPU kernel (F32 already) is left as it is.
 void set_prec_f32(ggml_tensor * t);
 
 } // namespace minicpm::graph

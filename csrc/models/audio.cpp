@@ -303,7 +303,7 @@ ggml_tensor * conv1d(ggml_context * ctx, ggml_tensor * kernel, ggml_tensor * bia
     const int64_t oc = kernel->ne[2];
     ggml_tensor * cols = ggml_im2col(ctx, kernel, x, stride, 0, 1, 0, 1, 0, false, GGML_TYPE_F32);   // [3*ic, n_out]
     cols = ggml_reshape_2d(ctx, cols, cols->ne[0], cols->ne[1] * cols->ne[2]);
-    ggml_tensor * y = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, kernel, kernel->ne[0] * kernel->ne[1], oc), cols);
+    ggml_tensor * y = graph::mul_mat(ctx, ggml_reshape_2d(ctx, kernel, kernel->ne[0] * kernel->ne[1], oc), cols);
     return ggml_add(ctx, y, ggml_reshape_1d(ctx, bias, oc));                               // [oc, n_out]
 }
 
@@ -348,11 +348,11 @@ ggml_tensor * blocks(ggml_context * ctx, const AudioHparams & hp, const AudioWei
                 return ggml_view_1d(ctx, L.qkv_b, E, ggml_element_size(L.qkv_b) * (size_t) (part * E));
             };
             q = ggml_reshape_3d(ctx, linear(ctx, cur, rows(0), bias(0)), hd, H, n);
-            k = ggml_mul_mat(ctx, rows(1), cur);
+            k = graph::mul_mat(ctx, rows(1), cur);
             v = linear(ctx, cur, rows(2), bias(2));
         } else {
             q = ggml_reshape_3d(ctx, linear(ctx, cur, L.q_w, L.q_b), hd, H, n);
-            k = ggml_mul_mat(ctx, L.k_w, cur);
+            k = graph::mul_mat(ctx, L.k_w, cur);
             v = linear(ctx, cur, L.v_w, L.v_b);
         }
         cur = attn.attend(il, q, k, v);                                                    // [E, n]

@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/runner.h"
+#include "graph/blocks.h"
 #include "model/names.h"
 
 #include <algorithm>
@@ -307,7 +308,7 @@ ggml_tensor * conv1d(ggml_context * ctx, const HiftConv & c, ggml_tensor * x, in
     const int64_t oc = c.w->ne[2];
     ggml_tensor * cols = ggml_im2col(ctx, c.w, x, s, 0, 0, 0, d, 0, false, GGML_TYPE_F32);
     cols = ggml_reshape_2d(ctx, cols, cols->ne[0], cols->ne[1] * cols->ne[2]);
-    ggml_tensor * y = ggml_mul_mat(ctx, cols, ggml_reshape_2d(ctx, c.w, c.w->ne[0] * c.w->ne[1], oc));
+    ggml_tensor * y = graph::mul_mat(ctx, cols, ggml_reshape_2d(ctx, c.w, c.w->ne[0] * c.w->ne[1], oc));
     return ggml_add(ctx, y, ggml_reshape_2d(ctx, c.b, 1, oc));
 }
 

@@ -85,7 +85,7 @@ ggml_tensor * causal_conv(ggml_context * ctx, ggml_tensor * h, ggml_tensor * ker
     ggml_tensor * win = ggml_view_3d(ctx, in, cin, t_out, nb, in->nb[1], in->nb[2], 0);
     win->ne[0] = cin * k;
     ggml_tensor * cols = ggml_reshape_2d(ctx, ggml_cont(ctx, win), cin * k, t_out * nb);
-    ggml_tensor * y = ggml_add(ctx, ggml_mul_mat(ctx, ggml_reshape_2d(ctx, kernel, cin * k, cout), cols), bias);
+    ggml_tensor * y = ggml_add(ctx, graph::mul_mat(ctx, ggml_reshape_2d(ctx, kernel, cin * k, cout), cols), bias);
     return ggml_reshape_3d(ctx, y, cout, t_out, nb);
 }
 
@@ -136,7 +136,7 @@ ggml_tensor * dit_block(ggml_context * ctx, const FlowModel & m, const FlowDitBl
     h = ggml_reshape_3d(ctx, modulate(ctx, ggml_norm(ctx, x, hp.dit_eps), md, i, 6), D, N, nb);
     h = causal_conv(ctx, h, B.conv1_w, B.conv1_b, cache ? cache->c1 : nullptr, cache ? &cache->c1_out : nullptr);
     h = layer_norm(ctx, h, B.conv_norm_w, B.conv_norm_b, hp.conv_eps);
-    h = ggml_mul(ctx, h, ggml_tanh(ctx, ggml_softplus(ctx, h)));                   // Mish
+    h = mish(ctx, h);
     h = causal_conv(ctx, h, B.conv2_w, B.conv2_b, cache ? cache->c2 : nullptr, cache ? &cache->c2_out : nullptr);
     x = ggml_add(ctx, x, ggml_mul(ctx, ggml_reshape_2d(ctx, h, D, N * nb), md.get(ctx, i, 8, false)));
     // MLP: fc1 -> GELU(tanh) -> fc2 (ggml's GELU is the same tanh form; the CPU's keeps a

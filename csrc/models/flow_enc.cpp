@@ -20,7 +20,7 @@ ggml_tensor * conv1d(ggml_context * ctx, ggml_tensor * x, ggml_tensor * kernel, 
         ggml_tensor * win = ggml_view_3d(ctx, x, cin, t_out, x->ne[2], x->nb[1], x->nb[2], (size_t) j * x->nb[1]);
         cols = cols ? ggml_concat(ctx, cols, win, 0) : ggml_cont(ctx, win);
     }
-    ggml_tensor * y = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, kernel, cin * k, cout), cols);
+    ggml_tensor * y = graph::mul_mat(ctx, ggml_reshape_2d(ctx, kernel, cin * k, cout), cols);
     return ggml_add(ctx, y, bias);
 }
 
@@ -53,11 +53,11 @@ ggml_tensor * rel_attention(ggml_context * ctx, const FlowHparams & hp, const Fl
     ggml_tensor * q = ggml_reshape_3d(ctx, linear(ctx, x, L.q_w, L.q_b), dk, H, T);
     ggml_tensor * k = ggml_reshape_3d(ctx, k2, dk, H, Lk);
     ggml_tensor * v = ggml_reshape_3d(ctx, v2, dk, H, Lk);
-    ggml_tensor * p = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, L.pos_w, pos), dk, H, 2 * Lk - 1);
+    ggml_tensor * p = ggml_reshape_3d(ctx, graph::mul_mat(ctx, L.pos_w, pos), dk, H, 2 * Lk - 1);
     ggml_tensor * qu = ggml_permute(ctx, ggml_add(ctx, q, L.pos_u), 0, 2, 1, 3);   // [dk, T, H]
     ggml_tensor * qv = ggml_permute(ctx, ggml_add(ctx, q, L.pos_v), 0, 2, 1, 3);
-    ggml_tensor * ac = ggml_mul_mat(ctx, ggml_permute(ctx, k, 0, 2, 1, 3), qu);     // [Lk, T, H]
-    ggml_tensor * bd = ggml_mul_mat(ctx, ggml_permute(ctx, p, 0, 2, 1, 3), qv);     // [2Lk-1, T, H]
+    ggml_tensor * ac = graph::mul_mat(ctx, ggml_permute(ctx, k, 0, 2, 1, 3), qu);     // [Lk, T, H]
+    ggml_tensor * bd = graph::mul_mat(ctx, ggml_permute(ctx, p, 0, 2, 1, 3), qv);     // [2Lk-1, T, H]
     graph::set_prec_f32(ac);
     graph::set_prec_f32(bd);
     // rel_shift: score (j, i) takes bd (T - 1 - i + j, i), the relative position (Lc + i) - j.
@@ -66,7 +66,7 @@ ggml_tensor * rel_attention(ggml_context * ctx, const FlowHparams & hp, const Fl
     ggml_tensor * scores = ggml_add(ctx, ac, ggml_cont(ctx, shifted));
     scores = ggml_soft_max_ext(ctx, scores, nullptr, 1.0f / std::sqrt((float) dk), 0.0f);
     ggml_tensor * vt = ggml_cont(ctx, ggml_permute(ctx, v, 1, 2, 0, 3));          // [Lk, dk, H]
-    ggml_tensor * o = ggml_mul_mat(ctx, vt, scores);                               // [dk, T, H]
+    ggml_tensor * o = graph::mul_mat(ctx, vt, scores);                               // [dk, T, H]
     o = ggml_cont_2d(ctx, ggml_permute(ctx, o, 0, 2, 1, 3), E, T);
     return linear(ctx, o, L.o_w, L.o_b);
 }

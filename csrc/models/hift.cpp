@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "graph/blocks.h"
 #include "model/names.h"
 
 #include <algorithm>
@@ -396,7 +397,7 @@ ggml_tensor * conv1d(ggml_context * ctx, const HiftConv & c, ggml_tensor * x, in
     const int64_t oc = c.w->ne[2];
     ggml_tensor * cols = ggml_im2col(ctx, c.w, x, s, 0, p, 0, d, 0, false, GGML_TYPE_F32);   // [k*ic, n_out]
     cols = ggml_reshape_2d(ctx, cols, cols->ne[0], cols->ne[1] * cols->ne[2]);
-    ggml_tensor * y = ggml_mul_mat(ctx, cols, ggml_reshape_2d(ctx, c.w, c.w->ne[0] * c.w->ne[1], oc));   // [n_out, oc]
+    ggml_tensor * y = graph::mul_mat(ctx, cols, ggml_reshape_2d(ctx, c.w, c.w->ne[0] * c.w->ne[1], oc));   // [n_out, oc]
     return ggml_add(ctx, y, ggml_reshape_2d(ctx, c.b, 1, oc));
 }
 
@@ -514,7 +515,7 @@ struct Vocoder::Impl {
         ggml_tensor * x = f0_in;
         for (const HiftConv & c : m.w.f0) x = ggml_elu(ctx, conv1d(ctx, c, x, 1, (int) hp.f0_pad, 1));   // [T, C]
         x = ggml_cont(ctx, ggml_transpose(ctx, x));                                                    // [C, T]
-        x = ggml_add(ctx, ggml_mul_mat(ctx, m.w.f0_cls_w, x), m.w.f0_cls_b);                           // [1, T]
+        x = ggml_add(ctx, graph::mul_mat(ctx, m.w.f0_cls_w, x), m.w.f0_cls_b);                           // [1, T]
         f0_out = ggml_abs(ctx, x);
         ggml_set_name(f0_out, "hift_f0");
         ggml_set_output(f0_out);

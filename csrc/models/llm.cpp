@@ -233,7 +233,7 @@ ggml_tensor * decoder_layers(ggml_context * ctx, const LlmModel & m, ggml_tensor
         if (L.wqkv) {
             // One product for Q, K (and V): [n_q + n_kv (+ n_kv), n_rows]; Q and K are views of
             // their rows as [head_dim, heads, n_rows] (made contiguous by the bias add if any).
-            ggml_tensor * qkv = ggml_mul_mat(ctx, L.wqkv, cur);
+            ggml_tensor * qkv = graph::mul_mat(ctx, L.wqkv, cur);
             const size_t  es  = ggml_element_size(qkv);
             auto part = [&](int64_t heads, int64_t first_row, ggml_tensor * bias) {
                 ggml_tensor * t = ggml_view_3d(ctx, qkv, head_dim, heads, n_rows, head_dim * es, qkv->nb[1], first_row * es);
@@ -350,7 +350,7 @@ void build_llm_graph(ggml_context * ctx, ggml_cgraph * gf, const LlmModel & m, c
         x = rms_norm(ctx, x, w.output_norm, hp.rms_eps);
         cb(x, "result_norm");
     }
-    in.logits = ggml_mul_mat(ctx, w.output, x);
+    in.logits = graph::mul_mat(ctx, w.output, x);
     cb(in.logits, "result_output");
     ggml_set_output(in.logits);
     ggml_build_forward_expand(gf, in.logits);
@@ -399,7 +399,7 @@ void build_llm_batch_graph(ggml_context * ctx, ggml_cgraph * gf, const LlmModel 
         x = rms_norm(ctx, x, m.w.output_norm, hp.rms_eps);
         cb(x, "result_norm");
     }
-    in.logits = ggml_mul_mat(ctx, m.w.output, x);
+    in.logits = graph::mul_mat(ctx, m.w.output, x);
     cb(in.logits, "result_output");
     ggml_set_output(in.logits);
     ggml_build_forward_expand(gf, in.logits);

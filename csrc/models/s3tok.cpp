@@ -144,7 +144,7 @@ ggml_tensor * conv1d(ggml_context * ctx, ggml_tensor * kernel, ggml_tensor * bia
     const int64_t oc = kernel->ne[2];
     ggml_tensor * cols = ggml_im2col(ctx, kernel, x, stride, 0, 1, 0, 1, 0, false, GGML_TYPE_F32);   // [3*ic, n_out]
     cols = ggml_reshape_2d(ctx, cols, cols->ne[0], cols->ne[1] * cols->ne[2]);
-    ggml_tensor * y = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, kernel, kernel->ne[0] * kernel->ne[1], oc), cols);
+    ggml_tensor * y = graph::mul_mat(ctx, ggml_reshape_2d(ctx, kernel, kernel->ne[0] * kernel->ne[1], oc), cols);
     return ggml_add(ctx, y, bias);
 }
 
@@ -236,7 +236,7 @@ struct S3Tokenizer::Impl {
             const S3Layer & L = m.w.layers[(size_t) il];
             ggml_tensor * h = layer_norm(ctx, x, L.ln1_w, L.ln1_b, hp.attn_eps);
             ggml_tensor * q = ggml_reshape_3d(ctx, linear(ctx, h, L.q_w, L.q_b), hd, H, T);
-            ggml_tensor * k = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, L.k_w, h), hd, H, T);
+            ggml_tensor * k = ggml_reshape_3d(ctx, graph::mul_mat(ctx, L.k_w, h), hd, H, T);
             ggml_tensor * v = linear(ctx, h, L.v_w, L.v_b);                                       // [E, T]
             q = rotate(ctx, q, cos, sin);
             k = rotate(ctx, k, cos, sin);

@@ -571,7 +571,7 @@ struct TtsContext::Impl {
         if (!all && n > 1) x = ggml_view_2d(ctx, x, hp.n_embd, 1, x->nb[1], (size_t) (n - 1) * x->nb[1]);
         x = rms_norm(ctx, x, m.w.output_norm, hp.eps);
         cb(x, "result_norm");
-        io.logits = ggml_mul_mat(ctx, m.w.head, x);   // [n_audio, n or 1]
+        io.logits = graph::mul_mat(ctx, m.w.head, x);   // [n_audio, n or 1]
         cb(io.logits, "logits");
         ggml_set_output(io.logits);
         ggml_build_forward_expand(gf, io.logits);

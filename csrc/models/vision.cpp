@@ -77,7 +77,7 @@ GroupIO build_group(ggml_context * ctx, ggml_cgraph * gf, const VisionHparams & 
     ggml_tensor * cols = ggml_im2col(ctx, w.patch_w, in.pixels, (int) P, (int) P, 0, 0, 1, 1, true, GGML_TYPE_F32);
     cols = ggml_reshape_2d(ctx, cols, cols->ne[0], n * n_seq);                            // [3*P*P, n*n_seq]
     ggml_tensor * kernel = ggml_reshape_2d(ctx, w.patch_w, P * P * 3, E);                  // [3*P*P, E]
-    ggml_tensor * x = ggml_mul_mat(ctx, kernel, cols);                                     // [E, n*n_seq], row-major patches
+    ggml_tensor * x = graph::mul_mat(ctx, kernel, cols);                                     // [E, n*n_seq], row-major patches
     x = ggml_reshape_3d(ctx, x, E, n, n_seq);
     x = ggml_add(ctx, x, w.patch_b);
     x = ggml_add(ctx, x, ggml_get_rows(ctx, w.pos, in.pos_ids));                           // [E, n, n_seq]
@@ -102,7 +102,7 @@ GroupIO build_group(ggml_context * ctx, ggml_cgraph * gf, const VisionHparams & 
         ggml_tensor * q, * k, * v;
         if (L.qkv_w) {
             // one product: [3 H hs, n, n_seq], then [hs, H, n, n_seq] views of its rows
-            ggml_tensor * qkv = ggml_add(ctx, ggml_mul_mat(ctx, L.qkv_w, cur), ggml_reshape_1d(ctx, L.qkv_b, 3 * H * hs));
+            ggml_tensor * qkv = ggml_add(ctx, graph::mul_mat(ctx, L.qkv_w, cur), ggml_reshape_1d(ctx, L.qkv_b, 3 * H * hs));
             const size_t  es  = ggml_element_size(qkv);
             q = ggml_view_4d(ctx, qkv, hs, H, n, n_seq, hs * es, qkv->nb[1], qkv->nb[2], 0);
             // K/V of another type for flash attention: one contiguous conversion of the product
@@ -138,7 +138,7 @@ GroupIO build_group(ggml_context * ctx, ggml_cgraph * gf, const VisionHparams & 
         ggml_set_name(in.rs_pos, "inp_rs_pos");
         ggml_set_input(in.rs_pos);
 
-        ggml_tensor * kv = w.kv_w ? ggml_mul_mat(ctx, w.kv_w, x) : x;
+        ggml_tensor * kv = w.kv_w ? graph::mul_mat(ctx, w.kv_w, x) : x;
         kv = layer_norm(ctx, kv, w.ln_kv_w, w.ln_kv_b, hp.rs_eps);                       // [D, n, n_seq]
         ggml_set_name(kv, "rs_kv");
         ggml_tensor * q = layer_norm(ctx, w.query, w.ln_q_w, w.ln_q_b, hp.rs_eps);         // [D, Q], shared
@@ -164,7 +164,7 @@ GroupIO build_group(ggml_context * ctx, ggml_cgraph * gf, const VisionHparams & 
         ggml_tensor * cur = attend(kq, kk, kvv, 1.0f / std::sqrt((float) rhd));            // [D, Q, n_seq]
         cur = linear(ctx, cur, w.o_w, w.o_b);
         cur = layer_norm(ctx, cur, w.ln_post_w, w.ln_post_b, hp.rs_eps);
-        x = ggml_mul_mat(ctx, w.proj, cur);                                                // x @ proj: [D, Q, n_seq]
+        x = graph::mul_mat(ctx, w.proj, cur);                                                // x @ proj: [D, Q, n_seq]
     }
     in.out = x;
     ggml_set_name(in.out, with_resampler ? "vision_embd" : "vit_features");

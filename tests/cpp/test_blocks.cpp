@@ -5,6 +5,7 @@
 #include "check.h"
 #include "graph_harness.h"
 
+#include "core/cpu_ops.h"
 #include "core/exp.h"
 #include "graph/blocks.h"
 #include "runtime/duplex_sampling.h"
@@ -15,6 +16,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <string>
 #include <unordered_set>
 #include <vector>
 
@@ -207,6 +209,134 @@ TEST(linear_f16_weight) {
     ggml_tensor * tw = g.input(GGML_TYPE_F16, {n_in, n_out}, w);
     CHECK_CLOSE("linear f16", g.compute(graph::linear(g.ctx(), tx, tw)), ref_linear(to_double(x), n_in, w, n_out, {}),
                 5e-3, 0.0);
+}
+
+// The CPU product kernel (core/cpu_ops.h) on odd shapes (tails of the 4x3 tiles and of the 8
+// lanes, K of 1, thread splits over rows of w and over rows of x), F32 and F16 weights, against
+// the double reference. Its F16 path widens the weights and keeps x in F32, so F16 weights
+// are held to the F32 tolerance (ggml's F16 product, which rounds x, is ~1e-3 off here).
+struct GemmCase {
+    int64_t M, N, K;
+};
+
+std::vector<float> gemm_run(const std::vector<float> & x, const std::vector<float> & w, ggml_type wt, int64_t M,
+                            int64_t N, int64_t K, int nth) {
+    std::vector<ggml_fp16_t> h;
+    const void * wp = w.data();
+    size_t ldw = (size_t) K * sizeof(float);
+    if (wt == GGML_TYPE_F16) {
+        h.resize(w.size());
+        ggml_fp32_to_fp16_row(w.data(), h.data(), (int64_t) w.size());
+        wp = h.data();
+        ldw = (size_t) K * sizeof(ggml_fp16_t);
+    }
+    std::vector<float> y((size_t) (M * N), std::numeric_limits<float>::quiet_NaN());
+    for (int ith = 0; ith < nth; ++ith) {   // the threads' shares, one after the other
+        minicpm::cpu_ops::compute(wp, wt, ldw, x.data(), (size_t) K * sizeof(float), y.data(),
+                                   (size_t) N * sizeof(float), M, N, K, ith, nth);
+    }
+    return y;
+}
+
+TEST(cpu_gemm_matches_reference) {
+    if (!minicpm::cpu_ops::available()) {
+        std::printf("  (no AVX2/FMA/F16C here: the kernel is not used)\n");
+        return;
+    }
+    const GemmCase cases[] = {{1, 1, 1}, {1, 7, 13}, {5, 11, 8}, {4, 3, 16}, {9, 50, 3}, {13, 40, 257},
+                              {17, 29, 600}, {3, 100, 31}, {64, 13, 64}};
+    Random rng(21);
+    for (const GemmCase & c : cases) {
+        const auto x = rng.vec((size_t) (c.M * c.K));
+        for (ggml_type wt : {GGML_TYPE_F32, GGML_TYPE_F16}) {
+            const auto w = wt == GGML_TYPE_F16 ? round_f16(rng.vec((size_t) (c.N * c.K))) : rng.vec((size_t) (c.N * c.K));
+            const auto want = ref_linear(to_double(x), c.K, w, c.N, {});
+            for (int nth : {1, 2, 3}) {
+                const std::string what = "gemm M=" + std::to_string(c.M) + " N=" + std::to_string(c.N) +
+                                         " K=" + std::to_string(c.K) + (wt == GGML_TYPE_F16 ? " f16" : " f32") +
+                                         " threads=" + std::to_string(nth);
+                CHECK_CLOSE(what, gemm_run(x, w, wt, c.M, c.N, c.K, nth), want, 2e-6 * std::sqrt((double) c.K), 0.0);
+            }
+        }
+    }
+}
+
+TEST(cpu_gemm_rows_do_not_depend_on_their_batch) {
+    // A row's outputs are the same bits whether it is computed alone, among others, or by
+    // another thread split: what makes a chunked prompt equal to a whole one.
+    if (!minicpm::cpu_ops::available()) return;
+    const int64_t M = 13, N = 37, K = 75;
+    Random rng(22);
+    const auto x = rng.vec((size_t) (M * K)), w = rng.vec((size_t) (N * K));
+    const auto all = gemm_run(x, w, GGML_TYPE_F32, M, N, K, 1);
+    CHECK(gemm_run(x, w, GGML_TYPE_F32, M, N, K, 3) == all);
+    for (int64_t m = 0; m < M; ++m) {
+        const std::vector<float> row(x.begin() + m * K, x.begin() + (m + 1) * K);
+        const auto one = gemm_run(row, w, GGML_TYPE_F32, 1, N, K, 2);
+        CHECK(std::equal(one.begin(), one.end(), all.begin() + m * N));
+    }
+}
+
+TEST(cpu_gemm_through_graph_mul_mat) {
+    // graph::mul_mat takes the kernel only inside a Scope, and only for eligible operands.
+    const int64_t n_in = 19, n_out = 10, rows = 6;
+    Random rng(23);
+    const auto x = rng.vec(n_in * rows), w = round_f16(rng.vec(n_in * n_out));
+    const auto want = ref_linear(to_double(x), n_in, w, n_out, {});
+    for (bool scoped : {false, true}) {
+        CpuGraph g;
+        ggml_tensor * tx = g.input(GGML_TYPE_F32, {n_in, rows}, x);
+        ggml_tensor * tw = g.input(GGML_TYPE_F16, {n_in, n_out}, w);
+        const minicpm::cpu_ops::Scope scope(scoped);
+        ggml_tensor * y = graph::mul_mat(g.ctx(), tw, tx);
+        const bool kernel = scoped && minicpm::cpu_ops::available();
+        CHECK_EQ((int) y->op, (int) (kernel ? GGML_OP_CUSTOM : GGML_OP_MUL_MAT));
+        CHECK_CLOSE(kernel ? "mul_mat f16 (kernel)" : "mul_mat f16 (ggml)", g.compute(y), want, kernel ? 2e-5 : 5e-3, 0.0);
+        // a quantized or 3-D weight keeps ggml's product
+        ggml_tensor * q = ggml_new_tensor_2d(g.ctx(), GGML_TYPE_Q8_0, 32, 4);
+        ggml_tensor * xq = ggml_new_tensor_2d(g.ctx(), GGML_TYPE_F32, 32, 3);
+        CHECK_EQ((int) graph::mul_mat(g.ctx(), q, xq)->op, (int) GGML_OP_MUL_MAT);
+        ggml_tensor * w3 = ggml_new_tensor_3d(g.ctx(), GGML_TYPE_F32, 8, 4, 2);
+        ggml_tensor * x3 = ggml_new_tensor_3d(g.ctx(), GGML_TYPE_F32, 8, 3, 2);
+        CHECK_EQ((int) graph::mul_mat(g.ctx(), w3, x3)->op, (int) GGML_OP_MUL_MAT);
+    }
+    CHECK(!minicpm::cpu_ops::Scope::active());
+}
+
+TEST(cpu_unary_kernels_match_libm) {
+    // GELU (tanh form) and Mish of the CPU kernels over [-30, 30] (saturation, the exp
+    // clamps, 0) and a row length that leaves a tail of 5, against double libm.
+    if (!minicpm::cpu_ops::available()) return;
+    std::vector<float> x;
+    for (int i = 0; i <= 6000; ++i) x.push_back(-30.0f + 0.01f * (float) i);
+    for (float v : {1e-8f, -1e-8f, 1e-30f, 0.0f, 87.5f, -87.5f, 100.0f, -100.0f}) x.push_back(v);
+    while (x.size() % 13 != 0) x.push_back(0.25f);
+    const int64_t n = 13, rows = (int64_t) x.size() / n;
+    struct Case {
+        const char *            name;
+        minicpm::cpu_ops::Unary op;
+        double (*ref)(double);
+    };
+    const Case cases[] = {
+        {"gelu_tanh", minicpm::cpu_ops::Unary::GeluTanh,
+         [](double v) { return 0.5 * v * (1.0 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))); }},
+        {"mish", minicpm::cpu_ops::Unary::Mish, [](double v) { return v * std::tanh(std::log1p(std::exp(v))); }},
+    };
+    for (const Case & c : cases) {
+        CpuGraph g;
+        ggml_tensor * tx = g.input(GGML_TYPE_F32, {n, rows}, x);
+        std::vector<double> want(x.size());
+        for (size_t i = 0; i < x.size(); ++i) want[i] = c.ref((double) x[i]);
+        CHECK_CLOSE(c.name, g.compute(minicpm::cpu_ops::unary(g.ctx(), tx, c.op)), want, 4e-7, 1e-6);
+    }
+    // graph::mish and graph::gelu_tanh take the kernels inside a Scope only
+    for (bool scoped : {false, true}) {
+        CpuGraph g;
+        ggml_tensor * tx = g.input(GGML_TYPE_F32, {n, rows}, x);
+        const minicpm::cpu_ops::Scope scope(scoped);
+        CHECK_EQ((int) graph::mish(g.ctx(), tx)->op, (int) (scoped ? GGML_OP_MAP_CUSTOM1 : GGML_OP_MUL));
+        CHECK_EQ((int) graph::gelu_tanh(g.ctx(), tx)->op, (int) (scoped ? GGML_OP_MAP_CUSTOM1 : GGML_OP_MUL));
+    }
 }
 
 TEST(swiglu_mlp) {
