@@ -22,12 +22,11 @@ thread_local bool g_scope = false;
 constexpr int RM = 4;   // rows of x per register tile
 constexpr int RN = 3;   // rows of w per register tile (12 accumulators, 3 + 1 operand registers)
 
-// The sum of the 8 lanes, in one fixed order.
-__attribute__((target("avx2,fma"))) inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+// The lane sums of up to 4 vectors at once (absent ones zero), each in one fixed order whatever
+// its companions: ((v0 + v1) + (v2 + v3)) + ((v4 + v5) + (v6 + v7)).
+__attribute__((target("avx2,fma"))) inline __m128 lane_sums(__m256 a, __m256 b, __m256 c, __m256 d) {
+    const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
 }
 
 // Eight values of a row of w from k on (n of them when n < 8, zeros after).
@@ -46,11 +45,11 @@ __attribute__((target("avx2,fma,f16c"))) inline __m256 load_w(const char * row, 
 }
 
 // y[i][j] = sum_k x[i][k] w[j][k] for i < R, j < C: each output one vector of 8 partial sums
-// (lane l holds the k = l mod 8 terms, in k order), then hsum. The same operations for an
+// (lane l holds the k = l mod 8 terms, in k order), then lane_sums. The same operations for an
 // output whatever tile it is computed in.
 template <int R, int C, bool F16>
 __attribute__((target("avx2,fma,f16c"))) void tile(int64_t K, const char * x, size_t ldx, const char * w, size_t ldw,
-                                                   float * y, int64_t ldy) {
+                                                   float * y, int64_t ldy, const float * bias) {
     __m256 acc[R][C];
     for (int i = 0; i < R; ++i)
         for (int j = 0; j < C; ++j) acc[i][j] = _mm256_setzero_ps();
@@ -74,11 +73,20 @@ __attribute__((target("avx2,fma,f16c"))) void tile(int64_t K, const char * x, si
             for (int j = 0; j < C; ++j) acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
         }
     }
-    for (int i = 0; i < R; ++i)
-        for (int j = 0; j < C; ++j) y[i * ldy + j] = hsum(acc[i][j]);
+    for (int i = 0; i < R; ++i) {
+        __m256 v[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        for (int j = 0; j < C; ++j) v[j] = acc[i][j];
+        alignas(16) float s[4];
+        _mm_store_ps(s, lane_sums(v[0], v[1], v[2], v[3]));
+        if (bias) {
+            for (int j = 0; j < C; ++j) y[i * ldy + j] = s[j] + bias[j];
+        } else {
+            for (int j = 0; j < C; ++j) y[i * ldy + j] = s[j];
+        }
+    }
 }
 
-using TileFn = void (*)(int64_t, const char *, size_t, const char *, size_t, float *, int64_t);
+using TileFn = void (*)(int64_t, const char *, size_t, const char *, size_t, float *, int64_t, const float *);
 
 template <bool F16> TileFn tile_fn(int r, int c) {
     static constexpr TileFn t[RM][RN] = {
@@ -92,8 +100,8 @@ template <bool F16> TileFn tile_fn(int r, int c) {
 
 // Rows [m0, m1) of y, columns [n0, n1): blocks of rows of x small enough to stay in L2 while
 // the rows of w pass over them three at a time.
-void run(const char * w, bool f16, size_t ldw, const char * x, size_t ldx, float * y, int64_t ldy, int64_t K, int64_t m0,
-         int64_t m1, int64_t n0, int64_t n1) {
+void run(const char * w, bool f16, size_t ldw, const char * x, size_t ldx, float * y, int64_t ldy, const float * bias,
+         int64_t K, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
     const int64_t row_bytes = std::max<int64_t>(1, K * (int64_t) sizeof(float));
     const int64_t mb = std::max<int64_t>(RM, (192 * 1024 / row_bytes) / RM * RM);
     for (int64_t mc = m0; mc < m1; mc += mb) {
@@ -104,7 +112,7 @@ void run(const char * w, bool f16, size_t ldw, const char * x, size_t ldx, float
             for (int64_t m = mc; m < me; m += RM) {
                 const int r = (int) std::min<int64_t>(RM, me - m);
                 const TileFn fn = f16 ? tile_fn<true>(r, c) : tile_fn<false>(r, c);
-                fn(K, x + (size_t) m * ldx, ldx, wn, ldw, y + m * ldy + n, ldy);
+                fn(K, x + (size_t) m * ldx, ldx, wn, ldw, y + m * ldy + n, ldy, bias ? bias + n : nullptr);
             }
         }
     }
@@ -170,12 +178,15 @@ bool cpu_has_kernel() {
 // dst = ggml_mul_mat(src0, src1) for one thread of the CPU backend.
 void mul_mat_op(ggml_tensor * dst, int ith, int nth, void *) {
     const ggml_tensor * a = dst->src[0], * b = dst->src[1];
+    const float * bias = dst->src[2] ? (const float *) dst->src[2]->data : nullptr;
     const int64_t K = a->ne[0], N = a->ne[1], M = b->ne[1];
+    const int64_t r2 = b->ne[2] / a->ne[2], r3 = b->ne[3] / a->ne[3];   // ggml's broadcast of a
     for (int64_t i3 = 0; i3 < b->ne[3]; ++i3) {
         for (int64_t i2 = 0; i2 < b->ne[2]; ++i2) {
+            const char * w = (const char *) a->data + (i2 / r2) * a->nb[2] + (i3 / r3) * a->nb[3];
             const float * x = (const float *) ((const char *) b->data + i2 * b->nb[2] + i3 * b->nb[3]);
             float * y = (float *) ((char *) dst->data + i2 * dst->nb[2] + i3 * dst->nb[3]);
-            compute(a->data, a->type, a->nb[1], x, b->nb[1], y, dst->nb[1], M, N, K, ith, nth);
+            compute(w, a->type, a->nb[1], x, b->nb[1], y, dst->nb[1], M, N, K, ith, nth, bias);
         }
     }
 }
@@ -211,7 +222,7 @@ bool available() {
 }
 
 void compute(const void * w, ggml_type w_type, size_t w_row_bytes, const float * x, size_t x_row_bytes, float * y,
-             size_t y_row_bytes, int64_t M, int64_t N, int64_t K, int ith, int nth) {
+             size_t y_row_bytes, int64_t M, int64_t N, int64_t K, int ith, int nth, const float * bias) {
 #if MINICPM_CPU_OPS_X86
     if (M <= 0 || N <= 0) return;
     // Threads take tiles of rows of w when there are enough of them, else blocks of rows of x.
@@ -227,10 +238,10 @@ void compute(const void * w, ggml_type w_type, size_t w_row_bytes, const float *
     }
     if (n0 >= n1 || m0 >= m1) return;
     run((const char *) w, w_type == GGML_TYPE_F16, w_row_bytes, (const char *) x, x_row_bytes, y,
-        (int64_t) (y_row_bytes / sizeof(float)), K, m0, m1, n0, n1);
+        (int64_t) (y_row_bytes / sizeof(float)), bias, K, m0, m1, n0, n1);
 #else
     (void) w; (void) w_type; (void) w_row_bytes; (void) x; (void) x_row_bytes; (void) y; (void) y_row_bytes;
-    (void) M; (void) N; (void) K; (void) ith; (void) nth;
+    (void) M; (void) N; (void) K; (void) ith; (void) nth; (void) bias;
 #endif
 }
 
@@ -238,7 +249,7 @@ bool eligible(const ggml_tensor * a, const ggml_tensor * b) {
     if (!available()) return false;
     if (a->type != GGML_TYPE_F32 && a->type != GGML_TYPE_F16) return false;
     if (b->type != GGML_TYPE_F32) return false;
-    if (a->ne[2] != 1 || a->ne[3] != 1) return false;
+    if (b->ne[2] % a->ne[2] != 0 || b->ne[3] % a->ne[3] != 0) return false;
     if (a->nb[0] != ggml_type_size(a->type) || b->nb[0] != sizeof(float)) return false;
     if (a->ne[0] != b->ne[0]) return false;
     // Weights in a repacked or device buffer keep ggml's product; not-yet-allocated graph
@@ -248,9 +259,14 @@ bool eligible(const ggml_tensor * a, const ggml_tensor * b) {
     return true;
 }
 
-ggml_tensor * mul_mat(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b) {
-    ggml_tensor * args[2] = {a, b};
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, a->ne[1], b->ne[1], b->ne[2], b->ne[3], args, 2, mul_mat_op,
+bool bias_eligible(const ggml_tensor * a, const ggml_tensor * bias) {
+    return bias->type == GGML_TYPE_F32 && ggml_is_contiguous(bias) && ggml_nelements(bias) == a->ne[1] &&
+           bias->ne[0] == a->ne[1];
+}
+
+ggml_tensor * mul_mat(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b, ggml_tensor * bias) {
+    ggml_tensor * args[3] = {a, b, bias};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, a->ne[1], b->ne[1], b->ne[2], b->ne[3], args, bias ? 3 : 2, mul_mat_op,
                           GGML_N_TASKS_MAX, nullptr);
 }
 

@@ -29,21 +29,26 @@ namespace minicpm::cpu_ops {
 // True where the kernels run on this CPU (AVX2 + FMA + F16C) and MINICPM_CPU_OPS is not 0.
 bool available();
 
-// y[m][n] = sum_k x[m][k] * w[n][k] for m < M, n < N: w has N rows of K values (F32 or F16),
-// x M rows of K floats, y M rows of N floats; row strides in bytes. Thread ith of nth
-// computes its share (the calls of all nth threads together cover y once). Precondition:
-// available(), w_type F32 or F16.
+// y[m][n] = sum_k x[m][k] * w[n][k] (+ bias[n]) for m < M, n < N: w has N rows of K values
+// (F32 or F16), x M rows of K floats, y M rows of N floats; row strides in bytes (x's rows may
+// overlap: a convolution's windows read in place). Thread ith of nth computes its share (the
+// calls of all nth threads together cover y once). The bias is added to the finished sum, one
+// rounding, as a separate ggml_add would. Precondition: available(), w_type F32 or F16.
 void compute(const void * w, ggml_type w_type, size_t w_row_bytes, const float * x, size_t x_row_bytes, float * y,
-             size_t y_row_bytes, int64_t M, int64_t N, int64_t K, int ith, int nth);
+             size_t y_row_bytes, int64_t M, int64_t N, int64_t K, int ith, int nth, const float * bias = nullptr);
 
-// Whether ggml_mul_mat(ctx, a, b) can run through the kernel: a F32 or F16, 2-D, rows
-// contiguous, in host memory (a weight in a plain CPU buffer, or a graph intermediate); b F32
-// with contiguous rows, any batch dimensions.
+// Whether ggml_mul_mat(ctx, a, b) can run through the kernel: a F32 or F16 with contiguous
+// rows, in host memory (a weight in a plain CPU buffer, or a graph intermediate such as the
+// keys of an attention); b F32 with contiguous rows; a's planes broadcast over b's as in ggml
+// (any strides).
 bool eligible(const ggml_tensor * a, const ggml_tensor * b);
 
-// The product as a custom op (same shape and semantics as ggml_mul_mat(ctx, a, b)); requires
-// eligible(a, b).
-ggml_tensor * mul_mat(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b);
+// Whether `bias` can be added inside the product with weight `a`: F32, contiguous, [a->ne[1]].
+bool bias_eligible(const ggml_tensor * a, const ggml_tensor * bias);
+
+// The product as a custom op (same shape and semantics as ggml_mul_mat(ctx, a, b), then
+// ggml_add of the bias when given); requires eligible(a, b) and bias_eligible(a, bias).
+ggml_tensor * mul_mat(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b, ggml_tensor * bias = nullptr);
 
 // Element-wise functions through one vectorised exp (~1 ulp): GELU with the tanh approximation
 // as torch's gelu(approximate="tanh"), written x / (1 + e^(-2u)) (no cancellation in 1 + tanh

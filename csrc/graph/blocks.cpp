@@ -20,6 +20,9 @@ ggml_tensor * rms_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, flo
 }
 
 ggml_tensor * linear(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, ggml_tensor * b) {
+    if (b && cpu_ops::Scope::active() && cpu_ops::eligible(w, x) && cpu_ops::bias_eligible(w, b)) {
+        return cpu_ops::mul_mat(ctx, w, x, b);   // the bias added in the product's store
+    }
     ggml_tensor * cur = mul_mat(ctx, w, x);
     return b ? ggml_add(ctx, cur, b) : cur;
 }

@@ -15,7 +15,8 @@ ggml_tensor * mish(ggml_context * ctx, ggml_tensor * x);
 // RMSNorm over ne0, times weight (when given).
 ggml_tensor * rms_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, float eps);
 
-// x @ W^T + b, with W stored [in, out] (ggml order). b may be null.
+// x @ W^T + b, with W stored [in, out] (ggml order). b may be null. Under a cpu_ops::Scope the
+// CPU kernel adds b in its store (the same values as the separate add).
 ggml_tensor * linear(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, ggml_tensor * b = nullptr);
 
 // down(silu(gate(x)) * up(x)): the SwiGLU MLP of Llama/Qwen.

@@ -3,6 +3,7 @@
 // stepaudio2/cosyvoice2/flow/decoder_dit.py, flow_matching.py.
 #include "models/flow_graph.h"
 
+#include "core/cpu_ops.h"
 #include "graph/blocks.h"
 
 #include <cmath>
@@ -84,8 +85,12 @@ ggml_tensor * causal_conv(ggml_context * ctx, ggml_tensor * h, ggml_tensor * ker
     // extent, ggml_nbytes, is exactly `in`'s).
     ggml_tensor * win = ggml_view_3d(ctx, in, cin, t_out, nb, in->nb[1], in->nb[2], 0);
     win->ne[0] = cin * k;
+    ggml_tensor * w2 = ggml_reshape_2d(ctx, kernel, cin * k, cout);
+    if (cpu_ops::Scope::active() && cpu_ops::eligible(w2, win)) {
+        return graph::linear(ctx, win, w2, bias);   // the CPU kernel reads the overlapping rows in place
+    }
     ggml_tensor * cols = ggml_reshape_2d(ctx, ggml_cont(ctx, win), cin * k, t_out * nb);
-    ggml_tensor * y = ggml_add(ctx, graph::mul_mat(ctx, ggml_reshape_2d(ctx, kernel, cin * k, cout), cols), bias);
+    ggml_tensor * y = ggml_add(ctx, graph::mul_mat(ctx, w2, cols), bias);
     return ggml_reshape_3d(ctx, y, cout, t_out, nb);
 }
 

@@ -292,15 +292,69 @@ TEST(cpu_gemm_through_graph_mul_mat) {
         const bool kernel = scoped && minicpm::cpu_ops::available();
         CHECK_EQ((int) y->op, (int) (kernel ? GGML_OP_CUSTOM : GGML_OP_MUL_MAT));
         CHECK_CLOSE(kernel ? "mul_mat f16 (kernel)" : "mul_mat f16 (ggml)", g.compute(y), want, kernel ? 2e-5 : 5e-3, 0.0);
-        // a quantized or 3-D weight keeps ggml's product
+        // a quantized weight keeps ggml's product
         ggml_tensor * q = ggml_new_tensor_2d(g.ctx(), GGML_TYPE_Q8_0, 32, 4);
         ggml_tensor * xq = ggml_new_tensor_2d(g.ctx(), GGML_TYPE_F32, 32, 3);
         CHECK_EQ((int) graph::mul_mat(g.ctx(), q, xq)->op, (int) GGML_OP_MUL_MAT);
-        ggml_tensor * w3 = ggml_new_tensor_3d(g.ctx(), GGML_TYPE_F32, 8, 4, 2);
-        ggml_tensor * x3 = ggml_new_tensor_3d(g.ctx(), GGML_TYPE_F32, 8, 3, 2);
-        CHECK_EQ((int) graph::mul_mat(g.ctx(), w3, x3)->op, (int) GGML_OP_MUL_MAT);
     }
     CHECK(!minicpm::cpu_ops::Scope::active());
+}
+
+TEST(cpu_gemm_bias_and_overlapping_rows) {
+    // graph::linear adds the bias inside the kernel; a convolution's windows are rows of x that
+    // overlap (row m = frames m .. m + 2 of a [cin, T] signal: stride cin, length 3 cin).
+    if (!minicpm::cpu_ops::available()) return;
+    const int64_t cin = 5, T = 11, k = 3, cout = 7, rows = T - k + 1, K = cin * k;
+    Random rng(25);
+    const auto sig = rng.vec((size_t) (cin * T)), w = rng.vec((size_t) (K * cout)), b = rng.vec((size_t) cout);
+    std::vector<float> cols;
+    for (int64_t m = 0; m < rows; ++m) cols.insert(cols.end(), sig.begin() + m * cin, sig.begin() + m * cin + K);
+    const auto want = ref_linear(to_double(cols), K, w, cout, b);
+    std::vector<float> y((size_t) (rows * cout));
+    for (int ith = 0; ith < 2; ++ith) {
+        minicpm::cpu_ops::compute(w.data(), GGML_TYPE_F32, K * sizeof(float), sig.data(), cin * sizeof(float), y.data(),
+                                  cout * sizeof(float), rows, cout, K, ith, 2, b.data());
+    }
+    CHECK_CLOSE("overlapping rows + bias", y, want, kF32Abs, 0.0);
+    CpuGraph g;
+    ggml_tensor * tx = g.input(GGML_TYPE_F32, {K, rows}, cols);
+    ggml_tensor * tw = g.input(GGML_TYPE_F32, {K, cout}, w);
+    ggml_tensor * tb = g.input(GGML_TYPE_F32, {cout}, b);
+    const minicpm::cpu_ops::Scope scope(true);
+    ggml_tensor * out = graph::linear(g.ctx(), tx, tw, tb);
+    CHECK_EQ((int) out->op, (int) GGML_OP_CUSTOM);
+    CHECK_CLOSE("linear + bias (kernel)", g.compute(out), want, kF32Abs, 0.0);
+}
+
+TEST(cpu_gemm_batched_and_strided_planes) {
+    // Attention-shaped products: a [K, N, 2, 3] seen through a permuted view (rows contiguous,
+    // planes strided), b [K, M, 4, 3] (a's planes broadcast twice over dimension 2), against
+    // the double reference plane by plane, through a graph with and without the kernel.
+    const int64_t K = 20, N = 9, M = 7, A2 = 2, B2 = 4, P3 = 3;
+    Random rng(24);
+    const auto av = rng.vec((size_t) (K * A2 * N * P3)), bv = rng.vec((size_t) (K * M * B2 * P3));
+    // av is stored [K, A2, N, P3]; the product sees [K, N, A2, P3]
+    std::vector<double> want((size_t) (N * M * B2 * P3));
+    for (int64_t i3 = 0; i3 < P3; ++i3)
+        for (int64_t i2 = 0; i2 < B2; ++i2)
+            for (int64_t m = 0; m < M; ++m)
+                for (int64_t n = 0; n < N; ++n) {
+                    double acc = 0;
+                    for (int64_t k = 0; k < K; ++k) {
+                        const double a = av[(size_t) (((i3 * N + n) * A2 + i2 / (B2 / A2)) * K + k)];
+                        acc += a * bv[(size_t) (((i3 * B2 + i2) * M + m) * K + k)];
+                    }
+                    want[(size_t) (((i3 * B2 + i2) * M + m) * N + n)] = acc;
+                }
+    for (bool scoped : {false, true}) {
+        CpuGraph g;
+        ggml_tensor * ta = g.input(GGML_TYPE_F32, {K, A2, N, P3}, av);
+        ggml_tensor * tb = g.input(GGML_TYPE_F32, {K, M, B2, P3}, bv);
+        const minicpm::cpu_ops::Scope scope(scoped);
+        ggml_tensor * y = graph::mul_mat(g.ctx(), ggml_permute(g.ctx(), ta, 0, 2, 1, 3), tb);
+        CHECK_EQ((int) y->op, (int) (scoped && minicpm::cpu_ops::available() ? GGML_OP_CUSTOM : GGML_OP_MUL_MAT));
+        CHECK_CLOSE(scoped ? "batched (kernel)" : "batched (ggml)", g.compute(y), want, kF32Abs, 0.0);
+    }
 }
 
 TEST(cpu_unary_kernels_match_libm) {
