@@ -135,7 +135,8 @@ public:
     // gives the file's matrices in the reference's order of operations.
     bool lean = false;
     // The lean graph's flash attention K/V type (F32 where the device takes it, else F16), or
-    // GGML_TYPE_COUNT: none (the products and softmax).
+    // GGML_TYPE_COUNT: none (the products and softmax; on a CPU with core/cpu_ops.h's kernels,
+    // where those products are faster than ggml's CPU flash attention).
     ggml_type flash_kv = GGML_TYPE_COUNT;
     // ggml_gelu for the MLP's tanh GELU (not on the CPU, whose ggml_gelu reads a float16 table).
     bool gelu_op = false;

@@ -7,6 +7,7 @@
 #include "minicpm/minicpm.h"
 
 #include "runtime/prompt.h"
+#include "core/cpu_ops.h"
 
 #include "bind_common.h"
 
@@ -233,6 +234,10 @@ void bind_session(py::module_ & mod) {
             return encode_with([&](const uint8_t * d, int w, int h, const ImageOptions & o) { return e.encode(d, w, h, o); },
                                rgb, max_slice_nums, use_image_id, image_id);
         }, py::arg("rgb"), py::arg("max_slice_nums") = 0, py::arg("use_image_id") = py::none(), py::arg("image_id") = 0);
+
+    mod.def("cpu_kernels", [] { return minicpm::cpu_ops::available(); },
+            "Whether the library's AVX2 CPU kernels (matrix products, GELU, Mish) run on this machine; "
+            "MINICPM_CPU_OPS=0 in the environment turns them off.");
 
     mod.def("render_chat", [](const Model & m, const py::list & messages, bool add_generation_prompt,
                               std::optional<bool> enable_thinking, std::optional<bool> use_tts_template, bool omni_mode) {
