@@ -98,21 +98,21 @@ template <bool F16> TileFn tile_fn(int r, int c) {
     return t[r - 1][c - 1];
 }
 
-// Rows [m0, m1) of y, columns [n0, n1): blocks of rows of x small enough to stay in L2 while
-// the rows of w pass over them three at a time.
+// Rows [m0, m1) of y, columns [n0, n1): blocks of rows of w small enough to stay in L2 (each
+// row of w is read from memory once: a model's matrices do not fit the caches), the rows of x
+// passing over each block four at a time.
 void run(const char * w, bool f16, size_t ldw, const char * x, size_t ldx, float * y, int64_t ldy, const float * bias,
          int64_t K, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
     const int64_t row_bytes = std::max<int64_t>(1, K * (int64_t) sizeof(float));
-    const int64_t mb = std::max<int64_t>(RM, (192 * 1024 / row_bytes) / RM * RM);
-    for (int64_t mc = m0; mc < m1; mc += mb) {
-        const int64_t me = std::min(m1, mc + mb);
-        for (int64_t n = n0; n < n1; n += RN) {
-            const int c = (int) std::min<int64_t>(RN, n1 - n);
-            const char * wn = w + (size_t) n * ldw;
-            for (int64_t m = mc; m < me; m += RM) {
-                const int r = (int) std::min<int64_t>(RM, me - m);
+    const int64_t nb = std::max<int64_t>(RN, (128 * 1024 / row_bytes) / RN * RN);
+    for (int64_t nc = n0; nc < n1; nc += nb) {
+        const int64_t ne = std::min(n1, nc + nb);
+        for (int64_t m = m0; m < m1; m += RM) {
+            const int r = (int) std::min<int64_t>(RM, m1 - m);
+            for (int64_t n = nc; n < ne; n += RN) {
+                const int c = (int) std::min<int64_t>(RN, ne - n);
                 const TileFn fn = f16 ? tile_fn<true>(r, c) : tile_fn<false>(r, c);
-                fn(K, x + (size_t) m * ldx, ldx, wn, ldw, y + m * ldy + n, ldy, bias ? bias + n : nullptr);
+                fn(K, x + (size_t) m * ldx, ldx, w + (size_t) n * ldw, ldw, y + m * ldy + n, ldy, bias ? bias + n : nullptr);
             }
         }
     }
