@@ -3,8 +3,8 @@
 // * An F32 matrix product, for the products ggml runs as one dot product per output (its F32
 //   and F16 paths without llamafile): the Token2Wav flow estimator, the audio and vision
 //   encoders, any F32/F16 weight on the CPU. Register tiles of 4 rows of x by 3 rows of w (12
-//   accumulators of 8 partial sums, AVX2 + FMA) over blocks of rows of w that stay in L2 (each
-//   weight read from memory once), no packing; F16 weights are widened to F32 as they are loaded, so the activations are never
+//   accumulators of 8 partial sums, AVX2 + FMA) over blocks of rows of x and of w that stay in
+//   L2 together, no packing; F16 weights are widened to F32 as they are loaded, so the activations are never
 //   rounded to F16 (ggml's F16 product rounds them): the F32 product of the stored weights.
 //   Every output is the same sequence of operations whatever the number of rows, the thread
 //   split or the tile it falls in (8 partial sums over k = l mod 8 in k order, then one fixed

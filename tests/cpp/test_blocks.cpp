@@ -212,7 +212,7 @@ TEST(linear_f16_weight) {
 }
 
 // The CPU product kernel (core/cpu_ops.h) on odd shapes (tails of the 4x3 tiles and of the 8
-// lanes, K of 1, thread splits over rows of w and over rows of x, several blocks of rows of w),
+// lanes, K of 1, thread splits over rows of w and over rows of x, several blocks of rows of w and of x),
 // F32 and F16 weights, against the double reference. Its F16 path widens the weights and keeps
 // x in F32, so F16 weights are held to the F32 tolerance (ggml's F16 product, which rounds x,
 // is ~1e-3 off here).
@@ -245,7 +245,7 @@ TEST(cpu_gemm_matches_reference) {
         return;
     }
     const GemmCase cases[] = {{1, 1, 1}, {1, 7, 13}, {5, 11, 8}, {4, 3, 16}, {9, 50, 3}, {13, 40, 257},
-                              {17, 29, 600}, {3, 100, 31}, {64, 13, 64}, {5, 130, 600}, {9, 70, 1100}};
+                              {17, 29, 600}, {3, 100, 31}, {64, 13, 64}, {5, 130, 600}, {9, 70, 1100}, {150, 40, 700}};
     Random rng(21);
     for (const GemmCase & c : cases) {
         const auto x = rng.vec((size_t) (c.M * c.K));
