@@ -27,6 +27,12 @@ ggml_tensor * linear(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, ggml_
     return b ? ggml_add(ctx, cur, b) : cur;
 }
 
+ggml_tensor * linear_strided(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, ggml_tensor * b) {
+    if (cpu_ops::Scope::active() && cpu_ops::eligible(w, x)) return linear(ctx, x, w, b);
+    ggml_tensor * rows = ggml_reshape_2d(ctx, ggml_cont(ctx, x), x->ne[0], x->ne[1] * x->ne[2] * x->ne[3]);
+    return ggml_reshape_4d(ctx, linear(ctx, rows, w, b), w->ne[1], x->ne[1], x->ne[2], x->ne[3]);
+}
+
 ggml_tensor * swiglu_mlp(ggml_context * ctx, ggml_tensor * x, ggml_tensor * gate, ggml_tensor * up, ggml_tensor * down) {
     ggml_tensor * g = mul_mat(ctx, gate, x);
     ggml_tensor * u = mul_mat(ctx, up, x);

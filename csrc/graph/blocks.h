@@ -19,6 +19,11 @@ ggml_tensor * rms_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, flo
 // CPU kernel adds b in its store (the same values as the separate add).
 ggml_tensor * linear(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, ggml_tensor * b = nullptr);
 
+// linear() on x whose rows may overlap or be strided (a convolution's windows as a view): the
+// CPU kernel reads them in place, any other path gets a contiguous copy first. Result
+// [out, x->ne[1], x->ne[2], x->ne[3]].
+ggml_tensor * linear_strided(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, ggml_tensor * b);
+
 // down(silu(gate(x)) * up(x)): the SwiGLU MLP of Llama/Qwen.
 ggml_tensor * swiglu_mlp(ggml_context * ctx, ggml_tensor * x, ggml_tensor * gate, ggml_tensor * up, ggml_tensor * down);
 

@@ -577,11 +577,11 @@ ggml_type flash_kv_type(const Devices & devices, const FlowHparams & hp) {
 
 void set_lean(FlowModel & m, const ComponentLoad & in) {
     m.lean = in.params.flow_lean.value_or(true) && derive_lean(*m.store, m.w, m.hp);
-    if (m.lean) m.flash_kv = flash_kv_type(in.devices, m.hp);
     // On a CPU with the library's kernels (core/cpu_ops.h) the plain products of the scores
     // and values are faster than ggml's CPU flash attention (one dot product per query and key):
     // ~12 % of a streaming window on a 2-core AVX2 machine.
-    if (in.devices.main_is_cpu() && cpu_ops::available()) m.flash_kv = GGML_TYPE_COUNT;
+    const bool plain_attention = in.devices.main_is_cpu() && cpu_ops::available();
+    if (m.lean && !plain_attention) m.flash_kv = flash_kv_type(in.devices, m.hp);
     m.gelu_op = m.lean && !in.devices.main_is_cpu();
 }
 

@@ -3,7 +3,6 @@
 // stepaudio2/cosyvoice2/flow/decoder_dit.py, flow_matching.py.
 #include "models/flow_graph.h"
 
-#include "core/cpu_ops.h"
 #include "graph/blocks.h"
 
 #include <cmath>
@@ -69,8 +68,8 @@ ggml_tensor * head_rows(ggml_context * ctx, ggml_tensor * t, int64_t off, int64_
 
 // CausalConv1d over h [D, N, B]: the cached frames (zeros when none) before it. The window
 // matrix is a view whose rows (k frames back to back, the kernel's [in, k] order) overlap by
-// k - 1 frames, made contiguous in one copy. With a cache, *cache_out views the last k - 1 input
-// frames (handed on).
+// k - 1 frames, read in place by the CPU kernel, else made contiguous in one copy. With a
+// cache, *cache_out views the last k - 1 input frames (handed on).
 ggml_tensor * causal_conv(ggml_context * ctx, ggml_tensor * h, ggml_tensor * kernel, ggml_tensor * bias,
                           ggml_tensor * cache, ggml_tensor ** cache_out) {
     const int64_t cin = kernel->ne[0], k = kernel->ne[1], cout = kernel->ne[2];
@@ -85,13 +84,7 @@ ggml_tensor * causal_conv(ggml_context * ctx, ggml_tensor * h, ggml_tensor * ker
     // extent, ggml_nbytes, is exactly `in`'s).
     ggml_tensor * win = ggml_view_3d(ctx, in, cin, t_out, nb, in->nb[1], in->nb[2], 0);
     win->ne[0] = cin * k;
-    ggml_tensor * w2 = ggml_reshape_2d(ctx, kernel, cin * k, cout);
-    if (cpu_ops::Scope::active() && cpu_ops::eligible(w2, win)) {
-        return graph::linear(ctx, win, w2, bias);   // the CPU kernel reads the overlapping rows in place
-    }
-    ggml_tensor * cols = ggml_reshape_2d(ctx, ggml_cont(ctx, win), cin * k, t_out * nb);
-    ggml_tensor * y = ggml_add(ctx, graph::mul_mat(ctx, w2, cols), bias);
-    return ggml_reshape_3d(ctx, y, cout, t_out, nb);
+    return graph::linear_strided(ctx, win, ggml_reshape_2d(ctx, kernel, cin * k, cout), bias);   // [cout, t_out, nb]
 }
 
 // DiTBlock.forward (forward_chunk with a cache) on x [D, N * nb] (the CFG batch's frames, batch
